@@ -1,0 +1,75 @@
+"""`valuerec ingest` and `valuerec store-info`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from valuerec.data.ingest import ColumnMap, ingest, load_pseudonymisation_key
+from valuerec.data.schema import DataError
+from valuerec.data.store import EventStore
+
+console = Console(stderr=True)
+
+
+def ingest_cmd(
+    path: Path = typer.Argument(..., help="Event file: CSV/TSV, Parquet, JSONL, Online Retail CSV(.gz) or S3-Rec .txt"),
+    store: Path = typer.Option(..., "--store", help="DuckDB event store file (created if missing)"),
+    fmt: str = typer.Option("auto", "--format", help="auto, csv, parquet, jsonl, online-retail, s3rec"),
+    user_col: Optional[str] = typer.Option(None, "--user-col"),
+    item_col: Optional[str] = typer.Option(None, "--item-col"),
+    time_col: Optional[str] = typer.Option(None, "--time-col"),
+    value_col: Optional[str] = typer.Option(None, "--value-col"),
+    event_col: Optional[str] = typer.Option(None, "--event-col"),
+    quantity_col: Optional[str] = typer.Option(None, "--quantity-col"),
+    event_id_col: Optional[str] = typer.Option(None, "--event-id-col"),
+    time_format: Optional[str] = typer.Option(None, "--time-format", help="strftime format, 'unix' or 'unix_ms'"),
+    sep: Optional[str] = typer.Option(None, "--sep", help="Field delimiter (default ',' for CSV, whitespace with --no-header)"),
+    no_header: bool = typer.Option(False, "--no-header", help="The file has no header line; name columns with --columns"),
+    columns: Optional[str] = typer.Option(None, "--columns", help="Comma-separated column names for --no-header"),
+    attributes: Optional[Path] = typer.Option(None, "--attributes", help="S3-Rec item2attributes JSON"),
+    items: Optional[Path] = typer.Option(None, "--items", help="Item table file (item_id, text, attributes, price)"),
+    pseudonymise: bool = typer.Option(False, "--pseudonymise", help="Replace user ids by a keyed hash"),
+    key_file: Optional[Path] = typer.Option(None, "--pseudonymise-key-file", help="Key file (else $VALUEREC_PSEUDONYM_KEY)"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Validate a file and add its events to the store (one transaction: all or nothing)."""
+    cmap = ColumnMap(user=user_col, item=item_col, time=time_col, value=value_col, event=event_col,
+                     quantity=quantity_col, event_id=event_id_col, time_format=time_format)
+    try:
+        key = load_pseudonymisation_key(str(key_file) if key_file else None) if pseudonymise else None
+        with EventStore(store) as st:
+            with console.status(f"ingesting {path} ..."):
+                report = ingest(st, path, fmt=fmt, cmap=cmap, sep=sep, no_header=no_header,
+                                columns=columns.split(",") if columns else None, attributes=attributes,
+                                items_path=items, pseudonymise_key=key)
+            summary = st.summary()
+    except DataError as e:
+        console.print(f"[red]error:[/red] {e}", markup=True, highlight=False)
+        raise typer.Exit(code=2) from None
+    if as_json:
+        print(json.dumps({"report": report.as_dict(), "store": summary}, indent=2))
+    else:
+        console.print(f"{path}: read {report.rows_read:,} rows -> {report.events:,} events; "
+                      f"added {report.added:,}, duplicates skipped {report.duplicates:,}"
+                      + (f", dropped {report.dropped}" if report.dropped else ""))
+        console.print(f"store {store}: {summary['events']:,} events, {summary['users']:,} users, "
+                      f"{summary['items_with_events']:,} items, {summary['first']} .. {summary['last']}")
+
+
+def store_info_cmd(store: Path = typer.Argument(..., help="DuckDB event store")) -> None:
+    """Print what a store holds."""
+    if not store.exists():
+        console.print(f"[red]error:[/red] {store}: no such store")
+        raise typer.Exit(code=2)
+    with EventStore(store, read_only=True) as st:
+        print(json.dumps(st.summary(), indent=2))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("ingest")(ingest_cmd)
+    app.command("store-info")(store_info_cmd)

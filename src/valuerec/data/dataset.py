@@ -1,0 +1,182 @@
+"""Per-user, time-ordered sequences and the item catalogue, built from the event store.
+
+Models never see raw ids: items are indices ``0..n_items-1`` into a ``Catalogue``; users are rows of
+a ``Sequences`` batch. Every model takes and returns these, so all of them plug into one evaluation.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from valuerec.data.schema import DataError, event_type_code
+
+
+@dataclass
+class Sequences:
+    """A batch of user histories. ``items[u]`` are item indices in time order; the optional arrays
+    run parallel to it. Item index -1 marks an event with no item (value-only data)."""
+
+    items: list[np.ndarray]
+    times: list[np.ndarray] | None = None        # unix seconds, int64
+    event_types: list[np.ndarray] | None = None  # codes from schema.EVENT_TYPES
+    values: list[np.ndarray] | None = None       # revenue per event
+    user_ids: np.ndarray | None = None           # raw user ids, for reporting
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def subset(self, idx) -> "Sequences":
+        idx = np.asarray(idx)
+        pick = (lambda xs: None if xs is None else [xs[i] for i in idx])
+        return Sequences(items=pick(self.items), times=pick(self.times), event_types=pick(self.event_types),
+                         values=pick(self.values),
+                         user_ids=None if self.user_ids is None else self.user_ids[idx])
+
+    def prefix(self, lengths) -> "Sequences":
+        """Each history cut to its first ``lengths[u]`` events."""
+        cut = (lambda xs: None if xs is None else [x[:n] for x, n in zip(xs, lengths)])
+        return Sequences(items=cut(self.items), times=cut(self.times), event_types=cut(self.event_types),
+                         values=cut(self.values), user_ids=self.user_ids)
+
+    def lengths(self) -> np.ndarray:
+        return np.array([len(x) for x in self.items], dtype=np.int64)
+
+    def item_only(self) -> "Sequences":
+        """Drop events without an item (the recommender view of a history)."""
+        masks = [x >= 0 for x in self.items]
+        sel = (lambda xs: None if xs is None else [x[m] for x, m in zip(xs, masks)])
+        return Sequences(items=sel(self.items), times=sel(self.times), event_types=sel(self.event_types),
+                         values=sel(self.values), user_ids=self.user_ids)
+
+    @staticmethod
+    def concat(a: "Sequences", b: "Sequences") -> "Sequences":
+        """Per user, a's events followed by b's."""
+        cat = (lambda x, y: None if x is None or y is None else [np.concatenate([p, q]) for p, q in zip(x, y)])
+        return Sequences(items=cat(a.items, b.items), times=cat(a.times, b.times),
+                         event_types=cat(a.event_types, b.event_types), values=cat(a.values, b.values),
+                         user_ids=a.user_ids)
+
+
+@dataclass
+class Catalogue:
+    """The item table, indexed ``0..n-1``."""
+
+    item_ids: np.ndarray                        # raw ids (str), position = index
+    text: list[str | None] | None = None
+    attributes: list[list[str] | None] | None = None
+    price: np.ndarray | None = None             # float, NaN where unknown
+    index: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.item_ids = np.asarray(self.item_ids, dtype=object)
+        if not self.index:
+            self.index = {str(i): n for n, i in enumerate(self.item_ids)}
+
+    def __len__(self) -> int:
+        return len(self.item_ids)
+
+    def lookup(self, ids, unknown: str = "raise") -> np.ndarray:
+        out = np.empty(len(ids), dtype=np.int64)
+        for n, i in enumerate(ids):
+            j = self.index.get(str(i))
+            if j is None:
+                if unknown == "raise":
+                    raise DataError(f"unknown item id {i!r}")
+                j = -1
+            out[n] = j
+        return out
+
+    def save(self, path: str | Path) -> None:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        df = pd.DataFrame({"item_id": self.item_ids.astype(str)})
+        df["text"] = self.text if self.text is not None else None
+        df["attributes"] = ([json.dumps(a) if a is not None else None for a in self.attributes]
+                            if self.attributes is not None else None)
+        df["price"] = self.price if self.price is not None else np.nan
+        df.to_parquet(path / "items.parquet", index=False)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Catalogue":
+        df = pd.read_parquet(Path(path) / "items.parquet")
+        attrs = [json.loads(a) if isinstance(a, str) else None for a in df["attributes"]]
+        text = [t if isinstance(t, str) else None for t in df["text"]]
+        return cls(item_ids=df["item_id"].to_numpy(dtype=object),
+                   text=text if any(t is not None for t in text) else None,
+                   attributes=attrs if any(a is not None for a in attrs) else None,
+                   price=df["price"].to_numpy(dtype=float))
+
+    def subset_known(self, item_ids) -> "Catalogue":
+        keep = [self.index[i] for i in item_ids]
+        return Catalogue(item_ids=self.item_ids[keep],
+                         text=None if self.text is None else [self.text[i] for i in keep],
+                         attributes=None if self.attributes is None else [self.attributes[i] for i in keep],
+                         price=None if self.price is None else self.price[keep])
+
+
+def catalogue_from(events: pd.DataFrame, items: pd.DataFrame | None, restrict_to_events: bool = True) -> Catalogue:
+    """Items are those with events (sorted for a stable index), joined with the item table."""
+    ids = pd.unique(events["item_id"].dropna().astype(str))
+    if not restrict_to_events and items is not None and len(items):
+        ids = pd.unique(np.concatenate([ids, items["item_id"].astype(str).to_numpy()]))
+    ids = np.array(sorted(ids, key=_natural_key), dtype=object)
+    cat = Catalogue(item_ids=ids)
+    if items is not None and len(items):
+        it = items.set_index(items["item_id"].astype(str))
+        it = it[~it.index.duplicated()].reindex(ids)
+        text = [t if isinstance(t, str) else None for t in it["text"]] if "text" in it else None
+        attrs = [a if isinstance(a, list) else None for a in it["attributes"]] if "attributes" in it else None
+        cat.text = text if text and any(t is not None for t in text) else None
+        cat.attributes = attrs if attrs and any(a is not None for a in attrs) else None
+        if "price" in it:
+            cat.price = pd.to_numeric(it["price"], errors="coerce").to_numpy(dtype=float)
+    return cat
+
+
+def _natural_key(s: str):
+    return (0, int(s), "") if s.isdigit() else (1, 0, s)
+
+
+def sequences_from(events: pd.DataFrame, catalogue: Catalogue, users: np.ndarray | None = None,
+                   unknown_items: str = "drop") -> Sequences:
+    """Group events (schema columns, any order) into per-user time-ordered sequences.
+
+    ``users`` fixes the output order (users without events get empty histories); by default, every
+    user with an event, sorted. Items not in the catalogue are dropped (or kept as -1 with
+    ``unknown_items='keep'``, for value-only use).
+    """
+    ev = events
+    if "seq" in ev.columns:
+        ev = ev.sort_values(["user_id", "timestamp", "seq"], kind="stable")
+    else:
+        ev = ev.sort_values(["user_id", "timestamp"], kind="stable")
+    item_idx = ev["item_id"].map(lambda i: catalogue.index.get(str(i), -1) if i is not None and i == i else -1)
+    item_idx = item_idx.to_numpy(dtype=np.int64)
+    keep = item_idx >= 0 if unknown_items == "drop" else np.ones(len(ev), dtype=bool)
+    ev = ev[keep]
+    item_idx = item_idx[keep]
+    uid = ev["user_id"].astype(str).to_numpy()
+    times = pd.to_datetime(ev["timestamp"]).astype("datetime64[s]").astype("int64").to_numpy()
+    etypes = np.array([event_type_code(t) for t in ev["event_type"]], dtype=np.int64) if len(ev) else np.zeros(0, np.int64)
+    values = ev["value"].to_numpy(dtype=np.float32)
+    if users is None:
+        users = np.array(sorted(pd.unique(uid)), dtype=object)
+    # Split the user-sorted arrays into per-user slices.
+    order_users, starts = np.unique(uid, return_index=True)
+    ends = np.append(starts[1:], len(uid))
+    where = {u: (s, e) for u, s, e in zip(order_users, starts, ends)}
+    items_l, times_l, types_l, values_l = [], [], [], []
+    empty_i, empty_f = np.zeros(0, np.int64), np.zeros(0, np.float32)
+    for u in users:
+        s, e = where.get(str(u), (0, 0))
+        items_l.append(item_idx[s:e] if e > s else empty_i)
+        times_l.append(times[s:e] if e > s else empty_i)
+        types_l.append(etypes[s:e] if e > s else empty_i)
+        values_l.append(values[s:e] if e > s else empty_f)
+    return Sequences(items=items_l, times=times_l, event_types=types_l, values=values_l,
+                     user_ids=np.asarray(users, dtype=object))

@@ -1,0 +1,431 @@
+"""Adapters from raw files to the event schema, with validation that names file, line, field and reason.
+
+Three adapters:
+- generic CSV / Parquet / JSONL with a column mapping (``read_events``);
+- Online Retail (UCI), cleaned as in BENCHMARKS.md V1 (``read_online_retail``);
+- the S3-Rec sequence format, ``user item item ...`` per line (``read_s3rec``).
+
+Every adapter returns ``(events, items, report)``; nothing touches the store until the whole file has
+validated, and then ``EventStore.add_events`` writes it in one transaction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from valuerec.data.schema import DEFAULT_EVENT_TYPE, DataError
+from valuerec.data.store import EventStore
+
+MAX_PROBLEMS_SHOWN = 20
+
+
+@dataclass
+class ColumnMap:
+    """Which source column holds each schema field. ``None`` means "use the schema name"."""
+
+    user: str | None = None
+    item: str | None = None
+    time: str | None = None
+    value: str | None = None
+    event: str | None = None
+    quantity: str | None = None
+    event_id: str | None = None
+    time_format: str | None = None  # strftime format, "unix" (seconds) or "unix_ms"; None = ISO-ish
+
+
+@dataclass
+class IngestReport:
+    source: str
+    rows_read: int = 0
+    events: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+    added: int = 0
+    duplicates: int = 0
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# -- pseudonymisation -----------------------------------------------------------------------------
+def load_pseudonymisation_key(key_file: str | None = None) -> bytes:
+    """The key comes from a file outside the store or from $VALUEREC_PSEUDONYM_KEY; never stored."""
+    if key_file:
+        key = Path(key_file).read_bytes().strip()
+    else:
+        key = os.environ.get("VALUEREC_PSEUDONYM_KEY", "").encode()
+    if len(key) < 16:
+        raise DataError("pseudonymisation key must be at least 16 bytes "
+                        "(give --pseudonymise-key-file or set VALUEREC_PSEUDONYM_KEY)")
+    return key
+
+
+def pseudonymise(user_ids: pd.Series, key: bytes) -> pd.Series:
+    """Keyed hash (HMAC-SHA256) of each user id: stable for one key, not reversible without it."""
+    uniq = user_ids.unique()
+    mapping = {u: "u_" + hmac.new(key, str(u).encode(), hashlib.sha256).hexdigest()[:20] for u in uniq}
+    return user_ids.map(mapping)
+
+
+# -- validation helpers -----------------------------------------------------------------------------
+class _Problems:
+    def __init__(self, path: str):
+        self.path = path
+        self.items: list[str] = []
+        self.count = 0
+
+    def add(self, line: int | str, fld: str, reason: str) -> None:
+        self.count += 1
+        if len(self.items) < MAX_PROBLEMS_SHOWN:
+            self.items.append(f"{self.path}, line {line}, field '{fld}': {reason}")
+
+    def add_mask(self, mask: np.ndarray, lines: np.ndarray, fld: str, values: pd.Series, reason: str) -> None:
+        idx = np.flatnonzero(mask)
+        self.count += len(idx)
+        room = MAX_PROBLEMS_SHOWN - len(self.items)
+        for i in idx[: max(room, 0)]:
+            self.items.append(f"{self.path}, line {lines[i]}, field '{fld}': {reason} (got {values.iloc[i]!r})")
+
+    def raise_if_any(self) -> None:
+        if self.count:
+            raise DataError(f"{self.path}: {self.count} problem(s); nothing was written",
+                            self.items, self.count)
+
+
+def parse_timestamps(raw: pd.Series, time_format: str | None) -> pd.Series:
+    s = raw.astype("string").str.strip()
+    if time_format in ("unix", "unix_s"):
+        return pd.to_datetime(pd.to_numeric(s, errors="coerce"), unit="s", errors="coerce")
+    if time_format == "unix_ms":
+        return pd.to_datetime(pd.to_numeric(s, errors="coerce"), unit="ms", errors="coerce")
+    if time_format:
+        return pd.to_datetime(s, format=time_format, errors="coerce")
+    try:
+        return pd.to_datetime(s, format="ISO8601", errors="coerce", utc=False)
+    except (ValueError, TypeError):
+        return pd.to_datetime(s, errors="coerce", format="mixed")
+
+
+def _numeric(raw: pd.Series) -> pd.Series:
+    return pd.to_numeric(raw.astype("string").str.strip(), errors="coerce")
+
+
+# -- generic adapter --------------------------------------------------------------------------------
+def _read_table(path: Path, sep: str | None, no_header: bool, columns: list[str] | None) -> tuple[pd.DataFrame, int]:
+    """Read a file as strings. Returns the frame and the line number of its first data row."""
+    name = path.name.lower()
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: the file is empty (no header, no rows)")
+    if name.endswith((".parquet", ".pq")):
+        df = pd.read_parquet(path)
+        return df.astype(object).where(df.notna(), None), 1
+    if name.endswith((".jsonl", ".ndjson", ".jsonl.gz", ".ndjson.gz")):
+        try:
+            df = pd.read_json(path, lines=True, dtype=False, convert_dates=False)
+        except ValueError as e:
+            raise DataError(f"{path}: not valid JSON lines ({e})") from None
+        return df, 1
+    if no_header:
+        if not columns:
+            raise DataError(f"{path}: --no-header needs --columns a,b,c naming each column")
+        df = pd.read_csv(path, sep=sep or r"\s+", header=None, names=columns, dtype=str,
+                         keep_default_na=False, na_values=[""], engine="python" if sep is None else "c")
+        return df, 1
+    try:
+        df = pd.read_csv(path, sep=sep or ",", dtype=str, keep_default_na=False, na_values=[""])
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path}: the file is empty (no header, no rows)") from None
+    except pd.errors.ParserError as e:
+        raise DataError(f"{path}: cannot parse as delimited text with separator {sep or ','!r}: {e}") from None
+    return df, 2
+
+
+def read_events(path: str | Path, cmap: ColumnMap | None = None, sep: str | None = None,
+                no_header: bool = False, columns: list[str] | None = None,
+                default_event_type: str = DEFAULT_EVENT_TYPE) -> tuple[pd.DataFrame, pd.DataFrame, IngestReport]:
+    """Read and validate a generic event file (CSV, TSV, Parquet, JSONL)."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such file")
+    cmap = cmap or ColumnMap()
+    df, first_line = _read_table(path, sep, no_header, columns)
+    report = IngestReport(source=str(path), rows_read=len(df))
+    if len(df) == 0:
+        raise DataError(f"{path}: the file has a header but no rows")
+    src = {
+        "user_id": cmap.user or "user_id", "item_id": cmap.item or "item_id",
+        "timestamp": cmap.time or "timestamp", "value": cmap.value or "value",
+        "event_type": cmap.event or "event_type", "quantity": cmap.quantity or "quantity",
+        "event_id": cmap.event_id or "event_id",
+    }
+    present = set(map(str, df.columns))
+    required = ["user_id", "timestamp"] + (["item_id"] if cmap.item else [])
+    explicit = {"value": cmap.value, "event_type": cmap.event, "quantity": cmap.quantity, "event_id": cmap.event_id}
+    missing = [f"'{src[f]}' (for {f})" for f in required if src[f] not in present]
+    missing += [f"'{col}' (for {f})" for f, col in explicit.items() if col and col not in present]
+    if missing:
+        hint = ""
+        if len(present) == 1:
+            only = next(iter(present))
+            for cand in [";", "\t", "|", ","]:
+                if cand in only:
+                    hint = f" The header is one column {only!r}: is the delimiter {cand!r}? Use --sep."
+                    break
+        raise DataError(f"{path}: missing column(s) {', '.join(missing)}; the file has "
+                        f"{sorted(present)}.{hint} Map columns with --user-col/--item-col/--time-col/"
+                        f"--value-col/--event-col/--quantity-col.")
+
+    lines = np.arange(len(df)) + first_line
+    problems = _Problems(str(path))
+    out = pd.DataFrame(index=df.index)
+
+    user = df[src["user_id"]].astype("string").str.strip()
+    problems.add_mask((user.isna() | (user == "")).to_numpy(), lines, src["user_id"], user, "empty user id")
+    out["user_id"] = user
+
+    if src["item_id"] in present:
+        item = df[src["item_id"]].astype("string").str.strip()
+        out["item_id"] = item.where(item != "", None)
+    else:
+        out["item_id"] = None  # value-only data: a plain transaction log
+
+    raw_t = df[src["timestamp"]]
+    ts = parse_timestamps(raw_t, cmap.time_format)
+    fmt = cmap.time_format or "ISO 8601 (e.g. 2011-09-09 08:26:00); set --time-format"
+    problems.add_mask(ts.isna().to_numpy(), lines, src["timestamp"], raw_t, f"unparseable date, expected {fmt}")
+    out["timestamp"] = ts
+
+    for fld, default in (("value", 0.0), ("quantity", 1.0)):
+        if src[fld] in present:
+            raw = df[src[fld]]
+            num = _numeric(raw)
+            bad_nan = num.isna().to_numpy()
+            problems.add_mask(bad_nan, lines, src[fld], raw, "not a number (NaN or empty)")
+            neg = (num < 0).fillna(False).to_numpy()
+            problems.add_mask(neg, lines, src[fld], raw, "negative; record returns as event_type 'return' with a positive value")
+            inf = np.isinf(num.to_numpy(dtype=float, na_value=0.0))
+            problems.add_mask(inf, lines, src[fld], raw, "infinite")
+            out[fld] = num.astype(float)
+        else:
+            out[fld] = default
+
+    if src["event_type"] in present:
+        et = df[src["event_type"]].astype("string").str.strip().str.lower()
+        out["event_type"] = et.fillna(default_event_type).replace("", default_event_type)
+    else:
+        out["event_type"] = default_event_type
+    if src["event_id"] in present:
+        eid = df[src["event_id"]].astype("string").str.strip()
+        out["event_id"] = eid.where(eid != "", None)
+    else:
+        out["event_id"] = None
+
+    problems.raise_if_any()
+    out = out.astype({"user_id": object, "item_id": object, "event_type": object, "event_id": object})
+    report.events = len(out)
+    return out.reset_index(drop=True), pd.DataFrame(columns=["item_id", "text", "attributes", "price"]), report
+
+
+def read_items(path: str | Path, item_col: str = "item_id", text_col: str = "text",
+               price_col: str = "price", attributes_col: str = "attributes", sep: str | None = None) -> pd.DataFrame:
+    """Read an item table (CSV/Parquet/JSONL): item_id, free text, attributes (list or ';'-separated), price."""
+    path = Path(path)
+    df, first_line = _read_table(path, sep, False, None)
+    if item_col not in df.columns:
+        raise DataError(f"{path}: missing column '{item_col}' (for item_id); the file has {sorted(map(str, df.columns))}")
+    problems = _Problems(str(path))
+    lines = np.arange(len(df)) + first_line
+    out = pd.DataFrame({"item_id": df[item_col].astype(str).str.strip()})
+    out["text"] = df[text_col] if text_col in df.columns else None
+    if price_col in df.columns:
+        raw = df[price_col]
+        price = _numeric(raw)
+        problems.add_mask((price < 0).fillna(False).to_numpy(), lines, price_col, raw, "negative price")
+        problems.add_mask((price.isna() & raw.notna()).to_numpy(), lines, price_col, raw, "not a number")
+        out["price"] = price
+    else:
+        out["price"] = None
+    if attributes_col in df.columns:
+        out["attributes"] = df[attributes_col].map(
+            lambda a: a if isinstance(a, list) else ([x for x in str(a).split(";") if x] if a is not None and a == a else None))
+    else:
+        out["attributes"] = None
+    problems.raise_if_any()
+    return out
+
+
+# -- Online Retail ------------------------------------------------------------------------------------
+ONLINE_RETAIL_COLUMNS = ["InvoiceNo", "StockCode", "Description", "Quantity", "InvoiceDate", "UnitPrice",
+                         "CustomerID", "Country"]
+
+
+def read_online_retail(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, IngestReport]:
+    """UCI Online Retail, cleaned as in BENCHMARKS.md V1.
+
+    Rows without CustomerID are dropped (guest checkouts). A purchase has Quantity > 0, UnitPrice > 0
+    and an InvoiceNo not starting with 'C'; its value is Quantity x UnitPrice. Cancellations ('C'
+    invoices) stay as ``return`` events with positive value and quantity. Other rows (zero-price
+    lines, stock adjustments) are dropped and counted. Each line keeps its own event id
+    (invoice:line), because an invoice may legitimately list the same product twice.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such file")
+    df = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+    missing = [c for c in ONLINE_RETAIL_COLUMNS if c not in df.columns]
+    if missing:
+        raise DataError(f"{path}: not an Online Retail file, missing column(s) {missing}")
+    report = IngestReport(source=str(path), rows_read=len(df))
+    lines = np.arange(len(df)) + 2
+    problems = _Problems(str(path))
+    qty = _numeric(df["Quantity"])
+    price = _numeric(df["UnitPrice"])
+    ts = pd.to_datetime(df["InvoiceDate"], format="%Y-%m-%d %H:%M:%S", errors="coerce")
+    problems.add_mask(ts.isna().to_numpy(), lines, "InvoiceDate", df["InvoiceDate"], "unparseable date, expected YYYY-MM-DD HH:MM:SS")
+    problems.add_mask(qty.isna().to_numpy(), lines, "Quantity", df["Quantity"], "not a number")
+    problems.add_mask(price.isna().to_numpy(), lines, "UnitPrice", df["UnitPrice"], "not a number")
+    problems.raise_if_any()
+
+    has_customer = df["CustomerID"].notna().to_numpy()
+    invoice = df["InvoiceNo"].astype(str)
+    is_cancel = invoice.str.startswith("C").to_numpy()
+    is_purchase = has_customer & ~is_cancel & (qty > 0).to_numpy() & (price > 0).to_numpy()
+    is_return = has_customer & is_cancel & (qty < 0).to_numpy() & (price > 0).to_numpy()
+    report.dropped = {
+        "no_customer_id": int((~has_customer).sum()),
+        "not_purchase_or_return": int((has_customer & ~is_purchase & ~is_return).sum()),
+    }
+    keep = is_purchase | is_return
+    cust = df["CustomerID"].astype(str).str.replace(r"\.0$", "", regex=True)
+    events = pd.DataFrame({
+        "event_id": (invoice + ":" + pd.Series(lines, index=df.index).astype(str))[keep].to_numpy(),
+        "user_id": cust[keep].to_numpy(),
+        "item_id": df["StockCode"].astype(str).str.strip()[keep].to_numpy(),
+        "timestamp": ts[keep].to_numpy(),
+        "event_type": np.where(is_purchase[keep], "purchase", "return"),
+        "value": (qty.abs() * price)[keep].to_numpy(dtype=float),
+        "quantity": qty.abs()[keep].to_numpy(dtype=float),
+    })
+    # Item table: the most frequent description of each stock code, its median unit price.
+    rows = pd.DataFrame({"item_id": df["StockCode"].astype(str).str.strip(), "text": df["Description"],
+                         "price": price})[keep]
+    text = (rows.dropna(subset=["text"]).groupby(["item_id", "text"]).size().reset_index(name="n")
+            .sort_values(["item_id", "n"], ascending=[True, False]).drop_duplicates("item_id"))
+    items = rows.groupby("item_id", as_index=False)["price"].median().merge(
+        text[["item_id", "text"]], on="item_id", how="left")
+    items["attributes"] = None
+    report.events = len(events)
+    return events, items, report
+
+
+# -- S3-Rec sequence format -----------------------------------------------------------------------------
+S3REC_EPOCH = pd.Timestamp("2000-01-01")
+
+
+def read_s3rec(path: str | Path, attributes: str | Path | None = None) -> tuple[pd.DataFrame, pd.DataFrame, IngestReport]:
+    """``user item item ...`` per line, items in time order. No timestamps survive in this format,
+    so event k of a user gets time S3REC_EPOCH + k seconds: order is kept, gaps carry no meaning."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such file")
+    users, items, pos = [], [], []
+    problems = _Problems(str(path))
+    with open(path) as f:
+        for ln, line in enumerate(f, start=1):
+            parts = line.split()
+            if not parts:
+                continue
+            if len(parts) < 2:
+                problems.add(ln, "items", "a user with no items")
+                continue
+            users.extend([parts[0]] * (len(parts) - 1))
+            items.extend(parts[1:])
+            pos.extend(range(len(parts) - 1))
+    if not users and not problems.count:
+        raise DataError(f"{path}: the file is empty")
+    problems.raise_if_any()
+    pos_arr = np.asarray(pos, dtype=np.int64)
+    events = pd.DataFrame({
+        "user_id": users, "item_id": items,
+        "timestamp": S3REC_EPOCH + pd.to_timedelta(pos_arr, unit="s"),
+        "event_type": "interaction", "value": 0.0, "quantity": 1.0,
+    })
+    # Position makes the id: a user may interact with the same item twice in this format.
+    events["event_id"] = events["user_id"] + ":" + pd.Series(pos_arr).astype(str)
+    item_df = pd.DataFrame({"item_id": pd.unique(events["item_id"])})
+    item_df["text"], item_df["price"], item_df["attributes"] = None, None, None
+    if attributes is not None:
+        with open(attributes) as f:
+            attrs = json.load(f)
+        item_df["attributes"] = item_df["item_id"].map(lambda i: [str(a) for a in attrs.get(i, [])] or None)
+    report = IngestReport(source=str(path), rows_read=len(events), events=len(events))
+    return events, item_df, report
+
+
+def find_attributes_file(path: str | Path) -> Path | None:
+    p = Path(path)
+    cand = p.with_name(p.stem + "_item2attributes.json")
+    return cand if cand.exists() else None
+
+
+# -- entry point ------------------------------------------------------------------------------------------
+def ingest(store: EventStore, path: str | Path, fmt: str = "auto", cmap: ColumnMap | None = None,
+           sep: str | None = None, no_header: bool = False, columns: list[str] | None = None,
+           attributes: str | Path | None = None, items_path: str | Path | None = None,
+           pseudonymise_key: bytes | None = None) -> IngestReport:
+    """Validate a whole file, then write it to the store in one transaction."""
+    path = Path(path)
+    if fmt == "auto":
+        fmt = detect_format(path)
+    if fmt == "online-retail":
+        events, items, report = read_online_retail(path)
+    elif fmt == "s3rec":
+        events, items, report = read_s3rec(path, attributes or find_attributes_file(path))
+    elif fmt in ("csv", "parquet", "jsonl", "events"):
+        events, items, report = read_events(path, cmap, sep=sep, no_header=no_header, columns=columns)
+    else:
+        raise DataError(f"{path}: unknown format {fmt!r} (auto, csv, parquet, jsonl, online-retail, s3rec)")
+    if items_path is not None:
+        items = read_items(items_path)
+    if pseudonymise_key is not None:
+        events["user_id"] = pseudonymise(events["user_id"], pseudonymise_key)
+        if "event_id" in events and events["event_id"].notna().any() and fmt == "s3rec":
+            events["event_id"] = events["user_id"] + ":" + events["event_id"].str.split(":").str[-1]
+    res = store.add_events(events, items, source=str(path), sha256=file_sha256(path))
+    report.added, report.duplicates = res.added, res.duplicates
+    return report
+
+
+def detect_format(path: Path) -> str:
+    name = path.name.lower()
+    if name.endswith((".parquet", ".pq")):
+        return "parquet"
+    if name.endswith((".jsonl", ".ndjson", ".jsonl.gz")):
+        return "jsonl"
+    if name.endswith((".csv", ".csv.gz", ".tsv")):
+        try:
+            header = pd.read_csv(path, nrows=0).columns.tolist()
+        except Exception:  # noqa: BLE001 - any unreadable header falls through to the generic reader
+            header = []
+        return "online-retail" if all(c in header for c in ONLINE_RETAIL_COLUMNS[:7]) else "csv"
+    if name.endswith(".txt"):
+        with open(path) as f:
+            first = f.readline().split()
+        if len(first) >= 2 and all(tok.isdigit() for tok in first):
+            return "s3rec"
+    return "csv"

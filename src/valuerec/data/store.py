@@ -1,0 +1,241 @@
+"""The event store: a DuckDB file (embedded, the default) holding events and the item table.
+
+Every write is one transaction: a batch either lands whole or not at all, so a bad file or a crash
+mid-write never leaves half a batch behind. Events carry an ``event_id``; re-sending an event with an
+id the store already holds adds nothing (idempotent ingest, also used by the HTTP service).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+
+from valuerec.data.schema import EVENT_COLUMNS, ITEM_COLUMNS, DataError
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    event_id   VARCHAR NOT NULL,
+    user_id    VARCHAR NOT NULL,
+    item_id    VARCHAR,
+    ts         TIMESTAMP NOT NULL,
+    event_type VARCHAR NOT NULL,
+    value      DOUBLE NOT NULL,
+    quantity   DOUBLE NOT NULL,
+    seq        BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS items (
+    item_id    VARCHAR PRIMARY KEY,
+    text       VARCHAR,
+    attributes VARCHAR,
+    price      DOUBLE
+);
+CREATE TABLE IF NOT EXISTS ingests (
+    source     VARCHAR,
+    sha256     VARCHAR,
+    added      BIGINT,
+    duplicates BIGINT,
+    ingested_at TIMESTAMP DEFAULT current_timestamp
+);
+CREATE SEQUENCE IF NOT EXISTS event_seq START 1;
+"""
+
+
+def event_hash(df: pd.DataFrame) -> pd.Series:
+    """Content hash of each event: exact duplicates (same user, item, time, type, value, quantity)
+    get the same id and are stored once."""
+    key = (
+        df["user_id"].astype(str)
+        + "\x1f" + df["item_id"].fillna("").astype(str)
+        + "\x1f" + df["timestamp"].astype("datetime64[us]").astype("int64").astype(str)
+        + "\x1f" + df["event_type"].astype(str)
+        + "\x1f" + df["value"].map(repr)
+        + "\x1f" + df["quantity"].map(repr)
+    )
+    return key.map(lambda s: hashlib.blake2b(s.encode(), digest_size=12).hexdigest())
+
+
+@dataclass
+class WriteResult:
+    added: int
+    duplicates: int
+
+
+class EventStore:
+    """A DuckDB-backed event store. Thread-safe for one process (a lock serialises writes)."""
+
+    def __init__(self, path: str | Path, read_only: bool = False):
+        self.path = str(path)
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self.con = duckdb.connect(self.path, read_only=read_only)
+        self._lock = threading.RLock()
+        if not read_only:
+            self.con.execute(_SCHEMA)
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def close(self) -> None:
+        self.con.close()
+
+    def __enter__(self) -> "EventStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- writes ---------------------------------------------------------------------------------
+    def add_events(self, events: pd.DataFrame, items: pd.DataFrame | None = None,
+                   source: str | None = None, sha256: str | None = None) -> WriteResult:
+        """Append validated events (schema columns) and upsert items, in one transaction.
+
+        Events whose ``event_id`` is already stored, or repeated within the batch, are dropped and
+        counted as duplicates. A missing ``event_id`` is filled with the event's content hash.
+        """
+        ev = events.copy()
+        missing = [c for c in EVENT_COLUMNS if c not in ev.columns and c != "event_id"]
+        if missing:
+            raise DataError(f"events are missing column(s) {missing}")
+        if "event_id" not in ev.columns:
+            ev["event_id"] = None
+        no_id = ev["event_id"].isna()
+        if no_id.any():
+            ev.loc[no_id, "event_id"] = event_hash(ev.loc[no_id])
+        ev["event_id"] = ev["event_id"].astype(str)
+        ev = ev[EVENT_COLUMNS]
+        n_in = len(ev)
+        ev = ev.drop_duplicates("event_id", keep="first")
+        dup_in_batch = n_in - len(ev)
+        ev = ev.rename(columns={"timestamp": "ts"})
+        ev["ts"] = pd.to_datetime(ev["ts"]).astype("datetime64[us]")
+        ev["order_in_batch"] = np.arange(len(ev), dtype=np.int64)
+        with self._lock:
+            self.con.execute("BEGIN TRANSACTION")
+            try:
+                self.con.register("_new_events", ev)
+                before = self.count_events()
+                self.con.execute(
+                    """
+                    INSERT INTO events
+                    SELECT n.event_id, n.user_id, n.item_id, n.ts, n.event_type, n.value, n.quantity,
+                           nextval('event_seq')
+                    FROM (SELECT * FROM _new_events ORDER BY order_in_batch) n
+                    ANTI JOIN events e ON e.event_id = n.event_id
+                    ORDER BY n.order_in_batch
+                    """
+                ).fetchall()
+                added = self.count_events() - before
+                self.con.unregister("_new_events")
+                if items is not None and len(items):
+                    self._upsert_items(items)
+                if source is not None:
+                    self.con.execute(
+                        "INSERT INTO ingests (source, sha256, added, duplicates) VALUES (?, ?, ?, ?)",
+                        [source, sha256, added, dup_in_batch + (len(ev) - added)],
+                    ).fetchall()
+                self.con.execute("COMMIT")
+            except BaseException:
+                self.con.execute("ROLLBACK")
+                raise
+        return WriteResult(added=int(added), duplicates=int(n_in - added))
+
+    def _upsert_items(self, items: pd.DataFrame) -> None:
+        it = items.copy()
+        for c in ITEM_COLUMNS:
+            if c not in it.columns:
+                it[c] = None
+        it = it[ITEM_COLUMNS].drop_duplicates("item_id", keep="last")
+        it["item_id"] = it["item_id"].astype(str)
+        it["attributes"] = it["attributes"].map(
+            lambda a: None if a is None or (isinstance(a, float) and np.isnan(a))
+            else (a if isinstance(a, str) else json.dumps(list(a)))
+        )
+        it["price"] = pd.to_numeric(it["price"], errors="coerce")
+        it["text"] = it["text"].astype(object).where(it["text"].notna(), None)
+        self.con.register("_new_items", it)
+        # Keep known fields where the new row has none (an event-only batch must not erase text).
+        self.con.execute(
+            """
+            INSERT INTO items SELECT item_id, text, attributes, price FROM _new_items
+            ON CONFLICT (item_id) DO UPDATE SET
+                text = COALESCE(excluded.text, items.text),
+                attributes = COALESCE(excluded.attributes, items.attributes),
+                price = COALESCE(excluded.price, items.price)
+            """
+        ).fetchall()
+        self.con.unregister("_new_items")
+
+    def add_items(self, items: pd.DataFrame) -> None:
+        with self._lock:
+            self.con.execute("BEGIN TRANSACTION")
+            try:
+                self._upsert_items(items)
+                self.con.execute("COMMIT")
+            except BaseException:
+                self.con.execute("ROLLBACK")
+                raise
+
+    def delete_user(self, user_id: str) -> int:
+        """Erase every event of a user (privacy). Returns how many were removed."""
+        with self._lock:
+            n = self.con.execute("SELECT count(*) FROM events WHERE user_id = ?", [user_id]).fetchall()[0][0]
+            self.con.execute("DELETE FROM events WHERE user_id = ?", [user_id]).fetchall()
+        return int(n)
+
+    # -- reads ----------------------------------------------------------------------------------
+    def count_events(self) -> int:
+        return int(self.con.execute("SELECT count(*) FROM events").fetchall()[0][0])
+
+    def has_event_ids(self, ids: list[str]) -> set[str]:
+        if not ids:
+            return set()
+        with self._lock:
+            df = self.con.execute(
+                "SELECT event_id FROM events WHERE event_id IN (SELECT unnest(?::VARCHAR[]))", [ids]
+            ).fetchdf()
+        return set(df["event_id"])
+
+    def events(self, where: str | None = None, params: list | None = None) -> pd.DataFrame:
+        """Events as a DataFrame with schema column names, ordered by user, time, arrival."""
+        sql = ("SELECT event_id, user_id, item_id, ts AS timestamp, event_type, value, quantity, seq "
+               "FROM events")
+        if where:
+            sql += f" WHERE {where}"
+        sql += " ORDER BY user_id, ts, seq"
+        with self._lock:
+            return self.con.execute(sql, params or []).fetchdf()
+
+    def user_events(self, user_id: str) -> pd.DataFrame:
+        return self.events("user_id = ?", [user_id])
+
+    def items(self) -> pd.DataFrame:
+        with self._lock:
+            df = self.con.execute("SELECT item_id, text, attributes, price FROM items ORDER BY item_id").fetchdf()
+        df["attributes"] = df["attributes"].map(lambda s: json.loads(s) if isinstance(s, str) else None)
+        return df
+
+    def time_range(self) -> tuple[pd.Timestamp, pd.Timestamp] | None:
+        lo, hi = self.con.execute("SELECT min(ts), max(ts) FROM events").fetchall()[0]
+        if lo is None:
+            return None
+        return pd.Timestamp(lo), pd.Timestamp(hi)
+
+    def summary(self) -> dict:
+        with self._lock:
+            n_ev, n_users, n_items = self.con.execute(
+                "SELECT count(*), count(DISTINCT user_id), count(DISTINCT item_id) FROM events"
+            ).fetchall()[0]
+            by_type = dict(self.con.execute(
+                "SELECT event_type, count(*) FROM events GROUP BY 1 ORDER BY 2 DESC").fetchall())
+            n_cat = self.con.execute("SELECT count(*) FROM items").fetchall()[0][0]
+        tr = self.time_range()
+        return {
+            "events": int(n_ev), "users": int(n_users), "items_with_events": int(n_items),
+            "item_table": int(n_cat), "event_types": {k: int(v) for k, v in by_type.items()},
+            "first": str(tr[0]) if tr else None, "last": str(tr[1]) if tr else None,
+        }

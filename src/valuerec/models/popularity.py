@@ -1,0 +1,29 @@
+"""Most-popular baseline: every user gets the items with the most training interactions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from valuerec.data.dataset import Catalogue, Sequences
+from valuerec.models.base import Recommender, register
+
+
+@register("popularity")
+class Popularity(Recommender):
+    def fit(self, train: Sequences, catalogue: Catalogue, valid=None) -> "Popularity":
+        self.catalogue_ = catalogue
+        items = np.concatenate([s[s >= 0] for s in train.items]) if len(train) else np.zeros(0, np.int64)
+        self.counts_ = np.bincount(items, minlength=len(catalogue)).astype(np.float32)
+        return self
+
+    def score(self, histories: Sequences) -> torch.Tensor:
+        return torch.from_numpy(self.counts_).expand(len(histories), -1).clone()
+
+    def _save_state(self, path: Path) -> None:
+        np.save(path / "counts.npy", self.counts_)
+
+    def _load_state(self, path: Path) -> None:
+        self.counts_ = np.load(path / "counts.npy")
