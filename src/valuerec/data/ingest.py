@@ -136,7 +136,7 @@ def _read_table(path: Path, sep: str | None, no_header: bool, columns: list[str]
         return df.astype(object).where(df.notna(), None), 1
     if name.endswith((".jsonl", ".ndjson", ".jsonl.gz", ".ndjson.gz")):
         try:
-            df = pd.read_json(path, lines=True, dtype=False, convert_dates=False)
+            df = pd.read_json(path, lines=True, dtype=False)
         except ValueError as e:
             raise DataError(f"{path}: not valid JSON lines ({e})") from None
         return df, 1

@@ -1,0 +1,194 @@
+"""Ingest: adapters, validation messages, transactions, idempotency, pseudonymisation."""
+
+import gzip
+import json
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from valuerec.cli import app
+from valuerec.data.ingest import ColumnMap, ingest, pseudonymise, read_online_retail
+from valuerec.data.schema import DataError
+from valuerec.data.store import EventStore
+
+GOOD = "user_id,item_id,timestamp,event_type,value\nu1,a,2024-01-01 10:00:00,purchase,3.5\n" \
+       "u1,b,2024-01-02 10:00:00,view,0\nu2,a,2024-01-03 09:00:00,purchase,2\n"
+
+
+@pytest.fixture
+def store(tmp_path):
+    with EventStore(tmp_path / "s.duckdb") as st:
+        yield st
+
+
+def write(tmp_path, name, text):
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def test_generic_csv_round_trip(tmp_path, store):
+    rep = ingest(store, write(tmp_path, "e.csv", GOOD))
+    assert (rep.events, rep.added, rep.duplicates) == (3, 3, 0)
+    ev = store.events()
+    assert list(ev["user_id"]) == ["u1", "u1", "u2"]
+    assert list(ev["event_type"]) == ["purchase", "view", "purchase"]
+    assert ev["value"].tolist() == [3.5, 0.0, 2.0]
+    assert ev["quantity"].tolist() == [1.0, 1.0, 1.0]
+
+
+def test_same_file_twice_adds_nothing(tmp_path, store):
+    p = write(tmp_path, "e.csv", GOOD)
+    ingest(store, p)
+    rep = ingest(store, p)
+    assert rep.added == 0 and rep.duplicates == 3
+    assert store.count_events() == 3
+
+
+def test_exact_duplicates_dropped_and_counted(tmp_path, store):
+    p = write(tmp_path, "e.csv", GOOD + "u2,a,2024-01-03 09:00:00,purchase,2\n")
+    rep = ingest(store, p)
+    assert rep.added == 3 and rep.duplicates == 1
+
+
+def test_column_mapping_and_time_format(tmp_path, store):
+    text = "cust;sku;when;amount;kind\n7;x;01/02/2024;1.5;cart\n"
+    p = write(tmp_path, "m.csv", text)
+    cmap = ColumnMap(user="cust", item="sku", time="when", value="amount", event="kind", time_format="%d/%m/%Y")
+    ingest(store, p, cmap=cmap, sep=";")
+    ev = store.events()
+    assert ev.loc[0, "timestamp"] == pd.Timestamp("2024-02-01")
+    assert ev.loc[0, "event_type"] == "cart" and ev.loc[0, "item_id"] == "x"
+
+
+def test_headerless_whitespace(tmp_path, store):
+    p = write(tmp_path, "h.txt", "1 10 1700000000\n2 11 1700000100\n")
+    ingest(store, p, fmt="csv", no_header=True, columns=["user_id", "item_id", "timestamp"],
+           cmap=ColumnMap(time_format="unix"))
+    assert store.count_events() == 2
+
+
+def test_parquet_and_jsonl(tmp_path, store):
+    df = pd.DataFrame({"user_id": ["a", "b"], "item_id": ["x", "y"],
+                       "timestamp": ["2024-01-01T00:00:00", "2024-01-02T00:00:00"]})
+    df.to_parquet(tmp_path / "e.parquet")
+    (tmp_path / "e.jsonl").write_text("\n".join(json.dumps(r) for r in df.assign(user_id=["c", "d"]).to_dict("records")))
+    ingest(store, tmp_path / "e.parquet")
+    ingest(store, tmp_path / "e.jsonl")
+    assert store.count_events() == 4
+
+
+def test_value_only_data(tmp_path, store):
+    p = write(tmp_path, "v.csv", "customer,date,amount\nc1,2024-01-01,10\nc1,2024-02-01,5\n")
+    ingest(store, p, cmap=ColumnMap(user="customer", time="date", value="amount"))
+    ev = store.events()
+    assert ev["item_id"].isna().all() and ev["value"].sum() == 15
+
+
+# -- bad input: a clear message naming file, line, field; the store is left as it was -------------
+@pytest.mark.parametrize("name,text,fragments", [
+    ("missing.csv", "user_id,item_id\nu1,a\n", ["missing column", "'timestamp'"]),
+    ("baddate.csv", "user_id,item_id,timestamp\nu1,a,2024-01-01\nu2,b,not-a-date\n",
+     ["line 3", "'timestamp'", "unparseable date", "not-a-date"]),
+    ("nan.csv", "user_id,item_id,timestamp,value\nu1,a,2024-01-01,\n", ["line 2", "'value'", "not a number"]),
+    ("neg.csv", "user_id,item_id,timestamp,value\nu1,a,2024-01-01,-3\n", ["line 2", "'value'", "negative"]),
+    ("empty.csv", "", ["empty"]),
+    ("header_only.csv", "user_id,item_id,timestamp\n", ["no rows"]),
+    ("delim.csv", "user_id;item_id;timestamp\nu1;a;2024-01-01\n", ["delimiter ';'", "--sep"]),
+    ("emptyuser.csv", "user_id,item_id,timestamp\n,a,2024-01-01\n", ["line 2", "'user_id'", "empty user id"]),
+])
+def test_bad_input_clear_error_store_untouched(tmp_path, store, name, text, fragments):
+    ingest(store, write(tmp_path, "good.csv", GOOD))
+    before = store.events()
+    with pytest.raises(DataError) as e:
+        ingest(store, write(tmp_path, name, text), cmap=ColumnMap(item="item_id") if "missing" in name else None)
+    msg = str(e.value)
+    for f in fragments:
+        assert f in msg, (f, msg)
+    pd.testing.assert_frame_equal(store.events(), before)
+
+
+def test_error_list_is_capped_with_count(tmp_path, store):
+    rows = "".join(f"u{i},a,bad{i}\n" for i in range(30))
+    with pytest.raises(DataError) as e:
+        ingest(store, write(tmp_path, "many.csv", "user_id,item_id,timestamp\n" + rows))
+    assert e.value.n_problems == 30
+    assert "and 10 more problem(s)" in str(e.value)
+    assert store.count_events() == 0
+
+
+def test_negative_item_price_rejected(tmp_path, store):
+    items = write(tmp_path, "items.csv", "item_id,text,price\na,Mug,2.5\nb,Cup,-1\n")
+    with pytest.raises(DataError, match=r"line 3, field 'price': negative price"):
+        ingest(store, write(tmp_path, "e.csv", GOOD), items_path=items)
+    assert store.count_events() == 0
+
+
+def test_cli_bad_file_exits_nonzero(tmp_path):
+    p = write(tmp_path, "bad.csv", "user_id,item_id,timestamp\nu1,a,yesterday\n")
+    res = CliRunner().invoke(app, ["ingest", str(p), "--store", str(tmp_path / "s.duckdb")])
+    assert res.exit_code == 2
+    assert "unparseable date" in res.output
+    with EventStore(tmp_path / "s.duckdb") as st:
+        assert st.count_events() == 0
+
+
+def test_pseudonymisation_is_keyed_and_stable():
+    s = pd.Series(["alice", "bob", "alice"])
+    a = pseudonymise(s, b"k" * 32)
+    b = pseudonymise(s, b"j" * 32)
+    assert a[0] == a[2] and a[0] != a[1]
+    assert a[0] != b[0] and "alice" not in a[0]
+
+
+def test_pseudonymise_cli_never_stores_key(tmp_path, monkeypatch):
+    key = "secret-key-0123456789abcdef"
+    monkeypatch.setenv("VALUEREC_PSEUDONYM_KEY", key)
+    p = write(tmp_path, "e.csv", GOOD)
+    db = tmp_path / "s.duckdb"
+    res = CliRunner().invoke(app, ["ingest", str(p), "--store", str(db), "--pseudonymise"])
+    assert res.exit_code == 0, res.output
+    with EventStore(db) as st:
+        users = set(st.events()["user_id"])
+    assert not users & {"u1", "u2"}
+    assert key.encode() not in db.read_bytes()
+
+
+def test_s3rec_format(tmp_path, store):
+    p = write(tmp_path, "Tiny.txt", "1 5 6 7\n2 6 5\n")
+    (tmp_path / "Tiny_item2attributes.json").write_text(json.dumps({"5": [1, 2], "6": [2]}))
+    ingest(store, p)
+    ev = store.events()
+    assert ev[ev.user_id == "1"]["item_id"].tolist() == ["5", "6", "7"]
+    items = store.items().set_index("item_id")
+    assert items.loc["5", "attributes"] == ["1", "2"] and items.loc["7", "attributes"] is None
+
+
+ONLINE_RETAIL_HEAD = "InvoiceNo,StockCode,Description,Quantity,InvoiceDate,UnitPrice,CustomerID,Country\n"
+
+
+def test_online_retail_cleaning(tmp_path):
+    rows = [
+        "536365,85123A,WHITE HANGING HEART,6,2010-12-01 08:26:00,2.55,17850.0,United Kingdom",
+        "536365,85123A,WHITE HANGING HEART,6,2010-12-01 08:26:00,2.55,17850.0,United Kingdom",  # same line twice
+        "C536379,85123A,WHITE HANGING HEART,-2,2010-12-01 09:41:00,2.55,17850.0,United Kingdom",  # return
+        "536380,22728,ALARM CLOCK,3,2010-12-01 09:45:00,3.75,,United Kingdom",  # guest
+        "536381,22728,ALARM CLOCK,1,2010-12-01 09:45:00,0,12583.0,France",  # zero price
+    ]
+    p = tmp_path / "or.csv.gz"
+    with gzip.open(p, "wt") as f:
+        f.write(ONLINE_RETAIL_HEAD + "\n".join(rows) + "\n")
+    events, items, rep = read_online_retail(p)
+    assert rep.dropped == {"no_customer_id": 1, "not_purchase_or_return": 1}
+    assert events["event_type"].tolist() == ["purchase", "purchase", "return"]
+    assert events["value"].tolist() == pytest.approx([15.3, 15.3, 5.1])
+    assert events["user_id"].unique().tolist() == ["17850"]
+    assert items.set_index("item_id").loc["85123A", "text"] == "WHITE HANGING HEART"
+
+
+def test_online_retail_full_counts(shared_data, tmp_path):
+    events, _, _ = read_online_retail(shared_data / "online-retail" / "online_retail_2010_2011.csv.gz")
+    purchases = events[events.event_type == "purchase"]
+    assert len(purchases) == 397_884
+    assert purchases["user_id"].nunique() == 4_338
