@@ -1,0 +1,24 @@
+"""`valuerec demo`: the end-to-end run on the bundled Online Retail subset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def demo_cmd(
+    out: Path = typer.Option(Path("valuerec-demo"), "--out", help="Where the store, models and report go"),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Transformer epochs (default: a few minutes' worth)"),
+    seed: int = typer.Option(0, "--seed"),
+    quick: bool = typer.Option(False, "--quick", help="Tiny settings, for a smoke test"),
+) -> None:
+    """Ingest the bundled data, train, evaluate against baselines, and show recommendations."""
+    from valuerec.demo import run_demo
+
+    run_demo(out, epochs=epochs, seed=seed, quick=quick)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("demo")(demo_cmd)
