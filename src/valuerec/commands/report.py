@@ -1,0 +1,41 @@
+"""`valuerec report`: one self-contained HTML file from a model, a store and the result files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+console = Console(stderr=True)
+
+
+def report_cmd(
+    model: Path = typer.Option(..., "--model", help="Model directory"),
+    store: Path = typer.Option(..., "--store", help="DuckDB event store"),
+    results: Optional[Path] = typer.Option(Path("benchmarks/results"), "--results", help="Directory of result JSON files"),
+    out: Path = typer.Option(Path("report.html"), "--out"),
+    examples: int = typer.Option(3, "--examples", help="Example users to show"),
+) -> None:
+    """Write the HTML report (opens offline; interactive charts; readable in print)."""
+    from valuerec.data.schema import DataError
+    from valuerec.report.build import build_inputs
+    from valuerec.report.html import write_report
+
+    for p, what in ((model, "model directory"), (store, "store")):
+        if not p.exists():
+            console.print(f"[red]error:[/red] {what} {p} does not exist")
+            raise typer.Exit(code=2)
+    try:
+        with console.status("building the report ..."):
+            inputs = build_inputs(model, store, results if results and results.exists() else None, n_examples=examples)
+            path = write_report(inputs, out)
+    except DataError as e:
+        console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(code=2) from None
+    console.print(f"report written to {path.resolve()}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("report")(report_cmd)
