@@ -21,15 +21,18 @@ log = logging.getLogger(__name__)
 
 
 def training_curves(model) -> dict | None:
+    """Per-epoch train loss and validation metrics from the training history the model saved."""
     hist = getattr(model, "history_", None) or []
     if not hist:
         return None
-    keys = [k for k in hist[0] if k not in ("epoch", "seconds") and isinstance(hist[0][k], (int, float))]
-    curves = {"epochs": [int(r.get("epoch", i + 1)) for i, r in enumerate(hist)]}
-    for k in keys:
-        if k.startswith("val_") and not any(k.endswith(s) for s in ("ndcg@10", "hr@10", "ndcg@20", "recall@20", "gini", "auc")):
-            continue
-        curves[k] = [float(r.get(k, np.nan)) for r in hist]
+    keep_val = ("ndcg@10", "hr@10", "ndcg@20", "recall@20", "gini", "auc")
+    curves: dict[str, list] = {"epochs": [int(r.get("epoch", i + 1)) for i, r in enumerate(hist)]}
+    for i, r in enumerate(hist):
+        flat = {k: v for k, v in r.items() if k.startswith("train_") and k != "train_seconds"}
+        flat.update({f"val_{k}": v for k, v in (r.get("val") or {}).items() if k in keep_val})
+        for k, v in flat.items():
+            if isinstance(v, (int, float)):
+                curves.setdefault(k, [None] * len(hist))[i] = float(v)
     return curves
 
 
