@@ -1,0 +1,778 @@
+"""The behaviour transformer: one causal encoder over a user's events, with heads on top.
+
+Read top to bottom: config -> token embedding -> blocks -> encoder -> heads -> batches -> the
+``Recommender`` wrapper that fits, scores, saves and loads.
+
+Every event becomes one token::
+
+    token_t = item_vector(item_t) + type_emb(event_type_t) + gap_emb(bucket(time_t - time_{t-1})) + pos_emb(t)
+    item_vector(i) = id_emb(i) [+ mean(attr_emb(attributes of i))] [+ text_proj(frozen text embedding of i)]
+
+Pre-LN blocks with causal self-attention (``scaled_dot_product_attention``) give ``h_t``, a summary
+of events ``1..t``. The next-item head scores every item as ``h_t . item_vector(i)``: the output
+table is the same content-aware item vector as the input (tied), so an item with text or attributes
+but no interactions still gets a meaningful score.
+
+Batches are right-padded, so the causal mask alone keeps real positions from ever seeing padding:
+a history's outputs do not depend on what else is in the batch or how far it is padded.
+
+An optional trailing *query token* asks for the state "as of" a time after the last event: its
+gap embedding encodes ``as_of - last event time``. Heads that depend on recency (value, churn)
+read ``h`` there; the next-item head reads the last event.
+
+Adding a head: give it a module, put its weighted loss into the dict returned by
+``BehaviourModel.forward`` (the training loop sums that dict), and its config weight in
+``TransformerConfig`` (``value_weight``, ``churn_weight`` are already there).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from valuerec.data.dataset import Catalogue, Sequences
+from valuerec.data.schema import EVENT_TYPES, DataError
+from valuerec.models.base import Recommender, register
+from valuerec.models.value_heads import (ValueHeads, cutoff_grid, purchase_mask, summary_features,
+                                         window_labels)
+
+log = logging.getLogger(__name__)
+
+N_EVENT_TYPES = len(EVENT_TYPES)
+QUERY_TYPE = N_EVENT_TYPES  # the event-type slot of the trailing query token
+
+
+# ---------------------------------------------------------------------------------------------------
+# Config
+# ---------------------------------------------------------------------------------------------------
+@dataclass
+class TransformerConfig:
+    """Architecture and loss. Training settings (epochs, lr, ...) live in ``training.loop.TrainConfig``."""
+
+    d_model: int = 64
+    n_layers: int = 2
+    n_heads: int = 1
+    max_len: int = 50             # events kept per history (the most recent ones)
+    all_windows: bool = True      # train on every max_len window of a long history, not only the last
+    dropout: float = 0.3          # embedding, residual and MLP dropout
+    attn_dropout: float = 0.0
+    mlp_ratio: int = 4
+    # side information (each used only where the catalogue has it)
+    use_item_ids: bool = True     # False: a pure content model (needs text and/or attributes)
+    use_attributes: bool = True
+    use_text: bool = True
+    text_model: str = "all-MiniLM-L6-v2"
+    use_event_types: bool = True
+    use_time_gaps: bool = True
+    n_time_buckets: int = 32      # 0 = no previous event, then log2-spaced gaps in seconds
+    # next-item loss
+    loss: str = "ce"              # "ce": full-catalogue softmax; "sampled": sampled softmax + log-Q
+    negatives: str = "in-batch"   # sampled only: "in-batch", "uniform" or "popularity"
+    n_negatives: int = 1024       # sampled only, for uniform / popularity negatives
+    label_smoothing: float = 0.0
+    # further heads (added by later work; weights 0 = head off)
+    value_weight: float = 0.0
+    churn_weight: float = 0.0
+    horizon_days: float = 90.0
+    next_item_weight: float = 1.0  # 0 = a value-only model (e.g. a transaction log without items)
+    use_values: bool = False      # add log1p(event revenue) to each token (useful for value heads)
+    value_step_days: float = 14.0  # spacing of the calendar cut-offs that value / churn train on
+    value_max_cuts: int = 26      # at most this many labelled cut-offs (newest first)
+    data_end: float = 0.0         # unix s where the training data end (0 = the last event seen)
+    # sizes fixed by the data at fit time (saved so load() rebuilds the exact module)
+    n_items: int = 0
+    n_attributes: int = 0
+    max_attributes: int = 0
+    text_dim: int = 0
+
+    def __post_init__(self) -> None:
+        if self.d_model % self.n_heads:
+            raise DataError(f"transformer config: d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
+        if self.loss not in ("ce", "sampled"):
+            raise DataError(f"transformer config: loss={self.loss!r}, expected 'ce' or 'sampled'")
+        if self.negatives not in ("in-batch", "uniform", "popularity"):
+            raise DataError(f"transformer config: negatives={self.negatives!r}, "
+                            "expected 'in-batch', 'uniform' or 'popularity'")
+        if self.max_len < 1 or self.n_layers < 0 or self.n_time_buckets < 2:
+            raise DataError("transformer config: max_len >= 1, n_layers >= 0, n_time_buckets >= 2 required")
+
+
+def time_gap_bucket(gap_seconds: np.ndarray | torch.Tensor, n_buckets: int):
+    """Log2 buckets of a gap: bucket 0 = no previous event (gap < 0), 1 + floor(log2(1 + gap)) else,
+    capped at ``n_buckets - 1``. 1 s -> 2, 1 h -> 12, 1 day -> 17, 90 days -> 23."""
+    if isinstance(gap_seconds, torch.Tensor):
+        g = gap_seconds.double()
+        b = 1 + torch.floor(torch.log2(1.0 + g.clamp(min=0)))
+        return torch.where(g < 0, torch.zeros_like(b), b.clamp(max=n_buckets - 1)).long()
+    g = np.asarray(gap_seconds, dtype=np.float64)
+    b = 1 + np.floor(np.log2(1.0 + np.maximum(g, 0)))
+    return np.where(g < 0, 0, np.minimum(b, n_buckets - 1)).astype(np.int64)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Building blocks
+# ---------------------------------------------------------------------------------------------------
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.n_heads = cfg.n_heads
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model)
+        self.attn_dropout = cfg.attn_dropout
+        self.resid_dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, D = x.shape
+        q, k, v = self.qkv(x).split(D, dim=2)                              # 3 x (B, T, D)
+        q = q.view(B, T, self.n_heads, D // self.n_heads).transpose(1, 2)  # (B, H, T, D/H)
+        k = k.view(B, T, self.n_heads, D // self.n_heads).transpose(1, 2)
+        v = v.view(B, T, self.n_heads, D // self.n_heads).transpose(1, 2)
+        # Right padding: a real position only ever looks left, so the causal mask is the whole mask
+        # (and the fused flash / memory-efficient kernels apply on GPU).
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                           dropout_p=self.attn_dropout if self.training else 0.0)
+        y = y.transpose(1, 2).reshape(B, T, D)                             # (B, T, D)
+        return self.resid_dropout(self.proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.fc = nn.Linear(cfg.d_model, cfg.mlp_ratio * cfg.d_model)
+        self.proj = nn.Linear(cfg.mlp_ratio * cfg.d_model, cfg.d_model)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.proj(F.gelu(self.fc(x))))
+
+
+class Block(nn.Module):
+    """Pre-LN: x + attn(ln(x)), then x + mlp(ln(x))."""
+
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.d_model)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln_2 = nn.LayerNorm(cfg.d_model)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+
+class ItemTable(nn.Module):
+    """Content-aware item vectors: id embedding + mean attribute embedding + projected text embedding.
+    Used both as input tokens and as the (tied) output table of the next-item head."""
+
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        D = cfg.d_model
+        self.id_emb = nn.Embedding(cfg.n_items, D) if cfg.use_item_ids else None
+        # attributes: a padded (n_items, max_attributes) index matrix, pad = n_attributes (zero row)
+        self.attr_emb = (nn.Embedding(cfg.n_attributes + 1, D, padding_idx=cfg.n_attributes)
+                         if cfg.n_attributes > 0 else None)
+        self.register_buffer("attr_index", torch.full((cfg.n_items, max(cfg.max_attributes, 1)),
+                                                      cfg.n_attributes, dtype=torch.long))
+        # text: frozen sentence embeddings (n_items, text_dim), zero rows where an item has no text
+        self.text_proj = nn.Linear(cfg.text_dim, D, bias=False) if cfg.text_dim > 0 else None
+        self.register_buffer("text_emb", torch.zeros(cfg.n_items, max(cfg.text_dim, 1)))
+        if self.id_emb is None and self.attr_emb is None and self.text_proj is None:
+            raise DataError("transformer: use_item_ids=False needs item text or attributes in the catalogue")
+
+    def forward(self, idx: torch.Tensor | None = None) -> torch.Tensor:
+        """Vectors of items ``idx`` (any shape, values in 0..n_items-1), or of every item if None."""
+        if idx is None:
+            idx = torch.arange(self.attr_index.shape[0], device=self.attr_index.device)
+        out = 0
+        if self.id_emb is not None:
+            out = out + self.id_emb(idx)                                    # (..., D)
+        if self.attr_emb is not None:
+            a = self.attr_index[idx]                                        # (..., A)
+            n = (a != self.attr_emb.padding_idx).sum(-1, keepdim=True).clamp(min=1)
+            out = out + self.attr_emb(a).sum(-2) / n                        # (..., D) mean over attributes
+        if self.text_proj is not None:
+            out = out + self.text_proj(self.text_emb[idx])                  # (..., D)
+        return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Batches
+# ---------------------------------------------------------------------------------------------------
+@dataclass
+class Batch:
+    """Right-padded event tensors (B, T); ``mask`` marks real events."""
+
+    items: torch.Tensor            # (B, T) long, item index; 0 at padding
+    types: torch.Tensor            # (B, T) long, event-type code
+    gaps: torch.Tensor             # (B, T) long, time-gap bucket
+    mask: torch.Tensor             # (B, T) bool
+    targets: torch.Tensor | None = None   # (B, T) long, next item; -1 = no target
+    times: torch.Tensor | None = None     # (B, T) float64 unix seconds (labels for value / churn heads)
+    values: torch.Tensor | None = None    # (B, T) float revenue per event
+    query_gaps: torch.Tensor | None = None  # (B,) long, gap bucket of a trailing query token
+    query_feats: torch.Tensor | None = None  # (B, F) summary numbers of the history before the query
+    value_target: torch.Tensor | None = None  # (B,) revenue in the window after the query time
+    churn_target: torch.Tensor | None = None  # (B,) 1 = no purchase in that window
+    value_mask: torch.Tensor | None = None    # (B,) 1 = the whole window is observed (label exists)
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        return self.mask.sum(1)
+
+    def to(self, device) -> "Batch":
+        return Batch(**{f.name: (None if getattr(self, f.name) is None else getattr(self, f.name).to(device))
+                        for f in fields(self)})
+
+
+def prepare_history(items: np.ndarray, times: np.ndarray | None, types: np.ndarray | None,
+                    values: np.ndarray | None, n_items: int, n_buckets: int) -> dict[str, np.ndarray]:
+    """One history as model arrays: items outside the catalogue dropped, gap buckets computed."""
+    items = np.asarray(items, dtype=np.int64)
+    keep = (items >= 0) & (items < n_items)
+    items = items[keep]
+    t = np.asarray(times, dtype=np.float64)[keep] if times is not None else np.zeros(len(items))
+    ty = np.asarray(types, dtype=np.int64)[keep] if types is not None else np.zeros(len(items), np.int64)
+    ty = np.where((ty >= 0) & (ty < N_EVENT_TYPES), ty, N_EVENT_TYPES - 1)
+    v = np.asarray(values, dtype=np.float32)[keep] if values is not None else np.zeros(len(items), np.float32)
+    gap = np.diff(t, prepend=np.nan)
+    gap = np.where(np.isnan(gap), -1.0, np.maximum(gap, 0.0))
+    return {"items": items, "times": t, "types": ty, "gaps": time_gap_bucket(gap, n_buckets), "values": v}
+
+
+def training_windows(h: dict[str, np.ndarray], max_len: int, all_windows: bool) -> list[dict[str, np.ndarray]]:
+    """The last ``max_len + 1`` events (SASRec), and with ``all_windows`` also the earlier windows,
+    stepping back ``max_len`` events at a time, so every event of a long history is a target once."""
+    n = len(h["items"])
+    ends = [n]
+    while all_windows and ends[-1] - max_len >= 2:
+        ends.append(ends[-1] - max_len)
+    return [{k: v[max(0, e - max_len - 1):e] for k, v in h.items()} for e in ends]
+
+
+def collate(histories: list[dict[str, np.ndarray]], max_len: int, with_targets: bool,
+            as_of: np.ndarray | None = None, n_buckets: int = 32) -> Batch:
+    """Pad histories to the longest one in the batch (at most ``max_len``, keeping the latest events).
+
+    ``with_targets``: the SASRec shifted-sequence form for training. Inputs are events 1..n-1 and the
+    target at position t is item t+1, over the last ``max_len + 1`` events.
+    """
+    cut = max_len + 1 if with_targets else max_len
+    hs = [{k: v[-cut:] for k, v in h.items()} for h in histories]
+    lens = [max(len(h["items"]) - (1 if with_targets else 0), 0) for h in hs]
+    B, T = len(hs), max(max(lens, default=0), 1)
+    items = np.zeros((B, T), np.int64)
+    types = np.zeros((B, T), np.int64)
+    gaps = np.zeros((B, T), np.int64)
+    times = np.zeros((B, T), np.float64)
+    values = np.zeros((B, T), np.float32)
+    mask = np.zeros((B, T), bool)
+    targets = np.full((B, T), -1, np.int64) if with_targets else None
+    for b, (h, n) in enumerate(zip(hs, lens)):
+        items[b, :n], types[b, :n], gaps[b, :n] = h["items"][:n], h["types"][:n], h["gaps"][:n]
+        times[b, :n], values[b, :n], mask[b, :n] = h["times"][:n], h["values"][:n], True
+        if with_targets:
+            targets[b, :n] = h["items"][1:n + 1]
+    query = None
+    if as_of is not None:
+        last = np.array([h["times"][n - 1] if n else np.nan for h, n in zip(hs, lens)])
+        gap = np.where(np.isnan(last), -1.0, np.maximum(np.asarray(as_of, np.float64) - last, 0.0))
+        query = torch.from_numpy(time_gap_bucket(gap, n_buckets))
+    return Batch(items=torch.from_numpy(items), types=torch.from_numpy(types), gaps=torch.from_numpy(gaps),
+                 mask=torch.from_numpy(mask), targets=None if targets is None else torch.from_numpy(targets),
+                 times=torch.from_numpy(times), values=torch.from_numpy(values), query_gaps=query)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Encoder and heads
+# ---------------------------------------------------------------------------------------------------
+class BehaviourEncoder(nn.Module):
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.cfg = cfg
+        D = cfg.d_model
+        self.item_table = ItemTable(cfg)
+        self.type_emb = nn.Embedding(N_EVENT_TYPES + 1, D) if cfg.use_event_types else None
+        self.gap_emb = nn.Embedding(cfg.n_time_buckets, D) if cfg.use_time_gaps else None
+        self.value_proj = nn.Linear(1, D) if cfg.use_values else None
+        self.pos_emb = nn.Embedding(cfg.max_len + 1, D)   # +1: room for the trailing query token
+        self.query_emb = nn.Parameter(torch.zeros(D))     # stands in for the item of the query token
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layers)])
+        self.ln_f = nn.LayerNorm(D)
+
+    def forward(self, batch: Batch, item_vectors: torch.Tensor | None = None,
+                query_extra: torch.Tensor | None = None) -> torch.Tensor:
+        """h (B, T, D), or (B, T+1, D) with a query token at index ``lengths`` when
+        ``batch.query_gaps`` is set. ``item_vectors`` (n_items, D) saves recomputing the table;
+        ``query_extra`` (B, D) is added to the query token's input."""
+        B, T = batch.items.shape
+        if item_vectors is not None:
+            x = item_vectors[batch.items]                                  # (B, T, D)
+        else:
+            x = self.item_table(batch.items)                               # (B, T, D)
+        if self.type_emb is not None:
+            x = x + self.type_emb(batch.types)
+        if self.gap_emb is not None:
+            x = x + self.gap_emb(batch.gaps)
+        if self.value_proj is not None and batch.values is not None:
+            x = x + self.value_proj(torch.log1p(batch.values.clamp(min=0).float()).unsqueeze(-1))
+        x = x * batch.mask.unsqueeze(-1)                                   # padding tokens = 0
+        if batch.query_gaps is not None:
+            # Append a slot and write the query token right after each history's last event.
+            x = torch.cat([x, x.new_zeros(B, 1, x.shape[-1])], dim=1)      # (B, T+1, D)
+            q = self.query_emb.expand(B, -1)
+            if self.type_emb is not None:
+                q = q + self.type_emb.weight[QUERY_TYPE]
+            if self.gap_emb is not None:
+                q = q + self.gap_emb(batch.query_gaps)
+            if query_extra is not None:
+                q = q + query_extra                                        # (B, D), e.g. summary numbers
+            x = x.index_put((torch.arange(B, device=x.device), batch.lengths), q)
+            T = T + 1
+        pos = torch.arange(T, device=x.device).clamp(max=self.cfg.max_len)
+        x = self.drop(x + self.pos_emb(pos))                               # (B, T, D)
+        for block in self.blocks:
+            x = block(x)
+        return self.ln_f(x)                                                # (B, T, D)
+
+
+class NextItemHead(nn.Module):
+    """Scores every item against the state: ``h . item_vector``. Loss: full softmax cross-entropy or
+    sampled softmax with log-Q correction (Yi et al., 2019) for large catalogues."""
+
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.register_buffer("log_pop", torch.zeros(cfg.n_items))   # log training frequency (smoothed)
+
+    def scores(self, h: torch.Tensor, item_vectors: torch.Tensor) -> torch.Tensor:
+        return h @ item_vectors.T                                          # (..., n_items)
+
+    def loss(self, h: torch.Tensor, targets: torch.Tensor, item_table: ItemTable,
+             item_vectors: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean loss over positions with a target. h (B, T, D), targets (B, T) with -1 = none."""
+        sel = targets >= 0
+        h, y = h[sel], targets[sel]                                        # (P, D), (P,)
+        if self.cfg.loss == "ce":
+            if item_vectors is None:
+                item_vectors = item_table()
+            logits = self.scores(h, item_vectors).float()                  # (P, n_items)
+            return F.cross_entropy(logits, y, label_smoothing=self.cfg.label_smoothing)
+        cands, log_q, log_q_pos = self.sample_negatives(y)
+        return sampled_softmax_loss(h, y, cands, log_q, log_q_pos, item_table)
+
+    def sample_negatives(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Candidate items (C,), log of their expected count in the sample (C,), and the same for
+        each positive (P,): the log-Q correction subtracted from every logit."""
+        N, K = self.cfg.n_items, self.cfg.n_negatives
+        if self.cfg.negatives == "in-batch":
+            # The batch's own targets: an item appears in proportion to its frequency in the data.
+            cands, inverse, counts = torch.unique(y, return_inverse=True, return_counts=True)
+            log_q = torch.log(counts.float())
+            return cands, log_q, log_q[inverse]
+        if K >= N:  # the whole catalogue: the exact softmax (the reference the tests compare against)
+            cands = torch.arange(N, device=y.device)
+            return cands, torch.zeros(N, device=y.device), torch.zeros(len(y), device=y.device)
+        if self.cfg.negatives == "uniform":
+            cands = torch.randint(0, N, (K,), device=y.device)
+            return (cands, torch.full((K,), math.log(K / N), device=y.device),
+                    torch.full((len(y),), math.log(K / N), device=y.device))
+        p = torch.softmax(self.log_pop, 0)                                  # p(i) ~ (1 + count_i)
+        cands = torch.multinomial(p, K, replacement=True)
+        return cands, torch.log(K * p[cands]), torch.log(K * p[y])
+
+
+def sampled_softmax_loss(h: torch.Tensor, y: torch.Tensor, cands: torch.Tensor, log_q: torch.Tensor,
+                         log_q_pos: torch.Tensor, item_table: ItemTable) -> torch.Tensor:
+    """-log softmax of the positive among [positive, candidates], every logit minus its log Q.
+    Candidates equal to the positive are masked (accidental hits). h (P, D), y (P,), cands (C,)."""
+    pos = (h * item_table(y)).sum(-1).float() - log_q_pos                 # (P,)
+    neg = (h @ item_table(cands).T).float() - log_q[None, :]               # (P, C)
+    neg = neg.masked_fill(cands[None, :] == y[:, None], float("-inf"))
+    logits = torch.cat([pos[:, None], neg], dim=1)                         # (P, 1 + C)
+    return F.cross_entropy(logits, torch.zeros(len(y), dtype=torch.long, device=h.device))
+
+
+class BehaviourModel(nn.Module):
+    """Encoder + heads. ``forward(batch)`` returns a dict of weighted losses; training sums it."""
+
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = BehaviourEncoder(cfg)
+        self.next_item = NextItemHead(cfg)
+        self.value_heads = ValueHeads(cfg.d_model) if cfg.value_weight > 0 or cfg.churn_weight > 0 else None
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, std=0.02)
+            if m.padding_idx is not None:
+                with torch.no_grad():
+                    m.weight[m.padding_idx].zero_()
+
+    def encode(self, batch: Batch, item_vectors: torch.Tensor | None = None) -> torch.Tensor:
+        extra = None
+        if self.value_heads is not None and batch.query_gaps is not None and batch.query_feats is not None:
+            extra = self.value_heads.query_input(batch.query_feats)       # (B, D)
+        return self.encoder(batch, item_vectors, extra)                    # (B, T[+1], D)
+
+    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+        full = self.cfg.loss == "ce"
+        item_vectors = self.encoder.item_table() if full and self.cfg.n_items else None  # (n_items, D)
+        h = self.encode(batch, item_vectors)                               # (B, T[+1], D)
+        T = batch.items.shape[1]
+        losses = {}
+        has_targets = batch.targets is not None and bool((batch.targets >= 0).any())
+        if self.cfg.next_item_weight > 0 and has_targets:
+            losses["next_item"] = self.cfg.next_item_weight * self.next_item.loss(
+                h[:, :T], batch.targets, self.encoder.item_table, item_vectors)
+        if self.value_heads is not None and batch.value_target is not None:
+            hq = h[torch.arange(h.shape[0], device=h.device), batch.lengths]  # (B, D) at the query token
+            losses.update(self.value_heads.losses(hq, batch.query_feats, batch.value_target, batch.churn_target,
+                                                  batch.value_mask, self.cfg.value_weight, self.cfg.churn_weight))
+        if not losses:  # nothing to learn from this batch; keep the graph connected for DDP
+            losses["none"] = h.sum() * 0.0
+        return losses
+
+    @torch.no_grad()
+    def state(self, batch: Batch) -> torch.Tensor:
+        """The user state (B, D): at the query token if the batch has one, else at the last event."""
+        h = self.encode(batch)                                             # (B, T, D)
+        idx = batch.lengths if batch.query_gaps is not None else (batch.lengths - 1).clamp(min=0)
+        return h[torch.arange(h.shape[0], device=h.device), idx]           # (B, D)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The Recommender
+# ---------------------------------------------------------------------------------------------------
+def _split_kwargs(kwargs: dict) -> tuple[TransformerConfig, "TrainConfig"]:
+    from valuerec.training.loop import TrainConfig
+    model_keys = {f.name for f in fields(TransformerConfig)}
+    train_keys = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(kwargs) - model_keys - train_keys)
+    if unknown:
+        raise DataError(f"transformer: unknown config key(s) {unknown}; known: "
+                        f"{sorted(model_keys | train_keys)}")
+    try:
+        mc = TransformerConfig(**{k: v for k, v in kwargs.items() if k in model_keys})
+        tc = TrainConfig(**{k: v for k, v in kwargs.items() if k in train_keys})
+    except TypeError as e:
+        raise DataError(f"transformer config: {e}") from None
+    return mc, tc
+
+
+@register("transformer")
+class BehaviourTransformer(Recommender):
+    """``BehaviourTransformer(seed=0, d_model=64, epochs=200, ...)``: every field of
+    ``TransformerConfig`` and ``training.loop.TrainConfig`` is a keyword; unknown keys are an error."""
+
+    def __init__(self, seed: int = 0, **config):
+        self.seed = int(seed)
+        self.model_config, self.train_config = _split_kwargs(config)
+
+    def config(self) -> dict:
+        return {"seed": self.seed, **asdict(self.model_config), **asdict(self.train_config)}
+
+    # -- fit -------------------------------------------------------------------------------------
+    def fit(self, train: Sequences, catalogue: Catalogue, valid=None) -> "BehaviourTransformer":
+        from valuerec.evaluation.metrics import evaluate
+        from valuerec.training.loop import train_model
+
+        torch.manual_seed(self.seed)
+        self.catalogue_ = catalogue
+        cfg = self._configure_for(catalogue)
+        self.module_ = BehaviourModel(cfg)
+        self._fill_item_side_info(catalogue)
+        raw = train
+        train = train.item_only()
+        hist = self._histories(train)
+        counts = np.bincount(np.concatenate([h["items"] for h in hist]) if hist else np.zeros(0, np.int64),
+                             minlength=cfg.n_items)
+        self.module_.next_item.log_pop.copy_(torch.from_numpy(np.log1p(counts).astype(np.float32)))
+        if self.module_.value_heads is not None:
+            n_examples, make_batch, lengths = self._value_examples(raw, hist)
+        else:
+            examples = [w for h in hist if len(h["items"]) >= 2
+                        for w in training_windows(h, cfg.max_len, cfg.all_windows)]
+            if not examples:
+                raise DataError("transformer: no training history has 2 or more events")
+            lengths = np.array([min(len(h["items"]) - 1, cfg.max_len) for h in examples])
+            n_examples = len(examples)
+
+            def make_batch(idx: np.ndarray) -> Batch:
+                return collate([examples[i] for i in idx], cfg.max_len, with_targets=True,
+                               n_buckets=cfg.n_time_buckets)
+
+        def validate(module: BehaviourModel) -> dict:
+            self.module_ = module
+            return evaluate(self.score, valid, cfg.n_items, ks=(10, 20))
+
+        result = train_model(self.module_, n_examples, make_batch, self.train_config, seed=self.seed,
+                             evaluate_fn=validate if valid is not None and len(valid) else None,
+                             lengths=lengths)
+        self.module_ = result.model
+        self.history_ = result.history
+        self.best_ = result.best
+        self.device_ = result.device
+        return self
+
+    def _configure_for(self, catalogue: Catalogue) -> TransformerConfig:
+        cfg = self.model_config
+        attrs = catalogue.attributes if cfg.use_attributes else None
+        vocab = sorted({str(a) for lst in attrs or [] if lst for a in lst})
+        max_a = max((len(lst) for lst in attrs or [] if lst), default=0)
+        text_dim = 0
+        if cfg.use_text and catalogue.text is not None:
+            from valuerec.features.text import embedding_dim
+            text_dim = embedding_dim(cfg.text_model)
+        # A value-only log has no items; one placeholder row keeps the item table well-formed.
+        cfg.n_items = max(len(catalogue), 1)
+        cfg.n_attributes, cfg.max_attributes, cfg.text_dim = len(vocab), max_a, text_dim
+        self._attr_vocab = {a: i for i, a in enumerate(vocab)}
+        return cfg
+
+    def _fill_item_side_info(self, catalogue: Catalogue) -> None:
+        cfg, table = self.model_config, self.module_.encoder.item_table
+        if cfg.n_attributes:
+            idx = np.full((cfg.n_items, cfg.max_attributes), cfg.n_attributes, np.int64)
+            for i, lst in enumerate(catalogue.attributes):
+                for j, a in enumerate(lst or []):
+                    idx[i, j] = self._attr_vocab[str(a)]
+            table.attr_index.copy_(torch.from_numpy(idx))
+        if cfg.text_dim:
+            from valuerec.features.text import embed_texts
+            table.text_emb.copy_(torch.from_numpy(embed_texts(catalogue.text, cfg.text_model)))
+
+    def _histories(self, seqs: Sequences) -> list[dict[str, np.ndarray]]:
+        cfg = self.model_config
+        return [prepare_history(seqs.items[u], None if seqs.times is None else seqs.times[u],
+                                None if seqs.event_types is None else seqs.event_types[u],
+                                None if seqs.values is None else seqs.values[u], cfg.n_items, cfg.n_time_buckets)
+                for u in range(len(seqs))]
+
+    # -- value and churn -------------------------------------------------------------------------
+    def _raw_arrays(self, seqs: Sequences, u: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """All events of user u (also those without an item): times, types, values."""
+        n = len(seqs.items[u])
+        t = np.asarray(seqs.times[u], np.float64) if seqs.times is not None else np.arange(n, dtype=np.float64)
+        ty = np.asarray(seqs.event_types[u], np.int64) if seqs.event_types is not None else np.zeros(n, np.int64)
+        v = np.asarray(seqs.values[u], np.float64) if seqs.values is not None else np.zeros(n)
+        return t, ty, v
+
+    def _value_examples(self, raw: Sequences, hist: list[dict[str, np.ndarray]]):
+        """(user, cut-off) examples on a calendar grid: the history before the cut-off, a query token
+        at it, and the value / churn labels of the window after it (masked where not fully observed)."""
+        cfg = self.model_config
+        if raw.times is None:
+            raise DataError("transformer value heads need event times")
+        arrays = [self._raw_arrays(raw, u) for u in range(len(raw))]
+        t_all = np.concatenate([a[0] for a in arrays if len(a[0])]) if arrays else np.zeros(0)
+        if len(t_all) == 0:
+            raise DataError("transformer: no training events")
+        data_end = float(cfg.data_end) if cfg.data_end else float(t_all.max()) + 1.0
+        self.data_end_ = data_end
+        cuts = cutoff_grid(float(t_all.min()), data_end, cfg.horizon_days, cfg.value_step_days, cfg.value_max_cuts)
+        H = cfg.horizon_days * 86_400.0
+        ex_user, ex_cut, feats, y_val, y_churn, y_mask, lengths = [], [], [], [], [], [], []
+        for u, (t, ty, v) in enumerate(arrays):
+            buy_t = t[purchase_mask(ty, v)]
+            for c in cuts:
+                # the population as in V1: at least one purchase before the cut-off
+                if not len(buy_t) or buy_t[0] >= c:
+                    continue
+                before = t < c
+                val, _ = window_labels(t, ty, v, c, cfg.horizon_days)
+                ex_user.append(u)
+                ex_cut.append(c)
+                feats.append(summary_features(t[before], ty[before], v[before], c, cfg.horizon_days))
+                y_val.append(val)
+                # churn as V1 scores it: no purchase in the window
+                y_churn.append(float(not ((buy_t >= c) & (buy_t < c + H)).any()))
+                y_mask.append(float(c + H <= data_end))
+                lengths.append(min(int((hist[u]["times"] < c).sum()), cfg.max_len))
+        if not ex_user:
+            raise DataError("transformer: no user has a purchase before any training cut-off")
+        ex_user, ex_cut = np.asarray(ex_user), np.asarray(ex_cut)
+        feats = np.stack(feats).astype(np.float32)
+        y_val, y_churn, y_mask = (np.asarray(a, np.float32) for a in (y_val, y_churn, y_mask))
+        labelled = y_mask > 0
+        if labelled.any():
+            self.module_.value_heads.ziln.init_from_targets(y_val[labelled])
+        log.info("value heads: %d examples over %d cut-offs (%d labelled)", len(ex_user), len(cuts),
+                 int(labelled.sum()))
+
+        def make_batch(idx: np.ndarray) -> Batch:
+            hs = []
+            for i in idx:
+                h, c = hist[ex_user[i]], ex_cut[i]
+                keep = h["times"] < c
+                hs.append({k: a[keep] for k, a in h.items()})
+            b = collate(hs, cfg.max_len, with_targets=False, as_of=ex_cut[idx], n_buckets=cfg.n_time_buckets)
+            # next-item targets inside the history before the cut-off: position t predicts item t+1
+            tgt = torch.full_like(b.items, -1)
+            tgt[:, :-1] = torch.where(b.mask[:, 1:], b.items[:, 1:], torch.full_like(b.items[:, 1:], -1))
+            b.targets = tgt
+            b.query_feats = torch.from_numpy(feats[idx])
+            b.value_target = torch.from_numpy(y_val[idx])
+            b.churn_target = torch.from_numpy(y_churn[idx])
+            b.value_mask = torch.from_numpy(y_mask[idx])
+            return b
+
+        return len(ex_user), make_batch, np.asarray(lengths)
+
+    def predict_value(self, histories: Sequences, as_of, batch_size: int = 256) -> dict[str, np.ndarray]:
+        """Value over the horizon as of ``as_of`` (unix s, scalar or one per history), from the events
+        before it: expected_value, p_buy, churn_prob (no purchase in the window), lower / upper (10% /
+        90% quantiles)."""
+        module, cfg = self.module_, self.model_config
+        if module.value_heads is None:
+            raise DataError("this transformer has no value head (train it with value_weight > 0)")
+        as_of = np.broadcast_to(np.asarray(as_of, dtype=np.float64), (len(histories),))
+        device = next(module.parameters()).device
+        hist = self._histories(histories)
+        module.eval()
+        out: dict[str, list] = {}
+        with torch.no_grad():
+            for s0 in range(0, len(hist), batch_size):
+                idx = list(range(s0, min(s0 + batch_size, len(hist))))
+                hs, fs = [], []
+                for u in idx:
+                    t, ty, v = self._raw_arrays(histories, u)
+                    before = t < as_of[u]
+                    fs.append(summary_features(t[before], ty[before], v[before], as_of[u], cfg.horizon_days))
+                    keep = hist[u]["times"] < as_of[u]
+                    hs.append({k: a[keep] for k, a in hist[u].items()})
+                b = collate(hs, cfg.max_len, with_targets=False, as_of=as_of[idx], n_buckets=cfg.n_time_buckets)
+                b.query_feats = torch.from_numpy(np.stack(fs))
+                b = b.to(device)
+                h = module.encode(b)                                       # (b, T+1, D)
+                hq = h[torch.arange(h.shape[0], device=h.device), b.lengths]  # (b, D) at the query token
+                for k, val in module.value_heads.predict(hq, b.query_feats).items():
+                    out.setdefault(k, []).append(np.asarray(val))
+        return {k: np.concatenate(v) for k, v in out.items()}
+
+    # -- inference -------------------------------------------------------------------------------
+    def encode_histories(self, histories: Sequences, as_of=None, batch_size: int = 256) -> torch.Tensor:
+        """User states (B, D) on CPU. ``as_of`` (unix seconds, scalar or (B,)) adds the query token."""
+        cfg, module = self.model_config, self.module_
+        device = next(module.parameters()).device
+        hist = self._histories(histories)
+        if as_of is not None:
+            as_of = np.broadcast_to(np.asarray(as_of, dtype=np.float64), (len(hist),))
+        out = []
+        module.eval()
+        with torch.no_grad():
+            for s in range(0, len(hist), batch_size):
+                b = collate(hist[s:s + batch_size], cfg.max_len, with_targets=False,
+                            as_of=None if as_of is None else as_of[s:s + batch_size],
+                            n_buckets=cfg.n_time_buckets).to(device)
+                out.append(module.state(b).float().cpu())
+        return torch.cat(out) if out else torch.zeros(0, cfg.d_model)
+
+    def score(self, histories: Sequences, as_of=None, batch_size: int = 256) -> torch.Tensor:
+        """(B, n_items) scores. Items outside the catalogue are ignored; histories are cut to the
+        last ``max_len`` events; an empty history gets the training popularity (log counts)."""
+        module = self.module_
+        device = next(module.parameters()).device
+        module.eval()
+        out = []
+        with torch.no_grad():
+            vectors = module.encoder.item_table()                          # (n_items, D)
+            for s in range(0, len(histories), batch_size):
+                sub = histories.subset(np.arange(s, min(s + batch_size, len(histories))))
+                hist = self._histories(sub)
+                b = collate(hist, self.model_config.max_len, with_targets=False,
+                            n_buckets=self.model_config.n_time_buckets).to(device)
+                h = module.state(b)                                        # (b, D)
+                sc = module.next_item.scores(h, vectors).float()          # (b, n_items)
+                empty = b.lengths == 0
+                if empty.any():
+                    sc[empty] = module.next_item.log_pop
+                out.append(sc.cpu())
+        return torch.cat(out) if out else torch.zeros(0, self.n_items)
+
+    # -- new items -------------------------------------------------------------------------------
+    def add_items(self, items: Catalogue) -> "BehaviourTransformer":
+        """Append items the model has never seen (ids not yet in the catalogue), without retraining.
+
+        A new item's vector is its content alone: id embedding 0, plus its known attributes and its
+        projected text embedding. So an item with text is scored sensibly before any interaction.
+        """
+        new = [i for i, x in enumerate(items.item_ids) if str(x) not in self.catalogue_.index]
+        if not new:
+            return self
+        old, cfg = self.catalogue_, self.model_config
+        n_old = len(old)
+        pad = (lambda xs, n: list(xs) if xs is not None else [None] * n)
+        text = pad(old.text, n_old) + [items.text[i] if items.text is not None else None for i in new]
+        attrs = pad(old.attributes, n_old) + [items.attributes[i] if items.attributes is not None else None
+                                              for i in new]
+        price = np.concatenate([old.price if old.price is not None else np.full(n_old, np.nan),
+                                [items.price[i] if items.price is not None else np.nan for i in new]])
+        self.catalogue_ = Catalogue(item_ids=np.concatenate([old.item_ids, items.item_ids[new]]),
+                                    text=text if any(t is not None for t in text) else None,
+                                    attributes=attrs if any(a is not None for a in attrs) else None, price=price)
+        old_state = self.module_.state_dict()
+        cfg.n_items = len(self.catalogue_)
+        device = next(self.module_.parameters()).device
+        module = BehaviourModel(cfg).to(device)
+        state = module.state_dict()
+        for k, v in old_state.items():
+            if state[k].shape == v.shape:
+                state[k] = v
+            else:  # an (n_items, ...) table: old rows kept, new rows filled below
+                state[k][:n_old] = v
+                state[k][n_old:] = 0
+        module.load_state_dict(state)
+        table = module.encoder.item_table
+        with torch.no_grad():
+            if cfg.n_attributes:
+                vocab = self._attr_vocab
+                for row, i in enumerate(new, start=n_old):
+                    known = [vocab[str(a)] for a in (attrs[row] or []) if str(a) in vocab][: cfg.max_attributes]
+                    table.attr_index[row] = cfg.n_attributes
+                    table.attr_index[row, :len(known)] = torch.tensor(known, dtype=torch.long)
+            if cfg.text_dim:
+                from valuerec.features.text import embed_texts
+                table.text_emb[n_old:] = torch.from_numpy(embed_texts(text[n_old:], cfg.text_model)).to(device)
+        self.module_ = module.eval()
+        return self
+
+    # -- persistence -----------------------------------------------------------------------------
+    def _save_state(self, path: Path) -> None:
+        from safetensors.torch import save_file
+        state = {k: v.detach().cpu().contiguous() for k, v in self.module_.state_dict().items()}
+        save_file(state, str(path / "model.safetensors"))
+        (path / "attributes.json").write_text(json.dumps(sorted(self._attr_vocab, key=self._attr_vocab.get)))
+        metrics = {"history": getattr(self, "history_", []), "best": getattr(self, "best_", None)}
+        (path / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
+
+    def _load_state(self, path: Path) -> None:
+        from safetensors.torch import load_file
+        self.module_ = BehaviourModel(self.model_config)
+        self.module_.load_state_dict(load_file(str(path / "model.safetensors")))
+        vocab = json.loads((path / "attributes.json").read_text()) if (path / "attributes.json").exists() else []
+        self._attr_vocab = {a: i for i, a in enumerate(vocab)}
+        self.module_.eval()
+        mpath = path / "metrics.json"
+        if mpath.exists():
+            m = json.loads(mpath.read_text())
+            self.history_, self.best_ = m.get("history", []), m.get("best")
+
+    def n_parameters(self) -> int:
+        return sum(p.numel() for p in self.module_.parameters())

@@ -1,0 +1,110 @@
+"""Value and churn heads of the behaviour transformer, and the cut-off examples that train them.
+
+The state "as of" a time ``c`` is read at a trailing query token (see ``transformer.py``) whose input
+carries the gap since the last event and a few summary numbers of the whole history before ``c``
+(counts, spend, tenure, recency: the encoder only sees the last ``max_len`` events, the summary keeps
+what lies further back). Two heads read that state:
+
+- value: a zero-inflated lognormal (``models.ziln``) over purchase revenue in ``[c, c + H)``,
+  giving p(buy), mu and sigma; expected value = p * exp(mu + sigma^2 / 2);
+- churn: the probability of no activity at all in ``[c, c + H)``.
+
+Training examples are (user, c) pairs on a calendar grid of cut-offs, so one pass trains on every
+cut-off of every user. A label exists only where the whole window is observed (``c + H <= data end``);
+other cut-offs keep their next-item loss and mask the value and churn terms.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from valuerec.data.schema import EVENT_TYPE_CODE
+from valuerec.models.ziln import ZILNHead, ziln_loss, ziln_predict
+
+DAY = 86_400.0
+PURCHASE = EVENT_TYPE_CODE["purchase"]
+N_SUMMARY = 8
+
+
+def purchase_mask(types: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Which events are purchases: typed 'purchase', or, in logs without event types (all
+    'interaction'), any event with revenue (a plain transaction log)."""
+    if (types == PURCHASE).any():
+        return types == PURCHASE
+    return values > 0
+
+
+def summary_features(times: np.ndarray, types: np.ndarray, values: np.ndarray, as_of: float,
+                     horizon_days: float) -> np.ndarray:
+    """(N_SUMMARY,) numbers of a history before ``as_of``: log counts, log spend, tenure, recency."""
+    buy = purchase_mask(types, values)
+    if len(times) == 0:
+        return np.zeros(N_SUMMARY, np.float32)
+    bt, bv = times[buy], values[buy]
+    days = np.unique(np.floor(bt / DAY)) if len(bt) else np.zeros(0)
+    tenure = (as_of - times[0]) / DAY
+    recency = (as_of - times[-1]) / DAY
+    recency_buy = (as_of - bt[-1]) / DAY if len(bt) else tenure + horizon_days
+    recent = bv[bt >= as_of - horizon_days * DAY].sum() if len(bt) else 0.0
+    f = np.array([
+        np.log1p(len(times)), np.log1p(len(days)), np.log1p(bv.sum()), np.log1p(recent),
+        np.log1p(max(tenure, 0.0)) / 3, np.log1p(max(recency, 0.0)) / 3, np.log1p(max(recency_buy, 0.0)) / 3,
+        np.log1p(bv.sum() / max(len(days), 1)),
+    ], dtype=np.float32)
+    return f
+
+
+def window_labels(times: np.ndarray, types: np.ndarray, values: np.ndarray, c: float, horizon_days: float,
+                  ) -> tuple[float, float]:
+    """(revenue of purchases in [c, c+H), 1.0 if no event at all in that window else 0.0)."""
+    w = (times >= c) & (times < c + horizon_days * DAY)
+    buy = purchase_mask(types, values)
+    return float(values[w & buy].sum()), float(not w.any())
+
+
+def cutoff_grid(t_min: float, t_max: float, horizon_days: float, step_days: float, max_cuts: int) -> np.ndarray:
+    """Calendar cut-offs from the first event to the data end, every ``step_days``, newest first;
+    those whose window is fully observed come first in importance, the rest keep next-item only."""
+    end_labelled = t_max - horizon_days * DAY
+    if end_labelled <= t_min:
+        return np.array([t_max], dtype=np.float64)
+    cuts = np.arange(end_labelled, t_min, -step_days * DAY)[:max_cuts]
+    return np.sort(np.append(cuts, t_max))
+
+
+class ValueHeads(nn.Module):
+    """ZILN value head and churn head on the query-token state (+ the summary numbers)."""
+
+    def __init__(self, d_model: int):
+        super().__init__()
+        self.summary_proj = nn.Linear(N_SUMMARY, d_model)   # into the query token's input
+        self.ziln = ZILNHead(d_model + N_SUMMARY)
+        self.churn = nn.Linear(d_model + N_SUMMARY, 1)
+
+    def query_input(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.summary_proj(feats)                                   # (B, D)
+
+    def forward(self, h: torch.Tensor, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z = torch.cat([h, feats], dim=-1)                                 # (B, D + F)
+        return self.ziln(z), self.churn(z).squeeze(-1)                    # (B, 3), (B,)
+
+    def losses(self, h: torch.Tensor, feats: torch.Tensor, value: torch.Tensor, churn: torch.Tensor,
+               mask: torch.Tensor, value_weight: float, churn_weight: float) -> dict[str, torch.Tensor]:
+        logits, churn_logit = self(h, feats)
+        out = {}
+        if value_weight > 0:
+            out["value"] = value_weight * ziln_loss(logits.float(), value.float(), mask)
+        if churn_weight > 0:
+            bce = F.binary_cross_entropy_with_logits(churn_logit.float(), churn.float(), reduction="none")
+            out["churn"] = churn_weight * (bce * mask).sum() / mask.sum().clamp(min=1)
+        return out
+
+    @torch.no_grad()
+    def predict(self, h: torch.Tensor, feats: torch.Tensor) -> dict[str, np.ndarray]:
+        logits, churn_logit = self(h, feats)
+        out = ziln_predict(logits.float().cpu())
+        out["churn_prob"] = torch.sigmoid(churn_logit.float()).cpu().numpy().astype(np.float64)
+        return out

@@ -1,0 +1,92 @@
+"""Training checkpoints without pickle: safetensors for tensors, JSON for everything else.
+
+A checkpoint directory holds ``model.safetensors`` (current weights), ``best.safetensors`` (the best
+weights so far, by the validation metric), ``optimizer.safetensors`` + the optimizer's non-tensor
+state, the epoch and the training history in ``state.json``. It is written to a temporary directory
+and renamed into place, so a crash mid-write leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+
+def _cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
+
+
+def optimizer_to_flat(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """Split an optimizer state dict into tensors (``state.<param>.<name>``) and a JSON-able rest."""
+    sd = opt.state_dict()
+    tensors, scalars = {}, {}
+    for pid, st in sd["state"].items():
+        for name, v in st.items():
+            if isinstance(v, torch.Tensor):
+                tensors[f"state.{pid}.{name}"] = v.detach().cpu().contiguous()
+            else:
+                scalars[f"{pid}.{name}"] = v
+    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in sd["param_groups"]]
+    return tensors, {"param_groups": groups, "scalars": scalars}
+
+
+def optimizer_from_flat(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    state: dict[int, dict] = {}
+    for key, v in tensors.items():
+        _, pid, name = key.split(".", 2)
+        state.setdefault(int(pid), {})[name] = v
+    for key, v in meta.get("scalars", {}).items():
+        pid, name = key.split(".", 1)
+        state.setdefault(int(pid), {})[name] = v
+    groups = []
+    for g in meta["param_groups"]:
+        g = dict(g)
+        if "betas" in g:
+            g["betas"] = tuple(g["betas"])
+        groups.append(g)
+    opt.load_state_dict({"state": state, "param_groups": groups})
+
+
+def save_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                    epoch: int, step: int, best_state: dict[str, torch.Tensor] | None, trainer_state: dict) -> None:
+    """Write everything needed to continue after ``epoch`` (1-based count of finished epochs)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    save_file(_cpu(model.state_dict()), str(tmp / "model.safetensors"))
+    if best_state is not None:
+        save_file(_cpu(best_state), str(tmp / "best.safetensors"))
+    opt_tensors, opt_meta = optimizer_to_flat(optimizer)
+    save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
+    state = {"epoch": epoch, "step": step, "optimizer": opt_meta, **trainer_state}
+    (tmp / "state.json").write_text(json.dumps(state, indent=2, default=float))
+    old = path.with_name(path.name + ".old")
+    if path.exists():
+        if old.exists():
+            shutil.rmtree(old)
+        path.rename(old)
+    tmp.rename(path)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def has_checkpoint(path: str | Path | None) -> bool:
+    return path is not None and (Path(path) / "state.json").exists()
+
+
+def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                    device="cpu") -> tuple[dict, dict[str, torch.Tensor] | None]:
+    """Restore model and optimizer in place; return the trainer state and the best weights."""
+    path = Path(path)
+    state = json.loads((path / "state.json").read_text())
+    model.load_state_dict(load_file(str(path / "model.safetensors"), device=str(device)))
+    optimizer_from_flat(optimizer, load_file(str(path / "optimizer.safetensors"), device=str(device)),
+                        state["optimizer"])
+    best = load_file(str(path / "best.safetensors")) if (path / "best.safetensors").exists() else None
+    return state, best

@@ -1,0 +1,89 @@
+"""Value and churn heads on the behaviour transformer: labels, learning a known pattern, value-only
+data, save/load."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from valuerec.data.dataset import catalogue_from, sequences_from
+from valuerec.data.schema import DataError
+from valuerec.models import load_model
+from valuerec.models.transformer import BehaviourTransformer
+from valuerec.models.value_heads import cutoff_grid, summary_features, window_labels
+
+DAY = 86_400.0
+T0 = pd.Timestamp("2024-01-01")
+
+
+def synthetic_log(n_users=60, days=360, seed=0, with_items=True):
+    """Half the users buy every week for the whole period (loyal, spend ~20 a week); the other half
+    buy weekly for the first 120 days and then never again (churned)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for u in range(n_users):
+        loyal = u % 2 == 0
+        last_day = days if loyal else 120
+        for d in range(int(rng.integers(0, 7)), last_day, 7):
+            item = f"i{(u + d // 7) % 5}" if loyal else f"i{5 + (d // 7) % 5}"
+            rows.append((f"u{u}", item if with_items else None, T0 + pd.Timedelta(days=d), "purchase",
+                         float(rng.uniform(15, 25))))
+    df = pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp", "event_type", "value"])
+    df["quantity"] = 1.0
+    return df
+
+
+def test_labels_and_features_known_case():
+    t = np.array([0.0, 10, 20]) * DAY
+    ty = np.array([3, 3, 3])  # purchase
+    v = np.array([5.0, 7.0, 11.0])
+    assert window_labels(t, ty, v, 5 * DAY, 10) == (7.0, 0.0)     # only day 10 in [5, 15)
+    assert window_labels(t, ty, v, 21 * DAY, 10) == (0.0, 1.0)
+    f = summary_features(t[:2], ty[:2], v[:2], 15 * DAY, 90)
+    assert f[1] == pytest.approx(np.log1p(2)) and f[2] == pytest.approx(np.log1p(12.0))
+    cuts = cutoff_grid(0.0, 100 * DAY, 30, 10, 50)
+    assert cuts[-1] == 100 * DAY and np.all(cuts[:-1] <= 70 * DAY)
+
+
+def _fit(df, **kw):
+    cutoff = T0 + pd.Timedelta(days=240)
+    hist = df[df.timestamp < cutoff]
+    cat = catalogue_from(hist, None)
+    seqs = sequences_from(hist, cat, unknown_items="keep")
+    torch.manual_seed(0)
+    params = dict(value_weight=1.0, churn_weight=1.0, horizon_days=60, value_step_days=14, d_model=16,
+                  n_heads=1, n_layers=1, max_len=20, dropout=0.0, epochs=40, lr=3e-3, batch_size=64,
+                  progress=False, use_text=False, use_values=True, data_end=cutoff.timestamp())
+    params.update(kw)
+    model = BehaviourTransformer(seed=0, **params).fit(seqs, cat)
+    return model, seqs, cutoff
+
+
+def test_value_heads_learn_who_stays(tmp_path):
+    df = synthetic_log()
+    model, seqs, cutoff = _fit(df)
+    pred = model.predict_value(seqs, as_of=cutoff.timestamp())
+    loyal = np.array([int(u[1:]) % 2 == 0 for u in seqs.user_ids])
+    assert pred["churn_prob"][loyal].max() < pred["churn_prob"][~loyal].min()
+    assert pred["expected_value"][loyal].min() > pred["expected_value"][~loyal].max()
+    # loyal users spend ~20 a week: ~170 over 60 days; the estimate is in the right range
+    assert 60 < np.median(pred["expected_value"][loyal]) < 400
+    assert np.all(pred["lower"] <= pred["upper"])
+    model.save(tmp_path / "m")
+    again = load_model(tmp_path / "m").predict_value(seqs, as_of=cutoff.timestamp())
+    np.testing.assert_allclose(again["expected_value"], pred["expected_value"], rtol=1e-5)
+
+
+def test_value_only_data_without_items():
+    df = synthetic_log(with_items=False)
+    model, seqs, cutoff = _fit(df, next_item_weight=0.0, epochs=30)
+    pred = model.predict_value(seqs, as_of=cutoff.timestamp())
+    loyal = np.array([int(u[1:]) % 2 == 0 for u in seqs.user_ids])
+    assert pred["churn_prob"][loyal].mean() + 0.3 < pred["churn_prob"][~loyal].mean()
+
+
+def test_predict_value_without_value_head_is_a_clear_error():
+    df = synthetic_log(n_users=6)
+    model, seqs, cutoff = _fit(df, value_weight=0.0, churn_weight=0.0, epochs=1)
+    with pytest.raises(DataError, match="no value head"):
+        model.predict_value(seqs, as_of=cutoff.timestamp())
