@@ -476,6 +476,27 @@ def _split_kwargs(kwargs: dict) -> tuple[TransformerConfig, "TrainConfig"]:
     return mc, tc
 
 
+def transfer_weights(src: "BehaviourTransformer", dst: "BehaviourTransformer") -> None:
+    """Copy every weight of ``src`` into ``dst`` whose shape matches; item-indexed tables are copied
+    row by row for the item ids both catalogues share (new items keep their fresh rows). Buffers
+    computed from the catalogue (attributes, text, popularity) stay as ``dst`` built them."""
+    s_state, d_state = src.module_.state_dict(), dst.module_.state_dict()
+    shared = [(i, src.catalogue_.index[str(item)]) for i, item in enumerate(dst.catalogue_.item_ids)
+              if str(item) in src.catalogue_.index]
+    d_idx = torch.tensor([a for a, _ in shared], dtype=torch.long)
+    s_idx = torch.tensor([b for _, b in shared], dtype=torch.long)
+    skip = {"encoder.item_table.attr_index", "encoder.item_table.text_emb", "next_item.log_pop"}
+    with torch.no_grad():
+        for name, t in d_state.items():
+            if name in skip or name not in s_state:
+                continue
+            if name == "encoder.item_table.id_emb.weight":
+                t[d_idx] = s_state[name][s_idx]
+            elif s_state[name].shape == t.shape:
+                t.copy_(s_state[name])
+    dst.module_.load_state_dict(d_state)
+
+
 @register("transformer")
 class BehaviourTransformer(Recommender):
     """``BehaviourTransformer(seed=0, d_model=64, epochs=200, ...)``: every field of
@@ -489,7 +510,10 @@ class BehaviourTransformer(Recommender):
         return {"seed": self.seed, **asdict(self.model_config), **asdict(self.train_config)}
 
     # -- fit -------------------------------------------------------------------------------------
-    def fit(self, train: Sequences, catalogue: Catalogue, valid=None) -> "BehaviourTransformer":
+    def fit(self, train: Sequences, catalogue: Catalogue, valid=None,
+            warm_start: "BehaviourTransformer | None" = None) -> "BehaviourTransformer":
+        """Train from scratch, or from ``warm_start``'s weights (fine-tuning; items are matched by id,
+        so the catalogue may have grown: new items start from their text / attribute vectors)."""
         from valuerec.evaluation.metrics import evaluate
         from valuerec.training.loop import train_model
 
@@ -498,6 +522,8 @@ class BehaviourTransformer(Recommender):
         cfg = self._configure_for(catalogue)
         self.module_ = BehaviourModel(cfg)
         self._fill_item_side_info(catalogue)
+        if warm_start is not None:
+            transfer_weights(warm_start, self)
         raw = train
         train = train.item_only()
         hist = self._histories(train)
