@@ -13,6 +13,14 @@ from valuerec.models.base import Recommender, register
 
 @register("popularity")
 class Popularity(Recommender):
+    deterministic = True
+
+    def __init__(self, seed: int = 0):
+        self.seed = int(seed)  # deterministic; accepted so every model takes the same constructor
+
+    def config(self) -> dict:
+        return {"seed": self.seed}
+
     def fit(self, train: Sequences, catalogue: Catalogue, valid=None) -> "Popularity":
         self.catalogue_ = catalogue
         items = np.concatenate([s[s >= 0] for s in train.items]) if len(train) else np.zeros(0, np.int64)
@@ -27,3 +35,16 @@ class Popularity(Recommender):
 
     def _load_state(self, path: Path) -> None:
         self.counts_ = np.load(path / "counts.npy")
+
+
+@register("popularity-s3rec")
+class PopularityS3Rec(Popularity):
+    """Reproduction-only variant of the S3-Rec repository's popularity figure on R1.
+
+    Identical to ``popularity``; the difference is what the R1 protocol feeds ``fit``: every event
+    of the data set, including each user's held-out test item (``fit_on = "all_events"``). Counting
+    the test targets is a leak, so this model exists only to show where the published 0.0152 / 0.0068
+    comes from; never compare it with honest models.
+    """
+
+    fit_on = "all_events"

@@ -1,0 +1,106 @@
+"""`valuerec bench r1|r2`: run a ranking benchmark protocol and write its result file."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from valuerec.data.schema import DataError
+
+# Logs and the final table go to stderr; when that is a file or pipe, keep the table unwrapped.
+console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+bench_app = typer.Typer(help="Run a benchmark protocol (../shared/BENCHMARKS.md) and write a result JSON.",
+                        no_args_is_help=True)
+
+MODELS_HELP = "Comma-separated registered models, e.g. popularity,itemknn,als,bpr"
+PARAMS_HELP = ('Hyperparameters as JSON (or a path to a JSON file): {"als": {"factors": [64, 128]}, ...}; '
+               "a list is a grid searched on validation, a scalar is fixed")
+
+
+def _parse_params(params: str | None) -> dict | None:
+    if not params:
+        return None
+    text = Path(params).read_text() if os.path.exists(params) else params
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise typer.BadParameter(f"--params is not valid JSON: {e}") from None
+    if not isinstance(obj, dict) or not all(isinstance(v, dict) for v in obj.values()):
+        raise typer.BadParameter('--params must map model names to objects, e.g. {"als": {"factors": 64}}')
+    return obj
+
+
+def _models(models: str) -> list[str]:
+    import valuerec.models  # noqa: F401
+    from valuerec.models.base import MODEL_REGISTRY
+    names = [m.strip() for m in models.split(",") if m.strip()]
+    unknown = [m for m in names if m not in MODEL_REGISTRY]
+    if unknown or not names:
+        raise typer.BadParameter(f"unknown model(s) {unknown}; registered: {', '.join(sorted(MODEL_REGISTRY))}")
+    return names
+
+
+def _setup_threads(threads: int) -> None:
+    import torch
+    torch.set_num_threads(threads)
+
+
+@bench_app.command("r1")
+def r1_cmd(
+    data: Path = typer.Option(..., "--data", help="S3-Rec format file (user item item ...) or a directory with Beauty.txt"),
+    models: str = typer.Option("popularity,itemknn,als,bpr", "--models", help=MODELS_HELP),
+    seeds: int = typer.Option(3, "--seeds", min=1, help="Seeds for trained models (deterministic ones run once)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="Result JSON path"),
+    params: Optional[str] = typer.Option(None, "--params", help=PARAMS_HELP),
+    attributes: Optional[Path] = typer.Option(None, "--attributes", help="item2attributes JSON (optional)"),
+    cache_dir: Path = typer.Option(Path("runs/stores"), "--cache-dir", help="Where the ingested DuckDB store is cached"),
+    tune: bool = typer.Option(True, "--tune/--no-tune", help="Search the default validation grid"),
+    batch_size: int = typer.Option(512, "--batch-size"),
+    device: str = typer.Option("cpu", "--device", help="Where evaluation ranks (cpu, cuda)"),
+    threads: int = typer.Option(1, "--threads", help="torch threads"),
+) -> None:
+    """R1: next item, leave-one-out, full ranking (Amazon Beauty)."""
+    from valuerec.evaluation.protocols import run_r1
+    _setup_threads(threads)
+    try:
+        run_r1(data, _models(models), seeds, out, _parse_params(params), attributes, cache_dir, tune,
+               batch_size, device, console=console)
+    except DataError as e:
+        console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        raise typer.Exit(code=2) from None
+
+
+@bench_app.command("r2")
+def r2_cmd(
+    data: Path = typer.Option(..., "--data", help="Online Retail csv(.gz) or a directory holding it"),
+    models: str = typer.Option("popularity,itemknn,als,bpr", "--models", help=MODELS_HELP),
+    seeds: int = typer.Option(3, "--seeds", min=1),
+    out: Optional[Path] = typer.Option(None, "--out", help="Result JSON path"),
+    params: Optional[str] = typer.Option(None, "--params", help=PARAMS_HELP),
+    cache_dir: Path = typer.Option(Path("runs/stores"), "--cache-dir"),
+    tune: bool = typer.Option(True, "--tune/--no-tune"),
+    cutoff: str = typer.Option("2011-09-09", "--cutoff"),
+    valid_cutoff: str = typer.Option("2011-06-09", "--valid-cutoff"),
+    batch_size: int = typer.Option(512, "--batch-size"),
+    device: str = typer.Option("cpu", "--device"),
+    threads: int = typer.Option(1, "--threads"),
+) -> None:
+    """R2: next purchases after a cutoff (Online Retail)."""
+    from valuerec.evaluation.protocols import run_r2
+    _setup_threads(threads)
+    try:
+        run_r2(data, _models(models), seeds, out, _parse_params(params), cache_dir, tune, batch_size, device,
+               console=console, cutoff=cutoff, valid_cutoff=valid_cutoff)
+    except DataError as e:
+        console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        raise typer.Exit(code=2) from None
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(bench_app, name="bench")

@@ -1,0 +1,105 @@
+"""`valuerec recommend`: top-k items for one user from any saved model and the user's stored history."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from valuerec.data.dataset import Sequences, sequences_from
+from valuerec.data.schema import DataError
+from valuerec.data.store import EventStore
+
+console = Console(stderr=True)
+
+
+def recommend_for_user(model_dir: str | Path, store: str | Path, user: str, k: int = 10,
+                       exclude_history: bool = True, fallback: bool = False,
+                       history_types: list[str] | None = None) -> dict:
+    """Recommendations for ``user`` as a dict (items with text/price where known).
+
+    An unknown user (no events in the store) is a DataError, or with ``fallback`` the model's
+    recommendations for an empty history (popular items for most models), marked in ``note``.
+    ``history_types`` keeps only those event types in the history (e.g. ``["purchase"]`` for a model
+    trained on purchases); None keeps every event.
+    """
+    from valuerec.models.base import load_model
+    model_dir, store = Path(model_dir), Path(store)
+    if not (model_dir / "config.json").exists():
+        raise DataError(f"{model_dir}: not a saved model (no config.json)")
+    if not store.exists():
+        raise DataError(f"{store}: no such store")
+    model = load_model(model_dir)
+    cat = model.catalogue_
+    with EventStore(store, read_only=True) as st:
+        events = st.user_events(str(user))
+    if history_types:
+        events = events[events["event_type"].isin(history_types)]
+    note = None
+    if len(events) == 0:
+        if not fallback:
+            raise DataError(f"user {user!r} has no events in {store}; use --fallback for "
+                            "recommendations to an empty history")
+        hist = Sequences(items=[np.zeros(0, np.int64)], times=[np.zeros(0, np.int64)],
+                         event_types=[np.zeros(0, np.int64)], values=[np.zeros(0, np.float32)],
+                         user_ids=np.array([str(user)], dtype=object))
+        note = "unknown user: recommendations for an empty history"
+    else:
+        hist = sequences_from(events, cat, users=np.array([str(user)], dtype=object))
+    known = hist.items[0][hist.items[0] >= 0]
+    idx, scores = model.recommend(hist, k=k, exclude="history" if exclude_history else None)
+    items = []
+    for rank, (i, s) in enumerate(zip(idx[0], scores[0]), start=1):
+        if not math.isfinite(float(s)):
+            break  # fewer than k items left after exclusion
+        i = int(i)
+        items.append({
+            "rank": rank, "item_id": str(cat.item_ids[i]), "score": float(s),
+            "text": cat.text[i] if cat.text is not None else None,
+            "price": (float(cat.price[i]) if cat.price is not None and np.isfinite(cat.price[i]) else None),
+        })
+    return {"user": str(user), "model": model.name, "history_events": int(len(events)),
+            "history_items_in_catalogue": int(len(known)), "exclude_history": exclude_history,
+            "note": note, "items": items}
+
+
+def recommend_cmd(
+    model: Path = typer.Option(..., "--model", help="Saved model directory (config.json + arrays)"),
+    user: str = typer.Option(..., "--user", help="User id as stored"),
+    store: Path = typer.Option(..., "--store", help="DuckDB event store holding the user's history"),
+    k: int = typer.Option(10, "-k", "--k", min=1, help="How many items"),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON"),
+    exclude_history: bool = typer.Option(True, "--exclude-history/--no-exclude-history",
+                                         help="Drop items already in the user's history"),
+    fallback: bool = typer.Option(False, "--fallback", help="Unknown user: recommend for an empty history"),
+    history_types: str = typer.Option("", "--history-types",
+                                      help="Comma-separated event types to use as history (default: all)"),
+) -> None:
+    """Recommend k items for one user with any saved model."""
+    try:
+        types = [t.strip() for t in history_types.split(",") if t.strip()] or None
+        res = recommend_for_user(model, store, user, k, exclude_history, fallback, types)
+    except DataError as e:
+        console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        raise typer.Exit(code=2) from None
+    if as_json:
+        print(json.dumps(res, indent=2))
+        return
+    if res["note"]:
+        console.print(f"[yellow]note:[/yellow] {res['note']}")
+    t = Table(title=f"{res['model']} for user {res['user']} ({res['history_events']} events)")
+    for c in ("rank", "item", "score", "text", "price"):
+        t.add_column(c, justify="right" if c in ("rank", "score", "price") else "left")
+    for it in res["items"]:
+        t.add_row(str(it["rank"]), it["item_id"], f"{it['score']:.4f}", it["text"] or "",
+                  "" if it["price"] is None else f"{it['price']:.2f}")
+    Console().print(t)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("recommend")(recommend_cmd)

@@ -1,0 +1,308 @@
+"""Benchmark protocols R1 and R2 (../shared/BENCHMARKS.md), generic over every registered model.
+
+For each model: hyperparameters are chosen on the validation split only (a small grid, fitted with the
+first seed on ``split.train``, scored on ``split.valid``), then the chosen configuration is fitted on
+``split.train_full`` once per seed and the test split is scored once per fitted model. Deterministic
+models (class attribute ``deterministic = True``) run once. Any model constructed as
+``cls(seed=..., **params)`` with ``fit(train, catalogue, valid=EvalTask)`` plugs in unchanged; models
+that early-stop receive ``split.valid`` in both fits (its targets never include a test item).
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+
+from valuerec.data.dataset import Sequences
+from valuerec.data.ingest import file_sha256, ingest
+from valuerec.data.schema import DataError
+from valuerec.data.splits import Split, cutoff_split, leave_one_out
+from valuerec.data.store import EventStore
+from valuerec.evaluation.metrics import evaluate
+from valuerec.evaluation.results import (aggregate_seeds, command_line, device_info, git_commit, now_iso,
+                                         results_table, write_result)
+
+DEFAULT_CACHE = Path("runs/stores")
+
+# Small validation grids (lists = values to try). Chosen on validation NDCG; keep them small enough
+# for a CPU run of a few minutes.
+DEFAULT_GRIDS: dict[str, dict[str, list]] = {
+    "itemknn": {"neighbours": [50, 200], "recency_decay": [1.0, 0.8, 0.6]},
+    "als": {"factors": [64, 128], "regularization": [0.01, 0.1], "alpha": [1.0, 10.0], "iterations": [15]},
+    "bpr": {"factors": [64, 128], "learning_rate": [0.01, 0.05], "regularization": [0.01], "iterations": [100]},
+}
+
+
+@dataclass
+class ProtocolSpec:
+    name: str
+    ks: tuple[int, ...]
+    coverage_k: int
+    metrics: list[str]
+    select_metric: str
+    description: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+R1 = ProtocolSpec(
+    name="R1", ks=(10, 20), coverage_k=10,
+    metrics=["hr@10", "ndcg@10", "hr@20", "ndcg@20", "mrr", "coverage@10"], select_metric="ndcg@10",
+    description="next item, leave-one-out, full ranking, history excluded")
+R2 = ProtocolSpec(
+    name="R2", ks=(20,), coverage_k=20,
+    metrics=["recall@20", "ndcg@20", "hr@20", "revenue@20", "mrr", "coverage@20"], select_metric="ndcg@20",
+    description="next purchases after cutoff 2011-09-09, full ranking, no exclusion")
+
+
+# -- data ----------------------------------------------------------------------------------------------
+def resolve_r1_data(data: str | Path) -> Path:
+    p = Path(data)
+    if p.is_dir():
+        cand = p / "Beauty.txt"
+        if not cand.exists():
+            txt = sorted(p.glob("*.txt"))
+            if len(txt) != 1:
+                raise DataError(f"{p}: expected Beauty.txt (or exactly one S3-Rec .txt file) in the directory")
+            cand = txt[0]
+        p = cand
+    if not p.exists():
+        raise DataError(f"{p}: no such file")
+    return p
+
+
+def cached_store(path: Path, fmt: str, cache_dir: str | Path = DEFAULT_CACHE,
+                 attributes: str | Path | None = None, console: Console | None = None) -> tuple[Path, str]:
+    """Ingest ``path`` once into ``cache_dir/<sha256[:16]>.duckdb`` (reused on later runs)."""
+    sha = file_sha256(path)
+    tag = sha[:16] + (("-" + file_sha256(attributes)[:8]) if attributes else "")
+    store_path = Path(cache_dir) / f"{tag}.duckdb"
+    if not store_path.exists():
+        tmp = store_path.with_name(store_path.name + ".partial")
+        if tmp.exists():
+            tmp.unlink()
+        if console:
+            console.log(f"ingesting {path} -> {store_path}")
+        with EventStore(tmp) as st:
+            ingest(st, path, fmt=fmt, attributes=attributes)
+        tmp.replace(store_path)
+    return store_path, sha
+
+
+def load_split_r1(data: str | Path, attributes: str | Path | None = None,
+                  cache_dir: str | Path = DEFAULT_CACHE, console: Console | None = None) -> tuple[Split, dict]:
+    path = resolve_r1_data(data)
+    store_path, sha = cached_store(path, "s3rec", cache_dir, attributes, console)
+    with EventStore(store_path, read_only=True) as st:
+        events, items = st.events(), st.items()
+    split = leave_one_out(events, items)
+    meta = {"dataset": _dataset_name(path), "data_path": str(path), "data_sha256": sha, "store": str(store_path)}
+    return split, meta
+
+
+def load_split_r2(data: str | Path, cache_dir: str | Path = DEFAULT_CACHE, cutoff: str = "2011-09-09",
+                  valid_cutoff: str = "2011-06-09", console: Console | None = None) -> tuple[Split, dict]:
+    path = Path(data)
+    if path.is_dir():
+        cands = sorted(path.glob("*.csv*"))
+        if len(cands) != 1:
+            raise DataError(f"{path}: expected exactly one Online Retail .csv(.gz) in the directory")
+        path = cands[0]
+    if not path.exists():
+        raise DataError(f"{path}: no such file")
+    store_path, sha = cached_store(path, "online-retail", cache_dir, None, console)
+    with EventStore(store_path, read_only=True) as st:
+        events, items = st.events(), st.items()
+    split = cutoff_split(events, items, cutoff=cutoff, valid_cutoff=valid_cutoff)
+    meta = {"dataset": "online-retail", "data_path": str(path), "data_sha256": sha, "store": str(store_path)}
+    return split, meta
+
+
+def _dataset_name(path: Path) -> str:
+    stem = path.stem.lower()
+    return "amazon-beauty" if stem == "beauty" else stem
+
+
+# -- grids ---------------------------------------------------------------------------------------------
+def expand_grid(model: str, params: dict | None, tune: bool = True) -> list[dict]:
+    """Configurations to try: the default grid of ``model`` overridden by ``params`` (a list value is a
+    set to try, a scalar is fixed). ``tune=False`` keeps only the given params (model defaults else)."""
+    grid = dict(DEFAULT_GRIDS.get(model, {})) if tune else {}
+    for k, v in (params or {}).items():
+        grid[k] = v if isinstance(v, list) else [v]
+    if not grid:
+        return [{}]
+    keys = sorted(grid)
+    return [dict(zip(keys, combo)) for combo in itertools.product(*(grid[k] for k in keys))]
+
+
+# -- running -------------------------------------------------------------------------------------------
+def _evaluate(model, task, n_items: int, spec: ProtocolSpec, batch_size: int, device: str) -> dict:
+    r = evaluate(model.score, task, n_items, ks=spec.ks, batch_size=batch_size, device=device,
+                 coverage_k=spec.coverage_k)
+    return r
+
+
+def _pick(metrics: dict, names: list[str]) -> dict:
+    return {m: float(metrics[m]) for m in names if m in metrics}
+
+
+def _fit(cls, params: dict, seed: int, train: Sequences, split: Split, pass_valid: bool):
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    model = cls(seed=seed, **params)
+    t0 = time.perf_counter()
+    model.fit(train, split.catalogue, valid=split.valid if pass_valid else None)
+    return model, time.perf_counter() - t0
+
+
+def run_model(name: str, split: Split, spec: ProtocolSpec, seeds: list[int], params: dict | None = None,
+              tune: bool = True, batch_size: int = 512, device: str = "cpu",
+              console: Console | None = None) -> dict:
+    """Select on validation, then fit on train_full and test once per seed. Returns the result entry."""
+    import valuerec.models  # noqa: F401  (registers every model)
+    from valuerec.models.base import MODEL_REGISTRY
+    console = console or Console(stderr=True)
+    if name not in MODEL_REGISTRY:
+        raise DataError(f"unknown model {name!r}; registered: {sorted(MODEL_REGISTRY)}")
+    cls = MODEL_REGISTRY[name]
+    n_items = len(split.catalogue)
+    deterministic = bool(getattr(cls, "deterministic", False))
+    leaky = getattr(cls, "fit_on", None) == "all_events"
+    # Early-stopping models get split.valid in the final fit too (it holds no test item); a model can
+    # opt out with ``final_fit_uses_valid = False`` (e.g. to retrain for a fixed, selected epoch count).
+    final_valid = bool(getattr(cls, "final_fit_uses_valid", True))
+    grid = expand_grid(name, params, tune)
+    validation: dict = {"selected_by": spec.select_metric, "grid": []}
+
+    # 1. Selection on validation (first seed), unless there is nothing to choose.
+    chosen = grid[0]
+    if leaky:
+        validation["skipped"] = "reproduction-only model fitted on every event; no selection"
+    else:
+        best = -np.inf
+        for cfg in grid:
+            model, fit_s = _fit(cls, cfg, seeds[0], split.train, split, True)
+            r = _evaluate(model, split.valid, n_items, spec, batch_size, device)
+            row = {"params": cfg, "metrics": _pick(r, spec.metrics), "train_seconds": fit_s,
+                   "eval_seconds": r["eval_seconds"]}
+            validation["grid"].append(row)
+            console.log(f"{name} valid {cfg}: {spec.select_metric}={r[spec.select_metric]:.4f} "
+                        f"(fit {fit_s:.1f}s, eval {r['eval_seconds']:.1f}s)")
+            if r[spec.select_metric] > best:
+                best, chosen = r[spec.select_metric], cfg
+        validation["best"] = next(g["metrics"] for g in validation["grid"] if g["params"] == chosen)
+
+    # 2. Final fits on train_full, test once per seed.
+    runs = []
+    run_seeds = seeds[:1] if deterministic or leaky else seeds
+    train_full = split.train_full
+    if leaky:
+        # Every event, test targets included: only for reproducing a published figure.
+        train_full = Sequences.concat(split.train_full, _targets_as_history(split))
+    for seed in run_seeds:
+        model, fit_s = _fit(cls, chosen, seed, train_full, split, final_valid)
+        r = _evaluate(model, split.test, n_items, spec, batch_size, device)
+        runs.append({"seed": seed, "metrics": _pick(r, spec.metrics), "train_seconds": fit_s,
+                     "eval_seconds": r["eval_seconds"], "score_seconds": r["score_seconds"]})
+        console.log(f"{name} test seed {seed}: " + ", ".join(f"{m}={r[m]:.4f}" for m in spec.metrics if m in r)
+                    + f" (fit {fit_s:.1f}s, eval {r['eval_seconds']:.1f}s)")
+    entry = aggregate_seeds(runs, spec.metrics)
+    entry["params"] = {k: v for k, v in model.config().items() if k != "seed"}
+    entry["deterministic"] = deterministic
+    entry["final_fit_valid"] = final_valid
+    entry["validation"] = validation
+    if leaky:
+        entry["note"] = ("REPRODUCTION ONLY: popularity counted over every event including the test "
+                         "targets (a leak); kept only to explain the S3-Rec repository's published figure")
+    return entry
+
+
+def _targets_as_history(split: Split) -> Sequences:
+    """The test target of each user as a one-event history, aligned with ``split.train_full`` users."""
+    by_user = {u: t for u, t in zip(split.test.inputs.user_ids, split.test.targets)}
+    empty = np.zeros(0, np.int64)
+    return Sequences(items=[np.asarray(by_user.get(u, empty), dtype=np.int64) for u in split.train_full.user_ids])
+
+
+def popularity_count_variants(split: Split, spec: ProtocolSpec = R1, batch_size: int = 512) -> list[dict]:
+    """Which counting / exclusion detail reproduces a published popularity figure? Each variant ranks
+    the test split by item counts from a different event set, with and without history exclusion.
+    Only ``train_full`` with exclusion is the honest R1 protocol; ``all events`` counts the test targets."""
+    from valuerec.data.splits import EvalTask
+    n = len(split.catalogue)
+    all_events = Sequences.concat(split.train_full, _targets_as_history(split))
+
+    def counts(seqs: Sequences, per_user_once: bool) -> np.ndarray:
+        parts = [np.unique(s) if per_user_once else s for s in seqs.items]
+        items = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+        return np.bincount(items[items >= 0], minlength=n).astype(np.float32)
+
+    no_exclusion = EvalTask(inputs=split.test.inputs, targets=split.test.targets, exclude=None, name="test")
+    out = []
+    for events_name, seqs in (("train", split.train), ("train_full", split.train_full),
+                              ("all events (incl. test targets)", all_events)):
+        for once in (False, True):
+            c = torch.from_numpy(counts(seqs, once))
+            for excl_name, task in (("history excluded", split.test), ("nothing excluded", no_exclusion)):
+                r = evaluate(lambda h, c=c: c.expand(len(h), -1).clone(), task, n, ks=spec.ks,
+                             batch_size=batch_size, coverage_k=spec.coverage_k)
+                out.append({"counted_over": events_name, "each_user_once": once, "exclusion": excl_name,
+                            "honest": events_name != "all events (incl. test targets)",
+                            "metrics": _pick(r, spec.metrics)})
+    return out
+
+
+def run_protocol(spec: ProtocolSpec, split: Split, meta: dict, models: list[str], seeds: int | list[int] = 3,
+                 out: str | Path | None = None, params: dict | None = None, tune: bool = True,
+                 batch_size: int = 512, device: str = "cpu", command: str | None = None,
+                 console: Console | None = None) -> dict:
+    console = console or Console(stderr=True)
+    seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
+    if not seed_list:
+        raise DataError("at least one seed is needed")
+    result = {
+        "protocol": spec.name, "dataset": meta["dataset"], "data_sha256": meta["data_sha256"],
+        "git_commit": git_commit(), "command": command or command_line(), "device": device_info(device),
+        "started_at": now_iso(), "models": {},
+        "description": spec.description, "metric_names": spec.metrics, "selection_metric": spec.select_metric,
+        "split": split.info, "data_path": meta.get("data_path"),
+    }
+    t0 = time.perf_counter()
+    console.log(f"{spec.name} on {meta['dataset']}: {split.info}")
+    for name in models:
+        result["models"][name] = run_model(name, split, spec, seed_list, (params or {}).get(name), tune,
+                                           batch_size, device, console)
+        result["wall_seconds"] = time.perf_counter() - t0
+        if out:
+            write_result(out, result)  # after every model, so a long run leaves partial results
+    if spec.name == "R1" and "popularity-s3rec" in models:
+        console.log("popularity reproduction: counting variants")
+        result["popularity_variants"] = popularity_count_variants(split, spec, batch_size)
+    result["wall_seconds"] = time.perf_counter() - t0
+    if out:
+        write_result(out, result)
+        console.log(f"wrote {out}")
+    console.print(results_table(result, spec.metrics))
+    return result
+
+
+def run_r1(data_path: str | Path, models: list[str], seeds: int | list[int] = 3, out: str | Path | None = None,
+           params: dict | None = None, attributes: str | Path | None = None,
+           cache_dir: str | Path = DEFAULT_CACHE, tune: bool = True, batch_size: int = 512,
+           device: str = "cpu", command: str | None = None, console: Console | None = None) -> dict:
+    split, meta = load_split_r1(data_path, attributes, cache_dir, console)
+    return run_protocol(R1, split, meta, models, seeds, out, params, tune, batch_size, device, command, console)
+
+
+def run_r2(data_path: str | Path, models: list[str], seeds: int | list[int] = 3, out: str | Path | None = None,
+           params: dict | None = None, cache_dir: str | Path = DEFAULT_CACHE, tune: bool = True,
+           batch_size: int = 512, device: str = "cpu", command: str | None = None,
+           console: Console | None = None, cutoff: str = "2011-09-09", valid_cutoff: str = "2011-06-09") -> dict:
+    split, meta = load_split_r2(data_path, cache_dir, cutoff, valid_cutoff, console)
+    return run_protocol(R2, split, meta, models, seeds, out, params, tune, batch_size, device, command, console)
