@@ -1,0 +1,64 @@
+"""`valuerec serve`: the HTTP service (FastAPI under uvicorn) over a model and an event store."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from valuerec.data.schema import DataError
+
+console = Console(stderr=True)
+log = logging.getLogger("valuerec.serving")
+
+
+def serve_cmd(
+    model: Optional[Path] = typer.Option(None, "--model", help="Model artefact directory to serve"),
+    store: Path = typer.Option(..., "--store", help="DuckDB event store (created if missing)"),
+    models_root: Optional[Path] = typer.Option(None, "--models-root",
+                                               help="Directory of versioned model dirs; without --model the newest "
+                                                    "is served, and POST /v1/admin/reload picks the newest"),
+    host: str = typer.Option("127.0.0.1", "--host"),
+    port: int = typer.Option(8000, "--port"),
+    no_auth: bool = typer.Option(False, "--no-auth", help="Serve without API keys (local experiments only)"),
+    access_log: bool = typer.Option(False, "--access-log", help="Log every request"),
+) -> None:
+    """Serve recommendations, value and event ingest over HTTP.
+
+    API keys come from $VALUEREC_API_KEYS ('key:read,write;key2:admin') or $VALUEREC_API_KEYS_FILE;
+    other limits from VALUEREC_* variables (see valuerec.serving.settings).
+    """
+    import uvicorn
+
+    from valuerec.serving.app import create_app
+    from valuerec.serving.settings import Settings
+
+    env = dict(os.environ)
+    if model is not None:
+        env["VALUEREC_MODEL_DIR"] = str(model)
+    if models_root is not None:
+        env["VALUEREC_MODELS_ROOT"] = str(models_root)
+    env["VALUEREC_STORE"] = str(store)
+    if no_auth:
+        env["VALUEREC_AUTH_DISABLED"] = "1"
+    try:
+        settings = Settings.from_env(env)
+        if settings.model_dir is not None and not (settings.model_dir / "config.json").exists():
+            raise DataError(f"{settings.model_dir}: not a model directory (no config.json)")
+    except DataError as e:
+        console.print(f"[red]error:[/red] {e}", highlight=False)
+        raise typer.Exit(code=2) from None
+    if host not in ("127.0.0.1", "localhost", "::1") and settings.auth_disabled:
+        console.print("[red]error:[/red] --no-auth is only allowed on a loopback host")
+        raise typer.Exit(code=2)
+    log.info("starting valuerec service on http://%s:%d", host, port)
+    uvicorn.run(create_app(settings), host=host, port=port, access_log=access_log, log_level="info",
+                loop="auto", http="auto", timeout_graceful_shutdown=10)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("serve")(serve_cmd)

@@ -1,0 +1,118 @@
+"""Validate events given as records (e.g. a JSON batch from the HTTP service) with the same rules and
+messages as file ingest (``valuerec.data.ingest.read_events``).
+
+Returns a frame in the event schema, ready for ``EventStore.add_events``; raises ``DataError`` naming
+the record, field and reason, and nothing is written when any record is bad.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from valuerec.data.schema import DEFAULT_EVENT_TYPE, EVENT_COLUMNS, DataError
+
+# Timestamps outside this range are almost always unit mistakes (ms given as seconds, year 20111).
+MIN_TIME = pd.Timestamp("1970-01-01")
+MAX_TIME = pd.Timestamp("2100-01-01")
+
+
+def _one_timestamp(v) -> pd.Timestamp | None:
+    """ISO 8601 string (naive = UTC; an offset is converted to UTC), or a number of unix seconds."""
+    try:
+        if isinstance(v, bool) or v is None:
+            return None
+        if isinstance(v, (int, float, np.integer, np.floating)):
+            if not np.isfinite(v) or abs(v) >= 1e11:
+                return None
+            return pd.Timestamp(float(v), unit="s")
+        s = str(v).strip()
+        if not s or s.lower() in ("nan", "nat", "none", "null"):
+            return None
+        t = pd.Timestamp(s)
+        if t is pd.NaT:
+            return None
+        if t.tzinfo is not None:
+            t = t.tz_convert("UTC").tz_localize(None)
+        return t
+    except (ValueError, TypeError, OverflowError):
+        return None
+
+
+def _number(v, default: float) -> tuple[float | None, str | None]:
+    """(number, problem) with the ingest rules: numeric, not NaN, not infinite, not negative."""
+    if v is None:
+        return default, None
+    if isinstance(v, bool):
+        return None, "not a number (NaN or empty)"
+    try:
+        x = float(str(v).strip()) if isinstance(v, str) else float(v)
+    except (TypeError, ValueError):
+        return None, "not a number (NaN or empty)"
+    if x != x:
+        return None, "not a number (NaN or empty)"
+    if x in (float("inf"), float("-inf")):
+        return None, "infinite"
+    if x < 0:
+        return None, "negative; record returns as event_type 'return' with a positive value"
+    return x, None
+
+
+def _text(v) -> str | None:
+    if v is None or (isinstance(v, float) and v != v):
+        return None
+    s = str(v).strip()
+    return s or None
+
+
+def validate_event_records(records: list[dict], source: str = "events",
+                           default_event_type: str = DEFAULT_EVENT_TYPE) -> pd.DataFrame:
+    """Records with schema fields (user_id, timestamp required; item_id, event_type, value,
+    quantity, event_id optional) -> a validated event frame.
+
+    Plain Python per record (a request batch is small, and pandas' per-call overhead would dominate),
+    with the rules and messages of file ingest."""
+    if not records:
+        raise DataError(f"{source}: no events")
+    problems: list[str] = []
+    count = 0
+
+    def bad(n: int, fld: str, reason: str, got) -> None:
+        nonlocal count
+        count += 1
+        if len(problems) < 20:
+            problems.append(f"{source}[{n}].{fld}: {reason} (got {got!r})")
+
+    cols = {c: [] for c in EVENT_COLUMNS}
+    for n, r in enumerate(records):
+        user = _text(r.get("user_id"))
+        if user is None:
+            bad(n, "user_id", "empty user id", r.get("user_id"))
+        ts = _one_timestamp(r.get("timestamp"))
+        if ts is None:
+            bad(n, "timestamp", "unparseable date, expected ISO 8601 (e.g. 2011-09-09T08:26:00) or unix seconds",
+                r.get("timestamp"))
+        elif not (MIN_TIME <= ts < MAX_TIME):
+            bad(n, "timestamp", "outside 1970..2100 (milliseconds given as seconds?)", r.get("timestamp"))
+        nums = {}
+        for fld, default in (("value", 0.0), ("quantity", 1.0)):
+            x, why = _number(r.get(fld), default)
+            if why:
+                bad(n, fld, why, r.get(fld))
+            nums[fld] = x
+        et = _text(r.get("event_type"))
+        cols["event_id"].append(_text(r.get("event_id")))
+        cols["user_id"].append(user)
+        cols["item_id"].append(_text(r.get("item_id")))
+        cols["timestamp"].append(ts)
+        cols["event_type"].append(et.lower() if et else default_event_type)
+        cols["value"].append(nums["value"])
+        cols["quantity"].append(nums["quantity"])
+    if count:
+        raise DataError(f"{source}: {count} problem(s); nothing was written", problems, count)
+    obj = (lambda xs: pd.Series(np.array(xs, dtype=object), dtype=object, copy=False))
+    return pd.DataFrame({
+        "event_id": obj(cols["event_id"]), "user_id": obj(cols["user_id"]), "item_id": obj(cols["item_id"]),
+        "timestamp": np.array([t.value // 1000 for t in cols["timestamp"]], dtype="datetime64[us]"),
+        "event_type": obj(cols["event_type"]), "value": np.array(cols["value"], dtype=np.float64),
+        "quantity": np.array(cols["quantity"], dtype=np.float64)}, copy=False)

@@ -1,0 +1,707 @@
+"""What the service holds between requests: the event store, the loaded model and per-user state.
+
+The model and everything that depends on its catalogue (item index maps, cached histories, item
+vectors) live in one ``Runtime`` object. Reload builds a complete new ``Runtime`` and swaps one
+reference, so a request that started on the old model finishes on it and no request ever sees half
+of each.
+
+Per-user histories are cached in memory (LRU). Every write to a user bumps that user's generation
+under the store lock; a cached history remembers the generation it was read at and is re-read from
+the store when they differ, so the very next request after an accepted event sees it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import queue
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+import torch
+
+from valuerec.data.dataset import Catalogue, Sequences, _natural_key, sequences_from
+from valuerec.data.schema import DataError, event_type_code
+from valuerec.data.store import EventStore, event_hash
+from valuerec.models.base import Recommender, load_model
+from valuerec.serving.settings import Settings
+
+log = logging.getLogger("valuerec.serving")
+
+
+class NotAvailable(Exception):
+    """The loaded model (or the project) cannot answer this request: HTTP 501."""
+
+
+class NotFound(Exception):
+    """HTTP 404."""
+
+
+@dataclass
+class UserHistory:
+    """One user's events in time order; ``items`` are catalogue indices, -1 where the item is unknown
+    to the model (or the event has no item)."""
+
+    items: np.ndarray
+    times: np.ndarray
+    event_types: np.ndarray
+    values: np.ndarray
+    gen: int = 0
+
+    @property
+    def known_items(self) -> np.ndarray:
+        return self.items[self.items >= 0]
+
+    def sequences(self, user_id: str, item_only: bool) -> Sequences:
+        s = Sequences(items=[self.items], times=[self.times], event_types=[self.event_types],
+                      values=[self.values], user_ids=np.array([user_id], dtype=object))
+        return s.item_only() if item_only else s
+
+
+EMPTY = UserHistory(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))
+
+
+def _first_attr(obj, names: list[str]):
+    for n in names:
+        f = getattr(obj, n, None)
+        if f is not None:
+            return f
+    return None
+
+
+def _module_hook(module: str, names: list[str]) -> Callable | None:
+    """A function from an optional project module (lifecycle, explain), or None while it doesn't exist."""
+    try:
+        mod = importlib.import_module(module)
+    except ImportError:
+        return None
+    return _first_attr(mod, names)
+
+
+@dataclass
+class Runtime:
+    model: Recommender
+    path: Path
+    version: str
+    loaded_at: float
+    histories: "OrderedDict[str, UserHistory]" = field(default_factory=OrderedDict)
+    item_vectors: np.ndarray | None = None      # (N, D) unit rows, for /similar, when the model has them
+    complete: bool = False    # every user with events (as of the preload) is cached: a miss means "no events"
+    hooks: dict[str, Callable | None] = field(default_factory=dict)
+
+    @property
+    def catalogue(self) -> Catalogue:
+        return self.model.catalogue_
+
+    @property
+    def name(self) -> str:
+        return self.model.name
+
+    def describe(self) -> dict:
+        return {"name": self.name, "version": self.version, "path": str(self.path),
+                "loaded_at": pd.Timestamp(self.loaded_at, unit="s").isoformat() + "Z",
+                "n_items": len(self.catalogue),
+                "capabilities": {k: v is not None for k, v in self.hooks.items()}}
+
+
+def find_hooks(model: Recommender) -> dict[str, Callable | None]:
+    """Optional abilities, present when the model or the project provides them; a missing one answers 501.
+
+    - value: ``model.predict_value(histories, as_of)`` -> dict of (B,) arrays (expected_value, churn_prob, ...);
+    - stage: ``valuerec.policies.lifecycle.assign_stages(histories, as_of, value_pred)`` -> DataFrame;
+    - explain: ``valuerec.explain.influence`` (occlusion influence of each event on a target);
+    - policies: ``valuerec.policies.rerank.apply_policy`` and its registry of named policies.
+    """
+    value = getattr(model, "predict_value", None)
+    if getattr(model, "has_value_head", True) is False:   # e.g. a transformer trained without value/churn heads
+        value = None
+    stage = _module_hook("valuerec.policies.lifecycle", ["assign_stages"])
+    influence = None
+    try:
+        influence = importlib.import_module("valuerec.explain.influence")
+        if not all(hasattr(influence, n) for n in ("occlusion", "item_target", "explain_events")):
+            influence = None
+    except ImportError:
+        pass
+    return {"value": value if callable(value) else None, "stage": stage, "explain": influence}
+
+
+def policy_names() -> list[str]:
+    """Named re-ranking policies from ``valuerec.policies.rerank`` (empty until it exists)."""
+    try:
+        mod = importlib.import_module("valuerec.policies.rerank")
+        return sorted(getattr(mod, "POLICIES", {}))
+    except ImportError:
+        return []
+
+
+def item_vectors_of(model: Recommender) -> np.ndarray | None:
+    """Unit-normalised item vectors for similarity, when the model has an item table."""
+    vec = None
+    fn = getattr(model, "item_embeddings", None)
+    if callable(fn):
+        vec = fn()
+    elif getattr(model, "item_factors_", None) is not None:
+        vec = model.item_factors_
+    else:
+        module = getattr(model, "module_", None)
+        table = getattr(getattr(module, "encoder", None), "item_table", None)
+        if callable(table):
+            with torch.no_grad():
+                vec = table()
+    if vec is None:
+        return None
+    vec = vec.detach().float().cpu().numpy() if isinstance(vec, torch.Tensor) else np.asarray(vec, np.float32)
+    norms = np.linalg.norm(vec, axis=1, keepdims=True)
+    return (vec / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+def newest_model_dir(root: Path) -> Path:
+    """The newest versioned model dir under ``root``: the greatest name in natural order among
+    sub-directories holding a ``config.json`` (v2 < v10, 20240101 < 20240102)."""
+    if not root.is_dir():
+        raise DataError(f"models root {root}: no such directory")
+    dirs = [p for p in root.iterdir() if p.is_dir() and (p / "config.json").exists()]
+    if not dirs:
+        raise DataError(f"models root {root}: no model directory (with config.json) inside")
+    return max(dirs, key=lambda p: _natural_key(p.name))
+
+
+class ServiceState:
+    """Store + current runtime + caches. Thread-safe: handlers run in a thread pool."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.store: EventStore | None = None
+        self.runtime: Runtime | None = None
+        self._store_lock = threading.RLock()      # one DuckDB connection: serialise every use
+        self._cache_lock = threading.Lock()
+        self._reload_lock = threading.Lock()
+        self._user_gen: dict[str, int] = {}
+        self._popular: tuple[float, Runtime | None, np.ndarray, np.ndarray] = (0.0, None, np.zeros(0, np.int64),
+                                                                             np.zeros(0))
+        self._max_time: pd.Timestamp | None = None
+        self._last_seq = 0
+        self._local = threading.local()
+        self._writes: queue.Queue = queue.Queue()
+        self._writer_thread: threading.Thread | None = None
+        self._cursors: list = []
+        self.started_at = time.time()
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def start(self) -> None:
+        s = self.settings
+        torch.set_num_threads(s.torch_threads)
+        self.store = EventStore(s.store)
+        self.store.con.execute(f"SET threads = {int(s.duckdb_threads)}")
+        path = s.model_dir if s.model_dir is not None else newest_model_dir(s.models_root)
+        self.runtime = self._build_runtime(path)
+        tr = self._query("SELECT max(ts), max(seq) FROM events")
+        self._max_time = pd.Timestamp(tr[0][0]) if tr and tr[0][0] is not None else None
+        self._last_seq = int(tr[0][1] or 0)
+        self._writer_thread = threading.Thread(target=self._writer, name="valuerec-event-writer", daemon=True)
+        self._writer_thread.start()
+        log.info("serving model %s (%s) from %s on store %s", self.runtime.name, self.runtime.version, path, s.store)
+
+    def close(self) -> None:
+        if self._writer_thread is not None:
+            self._writes.put(None)
+            self._writer_thread.join(30)
+            self._writer_thread = None
+        if self.store is not None:
+            with self._store_lock:
+                for c in self._cursors:
+                    try:
+                        c.close()
+                    except Exception:  # noqa: BLE001 - closing anyway
+                        pass
+                self.store.close()
+            self.store = None
+
+    def _query(self, sql: str, params: list | None = None) -> list[tuple]:
+        """On the main connection, serialised with writes."""
+        with self._store_lock:
+            return self.store.con.execute(sql, params or []).fetchall()
+
+    def _read(self, sql: str, params: list | None = None) -> list[tuple]:
+        """A read on this thread's own cursor (DuckDB: one connection per thread reads concurrently,
+        each query sees the last committed state), so reads do not queue behind writes."""
+        cur = getattr(self._local, "cursor", None)
+        if cur is None:
+            with self._store_lock:
+                cur = self.store.con.cursor()
+                self._cursors.append(cur)
+            self._local.cursor = cur
+        return cur.execute(sql, params or []).fetchall()
+
+    def _build_runtime(self, path: Path) -> Runtime:
+        path = Path(path)
+        if not (path / "config.json").exists():
+            raise DataError(f"{path}: not a model directory (no config.json)")
+        t0 = time.time()
+        model = load_model(path)
+        rt = Runtime(model=model, path=path, version=path.name, loaded_at=time.time(), hooks=find_hooks(model))
+        try:
+            rt.item_vectors = item_vectors_of(model)
+        except Exception:  # noqa: BLE001 - similarity then falls back to store co-occurrence
+            log.warning("model %s: cannot read item vectors; /similar uses co-occurrence", path, exc_info=True)
+        self._preload(rt)
+        log.info("loaded model %s from %s in %.2fs (%d histories preloaded)", rt.name, path, time.time() - t0,
+                 len(rt.histories))
+        return rt
+
+    def _preload(self, rt: Runtime) -> None:
+        """Read every history once when the store is small enough (saves a store read per first request)."""
+        with self._store_lock:
+            n = self.store.count_events()
+            if n == 0 or n > self.settings.preload_max_events:
+                return
+            events = self.store.events()
+            gens = dict(self._user_gen)
+        seqs = sequences_from(events, rt.catalogue, unknown_items="keep")
+        users = seqs.user_ids[-self.settings.cache_users:]
+        rt.complete = len(users) == len(seqs)
+        off = len(seqs) - len(users)
+        for j, u in enumerate(users):
+            i = off + j
+            rt.histories[str(u)] = UserHistory(seqs.items[i], seqs.times[i], seqs.event_types[i], seqs.values[i],
+                                               gen=gens.get(str(u), 0))
+
+    def reload(self, path: str | Path | None = None) -> tuple[dict, dict]:
+        """Load a model fully, then swap it in. Returns (old, new) descriptions."""
+        s = self.settings
+        with self._reload_lock:
+            if path is None:
+                if s.models_root is None:
+                    raise DataError("no path given and the service has no models root ($VALUEREC_MODELS_ROOT)")
+                target = newest_model_dir(s.models_root)
+            else:
+                target = Path(path)
+                if s.models_root is not None:
+                    root = s.models_root.resolve()
+                    if root not in target.resolve().parents and target.resolve() != root:
+                        raise DataError(f"{target}: outside the models root {s.models_root}")
+            try:
+                new = self._build_runtime(target)
+            except DataError:
+                raise
+            except Exception as e:  # noqa: BLE001 - a broken artefact must not take the service down
+                log.exception("reload from %s failed; still serving %s", target, self.runtime.version)
+                raise DataError(f"{target}: cannot load the model ({type(e).__name__}: {e}); "
+                                "the previous model is still being served") from None
+            old = self.runtime
+            self.runtime = new   # one reference swap: in-flight requests keep the runtime they started with
+        log.info("reloaded: %s (%s) -> %s (%s)", old.name, old.version, new.name, new.version)
+        return old.describe(), new.describe()
+
+    # -- per-user state ------------------------------------------------------------------------
+    def history(self, rt: Runtime, user_id: str) -> UserHistory | None:
+        """The user's history (None for a user with no events), from cache or the store."""
+        with self._cache_lock:
+            gen = self._user_gen.get(user_id, 0)
+            h = rt.histories.get(user_id)
+            if h is not None and h.gen == gen:
+                rt.histories.move_to_end(user_id)
+                return h if len(h.items) else None
+            if h is None and gen == 0 and rt.complete:
+                return None       # every user with events was preloaded, and nobody wrote for this one since
+        # A miss reads the store under the write lock, so no write interleaves between reading the
+        # generation, reading the events and caching them.
+        with self._store_lock:
+            gen = self._user_gen.get(user_id, 0)
+            ev = self.store.user_events(user_id)
+            if len(ev):
+                s = sequences_from(ev, rt.catalogue, users=np.array([user_id], dtype=object), unknown_items="keep")
+                h = UserHistory(s.items[0], s.times[0], s.event_types[0], s.values[0], gen=gen)
+            else:
+                h = UserHistory(EMPTY.items, EMPTY.times, EMPTY.event_types, EMPTY.values, gen=gen)
+            self._cache_put(rt, user_id, h)
+        return h if len(h.items) else None
+
+    def _cache_put(self, rt: Runtime, user_id: str, h: UserHistory) -> None:
+        with self._cache_lock:
+            rt.histories[user_id] = h
+            rt.histories.move_to_end(user_id)
+            while len(rt.histories) > self.settings.cache_users:
+                rt.histories.popitem(last=False)
+                rt.complete = False
+
+    def add_events(self, events: pd.DataFrame, timeout: float = 60.0) -> tuple[int, int]:
+        """Store a validated batch; returns (accepted, duplicates) once it is committed.
+
+        Batches from concurrent requests are committed together (group commit): the store's
+        idempotency check scans the event ids, so one transaction for several requests costs
+        about the same as one for a single request."""
+        ev = events.copy()
+        no_id = ev["event_id"].isna()
+        if no_id.any():   # the content hash the store would use, known here to count per request
+            ev.loc[no_id, "event_id"] = event_hash(ev.loc[no_id])
+        done = threading.Event()
+        slot: dict = {"events": ev}
+        self._writes.put((slot, done))
+        if not done.wait(timeout):
+            raise TimeoutError("the event store did not commit within the time limit")
+        if "error" in slot:
+            raise slot["error"]
+        return slot["result"]
+
+    def _writer(self) -> None:
+        """The one thread that writes events: takes every waiting batch, commits them in one transaction."""
+        while True:
+            first = self._writes.get()
+            if first is None:
+                return
+            group = [first]
+            rows = len(first[0]["events"])
+            while rows < 10_000:
+                try:
+                    nxt = self._writes.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self._writes.put(None)
+                    break
+                group.append(nxt)
+                rows += len(nxt[0]["events"])
+            try:
+                results = self._write_group([slot["events"] for slot, _ in group])
+                for (slot, _), res in zip(group, results):
+                    slot["result"] = res
+            except BaseException as e:  # noqa: BLE001 - every waiting request gets the error
+                log.exception("writing %d event batch(es) failed", len(group))
+                for slot, _ in group:
+                    slot["error"] = e
+            for _, done in group:
+                done.set()
+
+    def _write_group(self, batches: list[pd.DataFrame]) -> list[tuple[int, int]]:
+        """One transaction for several batches; then fold the newly stored events into the cached
+        histories of their users (so the next request needs no store read)."""
+        rt = self.runtime
+        combined = pd.concat(batches, ignore_index=True) if len(batches) > 1 else batches[0]
+        with self._store_lock:
+            res = self.store.add_events(combined)
+            new = None
+            if res.added:
+                new = self.store.con.execute(
+                    "SELECT event_id, user_id, item_id, ts, event_type, value, seq FROM events WHERE seq > ? "
+                    "ORDER BY seq", [self._last_seq]).fetchdf()
+                if len(new):
+                    self._last_seq = int(new["seq"].max())
+            t = combined["timestamp"].max()
+            if self._max_time is None or t > self._max_time:
+                self._max_time = pd.Timestamp(t)
+            groups = dict(tuple(new.groupby("user_id", sort=False))) if new is not None and len(new) else {}
+            with self._cache_lock:
+                for u in pd.unique(combined["user_id"]):
+                    gen = self._user_gen.get(u, 0) + 1
+                    self._user_gen[u] = gen
+                    h = rt.histories.get(u)
+                    if h is None:
+                        if not (rt.complete and gen == 1):
+                            continue    # not cached: the next read fetches it from the store
+                        base = EMPTY    # preloaded everyone and never written: a brand-new user
+                    elif h.gen == gen - 1:
+                        base = h
+                    else:               # a stale entry: drop it, the next read refetches
+                        rt.histories.pop(u, None)
+                        continue
+                    rt.histories[u] = _merge(base, groups.get(u), rt.catalogue, gen)
+        # Per request: an event counts as accepted if it was newly stored and no earlier request of
+        # the group claimed the same id (the store keeps the first).
+        fresh = set(new["event_id"]) if new is not None else set()
+        out = []
+        for b in batches:
+            added = 0
+            for eid in b["event_id"]:
+                if eid in fresh:
+                    fresh.discard(eid)
+                    added += 1
+            out.append((added, len(b) - added))
+        return out
+
+    def delete_user(self, user_id: str) -> int:
+        rt = self.runtime
+        with self._store_lock:
+            n = self.store.delete_user(user_id)
+            with self._cache_lock:
+                self._user_gen[user_id] = self._user_gen.get(user_id, 0) + 1
+                rt.histories.pop(user_id, None)
+        return n
+
+    # -- answers -------------------------------------------------------------------------------
+    def popular(self, rt: Runtime) -> tuple[np.ndarray, np.ndarray]:
+        """Catalogue indices by store popularity (event count), most popular first; re-counted
+        every ``popular_ttl_s`` seconds."""
+        at, for_rt, idx, counts = self._popular
+        if for_rt is rt and time.time() - at < self.settings.popular_ttl_s:
+            return idx, counts
+        limit = max(1000, 10 * self.settings.max_k)
+        rows = self._read("SELECT item_id, count(*) AS n FROM events WHERE item_id IS NOT NULL "
+                           "GROUP BY item_id ORDER BY n DESC, item_id LIMIT ?", [limit * 2])
+        ids = [r[0] for r in rows]
+        cidx = rt.catalogue.lookup(ids, unknown="skip") if ids else np.zeros(0, np.int64)
+        ok = cidx >= 0
+        idx = cidx[ok][:limit]
+        counts = np.array([r[1] for r in rows], dtype=np.float64)[ok][:limit]
+        self._popular = (time.time(), rt, idx, counts)
+        return idx, counts
+
+    def recommend(self, user_id: str, k: int, policy: str, exclude_history: bool) -> dict:
+        rt = self.runtime
+        h = self.history(rt, user_id)
+        known = h.known_items if h is not None else EMPTY.items
+        if policy not in ("auto", "model", "popular") and len(known):
+            return self._recommend_policy(rt, h, user_id, k, policy, exclude_history)
+        if policy == "popular" or len(known) == 0:
+            idx, counts = self.popular(rt)
+            if exclude_history and len(known):
+                keep = ~np.isin(idx, known)
+                idx, counts = idx[keep], counts[keep]
+            used = "popular" if policy == "popular" else "new_user"
+            idx, scores = idx[:k], counts[:k]
+        else:
+            seqs = h.sequences(user_id, item_only=True)
+            with torch.no_grad():
+                top, sc = rt.model.recommend(seqs, k=k, exclude="history" if exclude_history else None)
+            idx, scores = top[0], sc[0]
+            used = "model"
+        return {"runtime": rt, "policy": used, "items": self.describe_items(rt, idx, scores),
+                "history_length": 0 if h is None else int(len(h.items))}
+
+    def _recommend_policy(self, rt: Runtime, h: UserHistory, user_id: str, k: int, policy: str,
+                          exclude_history: bool) -> dict:
+        """A named re-ranking policy (valuerec.policies.rerank) over the model's candidates."""
+        from valuerec.policies.rerank import apply_policy
+
+        seqs = h.sequences(user_id, item_only=True)
+        pop_idx, pop_counts = self.popular(rt)
+        popularity = np.zeros(len(rt.catalogue))
+        popularity[pop_idx] = pop_counts
+        t = self.as_of(None)
+        value_model = rt.model if rt.hooks.get("value") is not None else None
+        with torch.no_grad():
+            top, sc = apply_policy(policy, rt.model, seqs, k=k, exclude="history" if exclude_history else None,
+                                   as_of=self._unix(t), value_model=value_model, item_popularity=popularity,
+                                   item_vectors=rt.item_vectors)
+        ok = top[0] >= 0
+        return {"runtime": rt, "policy": policy, "items": self.describe_items(rt, top[0][ok], sc[0][ok]),
+                "history_length": int(len(h.items))}
+
+    @staticmethod
+    def describe_items(rt: Runtime, idx: np.ndarray, scores: np.ndarray) -> list[dict]:
+        cat = rt.catalogue
+        out = []
+        for i, s in zip(np.asarray(idx).tolist(), np.asarray(scores, dtype=np.float64).tolist()):
+            if not np.isfinite(s):      # excluded items (-inf) when k exceeds what is left
+                continue
+            price = None if cat.price is None else float(cat.price[i])
+            out.append({"item_id": str(cat.item_ids[i]), "score": float(s),
+                        "text": None if cat.text is None else cat.text[i],
+                        "price": price if price is not None and np.isfinite(price) else None})
+        return out
+
+    def as_of(self, as_of: str | None) -> pd.Timestamp:
+        """Prediction time: the given one, else the newest event in the store (data may be historical)."""
+        if as_of is not None:
+            try:
+                t = pd.Timestamp(as_of)
+            except (ValueError, TypeError, OverflowError):
+                raise DataError(f"as_of: unparseable date {as_of!r}, expected ISO 8601") from None
+            if t is pd.NaT:
+                raise DataError(f"as_of: unparseable date {as_of!r}, expected ISO 8601")
+            return t.tz_convert("UTC").tz_localize(None) if t.tzinfo is not None else t
+        return self._max_time if self._max_time is not None else pd.Timestamp.utcnow().tz_localize(None)
+
+    @staticmethod
+    def _unix(t: pd.Timestamp) -> np.ndarray:
+        return np.array([t.value / 1e9], dtype=np.float64)    # (1,) unix seconds, the models' as_of
+
+    def _value_row(self, rt: Runtime, seqs: Sequences, t: pd.Timestamp) -> tuple[dict | None, dict | None]:
+        """(first row of predict_value, its raw batch answer) or (None, None) without a value head."""
+        fn = rt.hooks.get("value")
+        if fn is None:
+            return None, None
+        try:
+            with torch.no_grad():
+                raw = fn(seqs, self._unix(t))
+        except NotImplementedError as e:
+            raise NotAvailable(f"model '{rt.name}' ({rt.version}) cannot predict value: {e}") from None
+        row = first_row(raw)
+        return (row if isinstance(row, dict) else {"value": row}), raw
+
+    def _stage_row(self, rt: Runtime, seqs: Sequences, t: pd.Timestamp, raw_value) -> dict | None:
+        fn = rt.hooks.get("stage")
+        if fn is None:
+            return None
+        df = fn(seqs, self._unix(t), raw_value if isinstance(raw_value, dict) else None)
+        return first_row(df)
+
+    def value(self, user_id: str, as_of: str | None) -> dict:
+        rt = self.runtime
+        if rt.hooks.get("value") is None:
+            raise NotAvailable(f"model '{rt.name}' ({rt.version}) has no value head: it does not implement "
+                               "predict_value(histories, as_of); serve a model with one (the behaviour transformer "
+                               "with value/churn heads) to use this endpoint")
+        h = self.history(rt, user_id) or EMPTY
+        t = self.as_of(as_of)
+        seqs = h.sequences(user_id, item_only=False)
+        value, raw = self._value_row(rt, seqs, t)
+        stage = self._stage_row(rt, seqs, t, raw)
+        return {"runtime": rt, "as_of": t, "value": value, "stage": None if stage is None else stage.get("stage"),
+                "stage_reason": None if stage is None else stage.get("reason"),
+                "history_length": int(len(h.items)), "known_user": len(h.items) > 0}
+
+    def stage(self, user_id: str, as_of: str | None) -> dict:
+        rt = self.runtime
+        if rt.hooks.get("stage") is None:
+            raise NotAvailable("lifecycle stages are not available: valuerec.policies.lifecycle.assign_stages "
+                               "is missing from this installation")
+        h = self.history(rt, user_id) or EMPTY
+        t = self.as_of(as_of)
+        seqs = h.sequences(user_id, item_only=False)
+        value, raw = self._value_row(rt, seqs, t)
+        row = self._stage_row(rt, seqs, t, raw)
+        features = {k: v for k, v in row.items() if k not in ("user_id", "stage", "rule", "reason")}
+        return {"runtime": rt, "as_of": t, "stage": str(row["stage"]), "reason": str(row.get("reason")),
+                "features": features, "value": value, "history_length": int(len(h.items))}
+
+    def explain(self, user_id: str, target: str | None, as_of: str | None, top: int) -> dict:
+        """Occlusion influence of each of the user's events on a target: an item's score (default: the
+        top recommendation), or 'value' / 'churn' when the model predicts them."""
+        rt = self.runtime
+        inf = rt.hooks.get("explain")
+        if inf is None:
+            raise NotAvailable(f"explanations are not available for model '{rt.name}' ({rt.version}): "
+                               "valuerec.explain.influence is missing from this installation")
+        h = self.history(rt, user_id)
+        if h is None:
+            raise NotFound(f"user {user_id!r} has no events to explain")
+        t = self.as_of(as_of)
+        if target in ("value", "churn"):
+            if rt.hooks.get("value") is None:
+                raise NotAvailable(f"target {target!r} needs a value head; model '{rt.name}' has no predict_value")
+            seqs = h.sequences(user_id, item_only=False)
+            fn = (inf.value_target if target == "value" else inf.churn_target)(rt.model, self._unix(t))
+            kind = target
+        else:
+            seqs = h.sequences(user_id, item_only=True)
+            if not len(seqs.items[0]):
+                raise NotFound(f"user {user_id!r} has no events with items the model knows")
+            if target is None:
+                with torch.no_grad():
+                    top_i, _ = rt.model.recommend(seqs, k=1, exclude="history")
+                idx = int(top_i[0][0])
+            else:
+                idx = rt.catalogue.index.get(target)
+                if idx is None:
+                    raise NotFound(f"target {target!r}: not an item of the model's catalogue, nor 'value' / 'churn'")
+            fn = inf.item_target(rt.model, [idx])
+            kind, target = "item", str(rt.catalogue.item_ids[idx])
+        with torch.no_grad():
+            full, infl = inf.occlusion(fn, seqs)
+        events = inf.explain_events(seqs, infl[0], rt.catalogue, top=top)
+        events = events.drop(columns=[c for c in ("item_index",) if c in events.columns])
+        return {"runtime": rt, "as_of": t, "target": target,
+                "explanation": {"target_kind": kind, "target_score": _plain(full[0]),
+                                "method": "occlusion: score(full history) - score(history without the event)",
+                                "events": [{k: _plain(v) for k, v in r.items()} for r in events.to_dict("records")]}}
+
+    def similar(self, item_id: str, k: int) -> dict:
+        """Nearest items by the model's item similarity (kNN rows, item factors / embeddings);
+        otherwise by co-occurrence in the store (users who had both)."""
+        rt = self.runtime
+        i = rt.catalogue.index.get(item_id)
+        if i is not None:
+            fn = getattr(rt.model, "similar_items", None)
+            sim = getattr(rt.model, "sim_", None)
+            if callable(fn):
+                idx, scores = fn(np.array([i]), k)
+                return {"runtime": rt, "method": "model", "items": self.describe_items(rt, idx[0], scores[0])}
+            if sim is not None:
+                row = sim.getrow(i)
+                order = np.lexsort((row.indices, -row.data))[:k]
+                return {"runtime": rt, "method": "model",
+                        "items": self.describe_items(rt, row.indices[order], row.data[order])}
+            if rt.item_vectors is not None:
+                s = rt.item_vectors @ rt.item_vectors[i]          # (N,) cosine
+                s[i] = -np.inf
+                top = np.argpartition(-s, min(k, len(s) - 1))[:k]
+                top = top[np.lexsort((top, -s[top]))]
+                return {"runtime": rt, "method": "model", "items": self.describe_items(rt, top, s[top])}
+        rows = self._read(
+            """
+            WITH u AS (SELECT DISTINCT user_id FROM events WHERE item_id = ?)
+            SELECT e.item_id, count(DISTINCT e.user_id) AS n FROM events e JOIN u ON e.user_id = u.user_id
+            WHERE e.item_id IS NOT NULL AND e.item_id <> ? GROUP BY e.item_id ORDER BY n DESC, e.item_id LIMIT ?
+            """, [item_id, item_id, k * 4])
+        if i is None and not rows:
+            known = self._read("SELECT count(*) FROM events WHERE item_id = ?", [item_id])[0][0]
+            if not known:
+                raise NotFound(f"unknown item {item_id!r}: not in the model's catalogue and no events in the store")
+        cidx = rt.catalogue.lookup([r[0] for r in rows], unknown="skip") if rows else np.zeros(0, np.int64)
+        counts = np.array([r[1] for r in rows], dtype=np.float64)
+        ok = cidx >= 0
+        return {"runtime": rt, "method": "cooccurrence", "items": self.describe_items(rt, cidx[ok][:k], counts[ok][:k])}
+
+    def health(self) -> dict:
+        rt = self.runtime
+        return {"status": "ok", "model": rt.describe() if rt else None,
+                "cached_users": len(rt.histories) if rt else 0, "uptime_s": round(time.time() - self.started_at, 1)}
+
+
+def _merge(h: UserHistory, new: pd.DataFrame | None, catalogue: Catalogue, gen: int) -> UserHistory:
+    """``h`` plus newly stored events, in (time, arrival) order like the store's."""
+    if new is None or not len(new):
+        return UserHistory(h.items, h.times, h.event_types, h.values, gen=gen)
+    items = np.array([catalogue.index.get(str(i), -1) if i is not None and i == i else -1 for i in new["item_id"]],
+                     dtype=np.int64)
+    times = pd.to_datetime(new["ts"]).astype("datetime64[s]").astype("int64").to_numpy()
+    types = np.array([event_type_code(t) for t in new["event_type"]], dtype=np.int64)
+    values = new["value"].to_numpy(dtype=np.float32)
+    all_times = np.concatenate([h.times, times])
+    order = np.argsort(all_times, kind="stable")     # stable: earlier arrivals first at equal times
+    return UserHistory(np.concatenate([h.items, items])[order], all_times[order],
+                       np.concatenate([h.event_types, types])[order], np.concatenate([h.values, values])[order],
+                       gen=gen)
+
+
+def first_row(result: Any) -> Any:
+    """The first row of a batch answer, as plain JSON-able values."""
+    if isinstance(result, pd.DataFrame):
+        return {k: _plain(v) for k, v in result.iloc[0].to_dict().items()}
+    if isinstance(result, dict):
+        return {str(k): _plain(v[0] if isinstance(v, (np.ndarray, list, tuple, torch.Tensor)) else v)
+                for k, v in result.items()}
+    if isinstance(result, (np.ndarray, torch.Tensor, list, tuple)):
+        v = result[0]
+        return {"value": _plain(v)} if not isinstance(v, dict) else {k: _plain(x) for k, x in v.items()}
+    return _plain(result)
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, torch.Tensor):
+        v = v.detach().cpu().numpy()
+    if isinstance(v, np.ndarray):
+        return [_plain(x) for x in v.tolist()] if v.ndim else _plain(v.item())
+    if isinstance(v, (np.floating, float)):
+        return float(v) if np.isfinite(v) else None
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    if isinstance(v, (bool, np.bool_)):
+        return bool(v)
+    if v is pd.NaT or v is pd.NA:
+        return None
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    if isinstance(v, dict):
+        return {str(k): _plain(x) for k, x in v.items()}
+    if isinstance(v, pd.Timestamp):
+        return v.isoformat()
+    return v

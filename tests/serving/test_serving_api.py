@@ -1,0 +1,335 @@
+"""Every endpoint over a real socket: happy paths, bad input, auth, limits, idempotency, freshness,
+erasure and reload. The server is one subprocess per module (see conftest)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import httpx
+import pytest
+
+from serving_support import ADMIN_KEY, READ_KEY, WRITE_KEY, auth
+from valuerec.data.store import EventStore
+
+
+@pytest.fixture(scope="module")
+def client(served):
+    with httpx.Client(base_url=served["url"], timeout=30.0, trust_env=False) as c:
+        yield c
+
+
+def recs(client, user, key=READ_KEY, **params):
+    r = client.get(f"/v1/users/{user}/recommendations", params=params, headers=auth(key))
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def ids(body):
+    return [it["item_id"] for it in body["items"]]
+
+
+# -- happy paths -------------------------------------------------------------------------------------
+def test_healthz_needs_no_key_and_names_the_model(client):
+    r = client.get("/healthz")
+    assert r.status_code == 200
+    body = r.json()
+    assert body["status"] == "ok"
+    assert body["model"]["name"] == "itemknn" and body["model"]["version"] == "v1"
+
+
+def test_recommendations_for_a_known_user_come_from_the_model_and_skip_history(client, served):
+    ev = served["events"]
+    hist = set(ev.loc[ev["user_id"] == "u0", "item_id"])
+    body = recs(client, "u0", k=4)
+    assert body["policy"] == "model" and body["k"] == 4 and body["history_length"] == 6
+    got = ids(body)
+    assert len(got) == 4
+    assert not set(got) & hist                                          # exclude_history=true
+    assert all(int(i[1:]) < 10 for i in got)                           # u0 is in cluster 0 (i0..i9)
+    first = body["items"][0]
+    assert first["text"] == f"item number {first['item_id'][1:]}" and first["price"] is not None
+    scores = [it["score"] for it in body["items"]]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_exclude_history_false_can_return_history_items(client, served):
+    ev = served["events"]
+    hist = set(ev.loc[ev["user_id"] == "u1", "item_id"])
+    assert set(ids(recs(client, "u1", k=10, exclude_history="false"))) & hist
+
+
+def test_unknown_user_gets_the_new_user_fallback(client):
+    body = recs(client, "never-seen-user", k=5)
+    assert body["policy"] == "new_user" and body["history_length"] == 0
+    assert len(body["items"]) == 5
+    scores = [it["score"] for it in body["items"]]
+    assert scores == sorted(scores, reverse=True) and scores[0] > 0   # popularity counts
+
+
+def test_popular_policy_on_request(client):
+    assert recs(client, "u0", k=3, policy="popular")["policy"] == "popular"
+
+
+def test_similar_items_from_the_model(client):
+    r = client.get("/v1/items/i3/similar", params={"k": 5}, headers=auth(READ_KEY))
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["method"] == "model"
+    got = ids(body)
+    assert len(got) == 5 and "i3" not in got and all(int(i[1:]) < 10 for i in got)
+
+
+def test_value_is_501_with_a_clear_message_for_a_model_without_value_head(client):
+    r = client.get("/v1/users/u0/value", headers=auth(READ_KEY))
+    assert r.status_code == 501
+    assert "predict_value" in r.json()["detail"] and "itemknn" in r.json()["detail"]
+
+
+def test_stage_from_lifecycle_rules(client):
+    r = client.get("/v1/users/u0/stage", headers=auth(READ_KEY))
+    if r.status_code == 501:
+        pytest.skip("lifecycle module not available")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["stage"] == "retained"        # 6 purchases, active within the horizon
+    assert body["features"]["n_purchases"] == 6 and body["reason"].startswith("retained")
+
+
+def test_explain_lists_events_by_influence(client):
+    r = client.get("/v1/users/u0/explain", params={"top": 3}, headers=auth(READ_KEY))
+    if r.status_code == 501:
+        pytest.skip("explain module not available")
+    assert r.status_code == 200, r.text
+    ex = r.json()["explanation"]
+    assert ex["target_kind"] == "item" and len(ex["events"]) == 3
+    effects = [abs(e["effect"]) for e in ex["events"]]
+    assert effects == sorted(effects, reverse=True) and effects[0] > 0
+    # the default target is the top recommendation
+    assert r.json()["target"] == ids(recs(client, "u0", k=1))[0]
+
+
+def test_metrics_count_requests_per_route(client):
+    client.get("/v1/users/u0/recommendations", headers=auth(READ_KEY))
+    r = client.get("/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    text = r.text
+    assert 'route="/v1/users/{user_id}/recommendations"' in text
+    assert "valuerec_http_request_duration_seconds_bucket" in text
+    assert 'valuerec_model_info{name="itemknn",version="v1"} 1.0' in text
+
+
+def test_openapi_documents_every_route(client):
+    paths = client.get("/openapi.json").json()["paths"]
+    for p in ["/v1/users/{user_id}/recommendations", "/v1/users/{user_id}/value", "/v1/users/{user_id}/explain",
+              "/v1/items/{item_id}/similar", "/v1/events", "/v1/users/{user_id}", "/v1/admin/reload", "/healthz"]:
+        assert p in paths
+
+
+# -- errors: each with a clear message, and the server keeps serving -------------------------------
+@pytest.mark.parametrize("event, field, words", [
+    ({"item_id": "i1", "timestamp": "2024-02-01T00:00:00"}, "user_id", "Field required"),
+    ({"user_id": "u0", "item_id": "i1", "timestamp": "31/31/2024"}, "timestamp", "unparseable date"),
+    ({"user_id": "u0", "item_id": "i1", "timestamp": "2024-02-01", "value": -5}, "value", "negative"),
+    ({"user_id": "u0", "item_id": "i1", "timestamp": "2024-02-01", "quantity": "lots"}, "quantity", "valid number"),
+    ({"user_id": "u0", "timestamp": "2024-02-01", "colour": "red"}, "colour", "Extra inputs"),
+])
+def test_malformed_events_are_422_naming_the_field(client, event, field, words):
+    r = client.post("/v1/events", json={"events": [event]}, headers=auth(WRITE_KEY))
+    assert r.status_code == 422, r.text
+    body = r.json()
+    assert field in body["message"] and words in body["message"], body
+    assert client.get("/healthz").status_code == 200
+
+
+def test_a_bad_event_rejects_the_whole_batch(client, served):
+    before = recs(client, "batch-user")["history_length"]
+    r = client.post("/v1/events", headers=auth(WRITE_KEY), json={"events": [
+        {"user_id": "batch-user", "item_id": "i1", "timestamp": "2024-02-01T00:00:00"},
+        {"user_id": "batch-user", "item_id": "i2", "timestamp": "not a date"}]})
+    assert r.status_code == 422 and "events[1].timestamp" in r.json()["message"]
+    assert recs(client, "batch-user")["history_length"] == before == 0
+
+
+def test_not_json_is_422(client):
+    r = client.post("/v1/events", content=b"{not json", headers={**auth(WRITE_KEY), "content-type": "application/json"})
+    assert r.status_code == 422
+
+
+def test_unknown_item_is_404(client):
+    r = client.get("/v1/items/no-such-item/similar", headers=auth(READ_KEY))
+    assert r.status_code == 404 and "no-such-item" in r.json()["detail"]
+
+
+def test_too_large_k_is_422(client):
+    r = client.get("/v1/users/u0/recommendations", params={"k": 51}, headers=auth(READ_KEY))
+    assert r.status_code == 422 and "k" in r.json()["message"] and "50" in r.json()["message"]
+    r = client.get("/v1/users/u0/recommendations", params={"k": 0}, headers=auth(READ_KEY))
+    assert r.status_code == 422
+
+
+def test_unknown_policy_is_422(client):
+    r = client.get("/v1/users/u0/recommendations", params={"policy": "nonsense"}, headers=auth(READ_KEY))
+    assert r.status_code == 422 and "policy" in r.json()["message"]
+
+
+def test_too_large_body_is_413_and_too_large_batch_is_422(client):
+    big = {"events": [{"user_id": "u0", "item_id": "i1", "timestamp": "2024-02-01T00:00:00",
+                       "event_id": f"big-{i}"} for i in range(400)]}     # > 20,000 bytes
+    r = client.post("/v1/events", json=big, headers=auth(WRITE_KEY))
+    assert r.status_code == 413 and "20000 bytes" in r.json()["detail"]
+    many = {"events": [{"user_id": "u", "timestamp": 1.7e9} for _ in range(101)]}  # < 20,000 bytes, > 100 events
+    r = client.post("/v1/events", json=many, headers=auth(WRITE_KEY))
+    assert r.status_code == 422 and "limit is 100" in r.json()["message"]
+    assert client.get("/healthz").status_code == 200
+
+
+def test_chunked_body_over_the_limit_is_413(client):
+    def chunks():
+        for _ in range(30):
+            yield b" " * 1000     # no Content-Length: the limit is enforced while streaming
+    r = client.post("/v1/events", content=chunks(), headers={**auth(WRITE_KEY), "content-type": "application/json"})
+    assert r.status_code == 413
+
+
+@pytest.mark.parametrize("headers, status", [
+    ({}, 401),
+    ({"X-API-Key": "wrong-key-000"}, 401),
+    ({"Authorization": "Bearer wrong-key-000"}, 401),
+    ({"Authorization": f"Bearer {READ_KEY}"}, 200),
+])
+def test_missing_or_wrong_key_is_401(client, headers, status):
+    r = client.get("/v1/users/u0/recommendations", headers=headers)
+    assert r.status_code == status, r.text
+    if status == 401:
+        assert "API key" in r.json()["detail"]
+
+
+def test_wrong_scope_is_403(client):
+    r = client.post("/v1/events", json={"events": [{"user_id": "u0", "timestamp": 1.7e9}]}, headers=auth(READ_KEY))
+    assert r.status_code == 403 and "'write' scope" in r.json()["detail"]
+    r = client.post("/v1/admin/reload", headers=auth(WRITE_KEY))
+    assert r.status_code == 403 and "'admin' scope" in r.json()["detail"]
+    r = client.delete("/v1/users/u5", headers=auth(READ_KEY))
+    assert r.status_code == 403
+
+
+# -- behaviour -------------------------------------------------------------------------------------
+def test_same_event_id_twice_is_stored_once(client):
+    ev = {"user_id": "idem-user", "item_id": "i12", "timestamp": "2024-02-02T10:00:00", "event_id": "client-1"}
+    r1 = client.post("/v1/events", json={"events": [ev]}, headers=auth(WRITE_KEY)).json()
+    r2 = client.post("/v1/events", json={"events": [ev, {**ev, "item_id": "i13"}]}, headers=auth(WRITE_KEY)).json()
+    assert (r1["accepted"], r1["duplicates"]) == (1, 0)
+    assert (r2["received"], r2["accepted"], r2["duplicates"]) == (2, 0, 2)   # same id, even with other content
+    assert recs(client, "idem-user")["history_length"] == 1
+
+
+def test_next_recommendation_reflects_a_new_event(client):
+    user = "fresh-user"
+    assert recs(client, user)["policy"] == "new_user"
+    r = client.post("/v1/events", headers=auth(WRITE_KEY), json={"events": [
+        {"user_id": user, "item_id": "i23", "timestamp": "2024-02-03T00:00:00", "event_type": "purchase",
+         "value": 4.5}]})
+    assert r.status_code == 200 and r.json()["accepted"] == 1
+    body = recs(client, user, k=5)
+    assert body["policy"] == "model" and body["history_length"] == 1
+    got = ids(body)
+    assert "i23" not in got and all(20 <= int(i[1:]) < 30 for i in got)   # i23's cluster
+    # and a second event moves it again: the cached state is updated, not stale
+    top = got[0]
+    client.post("/v1/events", headers=auth(WRITE_KEY), json={"events": [
+        {"user_id": user, "item_id": top, "timestamp": "2024-02-03T00:01:00"}]})
+    assert top not in ids(recs(client, user, k=5))
+
+
+def test_delete_user_erases_events_and_state(client):
+    user = "erase-me"
+    client.post("/v1/events", headers=auth(WRITE_KEY), json={"events": [
+        {"user_id": user, "item_id": "i1", "timestamp": "2024-02-01T00:00:00"},
+        {"user_id": user, "item_id": "i2", "timestamp": "2024-02-01T00:01:00"}]})
+    assert recs(client, user)["policy"] == "model"
+    r = client.delete(f"/v1/users/{user}", headers=auth(WRITE_KEY))
+    assert r.status_code == 200 and r.json() == {"user_id": user, "deleted_events": 2}
+    body = recs(client, user)
+    assert body["policy"] == "new_user" and body["history_length"] == 0
+
+
+def test_concurrent_requests_all_succeed(client, served):
+    errors = []
+
+    def worker(n):
+        with httpx.Client(base_url=served["url"], timeout=30.0, trust_env=False) as c:
+            for j in range(15):
+                if j % 5 == 0:
+                    r = c.post("/v1/events", headers=auth(WRITE_KEY), json={"events": [
+                        {"user_id": f"conc{n}", "item_id": f"i{j}", "timestamp": 1.7e9 + j, "event_id": f"c{n}-{j}"}]})
+                else:
+                    r = c.get(f"/v1/users/u{(n * 7 + j) % 60}/recommendations", headers=auth(READ_KEY))
+                if r.status_code != 200:
+                    errors.append(r.text)
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert recs(client, "conc0")["history_length"] == 3
+
+
+def test_reload_swaps_the_model_without_failing_requests(client, served):
+    stop = threading.Event()
+    statuses, problems = [], []
+
+    def reader():
+        with httpx.Client(base_url=served["url"], timeout=30.0, trust_env=False) as c:
+            while not stop.is_set():
+                try:
+                    r = c.get("/v1/users/u0/recommendations", headers=auth(READ_KEY))
+                except httpx.HTTPError as e:
+                    problems.append(repr(e))
+                    continue
+                statuses.append(r.status_code)
+                if r.status_code != 200:
+                    problems.append(f"{r.status_code}: {r.text[:300]}")
+
+    t = threading.Thread(target=reader)
+    t.start()
+    deadline = time.time() + 30
+    while len(statuses) < 3 and time.time() < deadline:   # the reader is going before the first swap
+        time.sleep(0.01)
+    try:
+        bad = client.post("/v1/admin/reload", json={"path": str(served["models"] / "missing")}, headers=auth(ADMIN_KEY))
+        assert bad.status_code == 422 and "not a model directory" in bad.json()["message"]
+        outside = client.post("/v1/admin/reload", json={"path": str(served["root"])}, headers=auth(ADMIN_KEY))
+        assert outside.status_code == 422 and "outside the models root" in outside.json()["message"]
+        r = client.post("/v1/admin/reload", headers=auth(ADMIN_KEY))   # newest under the models root: v2
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["previous"]["version"] == "v1" and body["current"]["version"] == "v2"
+        assert body["current"]["name"] == "popularity"
+        after = recs(client, "u0")
+        assert after["model"] == {"name": "popularity", "version": "v2"}
+        r = client.post("/v1/admin/reload", json={"path": str(served["models"] / "v1")}, headers=auth(ADMIN_KEY))
+        assert r.status_code == 200 and r.json()["current"]["version"] == "v1"
+    finally:
+        stop.set()
+        t.join()
+    assert problems == [] and len(statuses) >= 3, (problems[:5], len(statuses))
+    assert client.get("/healthz").json()["model"]["version"] == "v1"
+
+
+def test_accepted_events_are_in_the_store(served, client):
+    """What the API acknowledged is in the store file, once. Reading the file needs the server
+    stopped (DuckDB locks it), so this runs last in the module."""
+    ev = {"user_id": "stored-user", "item_id": "i7", "timestamp": "2024-03-01T12:00:00", "event_type": "purchase",
+          "value": 9.5, "quantity": 2, "event_id": "store-check-1"}
+    acks = [client.post("/v1/events", json={"events": [ev]}, headers=auth(WRITE_KEY)).json() for _ in range(2)]
+    assert [a["accepted"] for a in acks] == [1, 0]
+    client.delete("/v1/users/stored-user-2", headers=auth(WRITE_KEY))
+    served["server"].stop()
+    with EventStore(served["store"], read_only=True) as st:
+        got = st.events("user_id = 'stored-user'")
+    assert list(got["event_id"]) == ["store-check-1"]
+    row = got.iloc[0]
+    assert (row["item_id"], row["event_type"], row["value"], row["quantity"]) == ("i7", "purchase", 9.5, 2.0)
+    assert str(row["timestamp"]) == "2024-03-01 12:00:00"

@@ -1,0 +1,162 @@
+"""Pieces of the service without a socket: the value endpoint with a model that has a value head
+(in-process ASGI client), settings parsing, and record validation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from fastapi.testclient import TestClient
+
+from serving_support import API_KEYS, READ_KEY, auth, build_fixture
+from valuerec.data.dataset import catalogue_from, sequences_from
+from valuerec.data.schema import DataError
+from valuerec.data.store import EventStore
+from valuerec.data.validate import validate_event_records
+from valuerec.models.base import MODEL_REGISTRY
+from valuerec.models.popularity import Popularity
+from valuerec.serving.app import create_app
+from valuerec.serving.settings import Settings, parse_api_keys
+
+
+class PopularityWithValue(Popularity):
+    """Value = total past spend (a known answer), churn = 1 / (1 + number of events)."""
+
+    def predict_value(self, histories, as_of):
+        spend = np.array([float(np.sum(v)) for v in histories.values])
+        n = np.array([len(v) for v in histories.values], dtype=float)
+        return {"expected_value": spend, "churn_prob": 1.0 / (1.0 + n), "p_buy": n / (1.0 + n)}
+
+
+@pytest.fixture(scope="module")
+def value_client(tmp_path_factory):
+    # Registered only while this fixture lives, so suites that iterate over every registered model
+    # never see this test double.
+    PopularityWithValue.name = "test-popularity-with-value"
+    MODEL_REGISTRY[PopularityWithValue.name] = PopularityWithValue
+    try:
+        yield from _value_client(tmp_path_factory)
+    finally:
+        MODEL_REGISTRY.pop(PopularityWithValue.name, None)
+
+
+def _value_client(tmp_path_factory):
+    root = tmp_path_factory.mktemp("value")
+    fx = build_fixture(root)
+    with EventStore(fx["store"]) as st:
+        ev, it = st.events(), st.items()
+    cat = catalogue_from(ev, it)
+    PopularityWithValue().fit(sequences_from(ev, cat), cat).save(root / "models" / "v3")
+    settings = Settings.from_env({"VALUEREC_STORE": str(fx["store"]), "VALUEREC_MODEL_DIR": str(root / "models" / "v3"),
+                                  "VALUEREC_API_KEYS": API_KEYS})
+    with TestClient(create_app(settings)) as c:
+        yield c, fx
+
+
+def test_value_endpoint_uses_predict_value_and_adds_the_stage(value_client):
+    c, fx = value_client
+    ev = fx["events"]
+    r = c.get("/v1/users/u0/value", headers=auth(READ_KEY))
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model"]["name"] == "test-popularity-with-value" and body["known_user"]
+    assert body["value"]["expected_value"] == pytest.approx(ev.loc[ev["user_id"] == "u0", "value"].sum())
+    assert body["value"]["churn_prob"] == pytest.approx(1 / 7)
+    assert body["as_of"].startswith(str(ev["timestamp"].max().date()))   # default: newest event in the store
+    if body["stage"] is not None:            # lifecycle rules present
+        assert body["stage"] == "retained" and body["stage_reason"].startswith("retained")
+
+
+def test_value_for_an_unknown_user_and_a_bad_as_of(value_client):
+    c, _ = value_client
+    body = c.get("/v1/users/nobody/value", headers=auth(READ_KEY)).json()
+    assert body["known_user"] is False and body["value"]["expected_value"] == 0.0
+    r = c.get("/v1/users/u0/value", params={"as_of": "yesterday-ish"}, headers=auth(READ_KEY))
+    assert r.status_code == 422 and "as_of" in r.json()["message"]
+
+
+def test_api_keys_parse_with_scopes_and_admin_implies_all():
+    keys = parse_api_keys("key-aaaa1:read,write; key-bbbb2:admin\n# comment\nkey-cccc3:read", "env")
+    assert keys["key-aaaa1"] == {"read", "write"}
+    assert keys["key-bbbb2"] == {"read", "write", "admin"}
+    assert keys["key-cccc3"] == {"read"}
+
+
+@pytest.mark.parametrize("text, words", [("key-aaaa1", "key:scopes"), ("key-aaaa1:fly", "scopes must be"),
+                                         ("short:read", "at least 8")])
+def test_bad_api_key_config_is_a_clear_error(text, words):
+    with pytest.raises(DataError, match=words):
+        parse_api_keys(text, "env")
+
+
+def test_settings_need_keys_store_and_model(tmp_path):
+    with pytest.raises(DataError, match="VALUEREC_STORE"):
+        Settings.from_env({"VALUEREC_MODEL_DIR": "m", "VALUEREC_API_KEYS": API_KEYS})
+    with pytest.raises(DataError, match="no API keys"):
+        Settings.from_env({"VALUEREC_STORE": "s", "VALUEREC_MODEL_DIR": "m"})
+    with pytest.raises(DataError, match="VALUEREC_MAX_K"):
+        Settings.from_env({"VALUEREC_STORE": "s", "VALUEREC_MODEL_DIR": "m", "VALUEREC_API_KEYS": API_KEYS,
+                           "VALUEREC_MAX_K": "ten"})
+    f = tmp_path / "keys.txt"
+    f.write_text("file-key-123:read\n")
+    s = Settings.from_env({"VALUEREC_STORE": "s", "VALUEREC_MODEL_DIR": "m", "VALUEREC_API_KEYS_FILE": str(f)})
+    assert s.api_keys == {"file-key-123": frozenset({"read"})}
+
+
+def test_validate_records_matches_ingest_rules():
+    df = validate_event_records([
+        {"user_id": " u1 ", "item_id": "i1", "timestamp": "2024-01-01T10:00:00+02:00", "value": 3},
+        {"user_id": "u2", "timestamp": 1_700_000_000, "event_type": "Purchase"},
+    ])
+    assert list(df["user_id"]) == ["u1", "u2"]
+    assert df["timestamp"].iloc[0] == pd.Timestamp("2024-01-01T08:00:00")      # offset -> UTC
+    assert df["timestamp"].iloc[1] == pd.Timestamp(1_700_000_000, unit="s")
+    assert df["item_id"].iloc[1] is None and df["event_type"].iloc[1] == "purchase"
+    assert list(df["quantity"]) == [1.0, 1.0] and list(df["value"]) == [3.0, 0.0]
+    with pytest.raises(DataError) as e:
+        validate_event_records([{"user_id": "", "timestamp": "2024-13-45"}, {"user_id": "a", "timestamp": 1e13},
+                                {"user_id": "b", "timestamp": "2024-01-01", "value": -1}])
+    msg = str(e.value)
+    assert "events[0].user_id: empty user id" in msg and "events[0].timestamp: unparseable date" in msg
+    assert "events[1].timestamp" in msg and "events[2].value: negative" in msg and "nothing was written" in msg
+
+
+@pytest.mark.parametrize("env", [{}, {"VALUEREC_PRELOAD_MAX_EVENTS": "0"}, {"VALUEREC_CACHE_USERS": "5"}],
+                         ids=["preloaded", "no-preload", "tiny-cache"])
+def test_group_commit_counts_and_cached_histories_match_the_store(tmp_path, env):
+    """Concurrent writers with overlapping event ids: each id is accepted exactly once across all
+    requests, and every cached history equals a fresh read of the store afterwards."""
+    import threading
+
+    from valuerec.serving.state import ServiceState
+
+    fx = build_fixture(tmp_path)
+    settings = Settings.from_env({"VALUEREC_STORE": str(fx["store"]), "VALUEREC_MODEL_DIR": str(fx["models"] / "v1"),
+                                  "VALUEREC_API_KEYS": API_KEYS, **env})
+    state = ServiceState(settings)
+    state.start()
+    try:
+        results = []
+
+        def writer(w):
+            for j in range(10):
+                recs = [{"user_id": f"u{(w + j) % 8}", "item_id": f"i{(w * 3 + j) % 30}",
+                         "timestamp": 1.71e9 + j * 60 + w, "event_id": f"g-{(w * 10 + j) % 25}"}]  # ids repeat
+                results.append(state.add_events(validate_event_records(recs)))
+                state.history(state.runtime, f"u{(w + j + 1) % 8}")   # reads interleave with writes
+
+        threads = [threading.Thread(target=writer, args=(w,)) for w in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sum(a for a, _ in results) == 25 and sum(d for _, d in results) == 40 - 25
+        rt = state.runtime
+        for u in [f"u{i}" for i in range(8)]:
+            cached = state.history(rt, u)
+            ev = state.store.user_events(u)
+            s = sequences_from(ev, rt.catalogue, users=np.array([u], dtype=object), unknown_items="keep")
+            assert list(cached.items) == list(s.items[0]), u
+            assert list(cached.times) == list(s.times[0]), u
+    finally:
+        state.close()
