@@ -21,7 +21,7 @@ from valuerec.data.schema import EVENT_COLUMNS, ITEM_COLUMNS, DataError
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
-    event_id   VARCHAR NOT NULL,
+    event_id   VARCHAR PRIMARY KEY,
     user_id    VARCHAR NOT NULL,
     item_id    VARCHAR,
     ts         TIMESTAMP NOT NULL,
@@ -78,6 +78,10 @@ class EventStore:
         self._lock = threading.RLock()
         if not read_only:
             self.con.execute(_SCHEMA)
+        # Stores written before event_id became the primary key fall back to an anti-join.
+        self._has_pk = bool(self.con.execute(
+            "SELECT count(*) FROM duckdb_constraints() WHERE table_name = 'events' "
+            "AND constraint_type = 'PRIMARY KEY'").fetchall()[0][0])
 
     # -- lifecycle -----------------------------------------------------------------------------
     def close(self) -> None:
@@ -118,18 +122,27 @@ class EventStore:
             self.con.execute("BEGIN TRANSACTION")
             try:
                 self.con.register("_new_events", ev)
-                before = self.count_events()
-                self.con.execute(
-                    """
-                    INSERT INTO events
-                    SELECT n.event_id, n.user_id, n.item_id, n.ts, n.event_type, n.value, n.quantity,
-                           nextval('event_seq')
-                    FROM (SELECT * FROM _new_events ORDER BY order_in_batch) n
-                    ANTI JOIN events e ON e.event_id = n.event_id
-                    ORDER BY n.order_in_batch
-                    """
-                ).fetchall()
-                added = self.count_events() - before
+                if self._has_pk:
+                    # The primary key index finds already-stored ids without scanning the table.
+                    added = self.con.execute(
+                        """
+                        INSERT INTO events
+                        SELECT event_id, user_id, item_id, ts, event_type, value, quantity, nextval('event_seq')
+                        FROM (SELECT * FROM _new_events ORDER BY order_in_batch)
+                        ON CONFLICT DO NOTHING
+                        """
+                    ).fetchall()[0][0]
+                else:
+                    added = self.con.execute(
+                        """
+                        INSERT INTO events
+                        SELECT n.event_id, n.user_id, n.item_id, n.ts, n.event_type, n.value, n.quantity,
+                               nextval('event_seq')
+                        FROM (SELECT * FROM _new_events ORDER BY order_in_batch) n
+                        ANTI JOIN events e ON e.event_id = n.event_id
+                        ORDER BY n.order_in_batch
+                        """
+                    ).fetchall()[0][0]
                 self.con.unregister("_new_events")
                 if items is not None and len(items):
                     self._upsert_items(items)

@@ -177,11 +177,16 @@ def run_model(name: str, split: Split, spec: ProtocolSpec, seeds: list[int], par
     # Early-stopping models get split.valid in the final fit too (it holds no test item); a model can
     # opt out with ``final_fit_uses_valid = False`` (e.g. to retrain for a fixed, selected epoch count).
     final_valid = bool(getattr(cls, "final_fit_uses_valid", True))
+    # ``final_fit = "train"``: an early-stopping model is fitted on ``split.train`` with ``split.valid``
+    # deciding when to stop (the SASRec protocol: the validation item is never a training target, and
+    # the test input still includes it). The selection fit of the first seed is that seed's final model.
+    train_only = getattr(cls, "final_fit", "train_full") == "train"
     grid = expand_grid(name, params, tune)
     validation: dict = {"selected_by": spec.select_metric, "grid": []}
 
     # 1. Selection on validation (first seed), unless there is nothing to choose.
     chosen = grid[0]
+    chosen_model = None
     if leaky:
         validation["skipped"] = "reproduction-only model fitted on every event; no selection"
     else:
@@ -196,6 +201,7 @@ def run_model(name: str, split: Split, spec: ProtocolSpec, seeds: list[int], par
                         f"(fit {fit_s:.1f}s, eval {r['eval_seconds']:.1f}s)")
             if r[spec.select_metric] > best:
                 best, chosen = r[spec.select_metric], cfg
+                chosen_model = (model, fit_s) if train_only else None
         validation["best"] = next(g["metrics"] for g in validation["grid"] if g["params"] == chosen)
 
     # 2. Final fits on train_full, test once per seed.
@@ -206,7 +212,12 @@ def run_model(name: str, split: Split, spec: ProtocolSpec, seeds: list[int], par
         # Every event, test targets included: only for reproducing a published figure.
         train_full = Sequences.concat(split.train_full, _targets_as_history(split))
     for seed in run_seeds:
-        model, fit_s = _fit(cls, chosen, seed, train_full, split, final_valid)
+        if train_only and seed == seeds[0] and chosen_model is not None:
+            model, fit_s = chosen_model
+        elif train_only:
+            model, fit_s = _fit(cls, chosen, seed, split.train, split, True)
+        else:
+            model, fit_s = _fit(cls, chosen, seed, train_full, split, final_valid)
         r = _evaluate(model, split.test, n_items, spec, batch_size, device)
         runs.append({"seed": seed, "metrics": _pick(r, spec.metrics), "train_seconds": fit_s,
                      "eval_seconds": r["eval_seconds"], "score_seconds": r["score_seconds"]})
@@ -216,6 +227,10 @@ def run_model(name: str, split: Split, spec: ProtocolSpec, seeds: list[int], par
     entry["params"] = {k: v for k, v in model.config().items() if k != "seed"}
     entry["deterministic"] = deterministic
     entry["final_fit_valid"] = final_valid
+    entry["final_fit_on"] = "train (early stopping on valid)" if train_only else "train_full"
+    if hasattr(model, "history_"):
+        entry["epochs_run"] = len(model.history_)
+        entry["best_epoch"] = (getattr(model, "best_", None) or {}).get("epoch")
     entry["validation"] = validation
     if leaky:
         entry["note"] = ("REPRODUCTION ONLY: popularity counted over every event including the test "

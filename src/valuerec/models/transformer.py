@@ -497,10 +497,27 @@ def transfer_weights(src: "BehaviourTransformer", dst: "BehaviourTransformer") -
     dst.module_.load_state_dict(d_state)
 
 
+def _validation_in_training(train: Sequences, valid) -> bool:
+    """True when over half of the validation users' training history is their validation input
+    followed by their validation target (a refit on train + validation, e.g. ``Split.train_full``)."""
+    if train.user_ids is None or valid.inputs.user_ids is None or not len(valid):
+        return False
+    where = {str(u): i for i, u in enumerate(train.user_ids)}
+    hits = 0
+    for u, inp, tgt in zip(valid.inputs.user_ids, valid.inputs.items, valid.targets):
+        i = where.get(str(u))
+        if i is not None and len(tgt) and len(train.items[i]) > len(inp) and train.items[i][len(inp)] in set(tgt):
+            hits += 1
+    return hits > len(valid) / 2
+
+
 @register("transformer")
 class BehaviourTransformer(Recommender):
     """``BehaviourTransformer(seed=0, d_model=64, epochs=200, ...)``: every field of
     ``TransformerConfig`` and ``training.loop.TrainConfig`` is a keyword; unknown keys are an error."""
+
+    # Benchmarks fit it on the training split and stop early on validation (see evaluation.protocols).
+    final_fit = "train"
 
     def __init__(self, seed: int = 0, **config):
         self.seed = int(seed)
@@ -518,6 +535,10 @@ class BehaviourTransformer(Recommender):
         from valuerec.training.loop import train_model
 
         torch.manual_seed(self.seed)
+        if valid is not None and _validation_in_training(train, valid):
+            log.warning("transformer: most validation targets are also in the training histories; early stopping "
+                        "on them selects on training data. Fit on the training split, or pass a fixed 'epochs' "
+                        "and valid=None for a final refit.")
         self.catalogue_ = catalogue
         cfg = self._configure_for(catalogue)
         self.module_ = BehaviourModel(cfg)
@@ -712,7 +733,9 @@ class BehaviourTransformer(Recommender):
 
     def score(self, histories: Sequences, as_of=None, batch_size: int = 256) -> torch.Tensor:
         """(B, n_items) scores. Items outside the catalogue are ignored; histories are cut to the
-        last ``max_len`` events; an empty history gets the training popularity (log counts)."""
+        last ``max_len`` events; an empty history gets the training popularity (log counts).
+        ``as_of`` is accepted for the common interface and not used: the next item is read at the last
+        event (the recency-aware query token serves the value / churn heads, ``encode_histories``)."""
         module = self.module_
         device = next(module.parameters()).device
         module.eval()
