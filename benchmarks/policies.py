@@ -1,0 +1,316 @@
+"""R2 policies: NDCG@20 vs revenue@20 of value-aware re-ranking and the lifecycle stage policies.
+
+Protocol R2 (../shared/BENCHMARKS.md, Online Retail, cutoff 2011-09-09, no exclusion). One recommender
+(default: item-kNN, its configuration chosen on the validation split by NDCG@20) gives the top-N
+candidates; every policy re-ranks them. Reported on test, for every user of R2:
+
+- ``<model>``: the plain ranking;
+- ``<model>+value_aware@w`` over a sweep of w (the trade-off curve; item value = catalogue price), and
+  ``<model>+value_aware_line@w`` with item value = mean revenue of one purchase line of the item in
+  the training history (what a customer actually spends on the item in one order), and
+  ``<model>+value_aware_user_line@w``: the user's own mean line revenue for items they bought before
+  (shrunk to the item's line value), the item's line value otherwise;
+- ``<model>+<policy>`` for each stage policy, and ``<model>+stage`` (each user's stage picks the policy);
+- per stage: stage policy vs plain on the users of that stage.
+
+The softmax temperature and the reported operating weight are chosen on the validation split (largest
+revenue@20 gain with at most 5% NDCG@20 loss); the whole test curve is reported too. The stage
+policies use the item-value variant with the best validation revenue. Stages and the
+value-uplift policy use a value model (default: the LightGBM RFM baseline of V1) fitted on the history
+before each cut-off.
+
+    python benchmarks/policies.py --data ../shared/data/online-retail
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from valuerec.data.splits import Split
+from valuerec.evaluation.metrics import evaluate
+from valuerec.evaluation.protocols import DEFAULT_GRIDS, load_split_r2
+from valuerec.evaluation.results import command_line, device_info, git_commit, now_iso, write_result
+from valuerec.models.base import MODEL_REGISTRY
+from valuerec.policies.lifecycle import LifecycleConfig, assign_stages, predict_value_safe, stage_sizes
+from valuerec.policies.rerank import (DEFAULT_STAGE_POLICIES, item_feature_vectors, model_item_vectors,
+                                      policy_score_fn)
+
+console = Console(stderr=True)
+METRICS = ["ndcg@20", "revenue@20", "recall@20", "hr@20"]
+STAGE_POLICY_NAMES = ["popular_diverse", "favourites_winback", "cross_sell_value", "value_uplift"]
+
+
+def to_unix(ts) -> int:
+    return int(pd.Timestamp(ts).value // 10**9)
+
+
+def line_value(train, n_items: int, price: np.ndarray) -> np.ndarray:
+    """Mean revenue per purchase line of each item in ``train`` (catalogue price where unseen)."""
+    items = np.concatenate([x for x in train.items]) if len(train) else np.zeros(0, np.int64)
+    vals = np.concatenate([v for v in train.values]).astype(np.float64) if len(train) else np.zeros(0)
+    ok = (items >= 0) & (vals > 0)
+    s = np.bincount(items[ok], weights=vals[ok], minlength=n_items)
+    c = np.bincount(items[ok], minlength=n_items)
+    p = np.where(np.isfinite(price), price, np.nanmedian(price))
+    return np.where(c > 0, s / np.maximum(c, 1), p)
+
+
+def user_line_value(global_line: np.ndarray, shrink: float = 1.0):
+    """Per-user item value: the user's own mean revenue per purchase line of the item (from the
+    history being ranked for, so before the cut-off), shrunk towards the item's global line value
+    with ``shrink`` pseudo-lines; the global value for items the user never bought."""
+    def f(h) -> np.ndarray:
+        out = np.tile(global_line, (len(h), 1))
+        for u in range(len(h)):
+            it, v = h.items[u], np.asarray(h.values[u], dtype=np.float64)
+            ok = (it >= 0) & (v > 0)
+            if ok.any():
+                s = np.bincount(it[ok], weights=v[ok], minlength=len(global_line))
+                c = np.bincount(it[ok], minlength=len(global_line))
+                seen = c > 0
+                out[u, seen] = (s[seen] + shrink * global_line[seen]) / (c[seen] + shrink)
+        return out
+    return f
+
+
+def fit_recommender(name: str, split: Split, params: dict | None, seed: int):
+    """Choose params on validation (grid from the R1/R2 harness), fit on train (for validation) and
+    train_full (for test)."""
+    cls = MODEL_REGISTRY[name]
+    grid = [params] if params is not None else _grid(name)
+    best, best_p, best_model = -1.0, None, None
+    for p in grid:
+        m = cls(**p).fit(split.train, split.catalogue)
+        s = evaluate(m.score, split.valid, len(split.catalogue), ks=(20,), coverage_k=20)["ndcg@20"]
+        console.log(f"{name} {p}: valid ndcg@20 {s:.4f}")
+        if s > best:
+            best, best_p, best_model = s, p, m
+    t0 = time.perf_counter()
+    full = cls(**best_p).fit(split.train_full, split.catalogue)
+    return best_model, full, best_p, time.perf_counter() - t0
+
+
+def _grid(name: str) -> list[dict]:
+    import itertools
+    g = DEFAULT_GRIDS.get(name, {})
+    keys = sorted(g)
+    return [dict(zip(keys, v)) for v in itertools.product(*(g[k] for k in keys))] or [{}]
+
+
+def fit_value_model(name: str, histories, cutoff: int, horizon_days: float, catalogue, seed: int):
+    from valuerec.models.value_baselines import VALUE_MODEL_REGISTRY
+    vm = VALUE_MODEL_REGISTRY[name](seed=seed)
+    return vm.fit_value(histories, cutoff, horizon_days, catalogue=catalogue)
+
+
+def run_policy(model, task, n_items, policy, **kw) -> dict:
+    t0 = time.perf_counter()
+    eval_batch = kw.pop("eval_batch", 512)
+    r = evaluate(policy_score_fn(policy, model, n_items, **kw), task, n_items, ks=(20,), coverage_k=20,
+                 batch_size=eval_batch)
+    r["eval_seconds"] = time.perf_counter() - t0
+    return r
+
+
+def choose_operating_point(curve: dict[float, dict], plain: dict, max_ndcg_loss: float = 0.05) -> float | None:
+    """The weight with the largest revenue@20 whose NDCG@20 is within ``max_ndcg_loss`` of plain."""
+    ok = [(m["revenue@20"], w) for w, m in curve.items() if m["ndcg@20"] >= (1 - max_ndcg_loss) * plain["ndcg@20"]]
+    return max(ok)[1] if ok else None
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default="../shared/data/online-retail")
+    ap.add_argument("--model", default="itemknn", help="registered recommender to fit (ignored with --model-dir)")
+    ap.add_argument("--model-params", default=None, help="JSON params (skips the validation grid)")
+    ap.add_argument("--model-dir", default=None, help="a saved recommender fitted on R2 train_full (test)")
+    ap.add_argument("--valid-model-dir", default=None, help="the same recommender fitted on R2 train (validation)")
+    ap.add_argument("--value-model", default="lightgbm", help="value baseline for stages and value_uplift")
+    ap.add_argument("--weights", default="0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1")
+    ap.add_argument("--temperatures", default="0.1,0.3,1,3", help="softmax temperatures tried on validation")
+    ap.add_argument("--n-candidates", type=int, default=100)
+    ap.add_argument("--uplift-candidates", type=int, default=50,
+                    help="value_uplift re-scores the top n (more than 20, so it can change the top-20 set)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default="benchmarks/results/r2_policies.json")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    started = now_iso()
+    weights = [float(w) for w in args.weights.split(",")]
+    temps = [float(t) for t in args.temperatures.split(",")]
+
+    split, meta = load_split_r2(args.data, console=console)
+    cat, n = split.catalogue, len(split.catalogue)
+    console.log(f"R2: {split.info}")
+    if args.model_dir:
+        from valuerec.models.base import load_model
+        model = load_model(args.model_dir)
+        vmodel = load_model(args.valid_model_dir) if args.valid_model_dir else model
+        mparams, train_s = model.config(), None
+        mname = model.name
+        if len(model.catalogue_) != n:
+            raise SystemExit(f"{args.model_dir}: catalogue of {len(model.catalogue_)} items, R2 has {n}")
+    else:
+        mname = args.model
+        vmodel, model, mparams, train_s = fit_recommender(args.model, split, json.loads(args.model_params)
+                                                          if args.model_params else None, args.seed)
+    cutoff, vcutoff = to_unix(split.info["cutoff"]), to_unix(split.info["valid_cutoff"])
+    horizon = 91.0
+    cfg = LifecycleConfig(horizon_days=horizon)
+    # Value model per cut-off: fitted on the history before it (R2 history = purchases).
+    t0 = time.perf_counter()
+    value_test = fit_value_model(args.value_model, split.train_full, cutoff, horizon, cat, args.seed)
+    value_valid = fit_value_model(args.value_model, split.train, vcutoff, horizon, cat, args.seed)
+    value_train_s = time.perf_counter() - t0
+    price = np.where(np.isfinite(cat.price), cat.price, np.nanmedian(cat.price))
+    lines = {"test": line_value(split.train_full, n, price), "valid": line_value(split.train, n, price)}
+    pop = {"test": np.bincount(np.concatenate(split.train_full.items), minlength=n).astype(float),
+           "valid": np.bincount(np.concatenate(split.train.items), minlength=n).astype(float)}
+    vectors = model_item_vectors(model)
+    vectors = vectors if vectors is not None else item_feature_vectors(cat)
+
+    models: dict[str, dict] = {}
+
+    def record(name, res, params=None, train_seconds=None):
+        models[name] = {"metrics": {k: res[k] for k in METRICS + ["coverage@20", "mrr", "users"] if k in res},
+                        "seeds": [args.seed], "train_seconds": train_seconds,
+                        "eval_seconds": res.get("eval_seconds"), "params": params or {}}
+
+    common = dict(n_candidates=args.n_candidates, exclude=None)
+    # -- plain -------------------------------------------------------------------------------------
+    plain = {"test": run_policy(model, split.test, n, "plain", **common),
+             "valid": run_policy(vmodel, split.valid, n, "plain", **common)}
+    record(mname, plain["test"], {"model": mparams, "n_candidates": args.n_candidates}, train_s)
+    console.log(f"plain: test ndcg@20 {plain['test']['ndcg@20']:.4f} revenue@20 {plain['test']['revenue@20']:.4f}")
+
+    # -- value-aware: temperature and operating weight on validation, whole curve on test ----------
+    selection = {}
+    user_lines = {k: user_line_value(v) for k, v in lines.items()}
+    variants = {"price": {"test": price, "valid": price}, "line": lines, "user_line": user_lines}
+    for variant, ivals in variants.items():
+        tag = "" if variant == "price" else f"_{variant}"
+        best_t, best_gain = None, -np.inf
+        valid_curves = {}
+        for T in temps:
+            curve = {w: run_policy(vmodel, split.valid, n, "value_aware", params={"w": w, "temperature": T},
+                                   item_value=ivals["valid"], **common) for w in weights}
+            valid_curves[T] = curve
+            w_star = choose_operating_point(curve, plain["valid"])
+            gain = curve[w_star]["revenue@20"] if w_star is not None else -np.inf
+            console.log(f"value_aware{tag} T={T}: valid best w={w_star} revenue@20 {gain:.4f}")
+            if gain > best_gain:
+                best_t, best_gain = T, gain
+        w_valid = choose_operating_point(valid_curves[best_t], plain["valid"])
+        test_curve = {}
+        for w in weights:
+            r = run_policy(model, split.test, n, "value_aware", params={"w": w, "temperature": best_t},
+                           item_value=ivals["test"], **common)
+            test_curve[w] = r
+            record(f"{mname}+value_aware{tag}@{w:g}", r,
+                   {"w": w, "temperature": best_t, "item_value": variant, "n_candidates": args.n_candidates})
+        sel = test_curve[w_valid] if w_valid is not None else None
+        selection[f"value_aware{tag}"] = {
+            "temperature_chosen_on_valid": best_t, "weight_chosen_on_valid": w_valid,
+            "valid_curve": {f"{w:g}": {k: valid_curves[best_t][w][k] for k in ("ndcg@20", "revenue@20")}
+                            for w in weights},
+            "item_value": variant,
+            "valid_revenue_at_chosen_weight": None if w_valid is None else valid_curves[best_t][w_valid]["revenue@20"],
+            "test_at_chosen_weight": None if sel is None else {
+                "ndcg@20": sel["ndcg@20"], "revenue@20": sel["revenue@20"],
+                "ndcg_change": sel["ndcg@20"] / plain["test"]["ndcg@20"] - 1,
+                "revenue_change": sel["revenue@20"] / plain["test"]["revenue@20"] - 1},
+            "test_best_within_5pct_ndcg_loss": (lambda w: None if w is None else {
+                "weight": w, "ndcg_change": test_curve[w]["ndcg@20"] / plain["test"]["ndcg@20"] - 1,
+                "revenue_change": test_curve[w]["revenue@20"] / plain["test"]["revenue@20"] - 1})(
+                choose_operating_point(test_curve, plain["test"])),
+        }
+
+    # -- lifecycle stages at the test cut-off ------------------------------------------------------
+    inputs = split.test.inputs
+    pred = predict_value_safe(value_test, inputs, np.full(len(inputs), cutoff))
+    stages_df = assign_stages(inputs, np.full(len(inputs), cutoff), pred, cfg)
+    stage_of = dict(zip(stages_df["user_id"], stages_df["stage"]))
+    stage_fn = (lambda h: np.array([stage_of[u] for u in h.user_ids], dtype=object))
+    as_of_fn = (lambda h: np.full(len(h), float(cutoff)))
+    # Item value for the stage policies: the value_aware variant with the best validation revenue.
+    best_key = max(selection, key=lambda k: selection[k]["valid_revenue_at_chosen_weight"] or -1.0)
+    best_variant = selection[best_key]["item_value"]
+    console.log(f"stage policies use item value {best_variant!r} (best value_aware variant on validation)")
+    side = dict(item_value=variants[best_variant]["test"], item_vectors=vectors, item_popularity=pop["test"], value_model=value_test,
+                as_of=as_of_fn, stages=stage_fn)
+    policy_params = {"value_uplift": {"n_eval": args.uplift_candidates, "batch_size": 20000},
+                     "value_aware": {"w": selection[best_key]["weight_chosen_on_valid"] or 0.0,
+                                     "temperature": selection[best_key]["temperature_chosen_on_valid"]}}
+    for pname in STAGE_POLICY_NAMES + ["stage"]:
+        params = policy_params.get(pname, {})
+        if pname == "stage":
+            params = {"policy_params": policy_params}
+        console.log(f"policy {pname} ...")
+        r = run_policy(model, split.test, n, pname, params=params, **side, **common)
+        record(f"{mname}+{pname}", r, {"policy_params": params, "n_candidates": args.n_candidates,
+                                        "item_value": best_variant, "value_model": args.value_model,
+                                        **({"stage_policies": DEFAULT_STAGE_POLICIES} if pname == "stage" else {})})
+        console.log(f"{pname}: ndcg@20 {r['ndcg@20']:.4f} revenue@20 {r['revenue@20']:.4f} ({r['eval_seconds']:.0f}s)")
+
+    # -- per stage: stage policy vs plain ---------------------------------------------------------
+    per_stage = {}
+    stage_arr = stages_df["stage"].to_numpy()
+    for st in stage_sizes(stages_df)["stage"]:
+        idx = np.flatnonzero(stage_arr == st)
+        if len(idx) == 0:
+            per_stage[st] = {"users": 0}
+            continue
+        sub = split.test.subset(idx)
+        pol = DEFAULT_STAGE_POLICIES[st]
+        a = run_policy(model, sub, n, "plain", **common)
+        b = run_policy(model, sub, n, pol, params=policy_params.get(pol, {}), **side, **common)
+        per_stage[st] = {"users": int(len(idx)), "policy": pol,
+                         "plain": {k: a[k] for k in METRICS}, "stage_policy": {k: b[k] for k in METRICS}}
+
+    result = {"protocol": "R2-policies", "dataset": meta["dataset"], "data_sha256": meta["data_sha256"],
+              "git_commit": git_commit(), "command": command_line(), "device": device_info("cpu"),
+              "started_at": started,
+              "description": ("R2 test (cutoff 2011-09-09, no exclusion): policies re-rank the top "
+                              f"{args.n_candidates} candidates of {mname}; value model {args.value_model} "
+                              "fitted on the history before each cut-off; temperature and operating weight "
+                              "of value_aware chosen on validation (cutoff 2011-06-09)."),
+              "base_model": mname, "value_model": args.value_model, "value_model_train_seconds": value_train_s,
+              "split": split.info, "models": models, "selection": selection,
+              "stage_policies_item_value": best_variant,
+              "stages": {"sizes": stage_sizes(stages_df).to_dict(orient="records"), "per_stage": per_stage,
+                         "lifecycle_config": cfg.to_dict()}}
+    path = write_result(args.out, result)
+    t = Table(title=f"R2 policies over {mname} (test, {plain['test']['users']} users)")
+    for c in ("model", "ndcg@20", "revenue@20", "recall@20"):
+        t.add_column(c, justify="left" if c == "model" else "right")
+    for name, m in models.items():
+        t.add_row(name, *[f"{m['metrics'][k]:.4f}" for k in ("ndcg@20", "revenue@20", "recall@20")])
+    Console().print(t)
+    t2 = Table(title="per stage: stage policy vs plain (test)")
+    for c in ("stage", "users", "policy", "ndcg plain", "ndcg policy", "rev plain", "rev policy"):
+        t2.add_column(c)
+    for st, d in per_stage.items():
+        if d["users"]:
+            t2.add_row(st, str(d["users"]), d["policy"], f"{d['plain']['ndcg@20']:.4f}",
+                       f"{d['stage_policy']['ndcg@20']:.4f}", f"{d['plain']['revenue@20']:.4f}",
+                       f"{d['stage_policy']['revenue@20']:.4f}")
+    Console().print(t2)
+    for key, d in selection.items():
+        console.print(f"{key}: T={d['temperature_chosen_on_valid']} w(valid)={d['weight_chosen_on_valid']} "
+                      f"test at w: {d['test_at_chosen_weight']}; best test within 5% NDCG loss: "
+                      f"{d['test_best_within_5pct_ndcg_loss']}", markup=False)
+    console.log(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

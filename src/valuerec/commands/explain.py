@@ -1,0 +1,120 @@
+"""`valuerec explain`: which of a user's past events drove a score (exact occlusion influence)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from valuerec.commands.lifecycle import load_context
+from valuerec.data.schema import DataError
+
+console = Console(stderr=True)
+
+
+def explain_user(model: Path, store: Path, user: str, target: str | None = None, top: int = 10,
+                 value_model: Path | None = None, at: str | None = None, gradient: bool = False,
+                 max_events: int | None = 1000) -> dict:
+    """Influence of each of ``user``'s events on ``target`` (``item:ID``, ``value`` or ``churn``;
+    default: the model's top recommended item, or value for a value model)."""
+    from valuerec.explain.influence import churn_target, explain_events, item_target, occlusion, value_target
+
+    ctx = load_context(model, store, value_model, at, users=[str(user)])
+    h = ctx.histories
+    if len(h.items[0]) == 0:
+        raise DataError(f"user {user!r} has no events in {store} before {pd.Timestamp(ctx.as_of, unit='s')}")
+    rec, vm, cat = ctx.recommender, ctx.value_model, ctx.catalogue
+    if target is None:
+        target = "item" if rec is not None else "value"
+    if target.startswith("item"):
+        if rec is None:
+            raise DataError(f"--target {target}: {model} is not a recommender (no item scores)")
+        if target == "item":
+            top_items, _ = rec.recommend(h.item_only(), k=1, exclude="history")
+            item = int(top_items[0, 0])
+        elif target.startswith("item:"):
+            item = int(cat.lookup([target[5:]], unknown="keep")[0])
+            if item < 0:
+                raise DataError(f"--target {target}: item {target[5:]!r} is not in the model's catalogue")
+        else:
+            raise DataError(f"--target {target!r}: expected item:ID, item, value or churn")
+        # The recommender sees item events only; the explanation lists those events.
+        h = h.item_only()
+        fn, tname = item_target(rec, item), f"score of item {cat.item_ids[item]}"
+        described = {"kind": "item", "item_id": str(cat.item_ids[item]),
+                     "text": cat.text[item] if cat.text is not None else None}
+    elif target in ("value", "churn"):
+        if vm is None:
+            raise DataError(f"--target {target}: no value model (pass one with --value-model)")
+        fn = value_target(vm, ctx.as_of) if target == "value" else churn_target(vm, ctx.as_of)
+        tname = "predicted value" if target == "value" else "churn probability"
+        described = {"kind": target}
+    else:
+        raise DataError(f"--target {target!r}: expected item:ID, item, value or churn")
+    full, infl = occlusion(fn, h, last=max_events)
+    events = explain_events(h, infl[0], cat, top=top)
+    out = {"user": str(user), "model": ctx.model_name, "as_of": str(pd.Timestamp(ctx.as_of, unit="s")),
+           "target": {**described, "name": tname, "value": float(full[0])}, "method": "occlusion",
+           "events_total": int(len(h.items[0])),
+           "events_occluded": int(min(len(h.items[0]), max_events or len(h.items[0]))),
+           "events": json.loads(events.to_json(orient="records"))}
+    if gradient:
+        from valuerec.explain.gradients import attribution_agreement, transformer_gradient_x_input
+        if described["kind"] != "item" or not hasattr(rec, "module_"):
+            raise DataError("--gradient works for item targets of the behaviour transformer")
+        g = transformer_gradient_x_input(rec, h, items=np.array([cat.index[described["item_id"]]]))[0]
+        pos = events["position"].to_numpy()
+        for e, p in zip(out["events"], pos):
+            e["gradient_x_input"] = float(g[p])
+        out["gradient_agreement"] = attribution_agreement(infl, [g], min_events=2)
+    return out
+
+
+def explain_cmd(
+    model: Path = typer.Option(..., "--model", help="Saved model directory (recommender or value model)"),
+    store: Path = typer.Option(..., "--store", help="DuckDB event store"),
+    user: str = typer.Option(..., "--user", help="User id as stored"),
+    target: Optional[str] = typer.Option(None, "--target", help="item:ID, value or churn "
+                                         "(default: the top recommended item)"),
+    top: int = typer.Option(10, "--top", min=1, help="How many events to list"),
+    value_model: Optional[Path] = typer.Option(None, "--value-model", help="Value model for value/churn targets"),
+    at: Optional[str] = typer.Option(None, "--at", help="Explain as of this date (default: after the last event)"),
+    gradient: bool = typer.Option(False, "--gradient", help="Also gradient x input (transformer, item targets)"),
+    max_events: int = typer.Option(1000, "--max-events", min=1,
+                                   help="Occlude only the most recent N events (cost grows with N squared)"),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON"),
+) -> None:
+    """List the past events that moved a user's score most (effect = score with - score without)."""
+    try:
+        with console.status("explaining ..."):
+            res = explain_user(model, store, user, target, top, value_model, at, gradient, max_events)
+    except DataError as e:
+        console.print(f"[red]error:[/red] {e}", highlight=False)
+        raise typer.Exit(code=2) from None
+    if as_json:
+        print(json.dumps(res, indent=2, default=str))
+        return
+    tg = res["target"]
+    title = (f"user {res['user']}: {tg['name']} = {tg['value']:.4f} ({res['model']}, "
+             f"{res['events_total']} events, {res['events_occluded']} occluded, as of {res['as_of']})")
+    t = Table(title=title)
+    cols = ["#", "item", "text", "time", "type", "effect"] + (["grad x input"] if "gradient_agreement" in res else [])
+    for c in cols:
+        t.add_column(c, justify="right" if c in ("#", "effect", "grad x input") else "left")
+    for e in res["events"]:
+        row = [str(e["position"]), str(e.get("item_id") or ""), str(e.get("text") or ""), str(e.get("time") or ""),
+               str(e.get("event_type") or ""), f"{e['effect']:+.4f}"]
+        if "gradient_agreement" in res:
+            row.append(f"{e['gradient_x_input']:+.4f}")
+        t.add_row(*row)
+    Console().print(t)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("explain")(explain_cmd)

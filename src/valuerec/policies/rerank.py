@@ -1,0 +1,563 @@
+"""Recommendation policies: named, configurable re-rankers over a model's top-N candidates.
+
+A policy sees the candidates (the model's top ``n_candidates`` items per user, after exclusions) and
+their relevance scores, plus whatever side information it needs (prices, item vectors, a value model,
+lifecycle stages), and returns new scores over the candidates. ``apply_policy`` runs the whole thing
+for any model with ``score(Sequences) -> (B, n_items)``; ``policy_score_fn`` wraps it as a scoring
+function for ``evaluation.metrics.evaluate``.
+
+Policies (``POLICIES``):
+- ``plain``: the model's order.
+- ``popular_diverse`` (new users): relevance blended with popularity, then maximal marginal relevance
+  (MMR; Carbonell and Goldstein, 1998) over item vectors (the model's item embeddings, else hashed
+  item text / attributes).
+- ``favourites_winback`` (at-risk, lapsed): boosts items the user had before, recency-weighted
+  (half-life), and adds them to the candidates.
+- ``cross_sell_value`` (expanding): favours items priced above what the user usually buys, not yet bought.
+- ``value_aware``: expected revenue p(item) x item value, p = softmax of the scores over the whole
+  catalogue, blended with relevance p by weight ``w`` (w = 0: plain order, w = 1: by expected revenue).
+- ``value_uplift``: "what if": each candidate appended as the next purchase, the value model re-scores
+  the user; rank by the predicted change in value (blended with relevance by ``w``).
+- ``stage``: each user gets the policy of their lifecycle stage.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields, replace
+from typing import ClassVar
+
+import numpy as np
+import pandas as pd
+import torch
+
+from valuerec.data.dataset import Catalogue, Sequences
+from valuerec.data.schema import DataError, event_type_code
+from valuerec.models.base import apply_exclusions
+
+NEG = -1e30
+
+
+# -- context ------------------------------------------------------------------------------------------
+@dataclass
+class PolicyContext:
+    """Everything a policy may use, for a batch of B users and C candidates each."""
+
+    histories: Sequences
+    candidates: np.ndarray                 # (B, C) item indices, -1 = padding
+    scores: torch.Tensor                   # (B, C) model relevance, -inf at padding
+    full_scores: torch.Tensor              # (B, N) model scores over the catalogue, -inf = excluded
+    catalogue: Catalogue | None = None
+    as_of: np.ndarray | None = None        # (B,) unix seconds
+    model: object | None = None
+    value_model: object | None = None      # anything with predict_value(Sequences, as_of)
+    item_value: np.ndarray | Callable | None = None  # (N,) value of one purchase of each item (default:
+    #   price), or a function of the histories giving a (B, N) per-user value
+    item_vectors: np.ndarray | None = None  # (N, D) for diversity
+    item_popularity: np.ndarray | None = None  # (N,) counts
+    stages: np.ndarray | None = None       # (B,) stage names
+    extras: dict = field(default_factory=dict)
+
+    def subset(self, idx: np.ndarray) -> "PolicyContext":
+        t = torch.as_tensor(idx, dtype=torch.long)
+        return replace(self, histories=self.histories.subset(idx), candidates=self.candidates[idx],
+                       scores=self.scores[t], full_scores=self.full_scores[t],
+                       as_of=None if self.as_of is None else self.as_of[idx],
+                       stages=None if self.stages is None else self.stages[idx])
+
+    @property
+    def valid(self) -> torch.Tensor:
+        return torch.as_tensor(self.candidates >= 0)
+
+    def item_values(self) -> np.ndarray:
+        """(N,) or (B, N) value of one purchase of each item."""
+        v = self.item_value
+        if v is None:
+            return item_value_from_catalogue(self.catalogue)
+        if callable(v):
+            v = np.asarray(v(self.histories), dtype=np.float64)
+            if v.shape[0] != len(self.histories):
+                raise DataError(f"item_value function returned {v.shape[0]} rows for {len(self.histories)} users")
+            return v
+        return np.asarray(v, dtype=np.float64)
+
+    def values_of_candidates(self) -> torch.Tensor:
+        v = self.item_values()
+        c = np.clip(self.candidates, 0, None)
+        out = np.take_along_axis(v, c, axis=1) if v.ndim == 2 else v[c]
+        return torch.as_tensor(np.where(self.candidates >= 0, out, 0.0), dtype=torch.float64)
+
+
+def item_value_from_catalogue(catalogue: Catalogue | None) -> np.ndarray:
+    """Item prices, unknown prices filled with the median known price."""
+    if catalogue is None or catalogue.price is None or not np.isfinite(catalogue.price).any():
+        raise DataError("this policy needs item prices (catalogue.price) or an explicit item_value array")
+    p = np.asarray(catalogue.price, dtype=np.float64)
+    return np.where(np.isfinite(p) & (p >= 0), p, np.nanmedian(p[p >= 0]))
+
+
+def _minmax(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Per row to [0, 1] over valid entries (a constant row becomes all ones)."""
+    x = x.double()
+    big = torch.finfo(torch.float64).max
+    lo = torch.where(valid, x, torch.full_like(x, big)).min(dim=1, keepdim=True).values
+    hi = torch.where(valid, x, torch.full_like(x, -big)).max(dim=1, keepdim=True).values
+    span = hi - lo
+    out = torch.where(span > 0, (x - lo) / torch.where(span > 0, span, torch.ones_like(span)), torch.ones_like(x))
+    return torch.where(valid, out, torch.zeros_like(out))
+
+
+def _log_p(ctx: PolicyContext, temperature: float) -> torch.Tensor:
+    """(B, C) log softmax(score / T) over the whole (non-excluded) catalogue, at the candidates."""
+    full = ctx.full_scores.double() / temperature
+    lse = torch.logsumexp(full, dim=1, keepdim=True)
+    s = ctx.scores.double() / temperature
+    return torch.where(ctx.valid, s - lse, torch.full_like(s, -torch.inf))
+
+
+# -- policies -----------------------------------------------------------------------------------------
+POLICIES: dict[str, type["Policy"]] = {}
+
+
+def register_policy(name: str):
+    def deco(cls):
+        cls.name = name
+        POLICIES[name] = cls
+        return cls
+    return deco
+
+
+class Policy:
+    name: ClassVar[str] = "base"
+    history_candidates: ClassVar[bool] = False  # add the user's past items to the candidates
+
+    def rerank(self, ctx: PolicyContext) -> torch.Tensor:
+        """(B, C) new scores; higher first. Padding must stay below every real candidate."""
+        raise NotImplementedError
+
+
+@register_policy("plain")
+@dataclass
+class Plain(Policy):
+    def rerank(self, ctx: PolicyContext) -> torch.Tensor:
+        return ctx.scores.double()
+
+
+@register_policy("value_aware")
+@dataclass
+class ValueAware(Policy):
+    w: float = 0.5              # weight of expected revenue vs relevance, in [0, 1]
+    temperature: float = 1.0    # softmax temperature over the scores
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.w <= 1.0:
+            raise DataError(f"value_aware: w must be in [0, 1], got {self.w}")
+        if self.temperature <= 0:
+            raise DataError(f"value_aware: temperature must be > 0, got {self.temperature}")
+
+    def rerank(self, ctx: PolicyContext) -> torch.Tensor:
+        valid = ctx.valid
+        log_p = _log_p(ctx, self.temperature)
+        p = log_p.exp()
+        # Normalise each term by its best candidate so w trades like for like; at w = 1 the order is
+        # exactly expected revenue, at w = 0 exactly the model's.
+        rel = p / p.max(dim=1, keepdim=True).values.clamp_min(1e-300)
+        er = p * ctx.values_of_candidates()
+        rev = er / er.max(dim=1, keepdim=True).values.clamp_min(1e-300)
+        out = (1.0 - self.w) * rel + self.w * rev
+        return torch.where(valid, out, torch.full_like(out, NEG))
+
+
+@register_policy("favourites_winback")
+@dataclass
+class FavouritesWinback(Policy):
+    history_candidates: ClassVar[bool] = True
+    boost: float = 1.0             # weight of the favourites term vs relevance (both in [0, 1])
+    half_life_days: float = 90.0   # recency weighting of past events (events, when there are no times)
+
+    def rerank(self, ctx: PolicyContext) -> torch.Tensor:
+        valid = ctx.valid
+        rel = _minmax(ctx.scores, valid)
+        fav = torch.as_tensor(favourite_weights(ctx.histories, ctx.candidates, ctx.as_of, self.half_life_days))
+        fav = fav / fav.max(dim=1, keepdim=True).values.clamp_min(1e-12)
+        out = rel + self.boost * fav
+        return torch.where(valid, out, torch.full_like(out, NEG))
+
+
+def favourite_weights(histories: Sequences, candidates: np.ndarray, as_of: np.ndarray | None,
+                      half_life_days: float) -> np.ndarray:
+    """(B, C) sum over the user's past events with that item of 0.5 ** (age / half-life)."""
+    B, C = candidates.shape
+    out = np.zeros((B, C))
+    for u in range(B):
+        items = histories.items[u]
+        if len(items) == 0:
+            continue
+        if histories.times is not None and as_of is not None:
+            age = np.maximum(as_of[u] - histories.times[u].astype(np.float64), 0.0) / 86400.0
+        else:
+            age = np.arange(len(items))[::-1].astype(np.float64)
+        w = 0.5 ** (age / half_life_days)
+        per_item = pd.Series(w).groupby(items).sum()
+        out[u] = per_item.reindex(candidates[u]).fillna(0.0).to_numpy()
+        out[u, candidates[u] < 0] = 0.0
+    return out
+
+
+@register_policy("cross_sell_value")
+@dataclass
+class CrossSellValue(Policy):
+    gamma: float = 0.5   # weight of log(price / the user's usual price), clipped to +-2
+
+    def rerank(self, ctx: PolicyContext) -> torch.Tensor:
+        valid = ctx.valid
+        rel = _minmax(ctx.scores, valid)
+        v = ctx.values_of_candidates().clamp_min(1e-9)
+        all_v = ctx.item_values()
+        all_v = all_v if all_v.ndim == 2 else np.broadcast_to(all_v, (len(ctx.histories), len(all_v)))
+        ref = np.array([np.median(all_v[u, h[h >= 0]]) if (h >= 0).any() else np.median(all_v[u])
+                        for u, h in enumerate(ctx.histories.items)])
+        ratio = (v / torch.as_tensor(np.maximum(ref, 1e-9))[:, None]).log().clamp(-2, 2) / 2
+        bought = torch.as_tensor(np.stack([np.isin(c, h) for c, h in zip(ctx.candidates, ctx.histories.items)])
+                                 if len(ctx.candidates) else np.zeros((0, 0), bool))
+        out = rel + self.gamma * ratio
+        # Items already bought go last (not removed: a short candidate list still fills k).
+        out = torch.where(bought, out - 10.0, out)
+        return torch.where(valid, out, torch.full_like(out, NEG))
+
+
+@register_policy("popular_diverse")
+@dataclass
+class PopularDiverse(Policy):
+    popularity_weight: float = 0.5   # blend of popularity into relevance (when popularity is known)
+    mmr_lambda: float = 0.7          # MMR: lambda x relevance - (1 - lambda) x max similarity to chosen
+    k: int = 20                      # how many to pick greedily (the rest follow by relevance)
+
+    def rerank(self, ctx: PolicyContext) -> torch.Tensor:
+        valid = ctx.valid
+        rel = _minmax(ctx.scores, valid)
+        if ctx.item_popularity is not None:
+            pop = np.log1p(np.asarray(ctx.item_popularity, dtype=np.float64))[np.clip(ctx.candidates, 0, None)]
+            rel = (1 - self.popularity_weight) * rel + self.popularity_weight * _minmax(torch.as_tensor(pop), valid)
+        vec = ctx.item_vectors
+        if vec is None:
+            return torch.where(valid, rel, torch.full_like(rel, NEG))
+        V = torch.as_tensor(np.asarray(vec, dtype=np.float32))[torch.as_tensor(np.clip(ctx.candidates, 0, None))]
+        V = torch.nn.functional.normalize(V.double(), dim=-1)      # (B, C, D)
+        sim = V @ V.transpose(1, 2)                                 # (B, C, C)
+        return torch.where(valid, mmr(rel, sim, valid, self.mmr_lambda, self.k), torch.full_like(rel, NEG))
+
+
+def mmr(rel: torch.Tensor, sim: torch.Tensor, valid: torch.Tensor, lam: float, k: int) -> torch.Tensor:
+    """Greedy maximal marginal relevance, batched. Returns scores whose descending order is the MMR
+    order for the first k picks, then the rest by relevance."""
+    B, C = rel.shape
+    chosen = torch.zeros(B, C, dtype=torch.bool)
+    max_sim = torch.zeros(B, C, dtype=torch.float64)
+    out = rel.clone() - 10.0                                       # unpicked: after every pick, by relevance
+    rows = torch.arange(B)
+    for step in range(min(k, C)):
+        gain = lam * rel - (1 - lam) * max_sim
+        gain = torch.where(valid & ~chosen, gain, torch.full_like(gain, -torch.inf))
+        pick = gain.argmax(dim=1)
+        ok = torch.isfinite(gain[rows, pick])
+        chosen[rows[ok], pick[ok]] = True
+        out[rows[ok], pick[ok]] = 10.0 + (C - step)
+        max_sim = torch.maximum(max_sim, sim[rows, pick])        # (B, C)
+    return out
+
+
+@register_policy("value_uplift")
+@dataclass
+class ValueUplift(Policy):
+    w: float = 1.0                 # weight of predicted value change vs relevance
+    n_eval: int | None = None      # re-score only the top n_eval candidates (None: all)
+    batch_size: int = 4096         # what-if histories per predict_value call
+
+    def rerank(self, ctx: PolicyContext) -> torch.Tensor:
+        vm = ctx.value_model if ctx.value_model is not None else ctx.model
+        if vm is None or not hasattr(vm, "predict_value"):
+            raise DataError("value_uplift needs a value model (predict_value)")
+        if ctx.as_of is None:
+            raise DataError("value_uplift needs as_of (the time of the what-if purchase)")
+        valid = ctx.valid
+        cands = ctx.candidates
+        if self.n_eval is not None:
+            cands = np.where(np.arange(cands.shape[1])[None, :] < self.n_eval, cands, -1)
+        uplift = torch.as_tensor(what_if_uplift(vm, ctx.histories, cands, ctx.as_of,
+                                                np.asarray(ctx.values_of_candidates()), self.batch_size))
+        ev = torch.as_tensor(cands >= 0)
+        out = (1 - self.w) * _minmax(ctx.scores, valid) + self.w * _minmax(uplift, ev)
+        out = torch.where(ev, out, _minmax(ctx.scores, valid) - 10.0)   # not re-scored: after, by relevance
+        return torch.where(valid, out, torch.full_like(out, NEG))
+
+
+def what_if_uplift(value_model, histories: Sequences, candidates: np.ndarray, as_of: np.ndarray,
+                   cand_values: np.ndarray, batch_size: int = 4096) -> np.ndarray:
+    """(B, C) predicted expected value with the candidate appended as the next purchase (at as_of,
+    for its item value) minus the predicted value of the history as it is (both predicted at
+    as_of + 1 s). Batched over all (user, candidate) pairs."""
+    B, C = candidates.shape
+    from valuerec.policies.lifecycle import predict_value_safe
+    # The what-if purchase happens at as_of; both predictions are made one second later, because
+    # value models ignore events at or after their as-of time.
+    as_of = np.asarray(as_of, dtype=np.float64)
+    at = as_of + 1.0
+    # A user with no purchase yet has no value to predict: their base is 0.
+    base = predict_value_safe(value_model, histories, at, fill=0.0)["expected_value"]
+    uu, cc = np.nonzero(candidates >= 0)
+    out = np.zeros((B, C))
+    purchase = event_type_code("purchase")
+    for s in range(0, len(uu), batch_size):
+        u, c = uu[s:s + batch_size], cc[s:s + batch_size]
+        h = histories.subset(u)
+        nxt = Sequences(items=[np.array([candidates[a, b]], np.int64) for a, b in zip(u, c)],
+                        times=[np.array([int(as_of[a])], np.int64) for a in u],
+                        event_types=[np.array([purchase], np.int64) for _ in u],
+                        values=[np.array([cand_values[a, b]], np.float32) for a, b in zip(u, c)])
+        h = _fill_missing(h)
+        v = value_model.predict_value(Sequences.concat(h, nxt), at[u])["expected_value"]
+        out[u, c] = np.asarray(v, dtype=np.float64) - base[u]
+    return out
+
+
+def _fill_missing(h: Sequences) -> Sequences:
+    """Give a history the optional arrays the what-if event carries, so concat keeps them."""
+    z = lambda dt: [np.zeros(len(x), dt) for x in h.items]  # noqa: E731
+    return Sequences(items=h.items, times=h.times if h.times is not None else z(np.int64),
+                     event_types=h.event_types if h.event_types is not None else
+                     [np.full(len(x), event_type_code("purchase"), np.int64) for x in h.items],
+                     values=h.values if h.values is not None else z(np.float32), user_ids=h.user_ids)
+
+
+DEFAULT_STAGE_POLICIES = {
+    "new": "popular_diverse", "activated": "plain", "retained": "plain", "expanding": "cross_sell_value",
+    "advocate": "value_aware", "at-risk": "favourites_winback", "lapsed": "favourites_winback",
+}
+
+
+@register_policy("stage")
+@dataclass
+class StagePolicy(Policy):
+    history_candidates: ClassVar[bool] = True   # favourites needs them; others ignore extra candidates
+    mapping: dict = field(default_factory=lambda: dict(DEFAULT_STAGE_POLICIES))
+    policy_params: dict = field(default_factory=dict)   # policy name -> its params
+
+    def __post_init__(self) -> None:
+        from valuerec.policies.lifecycle import STAGES
+        bad = sorted(set(self.mapping) - set(STAGES))
+        if bad:
+            raise DataError(f"stage policy: unknown stage(s) {bad}; stages are {STAGES}")
+        self._policies = {s: make_policy(n, **self.policy_params.get(n, {})) for s, n in self.mapping.items()}
+
+    def rerank(self, ctx: PolicyContext) -> torch.Tensor:
+        if ctx.stages is None:
+            raise DataError("stage policy needs lifecycle stages (apply_policy assigns them given as_of)")
+        out = torch.full(ctx.scores.shape, NEG, dtype=torch.float64)
+        for stage in np.unique(ctx.stages):
+            idx = np.flatnonzero(ctx.stages == stage)
+            pol = self._policies.get(stage, Plain())
+            sub = ctx.subset(idx)
+            if not pol.history_candidates:
+                # Candidates added from the history belong to favourites; others rank the model's own.
+                cand = sub.candidates.copy()
+                extra = ctx.extras.get("added_from_history")
+                if extra is not None:
+                    cand[extra[idx]] = -1
+                sub = replace(sub, candidates=cand,
+                              scores=torch.where(torch.as_tensor(cand >= 0), sub.scores,
+                                                 torch.full_like(sub.scores, -torch.inf)))
+            out[torch.as_tensor(idx)] = pol.rerank(sub).double()
+        return out
+
+
+def make_policy(name: str, **params) -> Policy:
+    if name not in POLICIES:
+        raise DataError(f"unknown policy {name!r}; known: {sorted(POLICIES)}")
+    cls = POLICIES[name]
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise DataError(f"policy {name!r}: unknown parameter(s) {unknown}; known: {sorted(known)}")
+    return cls(**params)
+
+
+# -- running a policy ---------------------------------------------------------------------------------
+def item_feature_vectors(catalogue: Catalogue, dim: int = 256) -> np.ndarray | None:
+    """Hashed bag of text words and attributes per item (for diversity when a model has no item
+    embeddings); None when the catalogue has neither."""
+    if catalogue.text is None and catalogue.attributes is None:
+        return None
+    out = np.zeros((len(catalogue), dim), dtype=np.float32)
+    for i in range(len(catalogue)):
+        toks = []
+        if catalogue.text is not None and catalogue.text[i]:
+            toks += [w for w in str(catalogue.text[i]).lower().split() if len(w) > 2]
+        if catalogue.attributes is not None and catalogue.attributes[i]:
+            toks += [f"attr:{a}" for a in catalogue.attributes[i]]
+        for t in toks:
+            out[i, zlib.crc32(t.encode()) % dim] += 1.0
+        if not toks:
+            out[i, zlib.crc32(str(catalogue.item_ids[i]).encode()) % dim] = 1.0
+    return out
+
+
+def model_item_vectors(model) -> np.ndarray | None:
+    """The model's item embeddings when it exposes them (``item_embeddings()`` or ``item_vectors()``,
+    or the behaviour transformer's item table)."""
+    table = getattr(getattr(getattr(model, "module_", None), "encoder", None), "item_table", None)
+    if table is not None:
+        with torch.no_grad():
+            return table().float().cpu().numpy()                        # (n_items, D)
+    for attr in ("item_embeddings", "item_vectors"):
+        f = getattr(model, attr, None)
+        if callable(f):
+            try:
+                v = f()
+            except Exception:  # noqa: BLE001  (a model may expose the method but not be fitted for it)
+                continue
+            if v is not None:
+                return np.asarray(v.detach().cpu() if isinstance(v, torch.Tensor) else v, dtype=np.float32)
+    return None
+
+
+def build_candidates(full: torch.Tensor, n_candidates: int, histories: Sequences | None = None,
+                     ) -> tuple[np.ndarray, torch.Tensor, np.ndarray]:
+    """Top-n candidates of ``full`` (B, N; -inf excluded), plus the user's past items when
+    ``histories`` is given. Returns (candidates (B, C), their scores, added-from-history mask)."""
+    B, N = full.shape
+    n = min(n_candidates, N)
+    vals, top = torch.topk(full, n, dim=1)
+    top = top.cpu().numpy()
+    top[~torch.isfinite(vals).cpu().numpy()] = -1
+    added = np.zeros_like(top, dtype=bool)
+    if histories is not None:
+        rows = []
+        for u in range(B):
+            h = histories.items[u]
+            h = np.unique(h[(h >= 0) & (h < N)])
+            h = h[np.isfinite(full[u, torch.as_tensor(h)].cpu().numpy())] if len(h) else h
+            rows.append(h[~np.isin(h, top[u])])
+        extra = max((len(r) for r in rows), default=0)
+        if extra:
+            pad = np.full((B, extra), -1, dtype=np.int64)
+            for u, r in enumerate(rows):
+                pad[u, :len(r)] = r
+            added = np.concatenate([added, pad >= 0], axis=1)
+            top = np.concatenate([top, pad], axis=1)
+    idx = torch.as_tensor(np.clip(top, 0, None))
+    sc = torch.gather(full, 1, idx.to(full.device)).cpu()
+    sc = torch.where(torch.as_tensor(top >= 0), sc, torch.full_like(sc, -torch.inf))
+    return top, sc, added
+
+
+def _resolve_exclude(exclude, histories: Sequences, policy: Policy):
+    if isinstance(exclude, str):
+        if exclude == "auto":
+            # Policies built on past items (favourites, stage) must be allowed to recommend them.
+            exclude = None if policy.history_candidates else "history"
+            if exclude is None:
+                return None
+        if exclude != "history":
+            raise DataError(f"exclude must be 'auto', 'history', a list of arrays or None, got {exclude!r}")
+        return [h[h >= 0] for h in histories.items]
+    return exclude
+
+
+def policy_rerank(policy: Policy | str, model, histories: Sequences, *, n_candidates: int = 100,
+                  exclude="auto", catalogue: Catalogue | None = None, as_of=None, value_model=None,
+                  item_value: np.ndarray | None = None, item_vectors: np.ndarray | None = None,
+                  item_popularity: np.ndarray | None = None, stages: np.ndarray | None = None,
+                  lifecycle_config=None, params: dict | None = None) -> tuple[np.ndarray, torch.Tensor]:
+    """Score, pick candidates and re-rank one batch. Returns (candidates (B, C), policy scores (B, C)).
+
+    ``exclude``: 'auto' (default: the user's past items are excluded, except for policies built on
+    them, ``favourites_winback`` and ``stage``), 'history', None, or item indices per user."""
+    pol = make_policy(policy, **(params or {})) if isinstance(policy, str) else policy
+    catalogue = catalogue if catalogue is not None else getattr(model, "catalogue_", None)
+    with torch.no_grad():
+        full = model.score(histories).float().cpu()
+    full = torch.nan_to_num(full, nan=NEG)
+    exclude = _resolve_exclude(exclude, histories, pol)
+    if exclude is not None:
+        apply_exclusions(full, exclude)
+    cands, cscores, added = build_candidates(full, n_candidates, histories if pol.history_candidates else None)
+    if as_of is not None:
+        as_of = np.broadcast_to(np.asarray(as_of, dtype=np.float64), (len(histories),)).copy()
+    elif histories.times is not None:
+        # Default "now": just after each user's last event.
+        as_of = np.array([float(t.max()) + 1 if len(t) else 0.0 for t in histories.times])
+    if item_vectors is None and pol.name in ("popular_diverse", "stage"):
+        item_vectors = model_item_vectors(model)
+        if item_vectors is None and catalogue is not None:
+            item_vectors = item_feature_vectors(catalogue)
+    if pol.name == "stage" and stages is None:
+        from valuerec.policies.lifecycle import assign_stages, predict_value_safe
+        if as_of is None:
+            raise DataError("the stage policy needs as_of or event times to assign lifecycle stages")
+        vm = value_model if value_model is not None else (model if hasattr(model, "predict_value") else None)
+        pred = predict_value_safe(vm, histories, as_of) if vm is not None else None
+        stages = assign_stages(histories, as_of, pred, lifecycle_config)["stage"].to_numpy()
+    ctx = PolicyContext(histories=histories, candidates=cands, scores=cscores, full_scores=full,
+                        catalogue=catalogue, as_of=as_of, model=model, value_model=value_model,
+                        item_value=item_value, item_vectors=item_vectors, item_popularity=item_popularity,
+                        stages=None if stages is None else np.asarray(stages, dtype=object),
+                        extras={"added_from_history": added})
+    return cands, pol.rerank(ctx)
+
+
+def apply_policy(name: str, model, histories: Sequences, k: int = 10, *, batch_size: int = 512,
+                 **kwargs) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k item indices and policy scores per user under policy ``name`` (see ``policy_rerank``
+    for the keyword arguments: n_candidates, exclude, catalogue, as_of, value_model, item_value,
+    item_vectors, item_popularity, stages, lifecycle_config, params). Rows with fewer than k
+    candidates are padded with -1."""
+    params = kwargs.pop("params", None)
+    pol = make_policy(name, **(params or {}))
+    out_i, out_s = [], []
+    as_of = kwargs.pop("as_of", None)
+    stages = kwargs.pop("stages", None)
+    for s in range(0, len(histories), batch_size):
+        idx = np.arange(s, min(s + batch_size, len(histories)))
+        a = None if as_of is None else np.broadcast_to(np.asarray(as_of, dtype=np.float64), (len(histories),))[idx]
+        st = None if stages is None else np.asarray(stages, dtype=object)[idx]
+        cands, sc = policy_rerank(pol, model, histories.subset(idx), as_of=a, stages=st, **kwargs)
+        kk = min(k, cands.shape[1])
+        order = torch.sort(sc, dim=1, descending=True, stable=True).indices[:, :kk].numpy()
+        top = np.take_along_axis(cands, order, axis=1)
+        tsc = np.take_along_axis(sc.numpy(), order, axis=1)
+        top[tsc <= NEG / 2] = -1
+        if kk < k:
+            top = np.pad(top, ((0, 0), (0, k - kk)), constant_values=-1)
+            tsc = np.pad(tsc, ((0, 0), (0, k - kk)), constant_values=NEG)
+        out_i.append(top)
+        out_s.append(tsc)
+    if not out_i:
+        return np.zeros((0, k), np.int64), np.zeros((0, k))
+    return np.concatenate(out_i), np.concatenate(out_s)
+
+
+def policy_score_fn(name: str, model, n_items: int, **kwargs) -> Callable[[Sequences], torch.Tensor]:
+    """A ``score_fn`` for ``evaluate``: (B, n_items) with the policy's order over the candidates
+    (all above every non-candidate, which tie at the bottom). ``as_of`` / ``stages`` may be
+    callables of the batch (the evaluation hands over sub-batches)."""
+    params = kwargs.pop("params", None)
+    pol = make_policy(name, **(params or {}))
+
+    def score_fn(histories: Sequences) -> torch.Tensor:
+        kw = dict(kwargs)
+        for key in ("as_of", "stages"):
+            if callable(kw.get(key)):
+                kw[key] = kw[key](histories)
+        cands, sc = policy_rerank(pol, model, histories, **kw)
+        order = torch.sort(sc, dim=1, descending=True, stable=True).indices   # (B, C)
+        C = cands.shape[1]
+        out = torch.full((len(histories), n_items), NEG, dtype=torch.float32)
+        ranked = np.take_along_axis(cands, order.numpy(), axis=1)
+        ok_sc = np.take_along_axis(sc.numpy(), order.numpy(), axis=1) > NEG / 2
+        rows, cols = np.nonzero((ranked >= 0) & ok_sc)
+        out[torch.as_tensor(rows), torch.as_tensor(ranked[rows, cols])] = torch.as_tensor(
+            (C - cols).astype(np.float32))
+        return out
+    return score_fn

@@ -1,0 +1,216 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from valuerec.cli import app
+from valuerec.data.dataset import Sequences, catalogue_from, sequences_from
+from valuerec.data.schema import DataError, event_type_code
+from valuerec.data.store import EventStore
+from valuerec.models.popularity import Popularity
+from valuerec.policies.lifecycle import (STAGES, LifecycleConfig, assign_stages, stage_sizes,
+                                         transition_matrix, truncate)
+
+DAY = 86400
+T0 = 1_700_000_000
+P, V = event_type_code("purchase"), event_type_code("view")
+
+runner = CliRunner()
+
+
+def user(days_ago, types, values):
+    days_ago = np.asarray(days_ago, dtype=float)
+    order = np.argsort(-days_ago)
+    return (np.arange(len(days_ago))[order].astype(np.int64), (T0 - days_ago[order] * DAY).astype(np.int64),
+            np.asarray(types, np.int64)[order], np.asarray(values, np.float32)[order])
+
+
+# One user per stage, built so the stage is known: (history, expected_value, churn_prob)
+USERS = {
+    "lapsed":    (user([300, 200], [P, P], [50, 50]), 0.0, 0.9),
+    "new":       (user([5, 2], [V, V], [0, 0]), 1.0, 0.5),
+    "at-risk":   (user([60, 30, 10], [P, P, P], [10, 10, 10]), 10.0, 0.8),
+    "activated": (user([10], [P], [10]), 10.0, 0.1),
+    "advocate":  (user([300, 200, 100, 5], [P, P, P, P], [100, 100, 100, 100]), 1000.0, 0.1),
+    "expanding": (user([100, 5], [P, P], [10, 10]), 100.0, 0.2),
+    "retained":  (user([200, 100, 5], [P, P, P], [100, 100, 100]), 20.0, 0.2),
+}
+
+
+def build(users=USERS):
+    names = list(users)
+    hs = [users[n][0] for n in names]
+    seqs = Sequences(items=[h[0] for h in hs], times=[h[1] for h in hs], event_types=[h[2] for h in hs],
+                     values=[h[3] for h in hs], user_ids=np.array(names, dtype=object))
+    pred = {"expected_value": np.array([users[n][1] for n in names]),
+            "churn_prob": np.array([users[n][2] for n in names])}
+    return names, seqs, pred
+
+
+def test_each_constructed_user_gets_its_stage_and_a_reason():
+    names, seqs, pred = build()
+    df = assign_stages(seqs, T0, pred, LifecycleConfig())
+    assert len(df) == len(names)
+    assert list(df["user_id"]) == names
+    assert list(df["stage"]) == names  # user named after the stage it must get
+    assert set(df["stage"]) == set(STAGES)
+    for r in df.itertuples():
+        assert r.reason.startswith(r.stage + ":")
+        assert any(ch.isdigit() for ch in r.reason)  # the numbers the rule used
+    lap = df.set_index("user_id").loc["lapsed"]
+    assert lap["recency_days"] == pytest.approx(200.0)
+    assert "200 days > horizon 91" in lap["reason"]
+    assert "0.80 > 0.60" in df.set_index("user_id").loc["at-risk", "reason"]
+
+
+def test_precedence_lapsed_beats_at_risk_and_new_beats_at_risk():
+    names, seqs, pred = build()
+    pred["churn_prob"][:] = 0.99
+    df = assign_stages(seqs, T0, pred).set_index("user_id")
+    assert df.loc["lapsed", "stage"] == "lapsed"
+    assert df.loc["new", "stage"] == "new"
+    assert (df.drop(index=["lapsed", "new"])["stage"] == "at-risk").all()
+
+
+def test_without_value_model_no_at_risk_or_expanding():
+    names, seqs, _ = build()
+    df = assign_stages(seqs, T0, None).set_index("user_id")
+    assert not df["stage"].isin(["at-risk", "expanding"]).any()
+    assert df.loc["at-risk", "stage"] == "retained"
+    assert df.loc["expanding", "stage"] == "retained"
+    assert df.loc["advocate", "stage"] == "advocate"  # top past spend, long tenure
+    assert "no value model" in df.loc["advocate", "reason"]
+
+
+def test_config_unknown_key_and_bad_values_are_errors():
+    with pytest.raises(DataError, match="unknown key"):
+        LifecycleConfig.from_dict({"horizon_dayz": 30})
+    with pytest.raises(DataError, match="churn_threshold"):
+        LifecycleConfig(churn_threshold=1.5)
+    cfg = LifecycleConfig.from_dict({"horizon_days": 30, "purchase_types": ["purchase"]})
+    assert cfg.horizon_days == 30 and cfg.purchase_types == ("purchase",)
+
+
+def test_horizon_threshold_changes_stage():
+    names, seqs, pred = build()
+    df = assign_stages(seqs, T0, pred, LifecycleConfig(horizon_days=4)).set_index("user_id")
+    # Only users active within the last 4 days stay out of lapsed.
+    assert df.loc["new", "stage"] == "new"
+    assert df.loc["activated", "stage"] == "lapsed"
+
+
+def test_stage_sizes_lists_every_stage():
+    names, seqs, pred = build()
+    sizes = stage_sizes(assign_stages(seqs, T0, pred))
+    assert list(sizes["stage"]) == STAGES
+    assert (sizes["users"] == 1).all()
+    assert sizes["share"].sum() == pytest.approx(1.0)
+
+
+def test_transition_matrix_counts():
+    # u1: one purchase at day -50 then repeat at day -5  -> activated at -20, retained at 0
+    # u2: purchase at -100 only                         -> activated at -20, lapsed at 0
+    # u3: view at -30 then purchase at -2               -> new at -20, activated at 0
+    # u4: no events before -20, view at -1              -> new at -20 (empty), new at 0
+    hs = [user([50, 5], [P, P], [1, 1]), user([100], [P], [1]), user([30, 2], [V, P], [0, 1]), user([1], [V], [0])]
+    seqs = Sequences(items=[h[0] for h in hs], times=[h[1] for h in hs], event_types=[h[2] for h in hs],
+                     values=[h[3] for h in hs], user_ids=np.array(["u1", "u2", "u3", "u4"], dtype=object))
+    m = transition_matrix(seqs, T0 - 20 * DAY, T0)
+    assert list(m.index) == STAGES and list(m.columns) == STAGES
+    assert m.to_numpy().sum() == 4
+    assert m.loc["activated", "retained"] == 1
+    assert m.loc["activated", "lapsed"] == 1
+    assert m.loc["new", "activated"] == 1
+    assert m.loc["new", "new"] == 1
+    # Stages at the first date see only events before it, value model included.
+    seen = []
+    transition_matrix(seqs, T0 - 20 * DAY, T0,
+                      value_fn=lambda h, a: seen.append((h.lengths().tolist(), a[0])) or
+                      {"expected_value": np.zeros(len(h)), "churn_prob": np.zeros(len(h))})
+    assert seen[0] == ([1, 1, 1, 0], T0 - 20 * DAY)
+    with pytest.raises(DataError):
+        transition_matrix(seqs, T0, T0 - DAY)
+
+
+def test_truncate_needs_times():
+    with pytest.raises(DataError, match="times"):
+        truncate(Sequences(items=[np.array([1, 2])]), T0)
+
+
+def test_invoice_lines_at_one_time_are_one_order():
+    # Three purchase lines of one invoice (same timestamp) = one order -> activated, not retained.
+    t = np.full(3, T0 - 5 * DAY, dtype=np.int64)
+    seqs = Sequences(items=[np.array([1, 2, 3])], times=[t], event_types=[np.full(3, P, np.int64)],
+                     values=[np.ones(3, np.float32)], user_ids=np.array(["u"], dtype=object))
+    df = assign_stages(seqs, T0, None)
+    assert df.loc[0, "n_purchases"] == 1 and df.loc[0, "stage"] == "activated"
+    assert df.loc[0, "past_spend"] == pytest.approx(3.0)
+
+
+# -- the command lifecycle on a tiny store ----------------------------------------
+
+
+@pytest.fixture
+def cli_setup(tmp_path):
+    rows = []
+    t = pd.Timestamp("2011-01-01")
+    # u1: many purchases up to the end; u2: one purchase long ago (lapsed); u3: views only (new)
+    for d in range(0, 200, 20):
+        rows.append(("u1", f"i{d % 3}", t + pd.Timedelta(days=d), "purchase", 10.0 + d))
+    rows.append(("u2", "i1", t + pd.Timedelta(days=5), "purchase", 5.0))
+    rows.append(("u3", "i2", t + pd.Timedelta(days=190), "view", 0.0))
+    ev = pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp", "event_type", "value"])
+    ev["quantity"] = 1.0
+    items = pd.DataFrame({"item_id": ["i0", "i1", "i2"], "text": ["red mug", "blue mug", "green cup"],
+                          "attributes": [None] * 3, "price": [1.0, 2.0, 3.0]})
+    store = tmp_path / "s.duckdb"
+    with EventStore(store) as st:
+        st.add_events(ev, items)
+        events = st.events()
+    cat = catalogue_from(events, items)
+    Popularity().fit(sequences_from(events, cat), cat).save(tmp_path / "pop")
+    return tmp_path, store
+
+
+def test_lifecycle_command_json(cli_setup):
+    tmp, store = cli_setup
+    r = runner.invoke(app, ["lifecycle", "--model", str(tmp / "pop"), "--store", str(store), "--json",
+                            "--since", "2011-03-01"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    stage = {u["user_id"]: u["stage"] for u in d["users"]}
+    assert stage == {"u1": "advocate", "u2": "lapsed", "u3": "new"}
+    assert all(u["reason"].startswith(u["stage"]) for u in d["users"])
+    assert sum(s["users"] for s in d["sizes"]) == 3
+    m = d["transitions"]["matrix"]
+    # u2 bought on day 5: activated at 2011-03-01, lapsed at the end; u3 new throughout
+    assert m["activated"]["lapsed"] == 1 and m["new"]["new"] == 1
+    assert sum(sum(row.values()) for row in m.values()) == 3
+
+
+def test_lifecycle_command_rejects_unknown_config_key(cli_setup):
+    tmp, store = cli_setup
+    r = runner.invoke(app, ["lifecycle", "--model", str(tmp / "pop"), "--store", str(store),
+                            "--config", '{"churn": 0.5}'])
+    assert r.exit_code == 2
+    assert "unknown key" in r.output
+
+
+def test_lifecycle_command_interaction_only_store(tmp_path):
+    t = pd.Timestamp("2000-01-01")
+    ev = pd.DataFrame({"user_id": ["a", "a", "b"], "item_id": ["1", "2", "1"],
+                       "timestamp": [t, t + pd.Timedelta(days=1), t + pd.Timedelta(days=1)],
+                       "event_type": ["interaction"] * 3, "value": [0.0] * 3, "quantity": [1.0] * 3})
+    store = tmp_path / "s.duckdb"
+    with EventStore(store) as st:
+        st.add_events(ev)
+        events = st.events()
+    cat = catalogue_from(events, None)
+    Popularity().fit(sequences_from(events, cat), cat).save(tmp_path / "pop")
+    r = runner.invoke(app, ["lifecycle", "--model", str(tmp_path / "pop"), "--store", str(store), "--json"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    assert "counting every event" in d["note"]
+    assert {u["user_id"]: u["stage"] for u in d["users"]} == {"a": "retained", "b": "activated"}
