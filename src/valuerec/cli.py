@@ -10,12 +10,14 @@ os.environ.setdefault("KMP_DUPLICATE_LIB_OK", "TRUE")
 
 import typer  # noqa: E402
 
-from valuerec.commands import data, demo  # noqa: E402
+from valuerec.commands import data, demo, report, bench, recommend, serve, value  # noqa: E402
+from valuerec.commands import explain, lifecycle  # noqa: E402
+from valuerec.commands import retrain, train  # noqa: E402
 
 app = typer.Typer(help="valuerec: one behaviour transformer for recommendations, value, churn and lifecycle.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
-for module in (data, demo):
+for module in (data, demo, report, bench, recommend, serve, value, lifecycle, explain, train, retrain):
     module.register(app)
 
 

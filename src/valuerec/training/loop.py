@@ -106,7 +106,8 @@ def epoch_batches(n: int, batch_size: int, rng: np.random.Generator, lengths: np
     order = order[rank::world]
     if lengths is not None:
         w = bucket * batch_size
-        order = np.concatenate([c[np.argsort(lengths[c], kind="stable")] for c in np.split(order, range(w, len(order), w))])
+        chunks = np.split(order, range(w, len(order), w))
+        order = np.concatenate([c[np.argsort(lengths[c], kind="stable")] for c in chunks])
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     rng.shuffle(batches)
     return batches
@@ -190,7 +191,8 @@ def train_model(model: nn.Module, n_examples: int, make_batch: Callable[[np.ndar
             row: dict = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"],
                          "train_seconds": time.perf_counter() - t0}
             for k, v in sums.items():
-                row[f"train_{k}" if k != "loss" else "train_loss"] = dist_utils.all_reduce_mean(v / max(n_batches, 1), device)
+                name = "train_loss" if k == "loss" else f"train_{k}"
+                row[name] = dist_utils.all_reduce_mean(v / max(n_batches, 1), device)
 
             # -- validation and early stopping (decided on the main rank, shared with the others)
             time_up = bool(dist_utils.broadcast_object(

@@ -1,0 +1,163 @@
+"""`valuerec train`: split a data set, fit a model with validation early stopping, save the artefact.
+
+    valuerec train --data ../shared/data/amazon-beauty/Beauty.txt --model transformer --out runs/beauty
+    valuerec train --store shop.duckdb --model transformer --out runs/shop --cutoff 2011-09-09 \
+        --valid-cutoff 2011-06-09 --config d_model=128 --config '{"n_layers": 4}'
+    torchrun --nproc_per_node 2 -m valuerec.cli train ...      # several processes / GPUs (DDP)
+
+The artefact directory holds config.json, the weights (safetensors), items.parquet (the id map) and
+metrics.json (per-epoch training curves, the validation metrics of the kept weights, test metrics).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from valuerec.data.schema import DataError
+
+console = Console(stderr=True)
+
+R2_CUTOFF, R2_VALID_CUTOFF = "2011-09-09", "2011-06-09"
+
+
+def parse_config(items: list[str]) -> dict:
+    """Each item: a JSON object, a path to a JSON file, or ``key=value`` (value parsed as JSON if it
+    can be, else kept as a string)."""
+    out: dict = {}
+    for item in items:
+        item = item.strip()
+        if not item:
+            continue
+        if item.startswith("{"):
+            try:
+                obj = json.loads(item)
+            except json.JSONDecodeError as e:
+                raise DataError(f"--config {item!r}: not valid JSON ({e})") from None
+        elif item.endswith(".json") and os.path.exists(item):
+            obj = json.loads(Path(item).read_text())
+        elif "=" in item:
+            key, value = item.split("=", 1)
+            try:
+                obj = {key.strip(): json.loads(value)}
+            except json.JSONDecodeError:
+                obj = {key.strip(): value}
+        else:
+            raise DataError(f"--config {item!r}: expected key=value, a JSON object or a .json file")
+        if not isinstance(obj, dict):
+            raise DataError(f"--config {item!r}: must be a JSON object")
+        out.update(obj)
+    return out
+
+
+def load_split(data: Path | None, store: Path | None, protocol: str, cutoff: str | None,
+               valid_cutoff: str | None, cache_dir: Path):
+    """Events from a file (ingested once into a cached store) or a store, split by the protocol.
+
+    ``auto``: leave-one-out for S3-Rec sequence files, the R2 cut-off split for Online Retail, a
+    cut-off split when ``--cutoff`` is given, else leave-one-out."""
+    from valuerec.data.ingest import detect_format, find_attributes_file
+    from valuerec.data.splits import cutoff_split, leave_one_out
+    from valuerec.data.store import EventStore
+    from valuerec.evaluation.protocols import cached_store
+
+    if (data is None) == (store is None):
+        raise DataError("give exactly one of --data PATH or --store DB")
+    fmt = None
+    if data is not None:
+        if not data.exists():
+            raise DataError(f"{data}: no such file")
+        fmt = detect_format(data)
+        attrs = find_attributes_file(data) if fmt == "s3rec" else None
+        store, _ = cached_store(data, fmt, cache_dir, attrs, console)
+    elif not store.exists():
+        raise DataError(f"{store}: no such store")
+    with EventStore(store, read_only=True) as st:
+        events, items = st.events(), st.items()
+    if protocol == "auto":
+        protocol = ("r2" if fmt == "online-retail" and cutoff is None else
+                    "cutoff" if cutoff is not None else "loo")
+    if protocol in ("r1", "loo"):
+        return leave_one_out(events, items), "loo"
+    if protocol in ("r2", "cutoff"):
+        if protocol == "cutoff" and (cutoff is None or valid_cutoff is None):
+            raise DataError("a cut-off split needs --cutoff and --valid-cutoff")
+        return cutoff_split(events, items, cutoff or R2_CUTOFF, valid_cutoff or R2_VALID_CUTOFF), protocol
+    raise DataError(f"--protocol {protocol!r}: expected auto, r1, loo, r2 or cutoff")
+
+
+def train_cmd(
+    data: Optional[Path] = typer.Option(None, "--data",
+                                        help="Event file (S3-Rec .txt, Online Retail CSV, CSV/Parquet/JSONL)"),
+    store: Optional[Path] = typer.Option(None, "--store", help="DuckDB event store"),
+    model_name: str = typer.Option("transformer", "--model", help="Registered model name"),
+    out: Path = typer.Option(..., "--out", help="Artefact directory to write"),
+    protocol: str = typer.Option("auto", "--protocol", help="auto, r1/loo (leave-one-out), r2, cutoff"),
+    cutoff: Optional[str] = typer.Option(None, "--cutoff", help="Test cut-off time (cut-off split)"),
+    valid_cutoff: Optional[str] = typer.Option(None, "--valid-cutoff", help="Validation cut-off time"),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Maximum epochs (early stopping may stop sooner)"),
+    config: list[str] = typer.Option([], "--config", help="key=value, JSON object or .json file; repeatable"),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:N (default: cuda if available)"),
+    seed: int = typer.Option(0, "--seed"),
+    threads: int = typer.Option(0, "--threads", help="torch CPU threads (0: torch default)"),
+    no_test: bool = typer.Option(False, "--no-test", help="Skip the test evaluation"),
+    cache_dir: Path = typer.Option(Path("runs/stores"), "--cache-dir", help="Where ingested files are cached"),
+) -> None:
+    """Train a model with validation early stopping and save it as an artefact directory."""
+    import torch
+
+    import valuerec.models  # noqa: F401  (registers every model)
+    from valuerec.evaluation.metrics import evaluate
+    from valuerec.models.base import MODEL_REGISTRY
+    from valuerec.training import distributed
+
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        if model_name not in MODEL_REGISTRY:
+            raise DataError(f"unknown model {model_name!r}; registered: {sorted(MODEL_REGISTRY)}")
+        params = parse_config(config)
+        if epochs is not None:
+            params["epochs"] = epochs
+        if device is not None:
+            params["device"] = device
+        dist = distributed.setup(params.get("device", "auto"))
+        if dist.enabled and not dist.is_main:
+            torch.distributed.barrier()   # let the main rank ingest (and cache) the data first
+        split, used = load_split(data, store, protocol, cutoff, valid_cutoff, cache_dir)
+        if dist.enabled and dist.is_main:
+            torch.distributed.barrier()
+        if dist.is_main:
+            console.log(f"split ({used}): {split.info}")
+        model = MODEL_REGISTRY[model_name](seed=seed, **params)
+        t0 = time.perf_counter()
+        model.fit(split.train, split.catalogue, valid=split.valid)
+        train_seconds = time.perf_counter() - t0
+        if dist.is_main:
+            ks = (10, 20)
+            val = evaluate(model.score, split.valid, model.n_items, ks=ks)
+            test = None if no_test else evaluate(model.score, split.test, model.n_items, ks=ks)
+            model.save(out)
+            mpath = out / "metrics.json"
+            metrics = json.loads(mpath.read_text()) if mpath.exists() else {}
+            metrics.update({"protocol": used, "split": split.info, "train_seconds": train_seconds,
+                            "valid": val, "test": test, "seed": seed,
+                            "data": str(data) if data else None, "store": str(store) if store else None})
+            mpath.write_text(json.dumps(metrics, indent=2, default=float))
+            shown = {k: round(v, 4) for k, v in (test or val).items() if "@" in k or k == "mrr"}
+            console.log(f"saved {out} (trained {train_seconds:.0f}s); {'test' if test else 'valid'}: {shown}")
+        del model
+        distributed.cleanup()
+    except DataError as e:
+        console.print(f"[red]error:[/red] {e}", markup=True, highlight=False)
+        raise typer.Exit(code=2) from None
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train_cmd)

