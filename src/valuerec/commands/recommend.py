@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import typer
@@ -20,7 +21,8 @@ console = Console(stderr=True)
 
 def recommend_for_user(model_dir: str | Path, store: str | Path, user: str, k: int = 10,
                        exclude_history: bool = True, fallback: bool = False,
-                       history_types: list[str] | None = None) -> dict:
+                       history_types: list[str] | None = None, policy: str | None = None,
+                       policy_params: dict | None = None) -> dict:
     """Recommendations for ``user`` as a dict (items with text/price where known).
 
     An unknown user (no events in the store) is a DataError, or with ``fallback`` the model's
@@ -52,7 +54,16 @@ def recommend_for_user(model_dir: str | Path, store: str | Path, user: str, k: i
     else:
         hist = sequences_from(events, cat, users=np.array([str(user)], dtype=object))
     known = hist.items[0][hist.items[0] >= 0]
-    idx, scores = model.recommend(hist, k=k, exclude="history" if exclude_history else None)
+    if policy and policy != "plain":
+        from valuerec.policies.rerank import apply_policy
+        # The model is its own value model when it has a value head (the behaviour transformer).
+        value_model = model if hasattr(model, "predict_value") else None
+        idx, scores = apply_policy(policy, model, hist, k=k, exclude="auto" if exclude_history else None,
+                                   value_model=value_model, params=policy_params)
+        keep = idx[0] >= 0
+        idx, scores = idx[:, keep], scores[:, keep]
+    else:
+        idx, scores = model.recommend(hist, k=k, exclude="history" if exclude_history else None)
     items = []
     for rank, (i, s) in enumerate(zip(idx[0], scores[0]), start=1):
         if not math.isfinite(float(s)):
@@ -65,6 +76,7 @@ def recommend_for_user(model_dir: str | Path, store: str | Path, user: str, k: i
         })
     return {"user": str(user), "model": model.name, "history_events": int(len(events)),
             "history_items_in_catalogue": int(len(known)), "exclude_history": exclude_history,
+            "policy": policy or "plain",
             "note": note, "items": items}
 
 
@@ -79,11 +91,15 @@ def recommend_cmd(
     fallback: bool = typer.Option(False, "--fallback", help="Unknown user: recommend for an empty history"),
     history_types: str = typer.Option("", "--history-types",
                                       help="Comma-separated event types to use as history (default: all)"),
+    policy: str = typer.Option("plain", "--policy", help="Re-ranking policy: plain, value_aware, favourites_winback, "
+                               "cross_sell_value, popular_diverse, value_uplift, stage"),
+    policy_params: Optional[str] = typer.Option(None, "--policy-params", help='Policy settings as JSON, e.g. {"weight": 0.5}'),
 ) -> None:
     """Recommend k items for one user with any saved model."""
     try:
         types = [t.strip() for t in history_types.split(",") if t.strip()] or None
-        res = recommend_for_user(model, store, user, k, exclude_history, fallback, types)
+        pp = json.loads(policy_params) if policy_params else None
+        res = recommend_for_user(model, store, user, k, exclude_history, fallback, types, policy, pp)
     except DataError as e:
         console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=2) from None

@@ -35,7 +35,7 @@ from valuerec.features.rfm import to_unix
 from valuerec.models.value_baselines import VALUE_MODEL_REGISTRY, ValueModel
 
 log = logging.getLogger(__name__)
-DEFAULT_MODELS = ("past_spend", "bgnbd_gg", "lightgbm", "ziln_mlp")
+DEFAULT_MODELS = ("past_spend", "bgnbd_gg", "lightgbm", "ziln_mlp", "transformer")
 SCALAR_SKIP = ("decile_table",)
 
 

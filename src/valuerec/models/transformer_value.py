@@ -15,6 +15,7 @@ class TransformerValue(RecommenderValueModel):
     # Chosen on the validation cut-off only (value_protocol picks by validation Gini + AUC).
     grid = [
         {"value_weight": 1.0, "churn_weight": 1.0, "next_item_weight": 0.5, "use_values": True,
+         "loss": "sampled", "negatives": "in-batch", "batch_size": 256, "value_step_days": 28.0,
          "epochs": e, "d_model": 64, "max_len": 50, "dropout": 0.2, "progress": False}
-        for e in (6, 12)
+        for e in (5, 10)
     ]

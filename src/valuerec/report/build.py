@@ -73,30 +73,53 @@ def build_inputs(model_dir: str | Path, store_path: str | Path, results_dir: str
     inputs.value_eval = value_backtest(model, events, horizon)
     if inputs.value_eval is None:
         inputs.notes.append(f"The model in {model_dir} has no value head: the value and churn charts are left out.")
-    inputs.lifecycle = lifecycle_summary(model, events)
-    inputs.examples = examples(model, events, items, n_examples)
+    stages, inputs.lifecycle = lifecycle_summary(model, events, horizon)
+    inputs.examples = examples(model, events, items, n_examples, stages)
     return inputs
 
 
-def lifecycle_summary(model, events: pd.DataFrame) -> dict | None:
-    try:
-        from valuerec.policies.lifecycle import stage_report
-    except ImportError:
+def _value_fn(model):
+    if not hasattr(model, "predict_value"):
         return None
-    return stage_report(model, events)
+    from valuerec.policies.lifecycle import predict_value_safe
+    return lambda h, a: predict_value_safe(model, h, a)
 
 
-def examples(model, events: pd.DataFrame, items: pd.DataFrame, n: int) -> list[dict]:
+def lifecycle_summary(model, events: pd.DataFrame, horizon_days: float) -> tuple[pd.DataFrame, dict]:
+    """Stages of every user at the end of the store, sizes, and transitions from one horizon earlier."""
+    from valuerec.policies.lifecycle import LifecycleConfig, stage_sizes, stages_at, transition_matrix
+
+    users = np.array(sorted(events["user_id"].unique()), dtype=object)
+    seqs = sequences_from(events, model.catalogue_, users=users, unknown_items="keep")
+    end = float(events["timestamp"].max().timestamp()) + 1.0
+    start = end - horizon_days * 86_400.0
+    cfg = LifecycleConfig(horizon_days=horizon_days)
+    vf = _value_fn(model)
+    stages = stages_at(seqs, end, vf, cfg)
+    sizes = stage_sizes(stages)
+    tm = transition_matrix(seqs, start, end, vf, cfg)
+    fmt = lambda t: str(pd.Timestamp(t, unit="s").date())  # noqa: E731
+    return stages, {"sizes": dict(zip(sizes["stage"], sizes["users"].astype(int).tolist())),
+                    "transitions": {a: {b: int(tm.loc[a, b]) for b in tm.columns} for a in tm.index},
+                    "from": fmt(start), "to": fmt(end), "at": fmt(end)}
+
+
+def examples(model, events: pd.DataFrame, items: pd.DataFrame, n: int, stages: pd.DataFrame | None = None,
+             max_events: int = 50) -> list[dict]:
+    """A heavy, a median and a light user: history, recommendations, value, stage and the events
+    that influenced the top recommendation most (exact occlusion over the last ``max_events``)."""
+    from valuerec.explain.influence import explain_events, item_target, occlusion
+
     cat = model.catalogue_
     text = dict(zip(items["item_id"].astype(str), items["text"])) if len(items) else {}
-    counts = events.groupby("user_id").size().sort_values(ascending=False)
-    # a spread of users: heavy, median and light (with at least 3 events)
+    counts = events.groupby("user_id").size().sort_values(ascending=False, kind="stable")
     pool = counts[counts >= 3]
     if pool.empty:
         return []
     picks = list(dict.fromkeys(pool.index[[0, len(pool) // 2, len(pool) - 1]]))[:n]
+    by_user = stages.set_index("user_id") if stages is not None else None
+    now = int(events["timestamp"].max().timestamp()) + 1
     out = []
-    now = int(events["timestamp"].max().timestamp())
     for uid in picks:
         ev = events[events["user_id"] == uid]
         seqs = sequences_from(ev, cat, users=np.array([uid], dtype=object))
@@ -110,17 +133,17 @@ def examples(model, events: pd.DataFrame, items: pd.DataFrame, n: int) -> list[d
             vs = sequences_from(ev, cat, users=np.array([uid], dtype=object), unknown_items="keep")
             pv = model.predict_value(vs, as_of=np.array([now]))
             ex["value"] = {k: float(np.asarray(v)[0]) for k, v in pv.items()}
-        ex.update(_stage_and_influence(model, seqs, uid, top[0][0]))
+        if by_user is not None and uid in by_user.index:
+            ex["stage"], ex["reason"] = str(by_user.loc[uid, "stage"]), str(by_user.loc[uid, "reason"])
+        recent = seqs.prefix([len(seqs.items[0])])
+        if len(recent.items[0]) > max_events:
+            cut = len(recent.items[0]) - max_events
+            recent = type(recent)(items=[recent.items[0][cut:]], times=[recent.times[0][cut:]],
+                                  event_types=[recent.event_types[0][cut:]], values=[recent.values[0][cut:]],
+                                  user_ids=recent.user_ids)
+        _, infl = occlusion(item_target(model, int(top[0][0])), recent)
+        df = explain_events(recent, infl[0], cat, top=5)
+        ex["influences"] = [{"item_id": r.item_id, "text": r.text, "effect": float(r.effect)}
+                            for r in df.itertuples()]
         out.append(ex)
     return out
-
-
-def _stage_and_influence(model, seqs, uid, top_item) -> dict:
-    res: dict = {}
-    try:
-        from valuerec.explain.influence import explain_user
-    except ImportError:
-        return res
-    infl = explain_user(model, seqs, target=f"item:{model.catalogue_.item_ids[top_item]}", top=5)
-    res["influences"] = infl
-    return res
