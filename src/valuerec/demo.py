@@ -1,8 +1,12 @@
 """`valuerec demo`: the whole flow on the bundled Online Retail subset, end to end, on a fresh machine.
 
-ingest -> cut-off split (R2 construction on the sample) -> baselines and the behaviour transformer ->
-full-ranking evaluation -> value and churn -> lifecycle stages -> report. Each stage uses the library
-functions the CLI exposes; nothing here is demo-only logic except the choice of small settings.
+ingest -> next purchases after a cut-off (the R2 construction) with the baselines and the behaviour
+transformer -> value and churn after the same cut-off (the V1 construction) with the value baselines
+and the transformer's value heads -> lifecycle stages -> the HTML report. Every step calls the same
+library functions as the benchmarks; the demo only picks small settings and the bundled data.
+
+The model the demo deploys is the multi-task transformer from the value run: one encoder with the
+next-item, value and churn heads, trained on everything before the cut-off.
 """
 
 from __future__ import annotations
@@ -14,15 +18,20 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from rich.console import Console
 from rich.table import Table
 
-from valuerec.data.ingest import ingest
+from valuerec.data.dataset import sequences_from
+from valuerec.data.ingest import file_sha256, ingest
 from valuerec.data.splits import cutoff_split
 from valuerec.data.store import EventStore
-from valuerec.evaluation.metrics import evaluate
-from valuerec.models import MODEL_REGISTRY
+from valuerec.evaluation.protocols import R2, run_protocol
+from valuerec.evaluation.value_protocol import run_value_bench
+from valuerec.models import load_model
+from valuerec.models.transformer_value import TransformerValue
+from valuerec.models.value_baselines import register_value  # noqa: F401  (registry import side effects)
 
 log = logging.getLogger(__name__)
 console = Console()
@@ -30,86 +39,148 @@ console = Console()
 DEMO_CUTOFF = "2011-09-09"
 DEMO_VALID_CUTOFF = "2011-06-09"
 RANK_METRICS = ["recall@20", "ndcg@20", "hr@20", "revenue@20"]
+VALUE_METRICS = ["gini", "spearman", "decile_mape", "auc", "brier"]
 
 
 def demo_data_path() -> Path:
     return Path(str(resources.files("valuerec") / "demo_data" / "online_retail_sample.csv.gz"))
 
 
+def transformer_settings(quick: bool, epochs: int | None) -> tuple[dict, dict]:
+    """Small settings that train in a few minutes on 2 CPU cores (ranking run, value run)."""
+    rank = {"d_model": 64, "n_layers": 2, "max_len": 50, "dropout": 0.3, "epochs": epochs or (2 if quick else 30),
+            "eval_every": 2, "patience": 3, "progress": False, "lr": 2e-3}
+    value = {"epochs": epochs or (2 if quick else 10)}
+    return rank, value
+
+
+def make_value_factory(value_params: dict):
+    """The registered transformer value model with the demo's epoch count (its other settings are
+    the ones the V1 benchmark uses)."""
+
+    class DemoTransformerValue(TransformerValue):
+        grid = [{**g, **value_params} for g in TransformerValue.grid[:1]]
+
+    DemoTransformerValue.name = "transformer"
+    return DemoTransformerValue
+
+
 def run_demo(out: Path, epochs: int | None = None, seed: int = 0, quick: bool = False) -> dict:
-    """Run the demo into ``out``; returns a summary dict (also written to ``out/demo_summary.json``)."""
+    """Run the demo into ``out``; returns a summary (also written to ``out/demo_summary.json``)."""
     t_start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
+    results_dir = out / "results"
+    results_dir.mkdir(exist_ok=True)
     torch.manual_seed(seed)
     np.random.seed(seed)
     summary: dict = {"out": str(out)}
+    data = demo_data_path()
+    meta = {"dataset": "online-retail-demo-sample", "data_sha256": file_sha256(data), "data_path": str(data)}
 
-    console.rule("[bold]1. ingest")
+    console.rule("[bold]1. ingest the bundled data into a DuckDB event store")
     db = out / "store.duckdb"
     with EventStore(db) as store:
-        rep = ingest(store, demo_data_path())
+        rep = ingest(store, data)
         info = store.summary()
         events, items = store.events(), store.items()
-    console.print(f"{rep.rows_read:,} rows -> {info['events']:,} events ({rep.added:,} new), "
+    console.print(f"{rep.rows_read:,} invoice lines -> {info['events']:,} events ({rep.added:,} new), "
                   f"{info['users']} customers, {info['items_with_events']:,} products, {info['first']} .. {info['last']}")
     summary["store"] = info
 
-    console.rule("[bold]2. split and fit")
+    rank_params, value_params = transformer_settings(quick, epochs)
+    console.rule(f"[bold]2. next purchases after {DEMO_CUTOFF}: baselines and the transformer, full catalogue")
     split = cutoff_split(events, items, cutoff=DEMO_CUTOFF, valid_cutoff=DEMO_VALID_CUTOFF)
-    console.print(f"cut-off {DEMO_CUTOFF}: {split.info['test_users']} customers to rank for, "
-                  f"{split.info['items']:,} products in the catalogue")
-    names = [n for n in ("popularity", "itemknn", "als", "bpr", "transformer") if n in MODEL_REGISTRY]
-    results, fitted = {}, {}
-    for name in names:
-        params = demo_params(name, epochs, quick)
-        t0 = time.perf_counter()
-        model = MODEL_REGISTRY[name](seed=seed, **params) if name != "popularity" else MODEL_REGISTRY[name]()
-        if name == "transformer":
-            model.fit(split.train, split.catalogue, valid=split.valid)
-        else:
-            model.fit(split.train_full, split.catalogue)
-        fit_s = time.perf_counter() - t0
-        res = evaluate(model.score, split.test, len(split.catalogue), ks=(10, 20))
-        res["train_seconds"] = fit_s
-        results[name], fitted[name] = res, model
-        model.save(out / "models" / name)
-        console.print(f"  {name:<12} fitted in {fit_s:6.1f}s  ndcg@20={res['ndcg@20']:.4f}")
-    table = Table(title="Next purchases after the cut-off (full catalogue ranking)")
-    table.add_column("model")
-    for m in RANK_METRICS + ["train_seconds"]:
-        table.add_column(m, justify="right")
-    for name, res in results.items():
-        table.add_row(name, *[f"{res[m]:.4f}" for m in RANK_METRICS], f"{res['train_seconds']:.1f}")
-    console.print(table)
-    summary["ranking"] = {n: {m: r[m] for m in RANK_METRICS + ["train_seconds"]} for n, r in results.items()}
+    rank_models = ["popularity", "itemknn", "transformer"] if quick else ["popularity", "itemknn", "als", "transformer"]
+    ranking = run_protocol(R2, split, meta, rank_models, seeds=[seed], out=results_dir / "demo_ranking.json",
+                           params={"transformer": rank_params}, tune=not quick, console=Console(stderr=True, quiet=True))
+    _table("Next purchases after the cut-off (R2 construction on the sample)", ranking["models"], RANK_METRICS)
+    summary["ranking"] = {n: e["metrics"] for n, e in ranking["models"].items()}
 
-    console.rule("[bold]3. recommendations for a sample customer")
-    best = max(results, key=lambda n: results[n]["ndcg@20"])
-    model = fitted[best]
-    u = int(np.argmax([len(s) for s in split.test.inputs.items]))
-    hist = split.test.inputs.subset([u])
-    cat = split.catalogue
-    top, scores = model.recommend(hist, k=10, exclude=None)
-    user = str(hist.user_ids[0])
-    console.print(f"customer {user} ({len(hist.items[0])} purchases before {DEMO_CUTOFF}), model: {best}")
-    recs = []
-    for rank, (i, s) in enumerate(zip(top[0], scores[0]), start=1):
-        text = cat.text[i] if cat.text is not None and cat.text[i] else ""
-        console.print(f"  {rank:>2}. {cat.item_ids[i]:<8} {text}")
-        recs.append({"item_id": str(cat.item_ids[i]), "text": text, "score": float(s)})
-    summary["sample_user"] = {"user_id": user, "model": best, "recommendations": recs}
+    console.rule(f"[bold]3. customer value and churn after {DEMO_CUTOFF}: value baselines and the transformer's heads")
+    value_models = ("past_spend", "lightgbm", "transformer") if quick else ("past_spend", "bgnbd_gg", "lightgbm", "transformer")
+    value = run_value_bench(db, DEMO_CUTOFF, DEMO_VALID_CUTOFF, None, models=value_models, n_seeds=1,
+                            out=results_dir / "demo_value.json", meta={**meta, "protocol": "V1 construction"},
+                            save_dir=out / "models", console=Console(stderr=True, quiet=True),
+                            extra_models={"transformer": make_value_factory(value_params)})
+    _table("Holdout value and churn (V1 construction on the sample)", value["models"], VALUE_METRICS)
+    summary["value"] = {n: {m: e["metrics"].get(m) for m in VALUE_METRICS} for n, e in value["models"].items()}
 
+    console.rule("[bold]4. one model: recommendations, value, stage and the events behind them")
+    model_dir = out / "models" / "transformer"
+    model = load_model(model_dir)
+    from valuerec.policies.lifecycle import predict_value_safe, stage_sizes, stages_at
+
+    cut = pd.Timestamp(DEMO_CUTOFF).timestamp()
+    users = np.array(sorted(events["user_id"].unique()), dtype=object)
+    seqs = sequences_from(events, model.catalogue_, users=users, unknown_items="keep")
+    stages = stages_at(seqs, cut, lambda h, a: predict_value_safe(model, h, a))
+    sizes = stage_sizes(stages)
+    t = Table(title=f"Lifecycle stages on {DEMO_CUTOFF}")
+    t.add_column("stage")
+    t.add_column("customers", justify="right")
+    for r in sizes.itertuples():
+        t.add_row(r.stage, str(r.users))
+    console.print(t)
+    summary["stages"] = dict(zip(sizes["stage"], sizes["users"].astype(int).tolist()))
+    _sample_user(model, events, seqs, stages, cut, summary)
+
+    console.rule("[bold]5. report")
+    from valuerec.report.build import build_inputs
+    from valuerec.report.html import write_report
+
+    inputs = build_inputs(model_dir, db, results_dir, title="valuerec demo: Online Retail sample")
+    report = write_report(inputs, out / "report.html")
+    summary["report"] = str(report)
     summary["seconds"] = time.perf_counter() - t_start
     (out / "demo_summary.json").write_text(json.dumps(summary, indent=2, default=str))
     console.rule()
-    console.print(f"done in {summary['seconds']:.0f}s; artefacts in {out}/ (store.duckdb, models/, demo_summary.json)")
-    console.print(f"serve the best model: valuerec serve --model {out / 'models' / best} --store {db}")
+    console.print(f"done in {summary['seconds']:.0f}s. Report: {report.resolve()}")
+    console.print("Serve this model (recommendations, value, stage, explanations over HTTP):")
+    console.print(f"  VALUEREC_API_KEYS='change-me-long-key:read,write,admin' valuerec serve --model {model_dir} --store {db}")
     return summary
 
 
-def demo_params(name: str, epochs: int | None, quick: bool) -> dict:
-    """Small settings that train in minutes on 2 CPU cores."""
-    if name == "transformer":
-        p = {"max_epochs": epochs or (3 if quick else 40)}
-        return p
-    return {}
+def _sample_user(model, events, seqs, stages, cut, summary) -> None:
+    from valuerec.explain.influence import explain_events, item_target, occlusion
+
+    before = seqs.prefix([int(np.searchsorted(t, cut)) for t in seqs.times])
+    n_buy = np.array([int(((ty == 3) & (t < cut)).sum()) for ty, t in zip(seqs.event_types, seqs.times)])
+    u = int(np.argsort(n_buy)[len(n_buy) * 3 // 4])  # a typical repeat customer
+    hist = before.subset([u])
+    top, _ = model.recommend(hist.item_only(), k=5, exclude=None)
+    pv = model.predict_value(hist, as_of=cut)
+    cat = model.catalogue_
+    st = stages.iloc[u]
+    console.print(f"customer {hist.user_ids[0]}: {n_buy[u]} purchase lines before {DEMO_CUTOFF}; stage "
+                  f"[bold]{st['stage']}[/bold] ({st['reason']})")
+    console.print(f"  expected spend next {model.model_config.horizon_days:.0f} days: {pv['expected_value'][0]:.2f} "
+                  f"(80% interval {pv['lower'][0]:.2f}..{pv['upper'][0]:.2f}), churn probability {pv['churn_prob'][0]:.2f}")
+    recs = []
+    for rank, i in enumerate(top[0], start=1):
+        text = cat.text[i] if cat.text is not None and cat.text[i] else ""
+        console.print(f"  {rank}. {cat.item_ids[i]:<8} {text}")
+        recs.append({"item_id": str(cat.item_ids[i]), "text": text})
+    recent = hist.item_only()
+    n = len(recent.items[0])
+    if n > 40:
+        recent = recent.prefix([n]).subset([0])
+        recent = type(recent)(items=[recent.items[0][-40:]], times=[recent.times[0][-40:]],
+                              event_types=[recent.event_types[0][-40:]], values=[recent.values[0][-40:]],
+                              user_ids=recent.user_ids)
+    _, infl = occlusion(item_target(model, int(top[0][0])), recent)
+    why = explain_events(recent, infl[0], cat, top=3)
+    console.print(f"  why {cat.item_ids[top[0][0]]} first: " + "; ".join(
+        f"{r.item_id} {r.text or ''} ({r.effect:+.3f})" for r in why.itertuples()))
+    summary["sample_user"] = {"user_id": str(hist.user_ids[0]), "stage": st["stage"],
+                              "expected_value": float(pv["expected_value"][0]), "recommendations": recs}
+
+
+def _table(title: str, models: dict, metrics: list[str]) -> None:
+    t = Table(title=title)
+    t.add_column("model")
+    for m in metrics + ["train s"]:
+        t.add_column(m, justify="right")
+    for name, e in models.items():
+        vals = [e["metrics"].get(m) for m in metrics]
+        t.add_row(name, *["–" if v is None else f"{v:.4f}" for v in vals], f"{e.get('train_seconds', 0):.1f}")
+    console.print(t)

@@ -1,0 +1,70 @@
+"""The demo end to end (quick settings) and its report in a real headless browser: the charts are
+drawn, the page has no console errors, and every number in the benchmark tables is the one in the
+result files the demo wrote."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from valuerec.demo import run_demo
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    summary = run_demo(out, quick=True)
+    return out, summary
+
+
+def test_demo_runs_end_to_end(demo):
+    out, summary = demo
+    assert (out / "store.duckdb").exists() and (out / "report.html").exists()
+    assert set(summary["ranking"]) >= {"popularity", "itemknn", "transformer"}
+    assert set(summary["value"]) >= {"past_spend", "lightgbm", "transformer"}
+    assert sum(summary["stages"].values()) == summary["store"]["users"]  # one stage per customer
+    assert len(summary["sample_user"]["recommendations"]) == 5
+    ranking = json.loads((out / "results" / "demo_ranking.json").read_text())
+    for key in ("protocol", "dataset", "data_sha256", "git_commit", "command", "device", "started_at", "models"):
+        assert key in ranking
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium not installed")
+def test_demo_report_in_browser_matches_result_files(demo):
+    from playwright.sync_api import sync_playwright
+
+    out, _ = demo
+    results = {p.stem: json.loads(p.read_text()) for p in (out / "results").glob("*.json")}
+    errors = []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto((out / "report.html").as_uri())
+        page.wait_for_selector("#gain-chart .main-svg")
+        assert errors == []
+        for chart in ("gain-chart", "decile-chart", "roc-chart", "stage-chart", "training-chart"):
+            assert page.locator(f"#{chart} .main-svg").count() > 0, chart
+        assert page.locator("article.user").count() >= 1
+        assert page.locator("article.user .influences li").count() >= 1
+        checked = 0
+        for name, res in results.items():
+            for model, entry in res["models"].items():
+                row = page.locator(f"section[data-result='{name}'] tbody tr", has=page.locator(f"th:text-is('{model}')"))
+                for metric in ("ndcg@20", "recall@20", "gini", "auc"):
+                    v = entry["metrics"].get(metric)
+                    if v is None:
+                        continue
+                    shown = row.locator(f"td[data-metric='{metric}']").first.inner_text().split()[0]
+                    assert float(shown) == pytest.approx(v, abs=5e-5), (name, model, metric)
+                    checked += 1
+        assert checked >= 8
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "demo_report.png"), full_page=True)
+        browser.close()
