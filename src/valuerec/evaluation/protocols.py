@@ -229,8 +229,13 @@ def run_model(name: str, split: Split, spec: ProtocolSpec, seeds: list[int], par
     entry["final_fit_valid"] = final_valid
     entry["final_fit_on"] = "train (early stopping on valid)" if train_only else "train_full"
     if hasattr(model, "history_"):
-        entry["epochs_run"] = len(model.history_)
-        entry["best_epoch"] = (getattr(model, "best_", None) or {}).get("epoch")
+        hist = model.history_
+        best_epoch = (getattr(model, "best_", None) or {}).get("epoch")
+        entry["epochs_run"] = len(hist)
+        entry["best_epoch"] = best_epoch
+        if hist:
+            entry["seconds_per_epoch"] = float(np.median([r.get("train_seconds", r.get("seconds", 0.0)) for r in hist]))
+            entry["seconds_to_best"] = float(sum(r.get("seconds", 0.0) for r in hist[:best_epoch or len(hist)]))
     entry["validation"] = validation
     if leaky:
         entry["note"] = ("REPRODUCTION ONLY: popularity counted over every event including the test "
