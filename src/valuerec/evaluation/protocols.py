@@ -48,6 +48,10 @@ class ProtocolSpec:
     select_metric: str
     description: str = ""
     extra: dict = field(default_factory=dict)
+    # Early-stopping models: after choosing the epoch count on validation (fitted on ``train``), refit
+    # on ``train_full`` for that many epochs. Worth it where train_full adds a whole period (R2: three
+    # months); R1's train_full adds one item per user, so R1 keeps the validation-stopped model.
+    refit_full: bool = False
 
 
 R1 = ProtocolSpec(
@@ -57,7 +61,7 @@ R1 = ProtocolSpec(
 R2 = ProtocolSpec(
     name="R2", ks=(20,), coverage_k=20,
     metrics=["recall@20", "ndcg@20", "hr@20", "revenue@20", "mrr", "coverage@20"], select_metric="ndcg@20",
-    description="next purchases after cutoff 2011-09-09, full ranking, no exclusion")
+    description="next purchases after cutoff 2011-09-09, full ranking, no exclusion", refit_full=True)
 
 
 # -- data ----------------------------------------------------------------------------------------------
@@ -211,8 +215,14 @@ def run_model(name: str, split: Split, spec: ProtocolSpec, seeds: list[int], par
     if leaky:
         # Every event, test targets included: only for reproducing a published figure.
         train_full = Sequences.concat(split.train_full, _targets_as_history(split))
+    refit_epochs = None
+    if train_only and spec.refit_full and chosen_model is not None:
+        refit_epochs = (getattr(chosen_model[0], "best_", None) or {}).get("epoch") or len(chosen_model[0].history_)
+        validation["refit_epochs"] = refit_epochs
     for seed in run_seeds:
-        if train_only and seed == seeds[0] and chosen_model is not None:
+        if refit_epochs is not None:
+            model, fit_s = _fit(cls, {**chosen, "epochs": int(refit_epochs)}, seed, train_full, split, False)
+        elif train_only and seed == seeds[0] and chosen_model is not None:
             model, fit_s = chosen_model
         elif train_only:
             model, fit_s = _fit(cls, chosen, seed, split.train, split, True)
@@ -227,7 +237,9 @@ def run_model(name: str, split: Split, spec: ProtocolSpec, seeds: list[int], par
     entry["params"] = {k: v for k, v in model.config().items() if k != "seed"}
     entry["deterministic"] = deterministic
     entry["final_fit_valid"] = final_valid
-    entry["final_fit_on"] = "train (early stopping on valid)" if train_only else "train_full"
+    entry["final_fit_on"] = ("train (early stopping on valid)" if train_only and refit_epochs is None
+                             else f"train_full for {refit_epochs} epochs (chosen on valid)" if refit_epochs
+                             else "train_full")
     if hasattr(model, "history_"):
         hist = model.history_
         best_epoch = (getattr(model, "best_", None) or {}).get("epoch")
