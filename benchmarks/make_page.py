@@ -162,6 +162,71 @@ def reproduction_section(results: list[tuple[Path, dict]]) -> list[str]:
     return lines
 
 
+def decile_lines(res: dict) -> list[str]:
+    """Mean predicted vs mean actual holdout value per decile of predicted value, for each model."""
+    models = {n: v["metrics"]["decile_table"] for n, v in res.get("models", {}).items()
+              if isinstance((v.get("metrics") or {}).get("decile_table"), list)}
+    if not models:
+        return []
+    names = list(models)
+    head = ["decile"] + [f"{n} pred / actual" for n in names]
+    lines = ["Decile table (customers sorted by predicted value, 1 = highest; mean predicted / mean actual):", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for i in range(max(len(t) for t in models.values())):
+        cells = [str(i + 1)]
+        for n in names:
+            t = models[n]
+            cells.append(f"{t[i]['mean_predicted']:.0f} / {t[i]['mean_actual']:.0f}" if i < len(t) else "–")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+# Headline metrics per result file for the summary in the project README.
+SUMMARY = [
+    ("r1_beauty.json", "R1 Amazon Beauty (next item)", ["ndcg@10", "hr@10", "ndcg@20"]),
+    ("r2_online_retail.json", "R2 Online Retail (next purchases)", ["ndcg@20", "recall@20", "revenue@20"]),
+    ("v1_online_retail.json", "V1 Online Retail (value, churn)", ["gini", "spearman", "decile_mape", "auc"]),
+]
+
+
+def readme_summary(results_dir: Path) -> str:
+    out = []
+    for fname, title, metrics in SUMMARY:
+        f = results_dir / fname
+        if not f.exists():
+            continue
+        r = json.loads(f.read_text())
+        out += [f"**{title}** — `benchmarks/results/{fname}`, {r.get('device')}", "",
+                "| model | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
+        for name, v in r.get("models", {}).items():
+            m, sd = v.get("metrics") or {}, v.get("metrics_std") or {}
+            n = len(v["seeds"]) if isinstance(v.get("seeds"), list) else 1
+            out.append(f"| `{name}` | " + " | ".join(fmt(m.get(k), sd.get(k), n) for k in metrics) + " |")
+        out.append("")
+    s1 = results_dir / "s1_serving.json"
+    if s1.exists():
+        r = json.loads(s1.read_text())
+        rec = (r.get("endpoints") or {}).get("recommendations", {})
+        out += [f"**S1 serving** — `benchmarks/results/s1_serving.json`, {r.get('device')}: {r.get('rps', 0):.0f} requests/s, "
+                f"{r.get('errors')} errors, recommendations p50 {rec.get('p50_ms')} ms / p99 {rec.get('p99_ms')} ms, "
+                f"event-to-fresh-recommendation {r.get('freshness_ms')} ms (concurrency {r.get('concurrency')}).", ""]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def update_readme(readme: Path, results_dir: Path) -> bool:
+    """Replace the block between the summary markers in the project README (if present)."""
+    start, end = "<!-- benchmarks:start -->", "<!-- benchmarks:end -->"
+    if not readme.exists():
+        return False
+    text = readme.read_text()
+    if start not in text or end not in text:
+        return False
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    readme.write_text(head + start + "\n" + readme_summary(results_dir) + end + tail)
+    return True
+
+
 def build(results_dir: Path) -> str:
     files = sorted(results_dir.glob("*.json"))
     results: list[tuple[Path, dict]] = []
@@ -203,6 +268,9 @@ def build(results_dir: Path) -> str:
             ps = per_seed_lines(r)
             if ps:
                 lines += ["", "Per-seed test values:"] + ps
+            dl = decile_lines(r)
+            if dl:
+                lines += [""] + dl
             lines.append("")
         if proto == "R1":
             lines += ["Published figures on the same file and protocol (quoted from BENCHMARKS.md, not our runs):", "",
@@ -223,6 +291,8 @@ def main() -> None:
     page = build(a.results)
     a.out.write_text(page)
     print(f"wrote {a.out} from {len(list(a.results.glob('*.json')))} result file(s)")
+    if update_readme(HERE.parent / "README.md", a.results):
+        print("updated the benchmark summary in README.md")
 
 
 if __name__ == "__main__":
