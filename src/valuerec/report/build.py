@@ -53,11 +53,16 @@ def value_backtest(model, events: pd.DataFrame, horizon_days: float) -> dict | N
     pred = model.predict_value(seqs, as_of=np.full(len(users), int(cutoff.timestamp())))
     fut = purchases[(purchases["timestamp"] >= cutoff)].groupby("user_id")["value"].sum()
     y = fut.reindex(users).fillna(0.0).to_numpy()
+    data_end = float(getattr(getattr(model, "model_config", None), "data_end", 0.0) or 0.0)
+    out_of_sample = 0 < data_end <= cutoff.timestamp() + 86_400
+    kind = ("Out-of-sample check: the model was trained on events before "
+            f"{pd.Timestamp(data_end, unit='s').date()} only." if out_of_sample else
+            "In-sample backtest (the model may have trained on this period); out-of-sample figures are in the "
+            "V1 result file.")
     return {"y_true": y, "y_pred": np.asarray(pred["expected_value"], float), "churn_true": y <= 0,
             "churn_prob": np.asarray(pred["churn_prob"], float),
-            "label": f"In-sample backtest on the store: value predicted as of {cutoff.date()} for the "
-                     f"{len(users)} customers with a purchase before it, against their spend in the next "
-                     f"{horizon_days:g} days. Out-of-sample figures: the V1 result file."}
+            "label": f"Value predicted as of {cutoff.date()} for the {len(users)} customers with a purchase "
+                     f"before it, against their spend in the next {horizon_days:.0f} days. {kind}"}
 
 
 def build_inputs(model_dir: str | Path, store_path: str | Path, results_dir: str | Path | None,
