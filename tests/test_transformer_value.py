@@ -70,8 +70,12 @@ def test_value_heads_learn_who_stays(tmp_path):
     assert 60 < np.median(pred["expected_value"][loyal]) < 400
     assert np.all(pred["lower"] <= pred["upper"])
     model.save(tmp_path / "m")
-    again = load_model(tmp_path / "m").predict_value(seqs, as_of=cutoff.timestamp())
+    loaded = load_model(tmp_path / "m")
+    again = loaded.predict_value(seqs, as_of=cutoff.timestamp())
     np.testing.assert_allclose(again["expected_value"], pred["expected_value"], rtol=1e-5)
+    # the training population's top-decile value bar travels with the model (stages one user at a time)
+    assert loaded.has_value_head and loaded.advocate_value_threshold_ == pytest.approx(model.advocate_value_threshold_)
+    assert np.quantile(pred["expected_value"], 0.5) < loaded.advocate_value_threshold_
 
 
 def test_value_only_data_without_items():

@@ -576,7 +576,25 @@ class BehaviourTransformer(Recommender):
         self.history_ = result.history
         self.best_ = result.best
         self.device_ = result.device
+        if self.module_.value_heads is not None:
+            self._value_reference(raw)
         return self
+
+    @property
+    def has_value_head(self) -> bool:
+        return getattr(self, "module_", None) is not None and self.module_.value_heads is not None
+
+    def _value_reference(self, raw: Sequences) -> None:
+        """The top-decile bar of predicted value over the training population at the data end: what
+        "top value" means when stages are assigned one user at a time (the service)."""
+        end = getattr(self, "data_end_", None)
+        buyers = [u for u in range(len(raw)) if len(raw.items[u]) and
+                  purchase_mask(np.asarray(raw.event_types[u]) if raw.event_types is not None else np.zeros(len(raw.items[u]), np.int64),
+                                np.asarray(raw.values[u]) if raw.values is not None else np.zeros(len(raw.items[u]))).any()]
+        if end is None or not buyers:
+            return
+        pred = self.predict_value(raw.subset(buyers), as_of=end)
+        self.advocate_value_threshold_ = float(np.quantile(pred["expected_value"], 0.9))
 
     def _configure_for(self, catalogue: Catalogue) -> TransformerConfig:
         cfg = self.model_config
@@ -808,7 +826,8 @@ class BehaviourTransformer(Recommender):
         state = {k: v.detach().cpu().contiguous() for k, v in self.module_.state_dict().items()}
         save_file(state, str(path / "model.safetensors"))
         (path / "attributes.json").write_text(json.dumps(sorted(self._attr_vocab, key=self._attr_vocab.get)))
-        metrics = {"history": getattr(self, "history_", []), "best": getattr(self, "best_", None)}
+        metrics = {"history": getattr(self, "history_", []), "best": getattr(self, "best_", None),
+                   "advocate_value_threshold": getattr(self, "advocate_value_threshold_", None)}
         (path / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
 
     def _load_state(self, path: Path) -> None:
@@ -822,6 +841,8 @@ class BehaviourTransformer(Recommender):
         if mpath.exists():
             m = json.loads(mpath.read_text())
             self.history_, self.best_ = m.get("history", []), m.get("best")
+            if m.get("advocate_value_threshold") is not None:
+                self.advocate_value_threshold_ = float(m["advocate_value_threshold"])
 
     def n_parameters(self) -> int:
         return sum(p.numel() for p in self.module_.parameters())

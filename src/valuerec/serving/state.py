@@ -540,7 +540,14 @@ class ServiceState:
         fn = rt.hooks.get("stage")
         if fn is None:
             return None
-        df = fn(seqs, self._unix(t), raw_value if isinstance(raw_value, dict) else None)
+        # One user at a time has no population to rank against: the "top value" bar for advocates is
+        # the one the model measured on its training population (when it has one).
+        cfg = None
+        thr = getattr(rt.model, "advocate_value_threshold_", None)
+        if thr is not None and isinstance(raw_value, dict):
+            from valuerec.policies.lifecycle import LifecycleConfig
+            cfg = LifecycleConfig(advocate_value_threshold=float(thr))
+        df = fn(seqs, self._unix(t), raw_value if isinstance(raw_value, dict) else None, cfg)
         return first_row(df)
 
     def value(self, user_id: str, as_of: str | None) -> dict:
