@@ -7,8 +7,7 @@ import torch
 from typer.testing import CliRunner
 
 from valuerec.cli import app
-from valuerec.data.dataset import Catalogue, Sequences, catalogue_from, sequences_from
-from valuerec.data.store import EventStore
+from valuerec.data.dataset import Catalogue, Sequences
 from valuerec.explain.gradients import attribution_agreement, gradient_x_input
 from valuerec.explain.influence import (churn_target, delete_events, explain_events, faithfulness,
                                         item_target, occlusion, value_target)
@@ -190,28 +189,6 @@ def test_occlusion_last_only_occludes_recent_events():
 
 
 # -- the command explain on a tiny store ----------------------------------------
-
-
-@pytest.fixture
-def cli_setup(tmp_path):
-    rows = []
-    t = pd.Timestamp("2011-01-01")
-    # u1: many purchases up to the end; u2: one purchase long ago (lapsed); u3: views only (new)
-    for d in range(0, 200, 20):
-        rows.append(("u1", f"i{d % 3}", t + pd.Timedelta(days=d), "purchase", 10.0 + d))
-    rows.append(("u2", "i1", t + pd.Timedelta(days=5), "purchase", 5.0))
-    rows.append(("u3", "i2", t + pd.Timedelta(days=190), "view", 0.0))
-    ev = pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp", "event_type", "value"])
-    ev["quantity"] = 1.0
-    items = pd.DataFrame({"item_id": ["i0", "i1", "i2"], "text": ["red mug", "blue mug", "green cup"],
-                          "attributes": [None] * 3, "price": [1.0, 2.0, 3.0]})
-    store = tmp_path / "s.duckdb"
-    with EventStore(store) as st:
-        st.add_events(ev, items)
-        events = st.events()
-    cat = catalogue_from(events, items)
-    Popularity().fit(sequences_from(events, cat), cat).save(tmp_path / "pop")
-    return tmp_path, store
 
 
 def test_explain_command_lists_events_with_effects(cli_setup):

@@ -79,19 +79,12 @@ def bench_v1_cmd(
     threads: int = typer.Option(1, "--threads"),
 ) -> None:
     """V1: customer value and churn after 2011-09-09 (Online Retail), validation cut-off 2011-06-09."""
-    from valuerec.evaluation.protocols import cached_store
+    from valuerec.evaluation.protocols import cached_store, resolve_online_retail_data
     from valuerec.evaluation.value_protocol import V1_CUTOFF, V1_EXPECT, V1_VAL_CUTOFF, run_value_bench
 
     _threads(threads)
     try:
-        path = data
-        if path.is_dir():
-            cands = sorted(path.glob("*.csv*"))
-            if len(cands) != 1:
-                raise DataError(f"{path}: expected exactly one Online Retail .csv(.gz) in the directory")
-            path = cands[0]
-        if not path.exists():
-            raise DataError(f"{path}: no such file")
+        path = resolve_online_retail_data(data)
         store_path, sha = cached_store(path, "online-retail", cache_dir, None, console)
         run_value_bench(store_path, V1_CUTOFF, V1_VAL_CUTOFF, None, _value_models(models), seeds, out,
                         meta={"dataset": "online-retail", "protocol": "V1", "data_sha256": sha, "data_path": str(path),

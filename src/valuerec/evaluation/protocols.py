@@ -109,8 +109,8 @@ def load_split_r1(data: str | Path, attributes: str | Path | None = None,
     return split, meta
 
 
-def load_split_r2(data: str | Path, cache_dir: str | Path = DEFAULT_CACHE, cutoff: str = "2011-09-09",
-                  valid_cutoff: str = "2011-06-09", console: Console | None = None) -> tuple[Split, dict]:
+def resolve_online_retail_data(data: str | Path) -> Path:
+    """The Online Retail file: the path itself, or the one .csv(.gz) in a directory."""
     path = Path(data)
     if path.is_dir():
         cands = sorted(path.glob("*.csv*"))
@@ -119,6 +119,12 @@ def load_split_r2(data: str | Path, cache_dir: str | Path = DEFAULT_CACHE, cutof
         path = cands[0]
     if not path.exists():
         raise DataError(f"{path}: no such file")
+    return path
+
+
+def load_split_r2(data: str | Path, cache_dir: str | Path = DEFAULT_CACHE, cutoff: str = "2011-09-09",
+                  valid_cutoff: str = "2011-06-09", console: Console | None = None) -> tuple[Split, dict]:
+    path = resolve_online_retail_data(data)
     store_path, sha = cached_store(path, "online-retail", cache_dir, None, console)
     with EventStore(store_path, read_only=True) as st:
         events, items = st.events(), st.items()
