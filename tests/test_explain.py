@@ -11,7 +11,6 @@ from valuerec.data.dataset import Catalogue, Sequences
 from valuerec.explain.gradients import attribution_agreement, gradient_x_input
 from valuerec.explain.influence import (churn_target, delete_events, explain_events, faithfulness,
                                         item_target, occlusion, value_target)
-from valuerec.models.popularity import Popularity
 
 runner = CliRunner()
 
