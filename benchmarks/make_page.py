@@ -203,13 +203,14 @@ def readme_summary(results_dir: Path) -> str:
             n = len(v["seeds"]) if isinstance(v.get("seeds"), list) else 1
             out.append(f"| `{name}` | " + " | ".join(fmt(m.get(k), sd.get(k), n) for k in metrics) + " |")
         out.append("")
-    s1 = results_dir / "s1_serving.json"
-    if s1.exists():
+    for s1 in sorted(results_dir.glob("s1_serving*.json")):
         r = json.loads(s1.read_text())
         rec = (r.get("endpoints") or {}).get("recommendations", {})
-        out += [f"**S1 serving** — `benchmarks/results/s1_serving.json`, {r.get('device')}: {r.get('rps', 0):.0f} requests/s, "
-                f"{r.get('errors')} errors, recommendations p50 {rec.get('p50_ms')} ms / p99 {rec.get('p99_ms')} ms, "
-                f"event-to-fresh-recommendation {r.get('freshness_ms')} ms (concurrency {r.get('concurrency')}).", ""]
+        model = next(iter(r.get("models") or {}), "?")
+        out += [f"**S1 serving, `{model}`** — `benchmarks/results/{s1.name}`, {r.get('device')}: "
+                f"{r.get('rps', 0):.0f} requests/s, {r.get('errors')} errors, recommendations p50 {rec.get('p50_ms')} ms "
+                f"/ p99 {rec.get('p99_ms')} ms, event-to-fresh-recommendation {r.get('freshness_ms')} ms "
+                f"(concurrency {r.get('concurrency')}).", ""]
     return "\n".join(out).rstrip() + "\n"
 
 

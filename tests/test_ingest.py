@@ -192,3 +192,32 @@ def test_online_retail_full_counts(shared_data, tmp_path):
     purchases = events[events.event_type == "purchase"]
     assert len(purchases) == 397_884
     assert purchases["user_id"].nunique() == 4_338
+
+
+def test_row_write_path_matches_the_frame_path(tmp_path):
+    """EventStore.add_event_rows (the service's small-batch path) stores what add_events would:
+    the same content-hash ids, duplicates in the batch and in the store skipped, arrival order kept,
+    and the stored rows come back with their sequence numbers; batches over one statement's chunk
+    land whole."""
+    from valuerec.data.store import event_hash, row_event_id
+    from valuerec.data.validate import rows_frame, validate_event_rows
+
+    recs = [{"user_id": "u1", "item_id": "a", "timestamp": "2024-01-01T10:00:00.1234567", "value": 2.5},
+            {"user_id": "u1", "item_id": None, "timestamp": 1_700_000_000, "quantity": 3},
+            {"user_id": "u2", "item_id": "b", "timestamp": "2024-01-02", "event_id": "client-1"},
+            {"user_id": "u2", "item_id": "c", "timestamp": "2024-01-03", "event_id": "client-1"}]   # same id
+    rows = validate_event_rows(recs)
+    frame = rows_frame(rows)
+    assert [row_event_id(*r[1:]) for r in rows[:2]] == list(event_hash(frame.iloc[:2]))
+    with EventStore(tmp_path / "rows.duckdb") as a, EventStore(tmp_path / "frame.duckdb") as b:
+        stored, dups = a.add_event_rows(rows)
+        assert dups == 1 and [e.item_id for e in stored] == ["a", None, "b"]
+        assert [e.seq for e in stored] == sorted(e.seq for e in stored)
+        assert b.add_events(frame).added == 3
+        cols = ["event_id", "user_id", "item_id", "timestamp", "event_type", "value", "quantity"]
+        pd.testing.assert_frame_equal(a.events()[cols], b.events()[cols])
+        again, dups = a.add_event_rows(rows)           # everything already stored
+        assert again == [] and dups == 4 and a.count_events() == 3
+        many = validate_event_rows([{"user_id": f"m{i}", "timestamp": 1.6e9 + i} for i in range(600)])
+        stored, dups = a.add_event_rows(many, chunk=256)
+        assert len(stored) == 600 and dups == 0 and a.count_events() == 603

@@ -7,11 +7,13 @@ id the store already holds adds nothing (idempotent ingest, also used by the HTT
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple, Sequence
 
 import duckdb
 import numpy as np
@@ -59,6 +61,26 @@ def event_hash(df: pd.DataFrame) -> pd.Series:
         + "\x1f" + df["quantity"].map(repr)
     )
     return key.map(lambda s: hashlib.blake2b(s.encode(), digest_size=12).hexdigest())
+
+
+def row_event_id(user_id: str, item_id: str | None, ts: pd.Timestamp, event_type: str, value: float,
+                 quantity: float) -> str:
+    """``event_hash`` of one event given as plain values (the same id for the same content)."""
+    key = "\x1f".join((str(user_id), "" if item_id is None else str(item_id), str(pd.Timestamp(ts).value // 1000),
+                        str(event_type), repr(float(value)), repr(float(quantity))))
+    return hashlib.blake2b(key.encode(), digest_size=12).hexdigest()
+
+
+class StoredEvent(NamedTuple):
+    """An event as the store committed it (``seq``: its arrival number)."""
+
+    event_id: str
+    user_id: str
+    item_id: str | None
+    ts: datetime.datetime
+    event_type: str
+    value: float
+    seq: int
 
 
 @dataclass
@@ -156,6 +178,54 @@ class EventStore:
                 self.con.execute("ROLLBACK")
                 raise
         return WriteResult(added=int(added), duplicates=int(n_in - added))
+
+    def add_event_rows(self, rows: Sequence[tuple], chunk: int = 256) -> tuple[list[StoredEvent], int]:
+        """Append validated events given as tuples in schema order (event_id, user_id, item_id,
+        timestamp, event_type, value, quantity), in one transaction; returns (the newly stored events
+        in arrival order, how many were duplicates).
+
+        The path for small batches (the HTTP service): plain parametrised INSERTs, no DataFrame, and
+        the stored rows come back from the same statement. Same rules as ``add_events``: a missing
+        event_id becomes the content hash; an id already stored, or repeated in the batch, is skipped."""
+        seen: set[str] = set()
+        todo = []
+        for r in rows:
+            eid = r[0] if r[0] is not None else row_event_id(r[1], r[2], r[3], r[4], r[5], r[6])
+            if eid in seen:
+                continue
+            seen.add(eid)
+            todo.append((str(eid), r[1], r[2], pd.Timestamp(r[3]).to_pydatetime(), r[4], float(r[5]), float(r[6])))
+        stored: list[StoredEvent] = []
+        if not self._has_pk:    # an old store without the key: the DataFrame path's anti-join keeps it idempotent
+            df = pd.DataFrame(todo, columns=EVENT_COLUMNS)
+            with self._lock:
+                res = self.add_events(df)
+                if res.added:
+                    got = self.con.execute(
+                        "SELECT event_id, user_id, item_id, ts, event_type, value, seq FROM events "
+                        "WHERE event_id IN (SELECT unnest(?::VARCHAR[])) ORDER BY seq",
+                        [[t[0] for t in todo]]).fetchall()
+                    stored = [StoredEvent(*g) for g in got][-res.added:]
+            return stored, len(rows) - len(stored)
+        def insert(part: list[tuple]) -> None:
+            sql = ("INSERT INTO events VALUES " + ", ".join(["(?, ?, ?, ?, ?, ?, ?, nextval('event_seq'))"] * len(part))
+                   + " ON CONFLICT DO NOTHING RETURNING event_id, user_id, item_id, ts, event_type, value, seq")
+            stored.extend(StoredEvent(*g) for g in self.con.execute(sql, [x for t in part for x in t]).fetchall())
+
+        with self._lock:
+            if len(todo) <= chunk:
+                insert(todo)        # one statement: its own transaction
+            else:
+                self.con.execute("BEGIN TRANSACTION")
+                try:
+                    for a in range(0, len(todo), chunk):
+                        insert(todo[a:a + chunk])
+                    self.con.execute("COMMIT")
+                except BaseException:
+                    self.con.execute("ROLLBACK")
+                    raise
+        stored.sort(key=lambda e: e.seq)
+        return stored, len(rows) - len(stored)
 
     def _upsert_items(self, items: pd.DataFrame) -> None:
         it = items.copy()

@@ -7,10 +7,12 @@ the record, field and reason, and nothing is written when any record is bad.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import pandas as pd
 
-from valuerec.data.schema import DEFAULT_EVENT_TYPE, EVENT_COLUMNS, DataError
+from valuerec.data.schema import DEFAULT_EVENT_TYPE, DataError
 
 # Timestamps outside this range are almost always unit mistakes (ms given as seconds, year 20111).
 MIN_TIME = pd.Timestamp("1970-01-01")
@@ -65,10 +67,22 @@ def _text(v) -> str | None:
     return s or None
 
 
-def validate_event_records(records: list[dict], source: str = "events",
-                           default_event_type: str = DEFAULT_EVENT_TYPE) -> pd.DataFrame:
+class EventRow(NamedTuple):
+    """One validated event: the event schema as plain Python values (``timestamp`` naive UTC)."""
+
+    event_id: str | None
+    user_id: str
+    item_id: str | None
+    timestamp: pd.Timestamp
+    event_type: str
+    value: float
+    quantity: float
+
+
+def validate_event_rows(records: list[dict], source: str = "events",
+                        default_event_type: str = DEFAULT_EVENT_TYPE) -> list[EventRow]:
     """Records with schema fields (user_id, timestamp required; item_id, event_type, value,
-    quantity, event_id optional) -> a validated event frame.
+    quantity, event_id optional) -> validated rows.
 
     Plain Python per record (a request batch is small, and pandas' per-call overhead would dominate),
     with the rules and messages of file ingest."""
@@ -83,7 +97,7 @@ def validate_event_records(records: list[dict], source: str = "events",
         if len(problems) < 20:
             problems.append(f"{source}[{n}].{fld}: {reason} (got {got!r})")
 
-    cols = {c: [] for c in EVENT_COLUMNS}
+    rows: list[EventRow] = []
     for n, r in enumerate(records):
         user = _text(r.get("user_id"))
         if user is None:
@@ -100,19 +114,30 @@ def validate_event_records(records: list[dict], source: str = "events",
             if why:
                 bad(n, fld, why, r.get(fld))
             nums[fld] = x
+        if count:
+            continue
         et = _text(r.get("event_type"))
-        cols["event_id"].append(_text(r.get("event_id")))
-        cols["user_id"].append(user)
-        cols["item_id"].append(_text(r.get("item_id")))
-        cols["timestamp"].append(ts)
-        cols["event_type"].append(et.lower() if et else default_event_type)
-        cols["value"].append(nums["value"])
-        cols["quantity"].append(nums["quantity"])
+        # Microsecond resolution, like the store's TIMESTAMP column.
+        rows.append(EventRow(_text(r.get("event_id")), user, _text(r.get("item_id")), ts.floor("us"),
+                             et.lower() if et else default_event_type, nums["value"], nums["quantity"]))
     if count:
         raise DataError(f"{source}: {count} problem(s); nothing was written", problems, count)
+    return rows
+
+
+def rows_frame(rows: list[EventRow]) -> pd.DataFrame:
+    """Validated rows -> an event frame (schema columns), ready for ``EventStore.add_events``."""
     obj = (lambda xs: pd.Series(np.array(xs, dtype=object), dtype=object, copy=False))
     return pd.DataFrame({
-        "event_id": obj(cols["event_id"]), "user_id": obj(cols["user_id"]), "item_id": obj(cols["item_id"]),
-        "timestamp": np.array([t.value // 1000 for t in cols["timestamp"]], dtype="datetime64[us]"),
-        "event_type": obj(cols["event_type"]), "value": np.array(cols["value"], dtype=np.float64),
-        "quantity": np.array(cols["quantity"], dtype=np.float64)}, copy=False)
+        "event_id": obj([r.event_id for r in rows]), "user_id": obj([r.user_id for r in rows]),
+        "item_id": obj([r.item_id for r in rows]),
+        "timestamp": np.array([r.timestamp.value // 1000 for r in rows], dtype="datetime64[us]"),
+        "event_type": obj([r.event_type for r in rows]),
+        "value": np.array([r.value for r in rows], dtype=np.float64),
+        "quantity": np.array([r.quantity for r in rows], dtype=np.float64)}, copy=False)
+
+
+def validate_event_records(records: list[dict], source: str = "events",
+                           default_event_type: str = DEFAULT_EVENT_TYPE) -> pd.DataFrame:
+    """Records -> a validated event frame (see ``validate_event_rows`` for the rules)."""
+    return rows_frame(validate_event_rows(records, source, default_event_type))

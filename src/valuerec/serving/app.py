@@ -131,6 +131,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def on_not_found(request: Request, exc: NotFound):
         return JSONResponse(status_code=404, content={"detail": str(exc)})
 
+    @app.exception_handler(TimeoutError)
+    async def on_timeout(request: Request, exc: TimeoutError):
+        return JSONResponse(status_code=503, content={
+            "detail": f"{exc}; the batch may or may not be stored: send it again with the same event ids "
+                      "(re-sends of stored ids are skipped)"})
+
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)   # outermost: times everything, 413s included
     return app

@@ -34,7 +34,7 @@ def _lookup(keys: dict[str, frozenset[str]], presented: str) -> frozenset[str] |
 def require(scope: str):
     """Dependency: the request carries a key with ``scope``."""
 
-    def check(request: Request, api_key: str | None = Depends(api_key_header),
+    async def check(request: Request, api_key: str | None = Depends(api_key_header),
               token: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Principal:
         settings = request.app.state.settings
         if settings.auth_disabled:

@@ -7,5 +7,5 @@ from fastapi import Request
 from valuerec.serving.state import ServiceState
 
 
-def get_state(request: Request) -> ServiceState:
+async def get_state(request: Request) -> ServiceState:
     return request.app.state.svc

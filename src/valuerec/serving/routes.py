@@ -1,14 +1,23 @@
-"""HTTP routes: thin shells over ``ServiceState``. Handlers are plain functions (FastAPI runs them in
-its thread pool), so a slow store read never blocks the event loop.
+"""HTTP routes: thin shells over ``ServiceState``.
+
+The frequent reads (recommendations, value, stage) are answered on the event loop when everything
+they need is in memory (the user's cached history, the popularity list): no thread hop and no
+contention for the GIL between pool threads, which on a small machine costs more than the answer
+itself. When a store read is needed they go to the thread pool, so a slow read never blocks the loop.
+Events are validated on the loop and committed by the store's writer thread; the handler awaits the
+commit without holding a pool thread. Rare or heavy routes (explain, similar, delete, reload) are
+plain functions that FastAPI runs in its thread pool.
 
 No ``from __future__ import annotations`` here: FastAPI must see the parameter types that
 ``make_router`` builds from the settings (k limit) as real objects."""
 
+import asyncio
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response
+from starlette.concurrency import run_in_threadpool
 
-from valuerec.data.validate import validate_event_records
+from valuerec.data.validate import validate_event_rows
 from valuerec.serving.auth import require
 from valuerec.serving.deps import get_state
 from valuerec.serving.schemas import (
@@ -39,6 +48,16 @@ def _model(rt) -> ModelInfo:
     return ModelInfo(name=rt.name, version=rt.version)
 
 
+async def _answer(in_memory: bool, fn, *args):
+    """``fn(*args)`` inline when it needs no store read, else in the thread pool."""
+    return fn(*args) if in_memory else await run_in_threadpool(fn, *args)
+
+
+def _resolve(fut: asyncio.Future) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
 def make_router(settings: Settings) -> APIRouter:
     r = APIRouter()
     UserId = Annotated[str, Path(min_length=1, max_length=256, description="User id as stored")]
@@ -50,7 +69,7 @@ def make_router(settings: Settings) -> APIRouter:
 
     @r.get("/v1/users/{user_id}/recommendations", response_model=RecommendationsResponse, tags=["users"],
            dependencies=[read], responses=_err(401, 403))
-    def recommendations(user_id: UserId, state: State, k: K = 10,
+    async def recommendations(user_id: UserId, state: State, k: K = 10,
                         policy: Annotated[Policy, Query(
                             description="auto: the model for users with history, popular items for new users; "
                                         "model: same (a user without history still gets the fallback); "
@@ -60,26 +79,26 @@ def make_router(settings: Settings) -> APIRouter:
                         exclude_history: Annotated[bool, Query(description="Leave out items the user already had")
                                                    ] = True) -> RecommendationsResponse:
         """Top-k items for a user from their history in the store (new events count at once)."""
-        out = state.recommend(user_id, k, policy, exclude_history)
+        out = await _answer(state.in_memory(user_id), state.recommend, user_id, k, policy, exclude_history)
         return RecommendationsResponse(user_id=user_id, policy=out["policy"], model=_model(out["runtime"]), k=k,
                                        history_length=out["history_length"], items=out["items"])
 
     @r.get("/v1/users/{user_id}/value", response_model=ValueResponse, tags=["users"], dependencies=[read],
            responses=_err(401, 403, 501))
-    def value(user_id: UserId, state: State, as_of: AsOf = None) -> ValueResponse:
+    async def value(user_id: UserId, state: State, as_of: AsOf = None) -> ValueResponse:
         """Predicted customer value (and churn, lifecycle stage) from the model's value head; 501 when
         the loaded model has none."""
-        out = state.value(user_id, as_of)
+        out = await _answer(state.in_memory(user_id, popular=False), state.value, user_id, as_of)
         return ValueResponse(user_id=user_id, as_of=out["as_of"].isoformat(), model=_model(out["runtime"]),
                              known_user=out["known_user"], history_length=out["history_length"],
                              value=out["value"], stage=out["stage"], stage_reason=out["stage_reason"])
 
     @r.get("/v1/users/{user_id}/stage", response_model=StageResponse, tags=["users"], dependencies=[read],
            responses=_err(401, 403, 501))
-    def stage(user_id: UserId, state: State, as_of: AsOf = None) -> StageResponse:
+    async def stage(user_id: UserId, state: State, as_of: AsOf = None) -> StageResponse:
         """Lifecycle stage (new, activated, retained, expanding, advocate, at-risk, lapsed) with the rule
         that assigned it; at-risk and expanding need a model with a value head."""
-        out = state.stage(user_id, as_of)
+        out = await _answer(state.in_memory(user_id, popular=False), state.stage, user_id, as_of)
         return StageResponse(user_id=user_id, as_of=out["as_of"].isoformat(), model=_model(out["runtime"]),
                              history_length=out["history_length"], stage=out["stage"], reason=out["reason"],
                              features=out["features"], value=out["value"])
@@ -113,13 +132,22 @@ def make_router(settings: Settings) -> APIRouter:
                         f"{settings.max_body_bytes} bytes). They are validated like file ingest and stored in one "
                         "transaction before the response; the next recommendation for their users reflects them. "
                         "Events whose event_id is already stored are skipped (idempotent re-sends).")
-    def post_events(batch: EventBatch, request: Request, state: State) -> EventsResponse:
+    async def post_events(batch: EventBatch, request: Request, state: State) -> EventsResponse:
         n = len(batch.events)
         if n > settings.max_batch:
             raise InputError(f"the batch has {n} events; the limit is {settings.max_batch} per request "
                              "(split it, or raise $VALUEREC_MAX_BATCH)", loc=("body", "events"))
-        df = validate_event_records([e.model_dump() for e in batch.events], source="events")
-        added, dups = state.add_events(df)
+        records = [e.model_dump() for e in batch.events]
+        rows = (validate_event_rows(records, source="events") if n <= 64 else
+                await run_in_threadpool(validate_event_rows, records, "events"))
+        loop = asyncio.get_running_loop()
+        committed = loop.create_future()
+        slot = state.submit_rows(rows, lambda: loop.call_soon_threadsafe(_resolve, committed))
+        try:
+            await asyncio.wait_for(asyncio.shield(committed), timeout=settings.write_timeout_s)
+        except TimeoutError:
+            raise TimeoutError("the event store did not commit within the time limit") from None
+        added, dups = state.write_result(slot)
         metrics = request.app.state.metrics
         metrics.events.labels(outcome="accepted").inc(added)
         metrics.events.labels(outcome="duplicate").inc(dups)

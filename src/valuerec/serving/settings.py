@@ -83,6 +83,8 @@ class Settings:
     cache_users: int = 200_000             # per-user histories kept in memory (LRU)
     preload_max_events: int = 5_000_000    # load every history at start-up when the store is this small
     popular_ttl_s: float = 30.0            # how often the new-user fallback re-counts popularity
+    write_timeout_s: float = 60.0          # POST /v1/events answers 503 when the store has not committed by then
+    gil_switch_ms: float = 0.5             # Python's thread switch interval in the server (default 5 ms)
     torch_threads: int = 1
     duckdb_threads: int = 1                # the store's query threads (the service is mostly point reads/writes)
     metrics_public: bool = True            # /metrics without a key (it holds no user data)
@@ -111,6 +113,8 @@ class Settings:
             cache_users=_int(env, "VALUEREC_CACHE_USERS", 200_000),
             preload_max_events=_int(env, "VALUEREC_PRELOAD_MAX_EVENTS", 5_000_000, lo=0),
             popular_ttl_s=_float(env, "VALUEREC_POPULAR_TTL_S", 30.0),
+            write_timeout_s=_float(env, "VALUEREC_WRITE_TIMEOUT_S", 60.0),
+            gil_switch_ms=_float(env, "VALUEREC_GIL_SWITCH_MS", 0.5),
             torch_threads=_int(env, "VALUEREC_TORCH_THREADS", 1),
             duckdb_threads=_int(env, "VALUEREC_DUCKDB_THREADS", 1),
             metrics_public=_bool(env, "VALUEREC_METRICS_PUBLIC", True),
@@ -124,6 +128,8 @@ class Settings:
         if self.model_dir is None and self.models_root is None:
             raise DataError("no model: set $VALUEREC_MODEL_DIR or $VALUEREC_MODELS_ROOT "
                             "(or valuerec serve --model DIR / --models-root DIR)")
+        if not 0.01 <= self.gil_switch_ms <= 100:
+            raise DataError(f"$VALUEREC_GIL_SWITCH_MS={self.gil_switch_ms}: expected 0.01..100 milliseconds")
         if not self.api_keys and not self.auth_disabled:
             raise DataError("no API keys: set $VALUEREC_API_KEYS ('key:read,write;key2:admin') or "
                             "$VALUEREC_API_KEYS_FILE; $VALUEREC_AUTH_DISABLED=1 turns auth off for local use")

@@ -12,9 +12,11 @@ the store when they differ, so the very next request after an accepted event see
 
 from __future__ import annotations
 
+import datetime
 import importlib
 import logging
 import queue
+import sys
 import threading
 import time
 from collections import OrderedDict
@@ -27,8 +29,9 @@ import pandas as pd
 import torch
 
 from valuerec.data.dataset import Catalogue, Sequences, _natural_key, sequences_from
-from valuerec.data.schema import DataError, event_type_code
-from valuerec.data.store import EventStore, event_hash
+from valuerec.data.schema import EVENT_COLUMNS, DataError, event_type_code
+from valuerec.data.store import EventStore, StoredEvent, row_event_id
+from valuerec.data.validate import EventRow
 from valuerec.models.base import Recommender, load_model
 from valuerec.serving.settings import Settings
 
@@ -198,6 +201,9 @@ class ServiceState:
     def start(self) -> None:
         s = self.settings
         torch.set_num_threads(s.torch_threads)
+        # The writer thread and DuckDB hand the GIL back and forth several times per commit; at the
+        # default 5 ms switch interval each hand-off can wait that long behind the event loop.
+        sys.setswitchinterval(s.gil_switch_ms / 1000)
         self.store = EventStore(s.store)
         self.store.con.execute(f"SET threads = {int(s.duckdb_threads)}")
         path = s.model_dir if s.model_dir is not None else newest_model_dir(s.models_root)
@@ -324,6 +330,22 @@ class ServiceState:
             self._cache_put(rt, user_id, h)
         return h if len(h.items) else None
 
+    def in_memory(self, user_id: str, popular: bool = True) -> bool:
+        """Whether an answer for this user needs no store read: the history is cached (or known to be
+        empty) and, with ``popular``, the popularity list is fresh. The routes answer such requests on
+        the event loop and send the others to the thread pool."""
+        rt = self.runtime
+        with self._cache_lock:
+            gen = self._user_gen.get(user_id, 0)
+            h = rt.histories.get(user_id)
+            cached = (h.gen == gen) if h is not None else (gen == 0 and rt.complete)
+        if not cached:
+            return False
+        if popular:
+            at, for_rt, _, _ = self._popular
+            return for_rt is rt and time.time() - at < self.settings.popular_ttl_s
+        return True
+
     def _cache_put(self, rt: Runtime, user_id: str, h: UserHistory) -> None:
         with self._cache_lock:
             rt.histories[user_id] = h
@@ -333,20 +355,32 @@ class ServiceState:
                 rt.complete = False
 
     def add_events(self, events: pd.DataFrame, timeout: float = 60.0) -> tuple[int, int]:
-        """Store a validated batch; returns (accepted, duplicates) once it is committed.
+        """Store a validated event frame; returns (accepted, duplicates) once it is committed."""
+        cols = [events[c].tolist() if c in events.columns else [None] * len(events) for c in EVENT_COLUMNS]
+        rows = [EventRow(eid, u, None if i is None or i != i else i, pd.Timestamp(t), et, v, q)
+                for eid, u, i, t, et, v, q in zip(*cols)]
+        return self.add_rows(rows, timeout)
 
-        Batches from concurrent requests are committed together (group commit): the store's
-        idempotency check scans the event ids, so one transaction for several requests costs
-        about the same as one for a single request."""
-        ev = events.copy()
-        no_id = ev["event_id"].isna()
-        if no_id.any():   # the content hash the store would use, known here to count per request
-            ev.loc[no_id, "event_id"] = event_hash(ev.loc[no_id])
+    def add_rows(self, rows: list[EventRow], timeout: float = 60.0) -> tuple[int, int]:
+        """Store validated rows (blocking); returns (accepted, duplicates) once they are committed."""
         done = threading.Event()
-        slot: dict = {"events": ev}
-        self._writes.put((slot, done))
+        slot = self.submit_rows(rows, done.set)
         if not done.wait(timeout):
             raise TimeoutError("the event store did not commit within the time limit")
+        return self.write_result(slot)
+
+    def submit_rows(self, rows: list[EventRow], notify: Callable[[], None]) -> dict:
+        """Queue validated rows for the writer thread; ``notify()`` is called (on that thread) once
+        they are committed or failed; then ``write_result(slot)`` gives (accepted, duplicates) or raises.
+
+        Batches from concurrent requests are committed together (group commit)."""
+        rows = [r if r.event_id is not None else r._replace(event_id=row_event_id(*r[1:])) for r in rows]
+        slot: dict = {"rows": rows, "notify": notify}
+        self._writes.put(slot)
+        return slot
+
+    @staticmethod
+    def write_result(slot: dict) -> tuple[int, int]:
         if "error" in slot:
             raise slot["error"]
         return slot["result"]
@@ -358,8 +392,8 @@ class ServiceState:
             if first is None:
                 return
             group = [first]
-            rows = len(first[0]["events"])
-            while rows < 10_000:
+            n = len(first["rows"])
+            while n < 10_000:
                 try:
                     nxt = self._writes.get_nowait()
                 except queue.Empty:
@@ -368,38 +402,38 @@ class ServiceState:
                     self._writes.put(None)
                     break
                 group.append(nxt)
-                rows += len(nxt[0]["events"])
+                n += len(nxt["rows"])
             try:
-                results = self._write_group([slot["events"] for slot, _ in group])
-                for (slot, _), res in zip(group, results):
+                results = self._write_group([slot["rows"] for slot in group])
+                for slot, res in zip(group, results):
                     slot["result"] = res
             except BaseException as e:  # noqa: BLE001 - every waiting request gets the error
                 log.exception("writing %d event batch(es) failed", len(group))
-                for slot, _ in group:
+                for slot in group:
                     slot["error"] = e
-            for _, done in group:
-                done.set()
+            for slot in group:
+                try:
+                    slot["notify"]()
+                except Exception:  # noqa: BLE001 - e.g. the request's event loop is gone
+                    log.warning("could not notify a writer of its result", exc_info=True)
 
-    def _write_group(self, batches: list[pd.DataFrame]) -> list[tuple[int, int]]:
+    def _write_group(self, batches: list[list[EventRow]]) -> list[tuple[int, int]]:
         """One transaction for several batches; then fold the newly stored events into the cached
         histories of their users (so the next request needs no store read)."""
         rt = self.runtime
-        combined = pd.concat(batches, ignore_index=True) if len(batches) > 1 else batches[0]
+        rows = [r for b in batches for r in b]
         with self._store_lock:
-            res = self.store.add_events(combined)
-            new = None
-            if res.added:
-                new = self.store.con.execute(
-                    "SELECT event_id, user_id, item_id, ts, event_type, value, seq FROM events WHERE seq > ? "
-                    "ORDER BY seq", [self._last_seq]).fetchdf()
-                if len(new):
-                    self._last_seq = int(new["seq"].max())
-            t = combined["timestamp"].max()
+            stored, _ = self.store.add_event_rows(rows)
+            if stored:
+                self._last_seq = max(self._last_seq, stored[-1].seq)
+            t = pd.Timestamp(max(r.timestamp for r in rows))
             if self._max_time is None or t > self._max_time:
-                self._max_time = pd.Timestamp(t)
-            groups = dict(tuple(new.groupby("user_id", sort=False))) if new is not None and len(new) else {}
+                self._max_time = t
+            by_user: dict[str, list] = {}
+            for e in stored:
+                by_user.setdefault(e.user_id, []).append(e)
             with self._cache_lock:
-                for u in pd.unique(combined["user_id"]):
+                for u in dict.fromkeys(r.user_id for r in rows):
                     gen = self._user_gen.get(u, 0) + 1
                     self._user_gen[u] = gen
                     h = rt.histories.get(u)
@@ -412,16 +446,16 @@ class ServiceState:
                     else:               # a stale entry: drop it, the next read refetches
                         rt.histories.pop(u, None)
                         continue
-                    rt.histories[u] = _merge(base, groups.get(u), rt.catalogue, gen)
+                    rt.histories[u] = _merge(base, by_user.get(u), rt.catalogue, gen)
         # Per request: an event counts as accepted if it was newly stored and no earlier request of
         # the group claimed the same id (the store keeps the first).
-        fresh = set(new["event_id"]) if new is not None else set()
+        fresh = {e.event_id for e in stored}
         out = []
         for b in batches:
             added = 0
-            for eid in b["event_id"]:
-                if eid in fresh:
-                    fresh.discard(eid)
+            for r in b:
+                if r.event_id in fresh:
+                    fresh.discard(r.event_id)
                     added += 1
             out.append((added, len(b) - added))
         return out
@@ -663,15 +697,18 @@ class ServiceState:
                 "cached_users": len(rt.histories) if rt else 0, "uptime_s": round(time.time() - self.started_at, 1)}
 
 
-def _merge(h: UserHistory, new: pd.DataFrame | None, catalogue: Catalogue, gen: int) -> UserHistory:
+_EPOCH = datetime.datetime(1970, 1, 1)
+
+
+def _merge(h: UserHistory, new: list[StoredEvent] | None, catalogue: Catalogue, gen: int) -> UserHistory:
     """``h`` plus newly stored events, in (time, arrival) order like the store's."""
-    if new is None or not len(new):
+    if not new:
         return UserHistory(h.items, h.times, h.event_types, h.values, gen=gen)
-    items = np.array([catalogue.index.get(str(i), -1) if i is not None and i == i else -1 for i in new["item_id"]],
+    items = np.array([catalogue.index.get(e.item_id, -1) if e.item_id is not None else -1 for e in new],
                      dtype=np.int64)
-    times = pd.to_datetime(new["ts"]).astype("datetime64[s]").astype("int64").to_numpy()
-    types = np.array([event_type_code(t) for t in new["event_type"]], dtype=np.int64)
-    values = new["value"].to_numpy(dtype=np.float32)
+    times = np.array([(e.ts - _EPOCH) // datetime.timedelta(seconds=1) for e in new], dtype=np.int64)
+    types = np.array([event_type_code(e.event_type) for e in new], dtype=np.int64)
+    values = np.array([e.value for e in new], dtype=np.float32)
     all_times = np.concatenate([h.times, times])
     order = np.argsort(all_times, kind="stable")     # stable: earlier arrivals first at equal times
     return UserHistory(np.concatenate([h.items, items])[order], all_times[order],
