@@ -12,6 +12,7 @@ N_ITEMS = 30
 TINY = {
     "popularity": {},
     "popularity-s3rec": {},
+    "repeat": {"decay": 0.9},
     "itemknn": {"neighbours": 10, "recency_decay": 0.8},
     "als": {"factors": 8, "iterations": 5, "regularization": 0.1},
     "bpr": {"factors": 8, "iterations": 20, "learning_rate": 0.05},
@@ -129,3 +130,13 @@ def test_als_fold_in_matches_training_step(data):
     # implicit alternates user and item steps, so its stored user factors are one item step old: close, not equal.
     cos = folded @ learned / (np.linalg.norm(folded) * np.linalg.norm(learned))
     assert cos > 0.9
+
+
+def test_repeat_baseline_ranks_own_items_by_count_then_popularity(data):
+    train, cat = data
+    m = MODEL_REGISTRY["repeat"]().fit(train, cat)
+    h = Sequences(items=[np.array([5, 7, 5, 9, 5, 7])])
+    top, _ = m.recommend(h, k=5, exclude=None)
+    assert list(top[0][:3]) == [5, 7, 9]
+    rest = np.sort(np.delete(m.counts_, [5, 7, 9]))[::-1]
+    assert list(m.counts_[top[0][3:]]) == list(rest[:2])     # then the most popular other items

@@ -238,3 +238,35 @@ def test_add_items_then_save_load(fitted, tmp_path):
     model.save(tmp_path / "m2")
     again = load_model(tmp_path / "m2")
     assert torch.equal(again.score(seqs), after)
+
+
+def test_repeat_term_counts_the_visible_history_and_is_causal():
+    """The repeat term's training counts at position t are the counts of events 0..t (never later
+    ones), and scoring adds g(state) * log1p(count) for exactly the items in the history."""
+    from valuerec.models.transformer import prefix_counts
+
+    items = torch.tensor([[2, 3, 2, 0], [1, 1, 1, 1]])
+    mask = torch.tensor([[True, True, True, False], [True, True, True, True]])
+    c = prefix_counts(items, mask, 5)
+    assert c[0, 0].tolist() == [0, 0, 1, 0, 0] and c[0, 2].tolist() == [0, 0, 2, 1, 0]
+    assert c[0, 3].tolist() == c[0, 2].tolist()            # padding adds nothing
+    assert c[1, :, 1].tolist() == [1, 2, 3, 4]
+    seqs = Sequences(items=[np.array([0, 1, 1, 2]), np.array([3, 4])])
+    cat = Catalogue(item_ids=np.array([f"i{i}" for i in range(6)], dtype=object))
+    m = BehaviourTransformer(d_model=16, n_layers=1, epochs=1, repeat=True, progress=False).fit(seqs, cat)
+    gate = m.module_.next_item.repeat_gate
+    with torch.no_grad():
+        plain = m.score(seqs)
+        gate.weight.zero_()
+        gate.bias.fill_(2.0)
+        boosted = m.score(seqs)
+        gate.bias.fill_(0.0)
+        base = m.score(seqs)
+    diff = boosted - base
+    expect = torch.zeros(2, 6)
+    expect[0, [0, 1, 2]] = torch.log1p(torch.tensor([1.0, 2.0, 1.0])) * 2
+    expect[1, [3, 4]] = torch.log1p(torch.tensor([1.0, 1.0])) * 2
+    assert torch.allclose(diff, expect, atol=1e-5)
+    assert plain.shape == (2, 6)
+    with pytest.raises(DataError, match="repeat=True needs loss='ce'"):
+        BehaviourTransformer(repeat=True, loss="sampled")

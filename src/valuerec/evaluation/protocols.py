@@ -34,6 +34,7 @@ DEFAULT_CACHE = Path("runs/stores")
 # for a CPU run of a few minutes.
 DEFAULT_GRIDS: dict[str, dict[str, list]] = {
     "itemknn": {"neighbours": [50, 200], "recency_decay": [1.0, 0.8, 0.6]},
+    "repeat": {"decay": [1.0, 0.99, 0.95]},
     "als": {"factors": [64, 128], "regularization": [0.01, 0.1], "alpha": [1.0, 10.0], "iterations": [15]},
     "bpr": {"factors": [64, 128], "learning_rate": [0.01, 0.05], "regularization": [0.01], "iterations": [100]},
 }

@@ -48,3 +48,38 @@ class PopularityS3Rec(Popularity):
     """
 
     fit_on = "all_events"
+
+
+def history_counts(histories: Sequences, n_items: int, decay: float = 1.0) -> torch.Tensor:
+    """(B, n_items) how often each item occurs in each history; with ``decay`` < 1 an occurrence
+    k events before the last counts decay**k."""
+    out = torch.zeros(len(histories), n_items)
+    for u, s in enumerate(histories.items):
+        s = np.asarray(s, dtype=np.int64)
+        s = s[(s >= 0) & (s < n_items)]
+        if len(s):
+            w = decay ** np.arange(len(s) - 1, -1, -1, dtype=np.float64) if decay != 1.0 else np.ones(len(s))
+            out[u].index_add_(0, torch.from_numpy(s), torch.from_numpy(w.astype(np.float32)))
+    return out
+
+
+@register("repeat")
+class RepeatPopularity(Popularity):
+    """Buy-again baseline ("personal top frequency"): the user's own items by how often they had
+    them (optionally recency-decayed), then the most popular other items. Strong wherever repeat
+    consumption dominates (groceries, wholesale: R2), useless where history is excluded (R1)."""
+
+    def __init__(self, decay: float = 1.0, seed: int = 0):
+        if not 0.0 < decay <= 1.0:
+            raise ValueError(f"repeat: decay must be in (0, 1] (got {decay})")
+        super().__init__(seed)
+        self.decay = float(decay)
+
+    def config(self) -> dict:
+        return {"decay": self.decay, "seed": self.seed}
+
+    def score(self, histories: Sequences) -> torch.Tensor:
+        # Popularity only breaks ties: it is scaled below the smallest possible history weight.
+        pop = torch.from_numpy(self.counts_)
+        pop = pop / (pop.max().clamp(min=1.0) * 2.0) * self.decay ** 1000
+        return history_counts(histories, self.n_items, self.decay) + pop

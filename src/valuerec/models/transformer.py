@@ -78,6 +78,9 @@ class TransformerConfig:
     negatives: str = "in-batch"   # sampled only: "in-batch", "uniform" or "popularity"
     n_negatives: int = 1024       # sampled only, for uniform / popularity negatives
     label_smoothing: float = 0.0
+    # repeat consumption: logit(i) += g(state) * log(1 + times i occurs in the history the model sees),
+    # g a learned linear function of the user state (how much this user re-buys); full softmax only
+    repeat: bool = False
     # further heads (added by later work; weights 0 = head off)
     value_weight: float = 0.0
     churn_weight: float = 0.0
@@ -101,6 +104,9 @@ class TransformerConfig:
         if self.negatives not in ("in-batch", "uniform", "popularity"):
             raise DataError(f"transformer config: negatives={self.negatives!r}, "
                             "expected 'in-batch', 'uniform' or 'popularity'")
+        if self.repeat and self.loss != "ce":
+            raise DataError("transformer config: repeat=True needs loss='ce' (the repeat term is added to every "
+                            "item's logit)")
         if self.max_len < 1 or self.n_layers < 0 or self.n_time_buckets < 2:
             raise DataError("transformer config: max_len >= 1, n_layers >= 0, n_time_buckets >= 2 required")
 
@@ -353,19 +359,30 @@ class NextItemHead(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.register_buffer("log_pop", torch.zeros(cfg.n_items))   # log training frequency (smoothed)
+        self.repeat_gate = nn.Linear(cfg.d_model, 1) if cfg.repeat else None
 
-    def scores(self, h: torch.Tensor, item_vectors: torch.Tensor) -> torch.Tensor:
-        return h @ item_vectors.T                                          # (..., n_items)
+    def scores(self, h: torch.Tensor, item_vectors: torch.Tensor,
+               repeat_counts: torch.Tensor | None = None) -> torch.Tensor:
+        """``h . item_vector`` (..., n_items); with the repeat term, plus g(h) * log1p(counts)."""
+        s = h @ item_vectors.T
+        if self.repeat_gate is not None and repeat_counts is not None:
+            s = s + self.repeat_gate(h) * torch.log1p(repeat_counts)
+        return s
 
     def loss(self, h: torch.Tensor, targets: torch.Tensor, item_table: ItemTable,
-             item_vectors: torch.Tensor | None = None) -> torch.Tensor:
-        """Mean loss over positions with a target. h (B, T, D), targets (B, T) with -1 = none."""
+             item_vectors: torch.Tensor | None = None, items: torch.Tensor | None = None,
+             mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean loss over positions with a target. h (B, T, D), targets (B, T) with -1 = none;
+        ``items`` / ``mask`` (B, T): the inputs, for the repeat term's counts."""
         sel = targets >= 0
+        counts = None
+        if self.repeat_gate is not None and items is not None:
+            counts = prefix_counts(items, mask, self.cfg.n_items)[sel]     # (P, n_items)
         h, y = h[sel], targets[sel]                                        # (P, D), (P,)
         if self.cfg.loss == "ce":
             if item_vectors is None:
                 item_vectors = item_table()
-            logits = self.scores(h, item_vectors).float()                  # (P, n_items)
+            logits = self.scores(h, item_vectors, counts).float()         # (P, n_items)
             return F.cross_entropy(logits, y, label_smoothing=self.cfg.label_smoothing)
         cands, log_q, log_q_pos = self.sample_negatives(y)
         return sampled_softmax_loss(h, y, cands, log_q, log_q_pos, item_table)
@@ -391,6 +408,14 @@ class NextItemHead(nn.Module):
         return cands, torch.log(K * p[cands]), torch.log(K * p[y])
 
 
+def prefix_counts(items: torch.Tensor, mask: torch.Tensor, n_items: int) -> torch.Tensor:
+    """(B, T, n_items): how often each item occurs in events 0..t of each history (causal counts)."""
+    B, T = items.shape
+    onehot = torch.zeros(B, T, n_items, device=items.device)
+    onehot.scatter_(2, items.clamp(0, n_items - 1)[..., None], mask[..., None].float())
+    return onehot.cumsum(1)
+
+
 def sampled_softmax_loss(h: torch.Tensor, y: torch.Tensor, cands: torch.Tensor, log_q: torch.Tensor,
                          log_q_pos: torch.Tensor, item_table: ItemTable) -> torch.Tensor:
     """-log softmax of the positive among [positive, candidates], every logit minus its log Q.
@@ -412,6 +437,9 @@ class BehaviourModel(nn.Module):
         self.next_item = NextItemHead(cfg)
         self.value_heads = ValueHeads(cfg.d_model) if cfg.value_weight > 0 or cfg.churn_weight > 0 else None
         self.apply(self._init_weights)
+        if self.next_item.repeat_gate is not None:
+            with torch.no_grad():   # start with the repeat term on: log1p(count) ~ one logit unit per doubling
+                self.next_item.repeat_gate.bias.fill_(1.0)
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
@@ -440,7 +468,7 @@ class BehaviourModel(nn.Module):
         has_targets = batch.targets is not None and bool((batch.targets >= 0).any())
         if self.cfg.next_item_weight > 0 and has_targets:
             losses["next_item"] = self.cfg.next_item_weight * self.next_item.loss(
-                h[:, :T], batch.targets, self.encoder.item_table, item_vectors)
+                h[:, :T], batch.targets, self.encoder.item_table, item_vectors, batch.items, batch.mask)
         if self.value_heads is not None and batch.value_target is not None:
             hq = h[torch.arange(h.shape[0], device=h.device), batch.lengths]  # (B, D) at the query token
             losses.update(self.value_heads.losses(hq, batch.query_feats, batch.value_target, batch.churn_target,
@@ -766,7 +794,11 @@ class BehaviourTransformer(Recommender):
                 b = collate(hist, self.model_config.max_len, with_targets=False,
                             n_buckets=self.model_config.n_time_buckets).to(device)
                 h = module.state(b)                                        # (b, D)
-                sc = module.next_item.scores(h, vectors).float()          # (b, n_items)
+                counts = None
+                if module.next_item.repeat_gate is not None:                # over the events the model saw
+                    counts = torch.zeros(len(b.items), self.n_items, device=device).scatter_add_(
+                        1, b.items.clamp(0, self.n_items - 1), b.mask.float())
+                sc = module.next_item.scores(h, vectors, counts).float()  # (b, n_items)
                 empty = b.lengths == 0
                 if empty.any():
                     sc[empty] = module.next_item.log_pop
