@@ -253,7 +253,8 @@ def test_repeat_term_counts_the_visible_history_and_is_causal():
     assert c[1, :, 1].tolist() == [1, 2, 3, 4]
     seqs = Sequences(items=[np.array([0, 1, 1, 2]), np.array([3, 4])])
     cat = Catalogue(item_ids=np.array([f"i{i}" for i in range(6)], dtype=object))
-    m = BehaviourTransformer(d_model=16, n_layers=1, epochs=1, repeat=True, progress=False).fit(seqs, cat)
+    # max_len=2: the encoder sees two events, the repeat term still counts the whole history
+    m = BehaviourTransformer(d_model=16, n_layers=1, max_len=2, epochs=1, repeat=True, progress=False).fit(seqs, cat)
     gate = m.module_.next_item.repeat_gate
     with torch.no_grad():
         plain = m.score(seqs)
@@ -268,5 +269,29 @@ def test_repeat_term_counts_the_visible_history_and_is_causal():
     expect[1, [3, 4]] = torch.log1p(torch.tensor([1.0, 1.0])) * 2
     assert torch.allclose(diff, expect, atol=1e-5)
     assert plain.shape == (2, 6)
+    # training windows carry the events before them, and collate adds them to the counts
+    from valuerec.models.transformer import collate, prepare_history, training_windows
+    h = prepare_history(np.array([0, 1, 1, 2, 3, 1]), None, None, None, 6, 8)
+    wins = training_windows(h, 2, True)
+    assert [list(w["items"]) for w in wins] == [[2, 3, 1], [1, 1, 2], [0, 1]]
+    assert [list(w["prior_items"]) for w in wins] == [[0, 1, 1], [0], []]
+    b = collate(wins, 2, with_targets=True, count_items=6)
+    assert b.prior_counts.tolist() == [[1, 2, 0, 0, 0, 0], [1, 0, 0, 0, 0, 0], [0] * 6]
     with pytest.raises(DataError, match="repeat=True needs loss='ce'"):
         BehaviourTransformer(repeat=True, loss="sampled")
+
+
+def test_item_table_cache_follows_weight_changes():
+    """The no-grad item table is reused while the weights stand still and recomputed after any
+    in-place change (an optimiser step, a reload)."""
+    seqs = Sequences(items=[np.array([0, 1, 2]), np.array([2, 3])])
+    cat = Catalogue(item_ids=np.array([f"i{i}" for i in range(5)], dtype=object))
+    m = BehaviourTransformer(d_model=8, n_layers=1, epochs=1, progress=False).fit(seqs, cat)
+    table = m.module_.encoder.item_table
+    with torch.no_grad():
+        a = table.table()
+        assert table.table() is a
+        table.id_emb.weight.add_(1.0)
+        b = table.table()
+    assert b is not a and torch.allclose(b, table().detach())
+    assert torch.allclose(m.score(seqs), m.score(seqs))

@@ -78,8 +78,9 @@ class TransformerConfig:
     negatives: str = "in-batch"   # sampled only: "in-batch", "uniform" or "popularity"
     n_negatives: int = 1024       # sampled only, for uniform / popularity negatives
     label_smoothing: float = 0.0
-    # repeat consumption: logit(i) += g(state) * log(1 + times i occurs in the history the model sees),
-    # g a learned linear function of the user state (how much this user re-buys); full softmax only
+    # repeat consumption: logit(i) += g(state) * log(1 + times i occurs in the user's whole history,
+    # also before the max_len events the encoder sees), g a learned linear function of the user state
+    # (how much this user re-buys); full softmax only
     repeat: bool = False
     # further heads (added by later work; weights 0 = head off)
     value_weight: float = 0.0
@@ -194,6 +195,18 @@ class ItemTable(nn.Module):
         if self.id_emb is None and self.attr_emb is None and self.text_proj is None:
             raise DataError("transformer: use_item_ids=False needs item text or attributes in the catalogue")
 
+    def table(self) -> torch.Tensor:
+        """Every item's vector (n_items, D). Outside autograd it is computed once and reused while no
+        weight or buffer changes (serving scores one user at a time; the text projection of the
+        whole catalogue would otherwise dominate each request)."""
+        if torch.is_grad_enabled():
+            return self()
+        key = tuple((t.data_ptr(), t._version) for t in (*self.parameters(), *self.buffers()))
+        if getattr(self, "_table_key", None) != key:
+            self._table = self()
+            self._table_key = key
+        return self._table
+
     def forward(self, idx: torch.Tensor | None = None) -> torch.Tensor:
         """Vectors of items ``idx`` (any shape, values in 0..n_items-1), or of every item if None."""
         if idx is None:
@@ -229,6 +242,7 @@ class Batch:
     value_target: torch.Tensor | None = None  # (B,) revenue in the window after the query time
     churn_target: torch.Tensor | None = None  # (B,) 1 = no purchase in that window
     value_mask: torch.Tensor | None = None    # (B,) 1 = the whole window is observed (label exists)
+    prior_counts: torch.Tensor | None = None  # (B, n_items) item counts of the events before the window
 
     @property
     def lengths(self) -> torch.Tensor:
@@ -261,18 +275,28 @@ def training_windows(h: dict[str, np.ndarray], max_len: int, all_windows: bool) 
     ends = [n]
     while all_windows and ends[-1] - max_len >= 2:
         ends.append(ends[-1] - max_len)
-    return [{k: v[max(0, e - max_len - 1):e] for k, v in h.items()} for e in ends]
+    return [{**{k: v[max(0, e - max_len - 1):e] for k, v in h.items() if k != "prior_items"},
+             "prior_items": np.concatenate([h.get("prior_items", np.zeros(0, np.int64)),
+                                            h["items"][:max(0, e - max_len - 1)]])} for e in ends]
 
 
 def collate(histories: list[dict[str, np.ndarray]], max_len: int, with_targets: bool,
-            as_of: np.ndarray | None = None, n_buckets: int = 32) -> Batch:
+            as_of: np.ndarray | None = None, n_buckets: int = 32, count_items: int = 0) -> Batch:
     """Pad histories to the longest one in the batch (at most ``max_len``, keeping the latest events).
 
     ``with_targets``: the SASRec shifted-sequence form for training. Inputs are events 1..n-1 and the
     target at position t is item t+1, over the last ``max_len + 1`` events.
     """
     cut = max_len + 1 if with_targets else max_len
-    hs = [{k: v[-cut:] for k, v in h.items()} for h in histories]
+    hs = [{k: v[-cut:] for k, v in h.items() if k != "prior_items"} for h in histories]
+    prior = None
+    if count_items:   # the repeat term counts every earlier event, also those left out of the window
+        prior = torch.zeros(len(histories), count_items)
+        for b, h in enumerate(histories):
+            before = np.concatenate([h.get("prior_items", np.zeros(0, np.int64)), h["items"][:-cut]])
+            before = before[(before >= 0) & (before < count_items)]
+            if len(before):
+                prior[b].index_add_(0, torch.from_numpy(before.astype(np.int64)), torch.ones(len(before)))
     lens = [max(len(h["items"]) - (1 if with_targets else 0), 0) for h in hs]
     B, T = len(hs), max(max(lens, default=0), 1)
     items = np.zeros((B, T), np.int64)
@@ -294,7 +318,8 @@ def collate(histories: list[dict[str, np.ndarray]], max_len: int, with_targets: 
         query = torch.from_numpy(time_gap_bucket(gap, n_buckets))
     return Batch(items=torch.from_numpy(items), types=torch.from_numpy(types), gaps=torch.from_numpy(gaps),
                  mask=torch.from_numpy(mask), targets=None if targets is None else torch.from_numpy(targets),
-                 times=torch.from_numpy(times), values=torch.from_numpy(values), query_gaps=query)
+                 times=torch.from_numpy(times), values=torch.from_numpy(values), query_gaps=query,
+                 prior_counts=prior)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -371,13 +396,16 @@ class NextItemHead(nn.Module):
 
     def loss(self, h: torch.Tensor, targets: torch.Tensor, item_table: ItemTable,
              item_vectors: torch.Tensor | None = None, items: torch.Tensor | None = None,
-             mask: torch.Tensor | None = None) -> torch.Tensor:
+             mask: torch.Tensor | None = None, prior_counts: torch.Tensor | None = None) -> torch.Tensor:
         """Mean loss over positions with a target. h (B, T, D), targets (B, T) with -1 = none;
         ``items`` / ``mask`` (B, T): the inputs, for the repeat term's counts."""
         sel = targets >= 0
         counts = None
         if self.repeat_gate is not None and items is not None:
-            counts = prefix_counts(items, mask, self.cfg.n_items)[sel]     # (P, n_items)
+            counts = prefix_counts(items, mask, self.cfg.n_items)          # (B, T, n_items)
+            if prior_counts is not None:
+                counts = counts + prior_counts[:, None, :]
+            counts = counts[sel]                                           # (P, n_items)
         h, y = h[sel], targets[sel]                                        # (P, D), (P,)
         if self.cfg.loss == "ce":
             if item_vectors is None:
@@ -468,7 +496,8 @@ class BehaviourModel(nn.Module):
         has_targets = batch.targets is not None and bool((batch.targets >= 0).any())
         if self.cfg.next_item_weight > 0 and has_targets:
             losses["next_item"] = self.cfg.next_item_weight * self.next_item.loss(
-                h[:, :T], batch.targets, self.encoder.item_table, item_vectors, batch.items, batch.mask)
+                h[:, :T], batch.targets, self.encoder.item_table, item_vectors, batch.items, batch.mask,
+                batch.prior_counts)
         if self.value_heads is not None and batch.value_target is not None:
             hq = h[torch.arange(h.shape[0], device=h.device), batch.lengths]  # (B, D) at the query token
             losses.update(self.value_heads.losses(hq, batch.query_feats, batch.value_target, batch.churn_target,
@@ -591,7 +620,7 @@ class BehaviourTransformer(Recommender):
 
             def make_batch(idx: np.ndarray) -> Batch:
                 return collate([examples[i] for i in idx], cfg.max_len, with_targets=True,
-                               n_buckets=cfg.n_time_buckets)
+                               n_buckets=cfg.n_time_buckets, count_items=cfg.n_items if cfg.repeat else 0)
 
         def validate(module: BehaviourModel) -> dict:
             self.module_ = module
@@ -787,17 +816,18 @@ class BehaviourTransformer(Recommender):
         module.eval()
         out = []
         with torch.no_grad():
-            vectors = module.encoder.item_table()                          # (n_items, D)
+            vectors = module.encoder.item_table.table()                    # (n_items, D)
             for s in range(0, len(histories), batch_size):
                 sub = histories.subset(np.arange(s, min(s + batch_size, len(histories))))
                 hist = self._histories(sub)
-                b = collate(hist, self.model_config.max_len, with_targets=False,
-                            n_buckets=self.model_config.n_time_buckets).to(device)
+                cfg = self.model_config
+                b = collate(hist, cfg.max_len, with_targets=False, n_buckets=cfg.n_time_buckets,
+                            count_items=cfg.n_items if cfg.repeat else 0).to(device)
                 h = module.state(b)                                        # (b, D)
                 counts = None
-                if module.next_item.repeat_gate is not None:                # over the events the model saw
+                if module.next_item.repeat_gate is not None:                # over the whole history
                     counts = torch.zeros(len(b.items), self.n_items, device=device).scatter_add_(
-                        1, b.items.clamp(0, self.n_items - 1), b.mask.float())
+                        1, b.items.clamp(0, self.n_items - 1), b.mask.float()) + b.prior_counts
                 sc = module.next_item.scores(h, vectors, counts).float()  # (b, n_items)
                 empty = b.lengths == 0
                 if empty.any():
