@@ -509,7 +509,8 @@ class BehaviourModel(nn.Module):
     @torch.no_grad()
     def state(self, batch: Batch) -> torch.Tensor:
         """The user state (B, D): at the query token if the batch has one, else at the last event."""
-        h = self.encode(batch)                                             # (B, T, D)
+        vectors = self.encoder.item_table.table() if self.cfg.n_items else None   # cached: no grad here
+        h = self.encode(batch, vectors)                                    # (B, T, D)
         idx = batch.lengths if batch.query_gaps is not None else (batch.lengths - 1).clamp(min=0)
         return h[torch.arange(h.shape[0], device=h.device), idx]           # (B, D)
 
@@ -767,7 +768,8 @@ class BehaviourTransformer(Recommender):
         as_of = np.broadcast_to(np.asarray(as_of, dtype=np.float64), (len(histories),))
         device = next(module.parameters()).device
         hist = self._histories(histories)
-        module.eval()
+        if module.training:   # eval() walks every submodule: skip it when already set
+            module.eval()
         out: dict[str, list] = {}
         with torch.no_grad():
             for s0 in range(0, len(hist), batch_size):
@@ -797,7 +799,8 @@ class BehaviourTransformer(Recommender):
         if as_of is not None:
             as_of = np.broadcast_to(np.asarray(as_of, dtype=np.float64), (len(hist),))
         out = []
-        module.eval()
+        if module.training:   # eval() walks every submodule: skip it when already set
+            module.eval()
         with torch.no_grad():
             for s in range(0, len(hist), batch_size):
                 b = collate(hist[s:s + batch_size], cfg.max_len, with_targets=False,
@@ -813,7 +816,8 @@ class BehaviourTransformer(Recommender):
         event (the recency-aware query token serves the value / churn heads, ``encode_histories``)."""
         module = self.module_
         device = next(module.parameters()).device
-        module.eval()
+        if module.training:   # eval() walks every submodule: skip it when already set
+            module.eval()
         out = []
         with torch.no_grad():
             vectors = module.encoder.item_table.table()                    # (n_items, D)
