@@ -288,12 +288,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--results", type=Path, default=HERE / "results")
     ap.add_argument("--out", type=Path, default=HERE / "README.md")
+    ap.add_argument("--readme", type=Path, default=None,
+                    help="README whose summary block to refresh (default: the project's, only when --results "
+                         "is the project's results directory)")
     a = ap.parse_args()
     page = build(a.results)
     a.out.write_text(page)
     print(f"wrote {a.out} from {len(list(a.results.glob('*.json')))} result file(s)")
-    if update_readme(HERE.parent / "README.md", a.results):
-        print("updated the benchmark summary in README.md")
+    readme = a.readme
+    if readme is None and a.results.resolve() == (HERE / "results").resolve():
+        readme = HERE.parent / "README.md"
+    if readme is not None and update_readme(readme, a.results):
+        print(f"updated the benchmark summary in {readme}")
 
 
 if __name__ == "__main__":

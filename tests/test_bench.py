@@ -102,8 +102,15 @@ def test_make_page(r1_result, tmp_path):
     results.mkdir()
     (results / "r1_tiny.json").write_text(json.dumps(result))
     out = tmp_path / "README.md"
+    project_readme = (REPO / "README.md").read_text()
+    readme = tmp_path / "PROJECT.md"
+    readme.write_text("intro\n<!-- benchmarks:start -->\nold\n<!-- benchmarks:end -->\nrest\n")
+    subprocess.run([sys.executable, str(REPO / "benchmarks" / "make_page.py"), "--results", str(results),
+                    "--out", str(out), "--readme", str(readme)], check=True, capture_output=True)
     subprocess.run([sys.executable, str(REPO / "benchmarks" / "make_page.py"), "--results", str(results),
                     "--out", str(out)], check=True, capture_output=True)
+    assert (REPO / "README.md").read_text() == project_readme    # a test never rewrites the project README
+    assert "old" not in readme.read_text() and readme.read_text().startswith("intro")
     page = out.read_text()
     assert "r1_tiny.json" in page and "`als`" in page
     assert f"{result['models']['als']['metrics']['ndcg@10']:.4f} ± " in page
