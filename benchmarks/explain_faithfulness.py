@@ -128,13 +128,15 @@ def run_v1(args) -> dict:
         events, items = st.events(), st.items()
     task = build_value_task(events, items, "2011-09-09")
     t0 = time.perf_counter()
-    vm = VALUE_MODEL_REGISTRY[args.value_model](seed=args.seed).fit_value(
+    import json
+    vm = VALUE_MODEL_REGISTRY[args.value_model](seed=args.seed, **json.loads(args.value_params)).fit_value(
         task.fit_histories, task.as_of, task.window.horizon_days, catalogue=task.catalogue)
     train_s = time.perf_counter() - t0
     h = task.histories
     users, pool = sample_users(h.lengths(), args.v1_users, args.seed, 3, args.v1_max_events)
     sub = h.subset(users)
-    out = {"model": args.value_model, "dataset": "online-retail", "data_sha256": sha,
+    out = {"model": args.value_model, "value_params": json.loads(args.value_params), "dataset": "online-retail",
+           "data_sha256": sha,
            "population": int(len(h)), "eligible_users": pool,
            "eligible": f"V1 users with 4..{args.v1_max_events} events before the cut-off", "train_seconds": train_s}
     for name, fn in (("value", value_target(vm, task.as_of)), ("churn", churn_target(vm, task.as_of))):
@@ -159,6 +161,7 @@ def main(argv=None) -> int:
                     help="also train the behaviour transformer for this many epochs on R1 train_full (CPU)")
     ap.add_argument("--v1-data", default="../shared/data/online-retail")
     ap.add_argument("--value-model", default="lightgbm")
+    ap.add_argument("--value-params", default="{}", help="JSON: the value model's parameters")
     ap.add_argument("--r1-users", type=int, default=1000)
     ap.add_argument("--v1-users", type=int, default=300)
     ap.add_argument("--v1-max-events", type=int, default=300)

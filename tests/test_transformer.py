@@ -295,3 +295,16 @@ def test_item_table_cache_follows_weight_changes():
         b = table.table()
     assert b is not a and torch.allclose(b, table().detach())
     assert torch.allclose(m.score(seqs), m.score(seqs))
+
+
+def test_next_basket_targets_point_at_the_next_timestamp():
+    """Each event's target is an item of the next basket (first later timestamp); a basket's events
+    share out the next basket's items; the last basket has no target; never an earlier item."""
+    from valuerec.models.transformer import next_basket_targets
+
+    items = np.array([10, 11, 12, 20, 21, 30])
+    times = np.array([1.0, 1.0, 1.0, 2.0, 2.0, 3.0])
+    assert next_basket_targets(items, times).tolist() == [20, 21, 20, 30, 30, -1]
+    assert next_basket_targets(np.array([5]), np.array([1.0])).tolist() == [-1]
+    with pytest.raises(DataError, match="target="):
+        BehaviourTransformer(target="later")

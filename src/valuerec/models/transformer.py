@@ -82,6 +82,9 @@ class TransformerConfig:
     # also before the max_len events the encoder sees), g a learned linear function of the user state
     # (how much this user re-buys); full softmax only
     repeat: bool = False
+    # what each position learns to predict: "next" (the next event's item, SASRec) or "next_basket"
+    # (an item of the next basket: the events at the first later timestamp; for baskets / invoices)
+    target: str = "next"
     # further heads (added by later work; weights 0 = head off)
     value_weight: float = 0.0
     churn_weight: float = 0.0
@@ -105,6 +108,8 @@ class TransformerConfig:
         if self.negatives not in ("in-batch", "uniform", "popularity"):
             raise DataError(f"transformer config: negatives={self.negatives!r}, "
                             "expected 'in-batch', 'uniform' or 'popularity'")
+        if self.target not in ("next", "next_basket"):
+            raise DataError(f"transformer config: target={self.target!r}, expected 'next' or 'next_basket'")
         if self.repeat and self.loss != "ce":
             raise DataError("transformer config: repeat=True needs loss='ce' (the repeat term is added to every "
                             "item's logit)")
@@ -280,12 +285,34 @@ def training_windows(h: dict[str, np.ndarray], max_len: int, all_windows: bool) 
                                             h["items"][:max(0, e - max_len - 1)]])} for e in ends]
 
 
+def next_basket_targets(items: np.ndarray, times: np.ndarray) -> np.ndarray:
+    """For each event, an item of the next basket: the events at the first later timestamp (-1 where
+    there is none). The events of a basket share the next basket's items among them in turn, so over
+    a basket every item of the next one is a target (deterministic, no sampling)."""
+    n = len(items)
+    out = np.full(n, -1, np.int64)
+    if n == 0:
+        return out
+    start = np.searchsorted(times, times, side="right")               # first event after each time
+    ok = start < n
+    nxt_time = np.where(ok, times[np.minimum(start, n - 1)], np.nan)
+    end = np.searchsorted(times, nxt_time, side="right")              # end of that basket
+    # position within the own basket decides which next-basket item it targets
+    own_start = np.searchsorted(times, times, side="left")
+    k = np.arange(n) - own_start
+    size = np.maximum(end - start, 1)
+    out[ok] = items[(start + k % size)[ok]]
+    return out
+
+
 def collate(histories: list[dict[str, np.ndarray]], max_len: int, with_targets: bool,
-            as_of: np.ndarray | None = None, n_buckets: int = 32, count_items: int = 0) -> Batch:
+            as_of: np.ndarray | None = None, n_buckets: int = 32, count_items: int = 0,
+            target: str = "next") -> Batch:
     """Pad histories to the longest one in the batch (at most ``max_len``, keeping the latest events).
 
     ``with_targets``: the SASRec shifted-sequence form for training. Inputs are events 1..n-1 and the
-    target at position t is item t+1, over the last ``max_len + 1`` events.
+    target at position t is item t+1, over the last ``max_len + 1`` events; with
+    ``target="next_basket"`` it is an item of the next basket (``next_basket_targets``).
     """
     cut = max_len + 1 if with_targets else max_len
     hs = [{k: v[-cut:] for k, v in h.items() if k != "prior_items"} for h in histories]
@@ -309,7 +336,9 @@ def collate(histories: list[dict[str, np.ndarray]], max_len: int, with_targets: 
     for b, (h, n) in enumerate(zip(hs, lens)):
         items[b, :n], types[b, :n], gaps[b, :n] = h["items"][:n], h["types"][:n], h["gaps"][:n]
         times[b, :n], values[b, :n], mask[b, :n] = h["times"][:n], h["values"][:n], True
-        if with_targets:
+        if with_targets and target == "next_basket":
+            targets[b, :n] = next_basket_targets(h["items"], h["times"])[:n]
+        elif with_targets:
             targets[b, :n] = h["items"][1:n + 1]
     query = None
     if as_of is not None:
@@ -621,7 +650,8 @@ class BehaviourTransformer(Recommender):
 
             def make_batch(idx: np.ndarray) -> Batch:
                 return collate([examples[i] for i in idx], cfg.max_len, with_targets=True,
-                               n_buckets=cfg.n_time_buckets, count_items=cfg.n_items if cfg.repeat else 0)
+                               n_buckets=cfg.n_time_buckets, count_items=cfg.n_items if cfg.repeat else 0,
+                               target=cfg.target)
 
         def validate(module: BehaviourModel) -> dict:
             self.module_ = module
