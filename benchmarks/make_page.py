@@ -29,6 +29,7 @@ PROTOCOL_TITLES = {
     "R2": "R2 — next purchases after a cutoff (Online Retail)",
     "V1": "V1 — customer value and churn after a cutoff (Online Retail)",
     "S1": "S1 — serving under load",
+    "V1-lifecycle": "V1 lifecycle stages and transitions",
 }
 
 
@@ -162,6 +163,26 @@ def reproduction_section(results: list[tuple[Path, dict]]) -> list[str]:
     return lines
 
 
+def lifecycle_lines(res: dict) -> list[str]:
+    """Stage table with holdout outcomes, and the transition matrix (lifecycle result files)."""
+    if "outcomes" not in res or "transitions" not in res:
+        return []
+    f = (lambda x, p=1: "-" if x is None else f"{x:.{p}f}")
+    out = [f"Stages at the test cut-off ({res.get('value_model')} value model) and what their customers did in "
+           "the holdout:", "", "| stage | users | share | mean predicted value | mean churn prob | mean actual revenue "
+           "| share who bought |", "|---|---|---|---|---|---|---|"]
+    for r in res["outcomes"]["test"]:
+        out.append(f"| {r['stage']} | {r['users']} | {f(r['share'], 3)} | {f(r['mean_predicted_value'])} | "
+                   f"{f(r['mean_churn_prob'], 2)} | {f(r['mean_actual_revenue'])} | {f(r['share_bought_in_holdout'], 2)} |")
+    tr = res["transitions"]
+    stages = list(tr["matrix"])
+    out += ["", f"Transitions {tr['from']} (rows) -> {tr['to']} (columns), same customers:", "",
+            "| from \\ to | " + " | ".join(stages) + " |", "|---|" + "---|" * len(stages)]
+    for a in stages:
+        out.append(f"| {a} | " + " | ".join(str(tr["matrix"][a][b]) for b in stages) + " |")
+    return out
+
+
 def decile_lines(res: dict) -> list[str]:
     """Mean predicted vs mean actual holdout value per decile of predicted value, for each model."""
     models = {n: v["metrics"]["decile_table"] for n, v in res.get("models", {}).items()
@@ -272,6 +293,9 @@ def build(results_dir: Path) -> str:
             dl = decile_lines(r)
             if dl:
                 lines += [""] + dl
+            lc = lifecycle_lines(r)
+            if lc:
+                lines += [""] + lc
             lines.append("")
         if proto == "R1":
             lines += ["Published figures on the same file and protocol (quoted from BENCHMARKS.md, not our runs):", "",
