@@ -8,6 +8,7 @@ from typer.testing import CliRunner
 
 from valuerec.cli import app
 from valuerec.data.dataset import Catalogue, Sequences
+from valuerec.data.schema import DataError
 from valuerec.explain.gradients import attribution_agreement, gradient_x_input
 from valuerec.explain.influence import (churn_target, delete_events, explain_events, faithfulness,
                                         item_target, occlusion, value_target)
@@ -150,6 +151,22 @@ def test_faithfulness_top_beats_random_on_toy_model():
     # users with too few events are skipped
     short = Sequences(items=[np.array([1, 2], np.int64)] + h.items)
     assert faithfulness(item_target(m, 0), short, k=3, n_random=2).users == 6
+
+
+def test_faithfulness_supporting_rank_keeps_deletions_in_one_direction():
+    """With opposing events, |influence| ranking deletes a supporter and an opposer together (they
+    cancel); the 'supporting' ranking deletes the three supporters and moves the target most."""
+    W = np.zeros((6, 1))
+    W[:, 0] = [10.0, 9.0, 8.0, -9.5, -9.0, 0.1]      # three supporters, two opposers, one neutral
+    m = BagOfItems(W)
+    h = Sequences(items=[np.array([0, 1, 2, 3, 4, 5], np.int64)])
+    by_abs = faithfulness(item_target(m, 0), h, k=3, n_random=5, seed=0)
+    supporting = faithfulness(item_target(m, 0), h, k=3, n_random=5, seed=0, rank="supporting")
+    assert by_abs.top == pytest.approx(abs(10.0 - 9.5 + 9.0))     # 10, -9.5, 9: partly cancelling
+    assert supporting.top == pytest.approx(27.0)                   # 10 + 9 + 8
+    assert supporting.random == by_abs.random                      # same random draws
+    with pytest.raises(DataError, match="rank="):
+        faithfulness(item_target(m, 0), h, rank="largest")
 
 
 def test_transformer_gradient_attribution_aligned_with_history():

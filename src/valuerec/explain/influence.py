@@ -159,10 +159,17 @@ class FaithfulnessResult:
 
 def faithfulness(target_fn: TargetFn, histories: Sequences, users=None, k: int = 3, n_random: int = 5,
                  seed: int = 0, batch_size: int = 1024, influences: list[np.ndarray] | None = None,
-                 ) -> FaithfulnessResult:
+                 rank: str = "abs") -> FaithfulnessResult:
     """Deletion test: for each user with more than k events, |target(full) - target(without the k
-    events of largest |occlusion influence|)| vs the same for k events drawn at random (mean over
-    ``n_random`` draws). A faithful explanation moves the target more."""
+    most influential events)| vs the same for k events drawn at random (mean over ``n_random``
+    draws). A faithful explanation moves the target more.
+
+    ``rank``: which events are "most influential". ``"abs"``: largest |influence| in either direction
+    (a supporting and an opposing event can cancel when deleted together). ``"supporting"``: largest
+    positive influence, the events that raised the target (for an item's score: the reasons it is
+    recommended), deleted together they all push the same way."""
+    if rank not in ("abs", "supporting"):
+        raise DataError(f"faithfulness: rank={rank!r}, expected 'abs' or 'supporting'")
     users = np.arange(len(histories)) if users is None else np.asarray(users, dtype=np.int64)
     users = np.array([u for u in users if len(histories.items[u]) > k], dtype=np.int64)
     if len(users) == 0:
@@ -177,7 +184,8 @@ def faithfulness(target_fn: TargetFn, histories: Sequences, users=None, k: int =
         n = len(histories.items[u])
         infl = np.asarray(influences[j])
         owners += [u] * (2 + n_random)
-        drops += [np.zeros(0, np.int64), np.argsort(-np.abs(infl), kind="stable")[:k]]
+        order = np.argsort(-np.abs(infl) if rank == "abs" else -infl, kind="stable")
+        drops += [np.zeros(0, np.int64), order[:k]]
         drops += [rng.choice(n, size=k, replace=False) for _ in range(n_random)]
     vals = _evaluate_edits(target_fn, histories, np.asarray(owners, dtype=np.int64), drops, batch_size)
     vals = vals.reshape(len(users), 2 + n_random)

@@ -414,13 +414,15 @@ class NextItemHead(nn.Module):
         self.cfg = cfg
         self.register_buffer("log_pop", torch.zeros(cfg.n_items))   # log training frequency (smoothed)
         self.repeat_gate = nn.Linear(cfg.d_model, 1) if cfg.repeat else None
+        # how re-buyable each item is (consumables vs one-offs), learned; 0 at the start
+        self.repeat_item = nn.Parameter(torch.zeros(cfg.n_items)) if cfg.repeat else None
 
     def scores(self, h: torch.Tensor, item_vectors: torch.Tensor,
                repeat_counts: torch.Tensor | None = None) -> torch.Tensor:
-        """``h . item_vector`` (..., n_items); with the repeat term, plus g(h) * log1p(counts)."""
+        """``h . item_vector`` (..., n_items); with the repeat term, plus (g(h) + r_item) * log1p(counts)."""
         s = h @ item_vectors.T
         if self.repeat_gate is not None and repeat_counts is not None:
-            s = s + self.repeat_gate(h) * torch.log1p(repeat_counts)
+            s = s + (self.repeat_gate(h) + self.repeat_item) * torch.log1p(repeat_counts)
         return s
 
     def loss(self, h: torch.Tensor, targets: torch.Tensor, item_table: ItemTable,
@@ -577,7 +579,7 @@ def transfer_weights(src: "BehaviourTransformer", dst: "BehaviourTransformer") -
         for name, t in d_state.items():
             if name in skip or name not in s_state:
                 continue
-            if name == "encoder.item_table.id_emb.weight":
+            if name in ("encoder.item_table.id_emb.weight", "next_item.repeat_item"):
                 t[d_idx] = s_state[name][s_idx]
             elif s_state[name].shape == t.shape:
                 t.copy_(s_state[name])
