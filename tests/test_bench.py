@@ -33,12 +33,23 @@ def r1_result(tmp_path_factory):
     data = write_s3rec(d / "Tiny.txt")
     out = d / "r1.json"
     params = json.dumps({"als": {"factors": [4, 8], "iterations": 3}, "bpr": {"factors": 4, "iterations": 5},
-                         "itemknn": {"neighbours": 5, "recency_decay": [1.0, 0.5]}})
-    res = runner.invoke(app, ["bench", "r1", "--data", str(data), "--models", "popularity,itemknn,als,bpr,popularity-s3rec",
+                         "itemknn": {"neighbours": 5, "recency_decay": [1.0, 0.5]},
+                         "itemknn:decay0.2": {"neighbours": 5, "recency_decay": 0.2}})
+    res = runner.invoke(app, ["bench", "r1", "--data", str(data), "--models",
+                              "popularity,itemknn,itemknn:decay0.2,als,bpr,popularity-s3rec",
                               "--seeds", "2", "--out", str(out), "--params", params, "--cache-dir", str(d / "stores"),
                               "--no-tune"])
     assert res.exit_code == 0, res.output
     return json.loads(out.read_text()), d
+
+
+def test_named_variant_runs_beside_its_model(r1_result):
+    """model:variant is the registered model with the variant's own params, in the same run."""
+    result, _ = r1_result
+    var = result["models"]["itemknn:decay0.2"]
+    assert var["params"]["recency_decay"] == 0.2 and var["params"]["neighbours"] == 5
+    assert result["models"]["itemknn"]["params"]["recency_decay"] in (1.0, 0.5)
+    assert var["metrics"] != result["models"]["itemknn"]["metrics"]
 
 
 def test_result_file_has_documented_keys(r1_result):
@@ -46,7 +57,7 @@ def test_result_file_has_documented_keys(r1_result):
     for k in RESULT_KEYS:
         assert k in result, k
     assert result["protocol"] == "R1" and len(result["data_sha256"]) == 64
-    assert set(result["models"]) == {"popularity", "itemknn", "als", "bpr", "popularity-s3rec"}
+    assert set(result["models"]) == {"popularity", "itemknn", "itemknn:decay0.2", "als", "bpr", "popularity-s3rec"}
     for name, entry in result["models"].items():
         for k in MODEL_KEYS:
             assert k in entry, (name, k)

@@ -18,7 +18,8 @@ console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 bench_app = typer.Typer(help="Run a benchmark protocol (../shared/BENCHMARKS.md) and write a result JSON.",
                         no_args_is_help=True)
 
-MODELS_HELP = "Comma-separated registered models, e.g. popularity,itemknn,als,bpr"
+MODELS_HELP = ("Comma-separated registered models, e.g. popularity,itemknn,als,bpr; model:variant runs a named "
+               "variant with its own --params entry (e.g. an ablation transformer:no_text)")
 PARAMS_HELP = ('Hyperparameters as JSON (or a path to a JSON file): {"als": {"factors": [64, 128]}, ...}; '
                "a list is a grid searched on validation, a scalar is fixed")
 
@@ -39,8 +40,9 @@ def _parse_params(params: str | None) -> dict | None:
 def _models(models: str) -> list[str]:
     import valuerec.models  # noqa: F401
     from valuerec.models.base import MODEL_REGISTRY
+    from valuerec.evaluation.protocols import model_base
     names = [m.strip() for m in models.split(",") if m.strip()]
-    unknown = [m for m in names if m not in MODEL_REGISTRY]
+    unknown = [m for m in names if model_base(m) not in MODEL_REGISTRY]
     if unknown or not names:
         raise typer.BadParameter(f"unknown model(s) {unknown}; registered: {', '.join(sorted(MODEL_REGISTRY))}")
     return names

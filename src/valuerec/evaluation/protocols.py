@@ -140,6 +140,11 @@ def _dataset_name(path: Path) -> str:
 
 
 # -- grids ---------------------------------------------------------------------------------------------
+def model_base(name: str) -> str:
+    """The registered model of a run name: ``transformer:no_text`` -> ``transformer``."""
+    return name.split(":", 1)[0]
+
+
 def expand_grid(model: str, params: dict | None, tune: bool = True) -> list[dict]:
     """Configurations to try: the default grid of ``model`` overridden by ``params`` (a list value is a
     set to try, a scalar is fixed). ``tune=False`` keeps only the given params (model defaults else)."""
@@ -175,13 +180,17 @@ def _fit(cls, params: dict, seed: int, train: Sequences, split: Split, pass_vali
 def run_model(name: str, split: Split, spec: ProtocolSpec, seeds: list[int], params: dict | None = None,
               tune: bool = True, batch_size: int = 512, device: str = "cpu",
               console: Console | None = None) -> dict:
-    """Select on validation, then fit on train_full and test once per seed. Returns the result entry."""
+    """Select on validation, then fit on train_full and test once per seed. Returns the result entry.
+
+    ``name`` is a registered model, or ``model:variant`` for a named variant of one (its own params,
+    e.g. an ablation ``transformer:no_text`` beside ``transformer`` in the same run)."""
     import valuerec.models  # noqa: F401  (registers every model)
     from valuerec.models.base import MODEL_REGISTRY
     console = console or Console(stderr=True)
-    if name not in MODEL_REGISTRY:
+    base = model_base(name)
+    if base not in MODEL_REGISTRY:
         raise DataError(f"unknown model {name!r}; registered: {sorted(MODEL_REGISTRY)}")
-    cls = MODEL_REGISTRY[name]
+    cls = MODEL_REGISTRY[base]
     n_items = len(split.catalogue)
     deterministic = bool(getattr(cls, "deterministic", False))
     leaky = getattr(cls, "fit_on", None) == "all_events"
@@ -192,7 +201,7 @@ def run_model(name: str, split: Split, spec: ProtocolSpec, seeds: list[int], par
     # deciding when to stop (the SASRec protocol: the validation item is never a training target, and
     # the test input still includes it). The selection fit of the first seed is that seed's final model.
     train_only = getattr(cls, "final_fit", "train_full") == "train"
-    grid = expand_grid(name, params, tune)
+    grid = expand_grid(base, params, tune)
     validation: dict = {"selected_by": spec.select_metric, "grid": []}
 
     # 1. Selection on validation (first seed), unless there is nothing to choose.
