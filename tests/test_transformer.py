@@ -308,3 +308,14 @@ def test_next_basket_targets_point_at_the_next_timestamp():
     assert next_basket_targets(np.array([5]), np.array([1.0])).tolist() == [-1]
     with pytest.raises(DataError, match="target="):
         BehaviourTransformer(target="later")
+
+
+def test_future_window_targets_take_turns_over_the_window():
+    """target='window': each event targets an item bought strictly later and within the window;
+    successive events cycle through the window's items; nothing in the window -> no target."""
+    from valuerec.models.transformer import future_window_targets
+
+    items = np.array([10, 11, 12, 20, 21, 30])
+    times = np.array([1.0, 1.0, 1.0, 2.0, 2.0, 300.0])
+    assert future_window_targets(items, times, 10.0).tolist() == [20, 21, 20, -1, -1, -1]
+    assert future_window_targets(items, times, 1000.0).tolist() == [20, 21, 30, 30, 30, -1]

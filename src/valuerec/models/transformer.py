@@ -82,9 +82,11 @@ class TransformerConfig:
     # also before the max_len events the encoder sees), g a learned linear function of the user state
     # (how much this user re-buys); full softmax only
     repeat: bool = False
-    # what each position learns to predict: "next" (the next event's item, SASRec) or "next_basket"
-    # (an item of the next basket: the events at the first later timestamp; for baskets / invoices)
+    # what each position learns to predict: "next" (the next event's item, SASRec), "next_basket"
+    # (an item of the next basket: the events at the first later timestamp; for baskets / invoices) or
+    # "window" (an item bought within target_window_days after: "what will they buy in the next months")
     target: str = "next"
+    target_window_days: float = 90.0   # target="window": any item bought within this many days after
     # further heads (added by later work; weights 0 = head off)
     value_weight: float = 0.0
     churn_weight: float = 0.0
@@ -108,8 +110,8 @@ class TransformerConfig:
         if self.negatives not in ("in-batch", "uniform", "popularity"):
             raise DataError(f"transformer config: negatives={self.negatives!r}, "
                             "expected 'in-batch', 'uniform' or 'popularity'")
-        if self.target not in ("next", "next_basket"):
-            raise DataError(f"transformer config: target={self.target!r}, expected 'next' or 'next_basket'")
+        if self.target not in ("next", "next_basket", "window"):
+            raise DataError(f"transformer config: target={self.target!r}, expected 'next', 'next_basket' or 'window'")
         if self.repeat and self.loss != "ce":
             raise DataError("transformer config: repeat=True needs loss='ce' (the repeat term is added to every "
                             "item's logit)")
@@ -305,9 +307,25 @@ def next_basket_targets(items: np.ndarray, times: np.ndarray) -> np.ndarray:
     return out
 
 
+def future_window_targets(items: np.ndarray, times: np.ndarray, window_seconds: float) -> np.ndarray:
+    """For each event, an item bought later within ``window_seconds`` (strictly later timestamp;
+    -1 where there is none). Successive events take successive items of their window in turn, so
+    every item of a user's near future is a target (deterministic, no sampling)."""
+    n = len(items)
+    out = np.full(n, -1, np.int64)
+    if n == 0:
+        return out
+    start = np.searchsorted(times, times, side="right")
+    end = np.searchsorted(times, times + window_seconds, side="right")
+    ok = end > start
+    size = np.maximum(end - start, 1)
+    out[ok] = items[(start + np.arange(n) % size)[ok]]
+    return out
+
+
 def collate(histories: list[dict[str, np.ndarray]], max_len: int, with_targets: bool,
             as_of: np.ndarray | None = None, n_buckets: int = 32, count_items: int = 0,
-            target: str = "next") -> Batch:
+            target: str = "next", target_window_days: float = 90.0) -> Batch:
     """Pad histories to the longest one in the batch (at most ``max_len``, keeping the latest events).
 
     ``with_targets``: the SASRec shifted-sequence form for training. Inputs are events 1..n-1 and the
@@ -338,6 +356,8 @@ def collate(histories: list[dict[str, np.ndarray]], max_len: int, with_targets: 
         times[b, :n], values[b, :n], mask[b, :n] = h["times"][:n], h["values"][:n], True
         if with_targets and target == "next_basket":
             targets[b, :n] = next_basket_targets(h["items"], h["times"])[:n]
+        elif with_targets and target == "window":
+            targets[b, :n] = future_window_targets(h["items"], h["times"], target_window_days * 86400.0)[:n]
         elif with_targets:
             targets[b, :n] = h["items"][1:n + 1]
     query = None
@@ -653,7 +673,7 @@ class BehaviourTransformer(Recommender):
             def make_batch(idx: np.ndarray) -> Batch:
                 return collate([examples[i] for i in idx], cfg.max_len, with_targets=True,
                                n_buckets=cfg.n_time_buckets, count_items=cfg.n_items if cfg.repeat else 0,
-                               target=cfg.target)
+                               target=cfg.target, target_window_days=cfg.target_window_days)
 
         def validate(module: BehaviourModel) -> dict:
             self.module_ = module
