@@ -163,6 +163,22 @@ def reproduction_section(results: list[tuple[Path, dict]]) -> list[str]:
     return lines
 
 
+def serving_lines(res: dict) -> list[str]:
+    """S1: latency per endpoint, freshness and the targets (serving result files)."""
+    eps = res.get("endpoints")
+    if res.get("protocol") != "S1" or not isinstance(eps, dict):
+        return []
+    out = ["| endpoint | requests | ok | 501 | errors | p50 ms | p95 ms | p99 ms |", "|---|---|---|---|---|---|---|---|"]
+    for name, e in eps.items():
+        out.append(f"| {name} | {e.get('requests')} | {e.get('ok')} | {e.get('status_501')} | {e.get('errors')} | "
+                   f"{e.get('p50_ms')} | {e.get('p95_ms')} | {e.get('p99_ms')} |")
+    fr = res.get("freshness") or {}
+    out += ["", f"{res.get('rps')} requests/s overall at concurrency {res.get('concurrency')}; event-to-fresh-"
+            f"recommendation median {fr.get('median_ms')} ms, p95 {fr.get('p95_ms')} ms over {fr.get('probes')} probes "
+            f"({fr.get('timeouts')} timeouts). Targets met: `{json.dumps(res.get('targets_met'))}`."]
+    return out
+
+
 def lifecycle_lines(res: dict) -> list[str]:
     """Stage table with holdout outcomes, and the transition matrix (lifecycle result files)."""
     if "outcomes" not in res or "transitions" not in res:
@@ -296,6 +312,9 @@ def build(results_dir: Path) -> str:
             lc = lifecycle_lines(r)
             if lc:
                 lines += [""] + lc
+            sv = serving_lines(r)
+            if sv:
+                lines += [""] + sv
             lines.append("")
         if proto == "R1":
             lines += ["Published figures on the same file and protocol (quoted from BENCHMARKS.md, not our runs):", "",
