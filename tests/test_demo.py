@@ -3,14 +3,14 @@ drawn, the page has no console errors, and every number in the benchmark tables 
 result files the demo wrote."""
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 
 from valuerec.demo import run_demo
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+from browser_support import needs_chromium, report_page
+
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 
 
@@ -33,21 +33,11 @@ def test_demo_runs_end_to_end(demo):
         assert key in ranking
 
 
-@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium not installed")
+@needs_chromium
 def test_demo_report_in_browser_matches_result_files(demo):
-    from playwright.sync_api import sync_playwright
-
     out, _ = demo
     results = {p.stem: json.loads(p.read_text()) for p in (out / "results").glob("*.json")}
-    errors = []
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
-        page = browser.new_page(viewport={"width": 1200, "height": 900})
-        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.goto((out / "report.html").as_uri())
-        page.wait_for_selector("#gain-chart .main-svg")
+    with report_page(out / "report.html") as (page, errors):
         assert errors == []
         for chart in ("gain-chart", "decile-chart", "roc-chart", "stage-chart", "training-chart"):
             assert page.locator(f"#{chart} .main-svg").count() > 0, chart
@@ -67,4 +57,3 @@ def test_demo_report_in_browser_matches_result_files(demo):
         assert checked >= 8
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "demo_report.png"), full_page=True)
-        browser.close()

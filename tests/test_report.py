@@ -2,7 +2,6 @@
 tables with the numbers it was given."""
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +9,8 @@ import pytest
 
 from valuerec.report.html import ReportInputs, decile_table, gain_curve, load_results, write_report
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+from browser_support import needs_chromium, report_page
+
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 
 
@@ -48,20 +48,10 @@ def test_gain_curve_and_deciles_known_cases():
     assert len(dec) == 10 and dec[0]["actual"] == pytest.approx(18.5)
 
 
-@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium not installed")
+@needs_chromium
 def test_report_in_headless_chromium(tmp_path):
-    from playwright.sync_api import sync_playwright
-
     out = write_report(sample_inputs(tmp_path), tmp_path / "report.html")
-    errors = []
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
-        page = browser.new_page(viewport={"width": 1200, "height": 900})
-        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.goto(out.as_uri())
-        page.wait_for_selector("#gain-chart .main-svg")
+    with report_page(out) as (page, errors):
         assert errors == []
         for chart in ["gain-chart", "decile-chart", "roc-chart", "stage-chart", "training-chart"]:
             n = page.locator(f"#{chart} .main-svg").count()
@@ -73,4 +63,3 @@ def test_report_in_headless_chromium(tmp_path):
         assert page.locator("article.user .influences li").count() == 1
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "report.png"), full_page=True)
-        browser.close()

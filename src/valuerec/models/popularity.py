@@ -9,6 +9,7 @@ import torch
 
 from valuerec.data.dataset import Catalogue, Sequences
 from valuerec.models.base import Recommender, register
+from valuerec.models.itemknn import history_weights
 
 
 @register("popularity")
@@ -50,19 +51,6 @@ class PopularityS3Rec(Popularity):
     fit_on = "all_events"
 
 
-def history_counts(histories: Sequences, n_items: int, decay: float = 1.0) -> torch.Tensor:
-    """(B, n_items) how often each item occurs in each history; with ``decay`` < 1 an occurrence
-    k events before the last counts decay**k."""
-    out = torch.zeros(len(histories), n_items)
-    for u, s in enumerate(histories.items):
-        s = np.asarray(s, dtype=np.int64)
-        s = s[(s >= 0) & (s < n_items)]
-        if len(s):
-            w = decay ** np.arange(len(s) - 1, -1, -1, dtype=np.float64) if decay != 1.0 else np.ones(len(s))
-            out[u].index_add_(0, torch.from_numpy(s), torch.from_numpy(w.astype(np.float32)))
-    return out
-
-
 @register("repeat")
 class RepeatPopularity(Popularity):
     """Buy-again baseline ("personal top frequency"): the user's own items by how often they had
@@ -82,4 +70,5 @@ class RepeatPopularity(Popularity):
         # Popularity only breaks ties: it is scaled below the smallest possible history weight.
         pop = torch.from_numpy(self.counts_)
         pop = pop / (pop.max().clamp(min=1.0) * 2.0) * self.decay ** 1000
-        return history_counts(histories, self.n_items, self.decay) + pop
+        counts = torch.from_numpy(history_weights(histories, self.n_items, self.decay).toarray())
+        return counts.float() + pop
