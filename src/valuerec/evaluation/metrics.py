@@ -144,24 +144,31 @@ def evaluate(score_fn: Callable, task: EvalTask, n_items: int, ks: Sequence[int]
     ``score_fn(inputs: Sequences) -> (B, n_items) tensor``. Returns metric means, ``coverage@k``
     (distinct items in all top-k lists / catalogue size), the number of users, and timings.
     """
+    return evaluate_variants(score_fn, {"": None}, task, n_items, ks, batch_size, device, coverage_k)[""]
+
+
+def evaluate_variants(parts_fn: Callable, variants: dict[str, Callable | None], task: EvalTask, n_items: int,
+                      ks: Sequence[int] = (10, 20), batch_size: int = 512, device: str | torch.device = "cpu",
+                      coverage_k: int = 10) -> dict[str, dict]:
+    """``evaluate`` for several scorings that share one expensive step, in one pass over the users.
+
+    ``parts_fn(inputs)`` runs once per batch; each variant maps its output to (B, n_items) scores
+    (``None``: the output already is the scores). Returns ``{variant: metrics}`` as ``evaluate`` does;
+    ``score_seconds`` is the shared step plus that variant's own step.
+    """
     ks = sorted(set(ks) | {coverage_k})
     U = len(task)
-    per_user: dict[str, list[np.ndarray]] = {}
-    seen_topk = torch.zeros(n_items, dtype=torch.bool)
+    per_user: dict[str, dict[str, list[np.ndarray]]] = {v: {} for v in variants}
+    seen_topk = {v: torch.zeros(n_items, dtype=torch.bool) for v in variants}
+    score_seconds = dict.fromkeys(variants, 0.0)
     t0 = time.perf_counter()
-    score_seconds = 0.0
     for start in range(0, U, batch_size):
         idx = np.arange(start, min(start + batch_size, U))
         batch = task.subset(idx)
         ts = time.perf_counter()
         with torch.no_grad():
-            scores = score_fn(batch.inputs).float().to(device)
-        score_seconds += time.perf_counter() - ts
-        if scores.shape != (len(idx), n_items):
-            raise ValueError(f"score_fn returned shape {tuple(scores.shape)}, expected {(len(idx), n_items)}")
-        scores = torch.nan_to_num(scores, nan=-1e30)
-        if batch.exclude is not None:
-            apply_exclusions(scores, batch.exclude)
+            parts = parts_fn(batch.inputs)
+        shared_s = time.perf_counter() - ts
         T = max(1, max(len(t) for t in batch.targets))
         tgt = np.full((len(idx), T), -1, dtype=np.int64)
         rev = np.zeros((len(idx), T))
@@ -169,18 +176,32 @@ def evaluate(score_fn: Callable, task: EvalTask, n_items: int, ks: Sequence[int]
             tgt[i, :len(t)] = t
             if batch.target_revenue is not None:
                 rev[i, :len(t)] = batch.target_revenue[i]
-        ranks = target_ranks(scores, torch.as_tensor(tgt, device=scores.device)).cpu().numpy()
         n_t = np.array([len(t) for t in batch.targets])
-        m = ranking_metrics_from_ranks(ranks, n_t, ks,
-                                       rev if batch.target_revenue is not None else None,
-                                       batch.total_revenue)
-        for name, v in m.items():
-            per_user.setdefault(name, []).append(v)
-        # Top-k lists with the same stable tie-break as the ranks.
-        seen_topk |= topk_mask(scores, coverage_k).any(dim=0).cpu()
-    result = {name: float(np.concatenate(v).mean()) for name, v in per_user.items()}
-    result[f"coverage@{coverage_k}"] = float(seen_topk.sum().item() / max(n_items, 1))
-    result["users"] = U
-    result["eval_seconds"] = time.perf_counter() - t0
-    result["score_seconds"] = score_seconds
-    return result
+        for name, fn in variants.items():
+            ts = time.perf_counter()
+            with torch.no_grad():
+                scores = (parts if fn is None else fn(parts)).float().to(device)
+            score_seconds[name] += shared_s + time.perf_counter() - ts
+            if scores.shape != (len(idx), n_items):
+                raise ValueError(f"score_fn returned shape {tuple(scores.shape)}, expected {(len(idx), n_items)}")
+            scores = torch.nan_to_num(scores, nan=-1e30)
+            if batch.exclude is not None:
+                apply_exclusions(scores, batch.exclude)
+            ranks = target_ranks(scores, torch.as_tensor(tgt, device=scores.device)).cpu().numpy()
+            m = ranking_metrics_from_ranks(ranks, n_t, ks,
+                                           rev if batch.target_revenue is not None else None,
+                                           batch.total_revenue)
+            for metric, v in m.items():
+                per_user[name].setdefault(metric, []).append(v)
+            # Top-k lists with the same stable tie-break as the ranks.
+            seen_topk[name] |= topk_mask(scores, coverage_k).any(dim=0).cpu()
+    elapsed = time.perf_counter() - t0
+    out = {}
+    for name in variants:
+        result = {metric: float(np.concatenate(v).mean()) for metric, v in per_user[name].items()}
+        result[f"coverage@{coverage_k}"] = float(seen_topk[name].sum().item() / max(n_items, 1))
+        result["users"] = U
+        result["eval_seconds"] = elapsed
+        result["score_seconds"] = score_seconds[name]
+        out[name] = result
+    return out

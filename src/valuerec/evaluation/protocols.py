@@ -247,9 +247,20 @@ def run_model(name: str, split: Split, spec: ProtocolSpec, seeds: list[int], par
         r = _evaluate(model, split.test, n_items, spec, batch_size, device)
         runs.append({"seed": seed, "metrics": _pick(r, spec.metrics), "train_seconds": fit_s,
                      "eval_seconds": r["eval_seconds"], "score_seconds": r["score_seconds"]})
+        # The same fitted model scored without one of its parts (reported, never used for selection).
+        ablations = model.ablation_score_fns() if hasattr(model, "ablation_score_fns") else {}
+        if ablations:
+            runs[-1]["ablations"] = {
+                k: _pick(evaluate(fn, split.test, n_items, ks=spec.ks, batch_size=batch_size, device=device,
+                                  coverage_k=spec.coverage_k), spec.metrics) for k, fn in ablations.items()}
+        if getattr(model, "cooc_selection_", None):
+            runs[-1]["cooc_selection"] = model.cooc_selection_
         console.log(f"{name} test seed {seed}: " + ", ".join(f"{m}={r[m]:.4f}" for m in spec.metrics if m in r)
                     + f" (fit {fit_s:.1f}s, eval {r['eval_seconds']:.1f}s)")
     entry = aggregate_seeds(runs, spec.metrics)
+    if runs and all("ablations" in r for r in runs):
+        entry["ablations"] = {k: {m: float(np.mean([r["ablations"][k][m] for r in runs]))
+                                  for m in runs[0]["ablations"][k]} for k in runs[0]["ablations"]}
     entry["params"] = {k: v for k, v in model.config().items() if k != "seed"}
     entry["deterministic"] = deterministic
     entry["final_fit_valid"] = final_valid

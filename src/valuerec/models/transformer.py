@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 
 N_EVENT_TYPES = len(EVENT_TYPES)
 QUERY_TYPE = N_EVENT_TYPES  # the event-type slot of the trailing query token
+COOC_WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)  # cooc_weight="auto" tries these
+COOC_FLOOR = 1e-6   # added to the normalised kNN scores before the log (items no neighbour points to)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -87,6 +89,13 @@ class TransformerConfig:
     # "window" (an item bought within target_window_days after: "what will they buy in the next months")
     target: str = "next"
     target_window_days: float = 90.0   # target="window": any item bought within this many days after
+    # co-occurrence prior at scoring time: score(i) = log p_model(i) + cooc_weight * log(1e-6 + knn(i))
+    # with knn = the cosine item-kNN scores of the history (``itemknn``, fitted on the same training
+    # histories), normalised to sum 1. "auto" tries COOC_WEIGHTS on validation after training and keeps
+    # the best (0 is among them, so the prior is dropped when it does not help).
+    cooc_weight: float | str = 0.0
+    cooc_neighbours: int = 200
+    cooc_recency_decay: float = 0.6
     # further heads (added by later work; weights 0 = head off)
     value_weight: float = 0.0
     churn_weight: float = 0.0
@@ -115,6 +124,16 @@ class TransformerConfig:
         if self.repeat and self.loss != "ce":
             raise DataError("transformer config: repeat=True needs loss='ce' (the repeat term is added to every "
                             "item's logit)")
+        if self.cooc_weight != "auto":
+            try:
+                self.cooc_weight = float(self.cooc_weight)
+            except (TypeError, ValueError):
+                raise DataError(f"transformer config: cooc_weight={self.cooc_weight!r}, expected 'auto' or a "
+                                "number >= 0") from None
+            if not self.cooc_weight >= 0:
+                raise DataError(f"transformer config: cooc_weight={self.cooc_weight}, expected 'auto' or >= 0")
+        if self.cooc_neighbours < 1 or not 0.0 < self.cooc_recency_decay <= 1.0:
+            raise DataError("transformer config: cooc_neighbours >= 1 and 0 < cooc_recency_decay <= 1 required")
         if self.max_len < 1 or self.n_layers < 0 or self.n_time_buckets < 2:
             raise DataError("transformer config: max_len >= 1, n_layers >= 0, n_time_buckets >= 2 required")
 
@@ -644,6 +663,7 @@ class BehaviourTransformer(Recommender):
         from valuerec.training.loop import train_model
 
         torch.manual_seed(self.seed)
+        self.cooc_sim_ = None
         if valid is not None and _validation_in_training(train, valid):
             log.warning("transformer: most validation targets are also in the training histories; early stopping "
                         "on them selects on training data. Fit on the training split, or pass a fixed 'epochs' "
@@ -686,9 +706,70 @@ class BehaviourTransformer(Recommender):
         self.history_ = result.history
         self.best_ = result.best
         self.device_ = result.device
+        self.cooc_sim_ = None
+        if cfg.cooc_weight == "auto" or cfg.cooc_weight > 0:
+            self._fit_cooc(train, valid)
         if self.module_.value_heads is not None:
             self._value_reference(raw)
         return self
+
+    # -- co-occurrence prior -----------------------------------------------------------------------
+    def _fit_cooc(self, train: Sequences, valid) -> None:
+        """Item-kNN over the training histories; with cooc_weight='auto', the weight that scores best
+        on validation (``train_config.monitor``) among COOC_WEIGHTS, all scored in one pass."""
+        from valuerec.evaluation.metrics import evaluate_variants
+        from valuerec.models.itemknn import ItemKNN
+        cfg = self.model_config
+        knn = ItemKNN(neighbours=cfg.cooc_neighbours, recency_decay=cfg.cooc_recency_decay)
+        self.cooc_sim_ = knn.fit(train, self.catalogue_).sim_.tocsr().astype(np.float32)
+        if cfg.cooc_weight != "auto":
+            return
+        if valid is None or not len(valid):
+            raise DataError("transformer: cooc_weight='auto' chooses the weight on validation data; pass valid "
+                            "data or a fixed cooc_weight")
+        monitor = self.train_config.monitor
+        variants = {f"{w:g}": (lambda parts, w=w: self._combine_cooc(*parts, w)) for w in COOC_WEIGHTS}
+        curve = evaluate_variants(self._score_parts, variants, valid, self.n_items, ks=(10, 20))
+        if monitor not in curve["0"]:
+            raise DataError(f"transformer: monitor {monitor!r} is not a validation metric; "
+                            f"known: {sorted(curve['0'])}")
+        best = max(COOC_WEIGHTS, key=lambda w: (curve[f"{w:g}"][monitor], -w))   # ties: the smaller weight
+        cfg.cooc_weight = float(best)
+        self.cooc_selection_ = {"monitor": monitor, "chosen": float(best),
+                                "curve": {k: {m: v[m] for m in (monitor, "hr@10", "ndcg@10") if m in v}
+                                          for k, v in curve.items()}}
+        log.info("transformer: cooc_weight %.2f chosen on validation (%s %.4f, without the prior %.4f)",
+                 best, monitor, curve[f"{best:g}"][monitor], curve["0"][monitor])
+
+    def _cooc_log_prior(self, histories: Sequences) -> torch.Tensor:
+        """(B, n_items) log(COOC_FLOOR + normalised kNN score); rows without a known item are 0."""
+        from valuerec.models.itemknn import history_weights
+        H = history_weights(histories, self.n_items, self.model_config.cooc_recency_decay)
+        k = torch.from_numpy((H @ self.cooc_sim_).toarray().astype(np.float32))
+        total = k.sum(dim=1, keepdim=True)
+        prior = torch.log(k / total.clamp(min=1e-30) + COOC_FLOOR)
+        return torch.where(total > 0, prior, torch.zeros_like(prior))
+
+    def _score_parts(self, histories: Sequences) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(model log-probabilities, co-occurrence log prior, empty-history mask)."""
+        sc, empty = self._model_scores(histories)
+        return torch.log_softmax(sc, dim=1), self._cooc_log_prior(histories), empty
+
+    @staticmethod
+    def _combine_cooc(log_p: torch.Tensor, prior: torch.Tensor, empty: torch.Tensor, w: float) -> torch.Tensor:
+        out = log_p + w * prior if w else log_p.clone()
+        out[empty] = log_p[empty]          # an empty history keeps its popularity scores
+        return out
+
+    def uses_cooc(self) -> bool:
+        w = self.model_config.cooc_weight
+        return getattr(self, "cooc_sim_", None) is not None and w != "auto" and w > 0
+
+    def ablation_score_fns(self) -> dict:
+        """Scorings of the same fitted model without a part, for benchmarks to report beside it."""
+        if not self.uses_cooc():
+            return {}
+        return {"no_cooc_prior": lambda h: self._model_scores(h)[0]}
 
     @property
     def has_value_head(self) -> bool:
@@ -863,14 +944,21 @@ class BehaviourTransformer(Recommender):
 
     def score(self, histories: Sequences, as_of=None, batch_size: int = 256) -> torch.Tensor:
         """(B, n_items) scores. Items outside the catalogue are ignored; histories are cut to the
-        last ``max_len`` events; an empty history gets the training popularity (log counts).
+        last ``max_len`` events; an empty history gets the training popularity (log counts). With a
+        co-occurrence prior (``cooc_weight``) the scores are log-probabilities plus the weighted prior.
         ``as_of`` is accepted for the common interface and not used: the next item is read at the last
         event (the recency-aware query token serves the value / churn heads, ``encode_histories``)."""
+        if not self.uses_cooc():
+            return self._model_scores(histories, batch_size)[0]
+        return self._combine_cooc(*self._score_parts(histories), self.model_config.cooc_weight)
+
+    def _model_scores(self, histories: Sequences, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the network's scores (B, n_items), empty-history mask (B,))."""
         module = self.module_
         device = next(module.parameters()).device
         if module.training:   # eval() walks every submodule: skip it when already set
             module.eval()
-        out = []
+        out, empties = [], []
         with torch.no_grad():
             vectors = module.encoder.item_table.table()                    # (n_items, D)
             for s in range(0, len(histories), batch_size):
@@ -889,7 +977,10 @@ class BehaviourTransformer(Recommender):
                 if empty.any():
                     sc[empty] = module.next_item.log_pop
                 out.append(sc.cpu())
-        return torch.cat(out) if out else torch.zeros(0, self.n_items)
+                empties.append(empty.cpu())
+        if not out:
+            return torch.zeros(0, self.n_items), torch.zeros(0, dtype=torch.bool)
+        return torch.cat(out), torch.cat(empties)
 
     # -- new items -------------------------------------------------------------------------------
     def add_items(self, items: Catalogue) -> "BehaviourTransformer":
@@ -936,6 +1027,11 @@ class BehaviourTransformer(Recommender):
                 from valuerec.features.text import embed_texts
                 table.text_emb[n_old:] = torch.from_numpy(embed_texts(text[n_old:], cfg.text_model)).to(device)
         self.module_ = module.eval()
+        if getattr(self, "cooc_sim_", None) is not None:
+            sim = self.cooc_sim_.tocoo()
+            import scipy.sparse as sp
+            self.cooc_sim_ = sp.csr_matrix((sim.data, (sim.row, sim.col)), shape=(cfg.n_items, cfg.n_items),
+                                           dtype=np.float32)
         return self
 
     # -- persistence -----------------------------------------------------------------------------
@@ -944,8 +1040,12 @@ class BehaviourTransformer(Recommender):
         state = {k: v.detach().cpu().contiguous() for k, v in self.module_.state_dict().items()}
         save_file(state, str(path / "model.safetensors"))
         (path / "attributes.json").write_text(json.dumps(sorted(self._attr_vocab, key=self._attr_vocab.get)))
+        if getattr(self, "cooc_sim_", None) is not None:
+            import scipy.sparse as sp
+            sp.save_npz(path / "cooc_sim.npz", self.cooc_sim_.tocsr())
         metrics = {"history": getattr(self, "history_", []), "best": getattr(self, "best_", None),
-                   "advocate_value_threshold": getattr(self, "advocate_value_threshold_", None)}
+                   "advocate_value_threshold": getattr(self, "advocate_value_threshold_", None),
+                   "cooc_selection": getattr(self, "cooc_selection_", None)}
         (path / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
 
     def _load_state(self, path: Path) -> None:
@@ -955,12 +1055,20 @@ class BehaviourTransformer(Recommender):
         vocab = json.loads((path / "attributes.json").read_text()) if (path / "attributes.json").exists() else []
         self._attr_vocab = {a: i for i, a in enumerate(vocab)}
         self.module_.eval()
+        self.cooc_sim_ = None
+        if (path / "cooc_sim.npz").exists():
+            import scipy.sparse as sp
+            self.cooc_sim_ = sp.load_npz(path / "cooc_sim.npz").tocsr().astype(np.float32)
+        elif self.model_config.cooc_weight == "auto" or self.model_config.cooc_weight > 0:
+            raise DataError(f"{path}: the config uses a co-occurrence prior but cooc_sim.npz is missing")
         mpath = path / "metrics.json"
         if mpath.exists():
             m = json.loads(mpath.read_text())
             self.history_, self.best_ = m.get("history", []), m.get("best")
             if m.get("advocate_value_threshold") is not None:
                 self.advocate_value_threshold_ = float(m["advocate_value_threshold"])
+            if m.get("cooc_selection"):
+                self.cooc_selection_ = m["cooc_selection"]
 
     def n_parameters(self) -> int:
         return sum(p.numel() for p in self.module_.parameters())
