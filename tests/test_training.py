@@ -195,3 +195,13 @@ def test_train_command_writes_an_artefact(tmp_path):
     bad = CliRunner().invoke(app, ["train", "--data", str(data), "--out", str(out), "--config", "d_modle=3",
                                    "--cache-dir", str(tmp_path / "stores")])
     assert bad.exit_code == 2 and "unknown config key" in bad.output
+    # a dataset folder stands for its one data file (as in ``bench``); an empty one is a clear error
+    from valuerec.commands.train import load_split
+    from valuerec.data.schema import DataError
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    with pytest.raises(DataError, match="exactly one"):
+        load_split(folder, None, "auto", None, None, tmp_path / "stores")
+    (folder / "events.csv").write_text(data.read_text())
+    split, used = load_split(folder, None, "auto", None, None, tmp_path / "stores")
+    assert used == "loo" and len(split.test) == 60

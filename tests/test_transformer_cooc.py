@@ -13,7 +13,7 @@ from valuerec.data.splits import EvalTask
 from valuerec.evaluation.metrics import evaluate, evaluate_variants
 from valuerec.models import load_model
 from valuerec.models.itemknn import ItemKNN
-from valuerec.models.transformer import COOC_FLOOR, COOC_WEIGHTS, BehaviourTransformer
+from valuerec.models.transformer import COOC_FLOOR, COOC_REPEAT_SHARES, COOC_WEIGHTS, BehaviourTransformer
 
 N = 30
 TINY = dict(d_model=16, n_layers=1, n_heads=1, max_len=8, dropout=0.0, epochs=1, batch_size=32,
@@ -55,6 +55,10 @@ def test_config_rejects_bad_weights():
         BehaviourTransformer(cooc_weight="often")
     with pytest.raises(DataError, match="cooc_weight"):
         BehaviourTransformer(cooc_weight=-0.5)
+    with pytest.raises(DataError, match="cooc_repeat_share"):
+        BehaviourTransformer(cooc_weight=1.0, cooc_repeat_share=1.5)
+    with pytest.raises(DataError, match="cooc_repeat_share"):
+        BehaviourTransformer(cooc_repeat_share="auto")          # no prior to share
     with pytest.raises(DataError, match="cooc_neighbours"):
         BehaviourTransformer(cooc_neighbours=0)
 
@@ -68,12 +72,13 @@ def test_auto_needs_validation():
 def test_weight_is_chosen_on_validation_and_helps(fitted):
     model, _, valid = fitted
     sel = model.cooc_selection_
-    assert set(sel["curve"]) == {f"{w:g}" for w in COOC_WEIGHTS}
+    assert set(sel["curve"]) == {f"w={w:g},repeat_share=0" for w in COOC_WEIGHTS}
     best = max(v["ndcg@10"] for v in sel["curve"].values())
-    assert sel["chosen"] == model.model_config.cooc_weight
-    assert sel["curve"][f"{sel['chosen']:g}"]["ndcg@10"] == best
+    chosen = sel["chosen"]["cooc_weight"]
+    assert chosen == model.model_config.cooc_weight and model.model_config.cooc_repeat_share == 0.0
+    assert sel["curve"][f"w={chosen:g},repeat_share=0"]["ndcg@10"] == best
     # pairs are pure co-occurrence: one epoch of a tiny transformer does not find them, the prior does
-    assert sel["chosen"] > 0 and best > sel["curve"]["0"]["ndcg@10"] + 0.05
+    assert chosen > 0 and best > sel["curve"]["w=0,repeat_share=0"]["ndcg@10"] + 0.05
     # the chosen model scores validation exactly as the selection pass measured it
     again = evaluate(model.score, valid, N, ks=(10, 20))
     assert again["ndcg@10"] == pytest.approx(best, abs=1e-9)
@@ -134,3 +139,28 @@ def test_evaluate_variants_equals_separate_evaluations():
     for m in ("ndcg@10", "hr@10", "mrr", "coverage@10"):
         assert out["a"][m] == a[m] and out["b"][m] == b[m]
     assert out["a"]["ndcg@10"] != out["b"]["ndcg@10"]
+
+
+def test_repeat_share_grid_and_formula():
+    """Without exclusion a history's own items are candidates: the prior mixes kNN and own counts."""
+    train, valid = paired_sequences(80, seed=4)
+    valid = EvalTask(inputs=valid.inputs, targets=[s[-1:] for s in valid.inputs.items])   # buy again
+    m = BehaviourTransformer(seed=0, cooc_weight="auto", cooc_repeat_share="auto", **TINY).fit(
+        train, catalogue(), valid=valid)
+    sel = m.cooc_selection_
+    assert len(sel["curve"]) == 1 + (len(COOC_WEIGHTS) - 1) * len(COOC_REPEAT_SHARES)
+    # the target is the last item itself: only the own-count share can find it
+    assert sel["chosen"]["cooc_weight"] > 0 and sel["chosen"]["cooc_repeat_share"] > 0
+    cfg = m.model_config
+    h = valid.inputs.subset(np.arange(6))
+    net, _ = m._model_scores(h)
+    knn = ItemKNN(neighbours=cfg.cooc_neighbours, recency_decay=cfg.cooc_recency_decay).fit(train, catalogue())
+    k = knn.score(h).double()
+    own = torch.zeros(6, N, dtype=torch.float64)
+    for i, s in enumerate(h.items):
+        for j, it in enumerate(s):
+            own[i, it] += cfg.cooc_recency_decay ** (len(s) - 1 - j)
+    a = cfg.cooc_repeat_share
+    q = (1 - a) * k / k.sum(1, keepdim=True) + a * own / own.sum(1, keepdim=True)
+    ref = torch.log_softmax(net.double(), 1) + cfg.cooc_weight * torch.log(q + COOC_FLOOR)
+    assert torch.allclose(m.score(h).double(), ref, atol=1e-4)

@@ -73,6 +73,9 @@ def load_split(data: Path | None, store: Path | None, protocol: str, cutoff: str
     if data is not None:
         if not data.exists():
             raise DataError(f"{data}: no such file")
+        if data.is_dir():   # a dataset folder (e.g. ../shared/data/online-retail): its one data file
+            from valuerec.evaluation.protocols import resolve_online_retail_data, resolve_r1_data
+            data = resolve_r1_data(data) if list(data.glob("*.txt")) else resolve_online_retail_data(data)
         fmt = detect_format(data)
         attrs = find_attributes_file(data) if fmt == "s3rec" else None
         store, _ = cached_store(data, fmt, cache_dir, attrs, console)

@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 N_EVENT_TYPES = len(EVENT_TYPES)
 QUERY_TYPE = N_EVENT_TYPES  # the event-type slot of the trailing query token
 COOC_WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)  # cooc_weight="auto" tries these
+COOC_REPEAT_SHARES = (0.0, 0.25, 0.5, 0.75, 1.0)                   # cooc_repeat_share="auto" tries these
 COOC_FLOOR = 1e-6   # added to the normalised kNN scores before the log (items no neighbour points to)
 
 
@@ -89,11 +90,14 @@ class TransformerConfig:
     # "window" (an item bought within target_window_days after: "what will they buy in the next months")
     target: str = "next"
     target_window_days: float = 90.0   # target="window": any item bought within this many days after
-    # co-occurrence prior at scoring time: score(i) = log p_model(i) + cooc_weight * log(1e-6 + knn(i))
-    # with knn = the cosine item-kNN scores of the history (``itemknn``, fitted on the same training
-    # histories), normalised to sum 1. "auto" tries COOC_WEIGHTS on validation after training and keeps
-    # the best (0 is among them, so the prior is dropped when it does not help).
+    # co-occurrence prior at scoring time: score(i) = log p_model(i) + cooc_weight * log(1e-6 + q(i)),
+    # q = (1 - cooc_repeat_share) * knn + cooc_repeat_share * own, where knn = the cosine item-kNN scores
+    # of the history (``itemknn``, fitted on the same training histories) and own = the history's own
+    # (recency-weighted) item counts (buy-again, for data that does not exclude past items), each
+    # normalised to sum 1. "auto" tries COOC_WEIGHTS x COOC_REPEAT_SHARES on validation after training
+    # and keeps the best (weight 0 is among them: the prior is dropped when it does not help).
     cooc_weight: float | str = 0.0
+    cooc_repeat_share: float | str = 0.0
     cooc_neighbours: int = 200
     cooc_recency_decay: float = 0.6
     # further heads (added by later work; weights 0 = head off)
@@ -124,14 +128,20 @@ class TransformerConfig:
         if self.repeat and self.loss != "ce":
             raise DataError("transformer config: repeat=True needs loss='ce' (the repeat term is added to every "
                             "item's logit)")
-        if self.cooc_weight != "auto":
+        for name, hi in (("cooc_weight", float("inf")), ("cooc_repeat_share", 1.0)):
+            v = getattr(self, name)
+            if v == "auto":
+                continue
             try:
-                self.cooc_weight = float(self.cooc_weight)
+                v = float(v)
             except (TypeError, ValueError):
-                raise DataError(f"transformer config: cooc_weight={self.cooc_weight!r}, expected 'auto' or a "
-                                "number >= 0") from None
-            if not self.cooc_weight >= 0:
-                raise DataError(f"transformer config: cooc_weight={self.cooc_weight}, expected 'auto' or >= 0")
+                raise DataError(f"transformer config: {name}={v!r}, expected 'auto' or a number") from None
+            if not 0.0 <= v <= hi:
+                raise DataError(f"transformer config: {name}={v}, expected 'auto' or a number in [0, {hi:g}]")
+            setattr(self, name, v)
+        if self.cooc_repeat_share == "auto" and self.cooc_weight == 0.0:
+            raise DataError("transformer config: cooc_repeat_share='auto' needs a co-occurrence prior "
+                            "(cooc_weight > 0 or 'auto')")
         if self.cooc_neighbours < 1 or not 0.0 < self.cooc_recency_decay <= 1.0:
             raise DataError("transformer config: cooc_neighbours >= 1 and 0 < cooc_recency_decay <= 1 required")
         if self.max_len < 1 or self.n_layers < 0 or self.n_time_buckets < 2:
@@ -715,49 +725,69 @@ class BehaviourTransformer(Recommender):
 
     # -- co-occurrence prior -----------------------------------------------------------------------
     def _fit_cooc(self, train: Sequences, valid) -> None:
-        """Item-kNN over the training histories; with cooc_weight='auto', the weight that scores best
-        on validation (``train_config.monitor``) among COOC_WEIGHTS, all scored in one pass."""
+        """Item-kNN over the training histories; with cooc_weight / cooc_repeat_share 'auto', the
+        setting that scores best on validation (``train_config.monitor``), all scored in one pass."""
         from valuerec.evaluation.metrics import evaluate_variants
         from valuerec.models.itemknn import ItemKNN
         cfg = self.model_config
         knn = ItemKNN(neighbours=cfg.cooc_neighbours, recency_decay=cfg.cooc_recency_decay)
         self.cooc_sim_ = knn.fit(train, self.catalogue_).sim_.tocsr().astype(np.float32)
-        if cfg.cooc_weight != "auto":
+        if "auto" not in (cfg.cooc_weight, cfg.cooc_repeat_share):
             return
         if valid is None or not len(valid):
-            raise DataError("transformer: cooc_weight='auto' chooses the weight on validation data; pass valid "
-                            "data or a fixed cooc_weight")
+            raise DataError("transformer: cooc_weight / cooc_repeat_share 'auto' are chosen on validation data; "
+                            "pass valid data or fixed numbers")
         monitor = self.train_config.monitor
-        variants = {f"{w:g}": (lambda parts, w=w: self._combine_cooc(*parts, w)) for w in COOC_WEIGHTS}
-        curve = evaluate_variants(self._score_parts, variants, valid, self.n_items, ks=(10, 20))
-        if monitor not in curve["0"]:
-            raise DataError(f"transformer: monitor {monitor!r} is not a validation metric; "
-                            f"known: {sorted(curve['0'])}")
-        best = max(COOC_WEIGHTS, key=lambda w: (curve[f"{w:g}"][monitor], -w))   # ties: the smaller weight
-        cfg.cooc_weight = float(best)
-        self.cooc_selection_ = {"monitor": monitor, "chosen": float(best),
-                                "curve": {k: {m: v[m] for m in (monitor, "hr@10", "ndcg@10") if m in v}
+        weights = COOC_WEIGHTS if cfg.cooc_weight == "auto" else (cfg.cooc_weight,)
+        shares = COOC_REPEAT_SHARES if cfg.cooc_repeat_share == "auto" else (cfg.cooc_repeat_share,)
+        grid = [(w, a) for w in weights for a in (shares if w else shares[:1])]   # w = 0: no prior at all
+        key = (lambda w, a: f"w={w:g},repeat_share={a:g}")
+        variants = {key(w, a): (lambda parts, w=w, a=a: self._combine_cooc(*parts, w, a)) for w, a in grid}
+        curve = evaluate_variants(lambda h: self._score_parts(h, with_own=max(shares) > 0), variants, valid,
+                                  self.n_items, ks=(10, 20))
+        first = curve[key(*grid[0])]
+        if monitor not in first:
+            raise DataError(f"transformer: monitor {monitor!r} is not a validation metric; known: {sorted(first)}")
+        # ties: the smaller weight, then the smaller repeat share
+        w, a = max(grid, key=lambda g: (curve[key(*g)][monitor], -g[0], -g[1]))
+        cfg.cooc_weight, cfg.cooc_repeat_share = float(w), float(a)
+        self.cooc_selection_ = {"monitor": monitor, "chosen": {"cooc_weight": float(w), "cooc_repeat_share": float(a)},
+                                "curve": {k: {m: v[m] for m in dict.fromkeys((monitor, "hr@10", "ndcg@10", "ndcg@20",
+                                                                              "recall@20")) if m in v}
                                           for k, v in curve.items()}}
-        log.info("transformer: cooc_weight %.2f chosen on validation (%s %.4f, without the prior %.4f)",
-                 best, monitor, curve[f"{best:g}"][monitor], curve["0"][monitor])
+        log.info("transformer: cooc_weight %.2f, cooc_repeat_share %.2f chosen on validation (%s %.4f; without the "
+                 "prior %.4f)", w, a, monitor, curve[key(w, a)][monitor], curve[key(*grid[0])][monitor]
+                 if grid[0][0] == 0 else float("nan"))
 
-    def _cooc_log_prior(self, histories: Sequences) -> torch.Tensor:
-        """(B, n_items) log(COOC_FLOOR + normalised kNN score); rows without a known item are 0."""
+    def _cooc_parts(self, histories: Sequences, with_own: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, n_items) kNN scores and (if asked) own recency-weighted counts, each normalised to sum 1
+        per row (all-zero rows stay zero)."""
         from valuerec.models.itemknn import history_weights
         H = history_weights(histories, self.n_items, self.model_config.cooc_recency_decay)
         k = torch.from_numpy((H @ self.cooc_sim_).toarray().astype(np.float32))
-        total = k.sum(dim=1, keepdim=True)
-        prior = torch.log(k / total.clamp(min=1e-30) + COOC_FLOOR)
-        return torch.where(total > 0, prior, torch.zeros_like(prior))
+        k = k / k.sum(dim=1, keepdim=True).clamp(min=1e-30)
+        if not with_own:
+            return k, None
+        own = torch.from_numpy(H.toarray().astype(np.float32))
+        return k, own / own.sum(dim=1, keepdim=True).clamp(min=1e-30)
 
-    def _score_parts(self, histories: Sequences) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(model log-probabilities, co-occurrence log prior, empty-history mask)."""
+    def _score_parts(self, histories: Sequences, with_own: bool | None = None) -> tuple:
+        """(model log-probabilities, kNN share, own-count share or None, empty-history mask)."""
+        if with_own is None:
+            with_own = self.model_config.cooc_repeat_share not in ("auto", 0.0)
         sc, empty = self._model_scores(histories)
-        return torch.log_softmax(sc, dim=1), self._cooc_log_prior(histories), empty
+        return (torch.log_softmax(sc, dim=1), *self._cooc_parts(histories, with_own), empty)
 
     @staticmethod
-    def _combine_cooc(log_p: torch.Tensor, prior: torch.Tensor, empty: torch.Tensor, w: float) -> torch.Tensor:
-        out = log_p + w * prior if w else log_p.clone()
+    def _combine_cooc(log_p: torch.Tensor, knn: torch.Tensor, own: torch.Tensor | None, empty: torch.Tensor,
+                      w: float, share: float = 0.0) -> torch.Tensor:
+        """log_p + w * log(COOC_FLOOR + q), q = (1 - share) * knn + share * own; rows where q has no
+        mass (no known item, or no neighbour) and empty histories keep log_p."""
+        if not w:
+            return log_p.clone()
+        q = knn if not share else (1.0 - share) * knn + share * own
+        has = q.sum(dim=1, keepdim=True) > 0
+        out = log_p + w * torch.where(has, torch.log(q + COOC_FLOOR), torch.zeros_like(q))
         out[empty] = log_p[empty]          # an empty history keeps its popularity scores
         return out
 
@@ -950,7 +980,8 @@ class BehaviourTransformer(Recommender):
         event (the recency-aware query token serves the value / churn heads, ``encode_histories``)."""
         if not self.uses_cooc():
             return self._model_scores(histories, batch_size)[0]
-        return self._combine_cooc(*self._score_parts(histories), self.model_config.cooc_weight)
+        cfg = self.model_config
+        return self._combine_cooc(*self._score_parts(histories), cfg.cooc_weight, cfg.cooc_repeat_share)
 
     def _model_scores(self, histories: Sequences, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
         """(the network's scores (B, n_items), empty-history mask (B,))."""
