@@ -164,3 +164,19 @@ def test_repeat_share_grid_and_formula():
     q = (1 - a) * k / k.sum(1, keepdim=True) + a * own / own.sum(1, keepdim=True)
     ref = torch.log_softmax(net.double(), 1) + cfg.cooc_weight * torch.log(q + COOC_FLOOR)
     assert torch.allclose(m.score(h).double(), ref, atol=1e-4)
+
+
+def test_benchmark_refit_keeps_the_validation_choice_and_reports_the_ablation():
+    """A refit on train_full has no validation data: the prior's weight chosen by the selection fit is
+    carried into it, and the result reports the same model without the prior beside it."""
+    from valuerec.data.splits import Split
+    from valuerec.evaluation.protocols import ProtocolSpec, run_model
+    train, valid = paired_sequences(80, seed=5)
+    split = Split(catalogue=catalogue(), train=train, valid=valid, test=valid, train_full=train, info={})
+    spec = ProtocolSpec(name="T", ks=(10,), coverage_k=10, metrics=["ndcg@10", "hr@10"], select_metric="ndcg@10",
+                        refit_full=True)
+    entry = run_model("transformer", split, spec, seeds=[0], params={**TINY, "cooc_weight": "auto"}, tune=False)
+    inside = entry["validation"]["chosen_during_fit"]
+    assert inside["cooc_weight"] > 0 and entry["params"]["cooc_weight"] == inside["cooc_weight"]
+    assert set(entry["ablations"]) == {"no_cooc_prior"}
+    assert entry["ablations"]["no_cooc_prior"]["ndcg@10"] < entry["metrics"]["ndcg@10"]

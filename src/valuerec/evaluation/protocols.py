@@ -237,7 +237,12 @@ def run_model(name: str, split: Split, spec: ProtocolSpec, seeds: list[int], par
         validation["refit_epochs"] = refit_epochs
     for seed in run_seeds:
         if refit_epochs is not None:
-            model, fit_s = _fit(cls, {**chosen, "epochs": int(refit_epochs)}, seed, train_full, split, False)
+            # settings the selection fit chose on validation (e.g. the co-occurrence prior's weight) are
+            # kept: the refit has no validation data to choose them on
+            chosen_inside = chosen_model[0].refit_params() if hasattr(chosen_model[0], "refit_params") else {}
+            validation["chosen_during_fit"] = chosen_inside
+            model, fit_s = _fit(cls, {**chosen, **chosen_inside, "epochs": int(refit_epochs)}, seed, train_full,
+                                split, False)
         elif train_only and seed == seeds[0] and chosen_model is not None:
             model, fit_s = chosen_model
         elif train_only:

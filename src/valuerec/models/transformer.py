@@ -791,6 +791,11 @@ class BehaviourTransformer(Recommender):
         out[empty] = log_p[empty]          # an empty history keeps its popularity scores
         return out
 
+    def refit_params(self) -> dict:
+        """Config values this fit chose on validation ('auto' settings), to reuse in a refit without it."""
+        sel = getattr(self, "cooc_selection_", None)
+        return dict(sel["chosen"]) if sel else {}
+
     def uses_cooc(self) -> bool:
         w = self.model_config.cooc_weight
         return getattr(self, "cooc_sim_", None) is not None and w != "auto" and w > 0
