@@ -113,6 +113,27 @@ def validation_lines(res: dict) -> list[str]:
     return out
 
 
+def ablation_lines(res: dict) -> list[str]:
+    """The same fitted models scored without a part (``ablations`` in a result entry), with the
+    weights the fit chose on validation."""
+    out = []
+    names = metric_names(res)
+    for name, v in res.get("models", {}).items():
+        abl = v.get("ablations")
+        if not isinstance(abl, dict):
+            continue
+        for part, m in abl.items():
+            shown = [k for k in names if isinstance(m.get(k), (int, float))][:4]
+            out.append(f"- `{name}` without `{part}` (same fitted models, mean of {len(v.get('seeds') or [])} "
+                       f"seed(s)): " + ", ".join(f"{k} {m[k]:.4f}" for k in shown)
+                       + " (with it: " + ", ".join(f"{k} {v['metrics'][k]:.4f}" for k in shown) + ")")
+        chosen = [r.get("cooc_selection", {}).get("chosen") for r in v.get("per_seed") or [] if isinstance(r, dict)]
+        if any(c is not None for c in chosen):
+            out.append(f"  - chosen on validation, per seed: " + "; ".join(
+                json.dumps(c, sort_keys=True) if isinstance(c, dict) else f"cooc_weight {c}" for c in chosen))
+    return out
+
+
 def reproduction_section(results: list[tuple[Path, dict]]) -> list[str]:
     """Popularity reproduction check: our honest popularity beside the leaky S3-Rec-style variant."""
     honest = leaky = None
@@ -239,6 +260,9 @@ def readme_summary(results_dir: Path) -> str:
             m, sd = v.get("metrics") or {}, v.get("metrics_std") or {}
             n = len(v["seeds"]) if isinstance(v.get("seeds"), list) else 1
             out.append(f"| `{name}` | " + " | ".join(fmt(m.get(k), sd.get(k), n) for k in metrics) + " |")
+            for part, am in (v.get("ablations") or {}).items():
+                out.append(f"| `{name}` without `{part}` (same fits) | "
+                           + " | ".join(fmt(am.get(k), None, 1) for k in metrics) + " |")
         out.append("")
     for s1 in sorted(results_dir.glob("s1_serving*.json")):
         r = json.loads(s1.read_text())
@@ -303,6 +327,9 @@ def build(results_dir: Path) -> str:
             val = validation_lines(r)
             if val:
                 lines += ["", "Model selection (validation split):"] + val
+            ab = ablation_lines(r)
+            if ab:
+                lines += ["", "Ablations:"] + ab
             ps = per_seed_lines(r)
             if ps:
                 lines += ["", "Per-seed test values:"] + ps

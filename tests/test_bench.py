@@ -111,7 +111,9 @@ def test_make_page(r1_result, tmp_path):
     result, d = r1_result
     results = tmp_path / "results"
     results.mkdir()
-    (results / "r1_tiny.json").write_text(json.dumps(result))
+    shown = json.loads(json.dumps(result))   # a model scored without one of its parts renders beside it
+    shown["models"]["als"]["ablations"] = {"no_part": {"ndcg@10": 0.1234, "hr@10": 0.2345}}
+    (results / "r1_tiny.json").write_text(json.dumps(shown))
     out = tmp_path / "README.md"
     project_readme = (REPO / "README.md").read_text()
     readme = tmp_path / "PROJECT.md"
@@ -127,6 +129,7 @@ def test_make_page(r1_result, tmp_path):
     assert f"{result['models']['als']['metrics']['ndcg@10']:.4f} ± " in page
     assert result["git_commit"] in page
     assert "popularity-s3rec" in page
+    assert "`als` without `no_part`" in page and "ndcg@10 0.1234" in page
 
 
 def test_recommend_command(tmp_path):
