@@ -66,13 +66,23 @@ def r1_cmd(
     batch_size: int = typer.Option(512, "--batch-size"),
     device: str = typer.Option("cpu", "--device", help="Where evaluation ranks (cpu, cuda)"),
     threads: int = typer.Option(1, "--threads", help="torch threads"),
+    peer: Optional[list[str]] = typer.Option(
+        None, "--peer", help="NAME=PYTHON: also run the peer implementation benchmarks/peers/NAME.py with that "
+                             "Python (its own venv) on the same split, e.g. rectools_sasrec=.venv-rectools/bin/python; "
+                             "its settings go under \"peer:NAME\" in --params"),
 ) -> None:
     """R1: next item, leave-one-out, full ranking (Amazon Beauty)."""
     from valuerec.evaluation.protocols import run_r1
     _setup_threads(threads)
     try:
+        peers = {}
+        for spec in peer or []:
+            name, sep, python = spec.partition("=")
+            if not sep or not name or not python:
+                raise DataError(f"--peer {spec!r}: expected NAME=PYTHON")
+            peers[name] = python
         run_r1(data, _models(models), seeds, out, _parse_params(params), attributes, cache_dir, tune,
-               batch_size, device, console=console)
+               batch_size, device, console=console, peers=peers)
     except DataError as e:
         console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=2) from None

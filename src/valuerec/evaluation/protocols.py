@@ -325,7 +325,9 @@ def popularity_count_variants(split: Split, spec: ProtocolSpec = R1, batch_size:
 def run_protocol(spec: ProtocolSpec, split: Split, meta: dict, models: list[str], seeds: int | list[int] = 3,
                  out: str | Path | None = None, params: dict | None = None, tune: bool = True,
                  batch_size: int = 512, device: str = "cpu", command: str | None = None,
-                 console: Console | None = None) -> dict:
+                 console: Console | None = None, peers: dict[str, str] | None = None) -> dict:
+    """Every model in ``models`` on ``split`` (selection on validation, test per seed); then each peer
+    implementation (``{name: its venv's python}``, ``evaluation.peers``) on the same split."""
     console = console or Console(stderr=True)
     seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
     if not seed_list:
@@ -345,6 +347,13 @@ def run_protocol(spec: ProtocolSpec, split: Split, meta: dict, models: list[str]
         result["wall_seconds"] = time.perf_counter() - t0
         if out:
             write_result(out, result)  # after every model, so a long run leaves partial results
+    for name, python in (peers or {}).items():
+        from valuerec.evaluation.peers import run_peer
+        result["models"][f"peer:{name}"] = run_peer(name, python, split, spec, seed_list,
+                                                    (params or {}).get(f"peer:{name}"), console=console)
+        result["wall_seconds"] = time.perf_counter() - t0
+        if out:
+            write_result(out, result)
     if spec.name == "R1" and "popularity-s3rec" in models:
         console.log("popularity reproduction: counting variants")
         result["popularity_variants"] = popularity_count_variants(split, spec, batch_size)
@@ -359,9 +368,11 @@ def run_protocol(spec: ProtocolSpec, split: Split, meta: dict, models: list[str]
 def run_r1(data_path: str | Path, models: list[str], seeds: int | list[int] = 3, out: str | Path | None = None,
            params: dict | None = None, attributes: str | Path | None = None,
            cache_dir: str | Path = DEFAULT_CACHE, tune: bool = True, batch_size: int = 512,
-           device: str = "cpu", command: str | None = None, console: Console | None = None) -> dict:
+           device: str = "cpu", command: str | None = None, console: Console | None = None,
+           peers: dict[str, str] | None = None) -> dict:
     split, meta = load_split_r1(data_path, attributes, cache_dir, console)
-    return run_protocol(R1, split, meta, models, seeds, out, params, tune, batch_size, device, command, console)
+    return run_protocol(R1, split, meta, models, seeds, out, params, tune, batch_size, device, command, console,
+                        peers)
 
 
 def run_r2(data_path: str | Path, models: list[str], seeds: int | list[int] = 3, out: str | Path | None = None,
