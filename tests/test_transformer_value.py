@@ -59,9 +59,11 @@ def _fit(df, **kw):
     return model, seqs, cutoff
 
 
-def test_value_heads_learn_who_stays(tmp_path):
+@pytest.mark.parametrize("hidden", [0, 32])
+def test_value_heads_learn_who_stays(tmp_path, hidden):
     df = synthetic_log()
-    model, seqs, cutoff = _fit(df)
+    model, seqs, cutoff = _fit(df, value_hidden=hidden)
+    assert isinstance(model.module_.value_heads.trunk, torch.nn.Identity) == (hidden == 0)
     pred = model.predict_value(seqs, as_of=cutoff.timestamp())
     loyal = np.array([int(u[1:]) % 2 == 0 for u in seqs.user_ids])
     assert pred["churn_prob"][loyal].max() < pred["churn_prob"][~loyal].min()

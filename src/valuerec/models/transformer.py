@@ -108,6 +108,7 @@ class TransformerConfig:
     use_values: bool = False      # add log1p(event revenue) to each token (useful for value heads)
     value_step_days: float = 14.0  # spacing of the calendar cut-offs that value / churn train on
     value_max_cuts: int = 26      # at most this many labelled cut-offs (newest first)
+    value_hidden: int = 0         # hidden units between the state and the value / churn heads (0 = linear)
     data_end: float = 0.0         # unix s where the training data end (0 = the last event seen)
     # sizes fixed by the data at fit time (saved so load() rebuilds the exact module)
     n_items: int = 0
@@ -543,7 +544,7 @@ class BehaviourModel(nn.Module):
         self.cfg = cfg
         self.encoder = BehaviourEncoder(cfg)
         self.next_item = NextItemHead(cfg)
-        self.value_heads = ValueHeads(cfg.d_model) if cfg.value_weight > 0 or cfg.churn_weight > 0 else None
+        self.value_heads = ValueHeads(cfg.d_model, cfg.value_hidden) if cfg.value_weight > 0 or cfg.churn_weight > 0 else None
         self.apply(self._init_weights)
         if self.next_item.repeat_gate is not None:
             with torch.no_grad():   # start with the repeat term on: log1p(count) ~ one logit unit per doubling

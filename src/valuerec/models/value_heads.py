@@ -76,19 +76,22 @@ def cutoff_grid(t_min: float, t_max: float, horizon_days: float, step_days: floa
 
 
 class ValueHeads(nn.Module):
-    """ZILN value head and churn head on the query-token state (+ the summary numbers)."""
+    """ZILN value head and churn head on the query-token state (+ the summary numbers): linear, or
+    behind one shared hidden layer of ``hidden`` units (ReLU)."""
 
-    def __init__(self, d_model: int):
+    def __init__(self, d_model: int, hidden: int = 0):
         super().__init__()
         self.summary_proj = nn.Linear(N_SUMMARY, d_model)   # into the query token's input
-        self.ziln = ZILNHead(d_model + N_SUMMARY)
-        self.churn = nn.Linear(d_model + N_SUMMARY, 1)
+        width = d_model + N_SUMMARY
+        self.trunk = nn.Sequential(nn.Linear(width, hidden), nn.ReLU()) if hidden else nn.Identity()
+        self.ziln = ZILNHead(hidden or width)
+        self.churn = nn.Linear(hidden or width, 1)
 
     def query_input(self, feats: torch.Tensor) -> torch.Tensor:
         return self.summary_proj(feats)                                   # (B, D)
 
     def forward(self, h: torch.Tensor, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        z = torch.cat([h, feats], dim=-1)                                 # (B, D + F)
+        z = self.trunk(torch.cat([h, feats], dim=-1))                     # (B, D + F) or (B, hidden)
         return self.ziln(z), self.churn(z).squeeze(-1)                    # (B, 3), (B,)
 
     def losses(self, h: torch.Tensor, feats: torch.Tensor, value: torch.Tensor, churn: torch.Tensor,
