@@ -48,9 +48,11 @@ def demo_data_path() -> Path:
 
 def transformer_settings(quick: bool, epochs: int | None) -> tuple[dict, dict]:
     """Small settings that train in a few minutes on 2 CPU cores (ranking run, value run)."""
-    # repeat term and next-basket target: what the R2 benchmark runs (repeat buying dominates this data)
+    # repeat term and next-basket target (repeat buying dominates this data)
     rank = {"d_model": 64, "n_layers": 2, "max_len": 50, "dropout": 0.3, "epochs": epochs or (2 if quick else 30),
-            "eval_every": 2, "patience": 3, "progress": False, "lr": 2e-3, "repeat": True, "target": "next_basket"}
+            "eval_every": 2, "patience": 3, "progress": False, "lr": 2e-3, "repeat": True, "target": "next_basket",
+            # the co-occurrence / buy-again prior, weighted on validation (as R2 runs it)
+            "cooc_weight": "auto", "cooc_repeat_share": "auto", "cooc_recency_decay": 1.0, "cooc_neighbours": 50}
     value = {"epochs": epochs or (2 if quick else 10)}
     return rank, value
 

@@ -12,10 +12,12 @@ from valuerec.models.value_baselines import RecommenderValueModel, register_valu
 class TransformerValue(RecommenderValueModel):
     recommender_cls = BehaviourTransformer
     cutoff_key = "data_end"
-    # One CPU-sized setting (value_protocol would pick among several by validation Gini + AUC).
+    # CPU-sized settings, chosen among on the validation cut-off (Gini + churn AUC): a hidden layer in
+    # the heads, and value labels from the newest cut-offs only or from every 28 days.
     grid = [
         {"value_weight": 1.0, "churn_weight": 1.0, "next_item_weight": 0.5, "use_values": True,
          "loss": "sampled", "negatives": "in-batch", "batch_size": 256, "value_step_days": 28.0,
-         "epochs": e, "d_model": 64, "max_len": 50, "dropout": 0.2, "progress": False}
-        for e in (6,)
+         "value_hidden": 64, "value_max_cuts": cuts, "epochs": e, "d_model": 64, "max_len": 50,
+         "dropout": 0.2, "progress": False}
+        for cuts, e in ((2, 4), (2, 6), (26, 6))
     ]
