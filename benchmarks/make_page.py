@@ -113,6 +113,11 @@ def validation_lines(res: dict) -> list[str]:
     return out
 
 
+def _part(ablation: str) -> str:
+    """'no_cooc_prior' -> 'the `cooc_prior`'."""
+    return f"the `{ablation[3:]}`" if ablation.startswith("no_") else f"`{ablation}`"
+
+
 def ablation_lines(res: dict) -> list[str]:
     """The same fitted models scored without a part (``ablations`` in a result entry), with the
     weights the fit chose on validation."""
@@ -124,7 +129,7 @@ def ablation_lines(res: dict) -> list[str]:
             continue
         for part, m in abl.items():
             shown = [k for k in names if isinstance(m.get(k), (int, float))][:4]
-            out.append(f"- `{name}` without `{part}` (same fitted models, mean of {len(v.get('seeds') or [])} "
+            out.append(f"- `{name}` without {_part(part)} (same fitted models, mean of {len(v.get('seeds') or [])} "
                        f"seed(s)): " + ", ".join(f"{k} {m[k]:.4f}" for k in shown)
                        + " (with it: " + ", ".join(f"{k} {v['metrics'][k]:.4f}" for k in shown) + ")")
         chosen = [r.get("cooc_selection", {}).get("chosen") for r in v.get("per_seed") or [] if isinstance(r, dict)]
@@ -261,7 +266,7 @@ def readme_summary(results_dir: Path) -> str:
             n = len(v["seeds"]) if isinstance(v.get("seeds"), list) else 1
             out.append(f"| `{name}` | " + " | ".join(fmt(m.get(k), sd.get(k), n) for k in metrics) + " |")
             for part, am in (v.get("ablations") or {}).items():
-                out.append(f"| `{name}` without `{part}` (same fits) | "
+                out.append(f"| `{name}` without {_part(part)} (same fits) | "
                            + " | ".join(fmt(am.get(k), None, 1) for k in metrics) + " |")
         out.append("")
     for s1 in sorted(results_dir.glob("s1_serving*.json")):

@@ -129,7 +129,7 @@ def test_make_page(r1_result, tmp_path):
     assert f"{result['models']['als']['metrics']['ndcg@10']:.4f} ± " in page
     assert result["git_commit"] in page
     assert "popularity-s3rec" in page
-    assert "`als` without `no_part`" in page and "ndcg@10 0.1234" in page
+    assert "`als` without the `part`" in page and "ndcg@10 0.1234" in page
 
 
 def test_recommend_command(tmp_path):
