@@ -107,12 +107,12 @@ def run_peer(name: str, python: str | Path, split: Split, spec, seeds: list[int]
         export_split(split, d, k, seed, params or {})
         console.log(f"peer {name} seed {seed}: {python} {script} {d}")
         t0 = time.perf_counter()
-        proc = subprocess.run([str(python), str(script), str(d)], capture_output=True, text=True)
+        with open(d / "peer.log", "w") as log_file:   # written as it runs: follow it with tail -f
+            proc = subprocess.run([str(python), str(script), str(d)], stdout=log_file, stderr=subprocess.STDOUT)
         wall = time.perf_counter() - t0
-        (d / "peer.log").write_text(proc.stdout + proc.stderr)
         if proc.returncode != 0:
             raise DataError(f"peer {name} seed {seed} failed (exit {proc.returncode}); last output:\n"
-                            + (proc.stdout + proc.stderr)[-2000:])
+                            + (d / "peer.log").read_text()[-2000:])
         report = json.loads((d / "report.json").read_text())
         r = score_top_lists(pd.read_csv(d / "test_top.csv"), split.test, np.load(d / "test_users.npy"),
                             len(split.catalogue), spec.ks, spec.coverage_k)
