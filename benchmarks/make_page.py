@@ -113,6 +113,25 @@ def validation_lines(res: dict) -> list[str]:
     return out
 
 
+def training_time_lines(res: dict) -> list[str]:
+    """Seconds per epoch and to the best validation score, for models that train in epochs (the last
+    seed's fit; a peer's from its own report)."""
+    out = []
+    for name, v in res.get("models", {}).items():
+        spe = v.get("seconds_per_epoch")
+        if not isinstance(spe, (int, float)):
+            continue
+        parts = [f"{spe:.1f} s per epoch"]
+        if isinstance(v.get("epochs_run"), int):
+            parts.append(f"{v['epochs_run']} epochs run")
+        if v.get("best_epoch") is not None:
+            parts.append(f"best validation at epoch {v['best_epoch']}")
+        if isinstance(v.get("seconds_to_best"), (int, float)):
+            parts.append(f"{v['seconds_to_best']:.0f} s of training to reach it")
+        out.append(f"- `{name}`: " + ", ".join(parts))
+    return out
+
+
 def _part(ablation: str) -> str:
     """'no_cooc_prior' -> 'the `cooc_prior`'."""
     return f"the `{ablation[3:]}`" if ablation.startswith("no_") else f"`{ablation}`"
@@ -332,6 +351,9 @@ def build(results_dir: Path) -> str:
             val = validation_lines(r)
             if val:
                 lines += ["", "Model selection (validation split):"] + val
+            tt = training_time_lines(r)
+            if tt:
+                lines += ["", "Training time (device above):"] + tt
             ab = ablation_lines(r)
             if ab:
                 lines += ["", "Ablations:"] + ab

@@ -113,6 +113,7 @@ def test_make_page(r1_result, tmp_path):
     results.mkdir()
     shown = json.loads(json.dumps(result))   # a model scored without one of its parts renders beside it
     shown["models"]["als"]["ablations"] = {"no_part": {"ndcg@10": 0.1234, "hr@10": 0.2345}}
+    shown["models"]["als"].update({"seconds_per_epoch": 12.5, "epochs_run": 7, "best_epoch": 5, "seconds_to_best": 61.0})
     (results / "r1_tiny.json").write_text(json.dumps(shown))
     out = tmp_path / "README.md"
     project_readme = (REPO / "README.md").read_text()
@@ -130,6 +131,7 @@ def test_make_page(r1_result, tmp_path):
     assert result["git_commit"] in page
     assert "popularity-s3rec" in page
     assert "`als` without the `part`" in page and "ndcg@10 0.1234" in page
+    assert "`als`: 12.5 s per epoch, 7 epochs run, best validation at epoch 5, 61 s of training to reach it" in page
 
 
 def test_recommend_command(tmp_path):
