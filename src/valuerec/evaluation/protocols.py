@@ -239,7 +239,7 @@ def run_model(name: str, split: Split, spec: ProtocolSpec, seeds: list[int], par
         if refit_epochs is not None:
             # settings the selection fit chose on validation (e.g. the co-occurrence prior's weight) are
             # kept: the refit has no validation data to choose them on
-            chosen_inside = chosen_model[0].refit_params() if hasattr(chosen_model[0], "refit_params") else {}
+            chosen_inside = chosen_model[0].refit_params()
             validation["chosen_during_fit"] = chosen_inside
             model, fit_s = _fit(cls, {**chosen, **chosen_inside, "epochs": int(refit_epochs)}, seed, train_full,
                                 split, False)
@@ -253,13 +253,12 @@ def run_model(name: str, split: Split, spec: ProtocolSpec, seeds: list[int], par
         runs.append({"seed": seed, "metrics": _pick(r, spec.metrics), "train_seconds": fit_s,
                      "eval_seconds": r["eval_seconds"], "score_seconds": r["score_seconds"]})
         # The same fitted model scored without one of its parts (reported, never used for selection).
-        ablations = model.ablation_score_fns() if hasattr(model, "ablation_score_fns") else {}
+        ablations = model.ablation_score_fns()
         if ablations:
             runs[-1]["ablations"] = {
                 k: _pick(evaluate(fn, split.test, n_items, ks=spec.ks, batch_size=batch_size, device=device,
                                   coverage_k=spec.coverage_k), spec.metrics) for k, fn in ablations.items()}
-        if getattr(model, "cooc_selection_", None):
-            runs[-1]["cooc_selection"] = model.cooc_selection_
+        runs[-1].update(model.fit_report())
         console.log(f"{name} test seed {seed}: " + ", ".join(f"{m}={r[m]:.4f}" for m in spec.metrics if m in r)
                     + f" (fit {fit_s:.1f}s, eval {r['eval_seconds']:.1f}s)")
     entry = aggregate_seeds(runs, spec.metrics)

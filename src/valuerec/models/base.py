@@ -60,6 +60,19 @@ class Recommender:
     def config(self) -> dict:
         return {}
 
+    # -- what a benchmark reports beside the scores (defaults: nothing) --------------------------
+    def refit_params(self) -> dict:
+        """Config values this fit chose on its validation data, to reuse in a refit without any."""
+        return {}
+
+    def ablation_score_fns(self) -> dict:
+        """``{part: score_fn}``: the same fitted model scored without one of its parts."""
+        return {}
+
+    def fit_report(self) -> dict:
+        """Extra facts about this fit for a result file's per-seed entry."""
+        return {}
+
     # -- persistence ------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
         path = Path(path)

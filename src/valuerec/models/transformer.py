@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -717,7 +718,6 @@ class BehaviourTransformer(Recommender):
         self.history_ = result.history
         self.best_ = result.best
         self.device_ = result.device
-        self.cooc_sim_ = None
         if cfg.cooc_weight == "auto" or cfg.cooc_weight > 0:
             self._fit_cooc(train, valid)
         if self.module_.value_heads is not None:
@@ -796,6 +796,10 @@ class BehaviourTransformer(Recommender):
         """Config values this fit chose on validation ('auto' settings), to reuse in a refit without it."""
         sel = getattr(self, "cooc_selection_", None)
         return dict(sel["chosen"]) if sel else {}
+
+    def fit_report(self) -> dict:
+        sel = getattr(self, "cooc_selection_", None)
+        return {"cooc_selection": sel} if sel else {}
 
     def uses_cooc(self) -> bool:
         w = self.model_config.cooc_weight
@@ -1064,11 +1068,8 @@ class BehaviourTransformer(Recommender):
                 from valuerec.features.text import embed_texts
                 table.text_emb[n_old:] = torch.from_numpy(embed_texts(text[n_old:], cfg.text_model)).to(device)
         self.module_ = module.eval()
-        if getattr(self, "cooc_sim_", None) is not None:
-            sim = self.cooc_sim_.tocoo()
-            import scipy.sparse as sp
-            self.cooc_sim_ = sp.csr_matrix((sim.data, (sim.row, sim.col)), shape=(cfg.n_items, cfg.n_items),
-                                           dtype=np.float32)
+        if getattr(self, "cooc_sim_", None) is not None:   # new items: no co-occurrences yet
+            self.cooc_sim_.resize((cfg.n_items, cfg.n_items))
         return self
 
     # -- persistence -----------------------------------------------------------------------------
@@ -1078,7 +1079,6 @@ class BehaviourTransformer(Recommender):
         save_file(state, str(path / "model.safetensors"))
         (path / "attributes.json").write_text(json.dumps(sorted(self._attr_vocab, key=self._attr_vocab.get)))
         if getattr(self, "cooc_sim_", None) is not None:
-            import scipy.sparse as sp
             sp.save_npz(path / "cooc_sim.npz", self.cooc_sim_.tocsr())
         metrics = {"history": getattr(self, "history_", []), "best": getattr(self, "best_", None),
                    "advocate_value_threshold": getattr(self, "advocate_value_threshold_", None),
@@ -1094,7 +1094,6 @@ class BehaviourTransformer(Recommender):
         self.module_.eval()
         self.cooc_sim_ = None
         if (path / "cooc_sim.npz").exists():
-            import scipy.sparse as sp
             self.cooc_sim_ = sp.load_npz(path / "cooc_sim.npz").tocsr().astype(np.float32)
         elif self.model_config.cooc_weight == "auto" or self.model_config.cooc_weight > 0:
             raise DataError(f"{path}: the config uses a co-occurrence prior but cooc_sim.npz is missing")
