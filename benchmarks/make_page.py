@@ -121,6 +121,13 @@ def training_time_lines(res: dict) -> list[str]:
         spe = v.get("seconds_per_epoch")
         if not isinstance(spe, (int, float)):
             continue
+        runs = [r for r in v.get("per_seed") or [] if isinstance(r.get("seconds_per_epoch"), (int, float))]
+        if len(runs) > 1:   # each seed's own figures
+            out.append(f"- `{name}`, per seed: " + "; ".join(
+                f"seed {r['seed']}: {r['seconds_per_epoch']:.1f} s per epoch, {r.get('epochs_run')} epochs run, "
+                f"best validation at epoch {r.get('best_epoch')} after {r.get('seconds_to_best', 0):.0f} s"
+                for r in runs))
+            continue
         parts = [f"{spe:.1f} s per epoch"]
         if isinstance(v.get("epochs_run"), int):
             parts.append(f"{v['epochs_run']} epochs run")
@@ -266,6 +273,9 @@ def decile_lines(res: dict) -> list[str]:
 # Headline metrics per result file for the summary in the project README.
 SUMMARY = [
     ("r1_beauty.json", "R1 Amazon Beauty (next item)", ["ndcg@10", "hr@10", "ndcg@20"]),
+    ("r1_beauty_gpu.json", "R1 Amazon Beauty on one GPU, trained to early stopping", ["ndcg@10", "hr@10", "ndcg@20"]),
+    ("r1_beauty_gpu_no_attributes.json", "R1 on one GPU without the item attributes (ablation)",
+     ["ndcg@10", "hr@10", "ndcg@20"]),
     ("r2_online_retail.json", "R2 Online Retail (next purchases)", ["ndcg@20", "recall@20", "revenue@20"]),
     ("v1_online_retail.json", "V1 Online Retail (value, churn)", ["gini", "spearman", "decile_mape", "auc"]),
 ]
@@ -345,6 +355,12 @@ def build(results_dir: Path) -> str:
                     f"- git commit: `{r.get('git_commit')}`, started {r.get('started_at')}"
                     + (f", wall time {r['wall_seconds']:.0f} s" if isinstance(r.get("wall_seconds"), (int, float)) else "")]
             lines += [m for m in meta if m]
+            if r.get("parts"):
+                lines += [f"- run in {len(r['parts'])} parts at the same time on that device (each part's own "
+                          "process; timings include sharing it), joined by `valuerec bench merge`:"]
+                lines += [f"  - {', '.join(f'`{m}`' for m in p.get('models', []))}"
+                          + (f" ({p['wall_seconds']:.0f} s)" if isinstance(p.get("wall_seconds"), (int, float)) else "")
+                          + f": `{p.get('command')}`" for p in r["parts"]]
             notes = [f"- `{n}`: {v['note']}" for n, v in r.get("models", {}).items() if v.get("note")]
             if notes:
                 lines += ["", "Notes:"] + notes

@@ -185,3 +185,54 @@ def test_r1_popularity_golden_numbers(shared_data):
     leaky = evaluate(PopularityS3Rec().fit(every_event, split.catalogue).score, split.test, n, ks=(10,))
     assert round(honest["hr@10"], 4) == 0.0135 and round(honest["ndcg@10"], 4) == 0.0061
     assert round(leaky["hr@10"], 4) == 0.0152 and round(leaky["ndcg@10"], 4) == 0.0068
+
+
+def test_seeds_in_parts_merge_to_the_whole_run(tmp_path):
+    """`--first-seed` runs a protocol's seeds in separate processes; `bench merge` pools them into the
+    result a single run gives: the same per-seed figures, mean and std."""
+    data = write_s3rec(tmp_path / "Tiny.txt")
+    params = json.dumps({"als": {"factors": 4, "iterations": 3}, "itemknn": {"neighbours": 5, "recency_decay": 1.0}})
+    common = ["bench", "r1", "--data", str(data), "--params", params, "--cache-dir", str(tmp_path / "stores"),
+              "--no-tune"]
+    outs = {}
+    for name, extra in {"whole": ["--models", "als", "--seeds", "2"],
+                        "a": ["--models", "itemknn,als", "--seeds", "1"],
+                        "b": ["--models", "itemknn,als", "--seeds", "1", "--first-seed", "1"]}.items():
+        outs[name] = tmp_path / f"{name}.json"
+        res = runner.invoke(app, common + extra + ["--out", str(outs[name])])
+        assert res.exit_code == 0, res.output
+    assert json.loads(outs["b"].read_text())["models"]["als"]["seeds"] == [1]
+    merged_path = tmp_path / "merged.json"
+    res = runner.invoke(app, ["bench", "merge", str(outs["a"]), str(outs["b"]), "--out", str(merged_path)])
+    assert res.exit_code == 0, res.output
+    merged = json.loads(merged_path.read_text())
+    whole = json.loads(outs["whole"].read_text())["models"]["als"]
+    als = merged["models"]["als"]
+    assert als["seeds"] == [0, 1]
+    for got, want in zip(als["per_seed"], whole["per_seed"]):
+        assert got["seed"] == want["seed"]
+        assert got["metrics"] == pytest.approx(want["metrics"])
+    for m, v in whole["metrics"].items():
+        assert als["metrics"][m] == pytest.approx(v) and als["metrics_std"][m] == pytest.approx(whole["metrics_std"][m])
+    assert merged["models"]["itemknn"]["seeds"] == [0]          # deterministic: the same run kept once
+    assert [p["file"] for p in merged["parts"]] == [str(outs["a"]), str(outs["b"])]
+    for k in RESULT_KEYS:
+        assert k in merged
+
+    # Parts that are not of one run are refused with the reason.
+    res = runner.invoke(app, ["bench", "merge", str(outs["a"]), str(outs["a"]), "--out", str(tmp_path / "x.json")])
+    assert res.exit_code == 2 and "occur in more than one part" in res.output
+    other = json.loads(outs["b"].read_text())
+    other["data_sha256"] = "0" * 64
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    res = runner.invoke(app, ["bench", "merge", str(outs["a"]), str(tmp_path / "other.json"), "--out", str(tmp_path / "x.json")])
+    assert res.exit_code == 2 and "data_sha256 differs" in res.output
+    other = json.loads(outs["b"].read_text())
+    other["models"]["als"]["validation"]["chosen"]["factors"] = 8
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    res = runner.invoke(app, ["bench", "merge", str(outs["a"]), str(tmp_path / "other.json"), "--out", str(tmp_path / "x.json")])
+    assert res.exit_code == 2 and "other settings" in res.output
+    (tmp_path / "bad.json").write_text("{}")
+    res = runner.invoke(app, ["bench", "merge", str(outs["a"]), str(tmp_path / "bad.json"), "--out", str(tmp_path / "x.json")])
+    assert res.exit_code == 2 and "not a result file" in res.output
+    assert not (tmp_path / "x.json").exists()

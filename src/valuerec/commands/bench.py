@@ -23,6 +23,9 @@ MODELS_HELP = ("Comma-separated registered models, e.g. popularity,itemknn,als,b
 PARAMS_HELP = ('Hyperparameters as JSON (or a path to a JSON file): {"als": {"factors": [64, 128]}, ...}; '
                "a list is a grid searched on validation, a scalar is fixed")
 
+FIRST_SEED_HELP = ("Seeds run are first-seed .. first-seed+seeds-1, so that one protocol's seeds can run in parallel "
+                   "processes (or machines) and be joined with `valuerec bench merge`")
+
 
 def _parse_params(params: str | None) -> dict | None:
     if not params:
@@ -58,6 +61,7 @@ def r1_cmd(
     data: Path = typer.Option(..., "--data", help="S3-Rec format file (user item item ...) or a directory with Beauty.txt"),
     models: str = typer.Option("popularity,itemknn,als,bpr", "--models", help=MODELS_HELP),
     seeds: int = typer.Option(3, "--seeds", min=1, help="Seeds for trained models (deterministic ones run once)"),
+    first_seed: int = typer.Option(0, "--first-seed", min=0, help=FIRST_SEED_HELP),
     out: Optional[Path] = typer.Option(None, "--out", help="Result JSON path"),
     params: Optional[str] = typer.Option(None, "--params", help=PARAMS_HELP),
     attributes: Optional[Path] = typer.Option(None, "--attributes", help="item2attributes JSON (optional)"),
@@ -81,7 +85,7 @@ def r1_cmd(
             if not sep or not name or not python:
                 raise DataError(f"--peer {spec!r}: expected NAME=PYTHON")
             peers[name] = python
-        run_r1(data, _models(models), seeds, out, _parse_params(params), attributes, cache_dir, tune,
+        run_r1(data, _models(models), list(range(first_seed, first_seed + seeds)), out, _parse_params(params), attributes, cache_dir, tune,
                batch_size, device, console=console, peers=peers)
     except DataError as e:
         console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
@@ -93,6 +97,7 @@ def r2_cmd(
     data: Path = typer.Option(..., "--data", help="Online Retail csv(.gz) or a directory holding it"),
     models: str = typer.Option("popularity,itemknn,als,bpr", "--models", help=MODELS_HELP),
     seeds: int = typer.Option(3, "--seeds", min=1),
+    first_seed: int = typer.Option(0, "--first-seed", min=0, help=FIRST_SEED_HELP),
     out: Optional[Path] = typer.Option(None, "--out", help="Result JSON path"),
     params: Optional[str] = typer.Option(None, "--params", help=PARAMS_HELP),
     cache_dir: Path = typer.Option(Path("runs/stores"), "--cache-dir"),
@@ -107,7 +112,7 @@ def r2_cmd(
     from valuerec.evaluation.protocols import run_r2
     _setup_threads(threads)
     try:
-        run_r2(data, _models(models), seeds, out, _parse_params(params), cache_dir, tune, batch_size, device,
+        run_r2(data, _models(models), list(range(first_seed, first_seed + seeds)), out, _parse_params(params), cache_dir, tune, batch_size, device,
                console=console, cutoff=cutoff, valid_cutoff=valid_cutoff)
     except DataError as e:
         console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
@@ -116,3 +121,22 @@ def r2_cmd(
 
 def register(app: typer.Typer) -> None:
     app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("merge")
+def merge_cmd(
+    inputs: list[Path] = typer.Argument(..., help="Result files of the same protocol, data and split"),
+    out: Path = typer.Option(..., "--out", help="Merged result JSON path"),
+) -> None:
+    """Join result files of one protocol run in parts (e.g. one seed per process, `--first-seed`): a model
+    in several parts gets its seeds pooled and its mean / std recomputed over all of them."""
+    from valuerec.evaluation.results import merge_results, read_result, results_table, write_result
+    try:
+        merged = merge_results([read_result(p) for p in inputs], [str(p) for p in inputs])
+    except DataError as e:
+        console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        raise typer.Exit(code=2) from None
+    write_result(out, merged)
+    console.print(results_table(merged, merged.get("metric_names")))
+    console.log(f"wrote {out}")
+

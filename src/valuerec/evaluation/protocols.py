@@ -223,6 +223,7 @@ def run_model(name: str, split: Split, spec: ProtocolSpec, seeds: list[int], par
                 best, chosen = r[spec.select_metric], cfg
                 chosen_model = (model, fit_s) if train_only else None
         validation["best"] = next(g["metrics"] for g in validation["grid"] if g["params"] == chosen)
+    validation["chosen"] = chosen   # the settings asked for (a fit may choose more inside: per_seed)
 
     # 2. Final fits on train_full, test once per seed.
     runs = []
@@ -259,6 +260,7 @@ def run_model(name: str, split: Split, spec: ProtocolSpec, seeds: list[int], par
                 k: _pick(evaluate(fn, split.test, n_items, ks=spec.ks, batch_size=batch_size, device=device,
                                   coverage_k=spec.coverage_k), spec.metrics) for k, fn in ablations.items()}
         runs[-1].update(model.fit_report())
+        runs[-1].update(_training_stats(model))
         console.log(f"{name} test seed {seed}: " + ", ".join(f"{m}={r[m]:.4f}" for m in spec.metrics if m in r)
                     + f" (fit {fit_s:.1f}s, eval {r['eval_seconds']:.1f}s)")
     entry = aggregate_seeds(runs, spec.metrics)
@@ -271,19 +273,26 @@ def run_model(name: str, split: Split, spec: ProtocolSpec, seeds: list[int], par
     entry["final_fit_on"] = ("train (early stopping on valid)" if train_only and refit_epochs is None
                              else f"train_full for {refit_epochs} epochs (chosen on valid)" if refit_epochs
                              else "train_full")
-    if hasattr(model, "history_"):
-        hist = model.history_
-        best_epoch = (getattr(model, "best_", None) or {}).get("epoch")
-        entry["epochs_run"] = len(hist)
-        entry["best_epoch"] = best_epoch
-        if hist:
-            entry["seconds_per_epoch"] = float(np.median([r.get("train_seconds", r.get("seconds", 0.0)) for r in hist]))
-            entry["seconds_to_best"] = float(sum(r.get("seconds", 0.0) for r in hist[:best_epoch or len(hist)]))
+    entry.update(_training_stats(model))  # the last seed's (each seed's are in per_seed)
     entry["validation"] = validation
     if leaky:
         entry["note"] = ("REPRODUCTION ONLY: popularity counted over every event including the test "
                          "targets (a leak); kept only to explain the S3-Rec repository's published figure")
     return entry
+
+
+def _training_stats(model) -> dict:
+    """Epochs run, the best validation epoch, median seconds per epoch and training seconds up to the
+    best epoch of an epoch-trained model (empty for the others)."""
+    hist = getattr(model, "history_", None)
+    if hist is None:
+        return {}
+    best_epoch = (getattr(model, "best_", None) or {}).get("epoch")
+    out = {"epochs_run": len(hist), "best_epoch": best_epoch}
+    if hist:
+        out["seconds_per_epoch"] = float(np.median([r.get("train_seconds", r.get("seconds", 0.0)) for r in hist]))
+        out["seconds_to_best"] = float(sum(r.get("seconds", 0.0) for r in hist[:best_epoch or len(hist)]))
+    return out
 
 
 def _targets_as_history(split: Split) -> Sequences:

@@ -53,7 +53,8 @@ def now_iso() -> str:
 
 
 def command_line() -> str:
-    return " ".join(["valuerec" if i == 0 and a.endswith("valuerec") else a for i, a in enumerate(sys.argv)])
+    return " ".join(["valuerec" if i == 0 and (a.endswith("valuerec") or a.endswith("valuerec/__main__.py")) else a
+                     for i, a in enumerate(sys.argv)])
 
 
 def aggregate_seeds(runs: list[dict], metric_names: list[str]) -> dict:
@@ -81,6 +82,96 @@ def write_result(path: str | Path, result: dict) -> Path:
     tmp.write_text(json.dumps(result, indent=2, default=_json_default) + "\n")
     tmp.replace(path)
     return path
+
+
+def read_result(path: str | Path) -> dict:
+    """A result file, checked for the keys every result has."""
+    from valuerec.data.schema import DataError
+    path = Path(path)
+    try:
+        result = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise DataError(f"{path}: cannot read a result file ({e})") from None
+    missing = [k for k in RESULT_KEYS if not isinstance(result, dict) or k not in result]
+    if missing:
+        raise DataError(f"{path}: not a result file, missing key(s) {missing}")
+    return result
+
+
+# must agree between the parts of one run before they can be merged
+MERGE_SAME = ("protocol", "dataset", "data_sha256", "git_commit", "device", "split", "metric_names",
+              "selection_metric")
+TRAINING_STATS = ("epochs_run", "best_epoch", "seconds_per_epoch", "seconds_to_best")
+
+
+def merge_results(results: list[dict], names: list[str] | None = None) -> dict:
+    """One result from parts of one protocol run (the same data, split, code and device), e.g. one seed per
+    process. A model in one part is copied; a model in several parts must have the same settings and
+    different seeds, and gets its seeds pooled: mean / std and the ablations over all of them, the
+    validation of the part with the first seed (the others' under ``validation_parts``), the training
+    statistics of the last seed (as a single run reports them). A deterministic model (run once per
+    part) must have the same figures in each and is kept once."""
+    from valuerec.data.schema import DataError
+    names = names or [f"part {i + 1}" for i in range(len(results))]
+    if len(results) < 2:
+        raise DataError("merge needs at least two result files")
+    first = results[0]
+    for name, r in zip(names[1:], results[1:]):
+        for k in MERGE_SAME:
+            if r.get(k) != first.get(k):
+                raise DataError(f"{name}: {k} differs from {names[0]} ({r.get(k)!r} vs {first.get(k)!r}); "
+                                "only parts of one run can be merged")
+    metric_names = first.get("metric_names") or sorted({m for r in results for v in r["models"].values()
+                                                        for m in v["metrics"]})
+    merged = {k: first[k] for k in (*RESULT_KEYS, "description", "metric_names", "selection_metric", "split",
+                                    "data_path") if k in first}
+    merged["command"] = "valuerec bench merge " + " ".join(names)
+    merged["started_at"] = min(r["started_at"] for r in results)
+    merged["parts"] = [{"file": n, "command": r["command"], "started_at": r["started_at"],
+                        "wall_seconds": r.get("wall_seconds"), "models": list(r["models"])}
+                       for n, r in zip(names, results)]
+    merged["models"] = {}
+    order = list(dict.fromkeys(m for r in results for m in r["models"]))
+    for model in order:
+        parts = [(n, r["models"][model]) for n, r in zip(names, results) if model in r["models"]]
+        if len(parts) == 1:
+            merged["models"][model] = parts[0][1]
+            continue
+        entries = [e for _, e in parts]
+        if all(e.get("deterministic") for e in entries):
+            # a deterministic model runs once per part (whatever its seed): the same run repeated
+            if any(e["metrics"] != entries[0]["metrics"] or e.get("params") != entries[0].get("params")
+                   for e in entries):
+                raise DataError(f"{model}: deterministic, yet its settings or figures differ between parts")
+            merged["models"][model] = entries[0]
+            continue
+        def asked(e: dict):   # the settings asked for; a fit may choose more inside (e.g. a prior's weight)
+            return (e.get("validation") or {}).get("chosen", e.get("params"))
+        for n, e in parts[1:]:
+            if asked(e) != asked(entries[0]):
+                raise DataError(f"{n}: {model} has other settings than in {parts[0][0]}; cannot pool its seeds")
+        seeds = [s for e in entries for s in e.get("seeds", [])]
+        if len(seeds) != len(set(seeds)):
+            raise DataError(f"{model}: seed(s) {sorted({s for s in seeds if seeds.count(s) > 1})} occur in more "
+                            "than one part (run each part with its own --first-seed)")
+        if any("per_seed" not in e for e in entries):
+            raise DataError(f"{model}: a part has no per_seed runs to pool")
+        runs = sorted((run for e in entries for run in e["per_seed"]), key=lambda run: run["seed"])
+        entry = aggregate_seeds(runs, metric_names)
+        if all("ablations" in run for run in runs):
+            entry["ablations"] = {k: {m: float(np.mean([run["ablations"][k][m] for run in runs]))
+                                      for m in runs[0]["ablations"][k]} for k in runs[0]["ablations"]}
+        by_first = sorted(parts, key=lambda p: min(p[1]["seeds"]))
+        head = by_first[0][1]
+        for k, v in head.items():
+            if k not in entry and k not in TRAINING_STATS and k != "validation":
+                entry[k] = v
+        last = runs[-1]
+        entry.update({k: last[k] for k in TRAINING_STATS if k in last})
+        entry["validation"] = head.get("validation")
+        entry["validation_parts"] = {n: e.get("validation") for n, e in by_first[1:]}
+        merged["models"][model] = entry
+    return merged
 
 
 def _json_default(o):
