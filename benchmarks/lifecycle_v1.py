@@ -48,16 +48,26 @@ def value_factory(name: str):
 
 
 def outcomes(df: pd.DataFrame, revenue: np.ndarray, churned: np.ndarray) -> list[dict]:
-    """Per stage: size, mean predicted value and churn, and what happened in the holdout."""
+    """Per stage: size, mean predicted value and churn, and what happened in the holdout, also against
+    each user's own past spend rate per horizon (did they grow, as "expanding" predicts?)."""
     d = df.assign(actual_revenue=revenue, bought=~churned.astype(bool))
+    rate = pd.to_numeric(d["past_rate_h"], errors="coerce").to_numpy(dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        d["growth"] = np.where(rate > 0, d["actual_revenue"].to_numpy(dtype=np.float64) / rate, np.nan)
+    d["grew"] = np.where(rate > 0, (d["growth"] > 1.0).astype(float), np.nan)
     rows = []
     for s in STAGES:
         g = d[d["stage"] == s]
+        growth = g["growth"].to_numpy(dtype=np.float64)
+        growth = growth[np.isfinite(growth)]
         rows.append({"stage": s, "users": int(len(g)), "share": float(len(g) / max(len(d), 1)),
                      "mean_predicted_value": _mean(g["expected_value"]), "mean_churn_prob": _mean(g["churn_prob"]),
                      "mean_actual_revenue": _mean(g["actual_revenue"]),
                      "share_bought_in_holdout": _mean(g["bought"].astype(float)),
-                     "mean_past_spend": _mean(g["past_spend"]), "mean_recency_days": _mean(g["recency_days"])})
+                     "mean_past_spend": _mean(g["past_spend"]), "mean_recency_days": _mean(g["recency_days"]),
+                     "mean_past_rate_h": _mean(g["past_rate_h"]),
+                     "median_growth": float(np.median(growth)) if len(growth) else None,
+                     "share_grew": _mean(g["grew"])})
     return rows
 
 

@@ -238,10 +238,12 @@ def lifecycle_lines(res: dict) -> list[str]:
     f = (lambda x, p=1: "-" if x is None else f"{x:.{p}f}")
     out = [f"Stages at the test cut-off ({res.get('value_model')} value model) and what their customers did in "
            "the holdout:", "", "| stage | users | share | mean predicted value | mean churn prob | mean actual revenue "
-           "| share who bought |", "|---|---|---|---|---|---|---|"]
+           "| share who bought | mean past spend per horizon | median actual / past rate | share above past rate |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
     for r in res["outcomes"]["test"]:
         out.append(f"| {r['stage']} | {r['users']} | {f(r['share'], 3)} | {f(r['mean_predicted_value'])} | "
-                   f"{f(r['mean_churn_prob'], 2)} | {f(r['mean_actual_revenue'])} | {f(r['share_bought_in_holdout'], 2)} |")
+                   f"{f(r['mean_churn_prob'], 2)} | {f(r['mean_actual_revenue'])} | {f(r['share_bought_in_holdout'], 2)} | "
+                   f"{f(r.get('mean_past_rate_h'))} | {f(r.get('median_growth'), 2)} | {f(r.get('share_grew'), 2)} |")
     tr = res["transitions"]
     stages = list(tr["matrix"])
     out += ["", f"Transitions {tr['from']} (rows) -> {tr['to']} (columns), same customers:", "",

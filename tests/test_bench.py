@@ -236,3 +236,16 @@ def test_seeds_in_parts_merge_to_the_whole_run(tmp_path):
     res = runner.invoke(app, ["bench", "merge", str(outs["a"]), str(tmp_path / "bad.json"), "--out", str(tmp_path / "x.json")])
     assert res.exit_code == 2 and "not a result file" in res.output
     assert not (tmp_path / "x.json").exists()
+
+
+def test_python_dash_m_runs_the_cli_and_records_it_as_valuerec(monkeypatch):
+    """`python -m valuerec` is the same command line (for machines where the package is only on
+    PYTHONPATH), and result files record it as `valuerec ...`."""
+    from valuerec.evaluation.results import command_line
+    res = subprocess.run([sys.executable, "-m", "valuerec", "bench", "--help"], capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "merge" in res.stdout and "r1" in res.stdout
+    main = str(REPO / "src" / "valuerec" / "__main__.py")
+    monkeypatch.setattr(sys, "argv", [main, "bench", "r1", "--seeds", "1"])
+    assert command_line() == "valuerec bench r1 --seeds 1"
