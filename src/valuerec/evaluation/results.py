@@ -164,7 +164,8 @@ def merge_results(results: list[dict], names: list[str] | None = None) -> dict:
         by_first = sorted(parts, key=lambda p: min(p[1]["seeds"]))
         head = by_first[0][1]
         for k, v in head.items():
-            if k not in entry and k not in TRAINING_STATS and k != "validation":
+            # (ablations are pooled above only when every seed has them; a part's own mean is not copied)
+            if k not in entry and k not in TRAINING_STATS and k not in ("validation", "ablations"):
                 entry[k] = v
         last = runs[-1]
         entry.update({k: last[k] for k in TRAINING_STATS if k in last})
