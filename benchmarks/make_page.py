@@ -358,10 +358,11 @@ def build(results_dir: Path) -> str:
                     + (f", wall time {r['wall_seconds']:.0f} s" if isinstance(r.get("wall_seconds"), (int, float)) else "")]
             lines += [m for m in meta if m]
             if r.get("parts"):
-                lines += [f"- run in {len(r['parts'])} parts at the same time on that device (each part's own "
-                          "process; timings include sharing it), joined by `valuerec bench merge`:"]
-                lines += [f"  - {', '.join(f'`{m}`' for m in p.get('models', []))}"
-                          + (f" ({p['wall_seconds']:.0f} s)" if isinstance(p.get("wall_seconds"), (int, float)) else "")
+                lines += [f"- run in {len(r['parts'])} parts, each its own process, joined by `valuerec bench merge` "
+                          "(parts run at the same time share the device, and their timings include that; the start "
+                          "times below show whether they did):"]
+                lines += [f"  - {', '.join(f'`{m}`' for m in p.get('models', []))}, started {p.get('started_at')}"
+                          + (f", {p['wall_seconds']:.0f} s" if isinstance(p.get("wall_seconds"), (int, float)) else "")
                           + f": `{p.get('command')}`" for p in r["parts"]]
             notes = [f"- `{n}`: {v['note']}" for n, v in r.get("models", {}).items() if v.get("note")]
             if notes:

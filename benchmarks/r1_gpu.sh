@@ -20,6 +20,7 @@ VARIANT=${VARIANT:-}
 EXTRA=${EXTRA:-}
 MODEL=transformer${VARIANT:+:$VARIANT}
 SUFFIX=${VARIANT:+_$VARIANT}
+mkdir -p "$OUT"
 WORK=$(mktemp -d)
 T='"loss": "ce", "dropout": 0.5, "eval_every": 5, "patience": 2, "epochs": '$EPOCHS', "max_seconds": '$MAX_SECONDS', "cooc_weight": "auto", "progress": false'${EXTRA:+, $EXTRA}
 COMMON=(bench r1 --data "$DATA" --attributes "$DATA/Beauty_item2attributes.json" --device "$DEVICE" --threads 4)

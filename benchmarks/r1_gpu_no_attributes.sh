@@ -12,6 +12,7 @@ MAX_SECONDS=${MAX_SECONDS:-300}
 VALUEREC=${VALUEREC:-valuerec}
 DEVICE=${DEVICE:-cuda}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} OPENBLAS_NUM_THREADS=1
+mkdir -p "$OUT"
 WORK=$(mktemp -d)
 T='"use_attributes": false, "loss": "ce", "dropout": 0.5, "eval_every": 5, "patience": 2, "epochs": '$EPOCHS', "max_seconds": '$MAX_SECONDS', "cooc_weight": "auto", "progress": false'
 COMMON=(bench r1 --data "$DATA" --attributes "$DATA/Beauty_item2attributes.json" --device "$DEVICE" --threads 2)

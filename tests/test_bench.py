@@ -195,20 +195,20 @@ def test_seeds_in_parts_merge_to_the_whole_run(tmp_path):
     common = ["bench", "r1", "--data", str(data), "--params", params, "--cache-dir", str(tmp_path / "stores"),
               "--no-tune"]
     outs = {}
-    for name, extra in {"whole": ["--models", "als", "--seeds", "2"],
-                        "a": ["--models", "itemknn,als", "--seeds", "1"],
-                        "b": ["--models", "itemknn,als", "--seeds", "1", "--first-seed", "1"]}.items():
+    for name, extra in {"whole": ["--models", "als", "--seeds", "3"],
+                        "a": ["--models", "itemknn,als", "--seeds", "2"],
+                        "b": ["--models", "itemknn,als", "--seeds", "1", "--first-seed", "2"]}.items():
         outs[name] = tmp_path / f"{name}.json"
         res = runner.invoke(app, common + extra + ["--out", str(outs[name])])
         assert res.exit_code == 0, res.output
-    assert json.loads(outs["b"].read_text())["models"]["als"]["seeds"] == [1]
+    assert json.loads(outs["b"].read_text())["models"]["als"]["seeds"] == [2]
     merged_path = tmp_path / "merged.json"
     res = runner.invoke(app, ["bench", "merge", str(outs["a"]), str(outs["b"]), "--out", str(merged_path)])
     assert res.exit_code == 0, res.output
     merged = json.loads(merged_path.read_text())
     whole = json.loads(outs["whole"].read_text())["models"]["als"]
     als = merged["models"]["als"]
-    assert als["seeds"] == [0, 1]
+    assert als["seeds"] == [0, 1, 2] and len(als["per_seed"]) == len(whole["per_seed"]) == 3
     for got, want in zip(als["per_seed"], whole["per_seed"]):
         assert got["seed"] == want["seed"]
         assert got["metrics"] == pytest.approx(want["metrics"])
@@ -221,6 +221,11 @@ def test_seeds_in_parts_merge_to_the_whole_run(tmp_path):
 
     # Parts that are not of one run are refused with the reason.
     res = runner.invoke(app, ["bench", "merge", str(outs["a"]), str(outs["a"]), "--out", str(tmp_path / "x.json")])
+    assert res.exit_code == 2 and "is the same result as" in res.output
+    again = json.loads(outs["a"].read_text())
+    again["started_at"] = "2000-01-01T00:00:00+00:00"          # the same seeds from another run
+    (tmp_path / "again.json").write_text(json.dumps(again))
+    res = runner.invoke(app, ["bench", "merge", str(outs["a"]), str(tmp_path / "again.json"), "--out", str(tmp_path / "x.json")])
     assert res.exit_code == 2 and "occur in more than one part" in res.output
     other = json.loads(outs["b"].read_text())
     other["data_sha256"] = "0" * 64
@@ -231,7 +236,7 @@ def test_seeds_in_parts_merge_to_the_whole_run(tmp_path):
     other["models"]["als"]["validation"]["chosen"]["factors"] = 8
     (tmp_path / "other.json").write_text(json.dumps(other))
     res = runner.invoke(app, ["bench", "merge", str(outs["a"]), str(tmp_path / "other.json"), "--out", str(tmp_path / "x.json")])
-    assert res.exit_code == 2 and "other settings" in res.output
+    assert res.exit_code == 2 and "other settings" in res.output and "factors" in res.output
     (tmp_path / "bad.json").write_text("{}")
     res = runner.invoke(app, ["bench", "merge", str(outs["a"]), str(tmp_path / "bad.json"), "--out", str(tmp_path / "x.json")])
     assert res.exit_code == 2 and "not a result file" in res.output
@@ -249,3 +254,36 @@ def test_python_dash_m_runs_the_cli_and_records_it_as_valuerec(monkeypatch):
     main = str(REPO / "src" / "valuerec" / "__main__.py")
     monkeypatch.setattr(sys, "argv", [main, "bench", "r1", "--seeds", "1"])
     assert command_line() == "valuerec bench r1 --seeds 1"
+
+
+def _part(seed: int, started: str, **entry_extra) -> dict:
+    run = {"seed": seed, "metrics": {"ndcg@10": 0.1 * (seed + 1)}, "train_seconds": 1.0, "eval_seconds": 1.0}
+    entry = {"metrics": dict(run["metrics"]), "seeds": [seed], "per_seed": [run], "params": {"x": 1},
+             "train_seconds": 1.0, "eval_seconds": 1.0, "validation": {"chosen": {"x": 1}}, **entry_extra}
+    return {"protocol": "R2", "dataset": "d", "data_sha256": "0" * 64, "git_commit": "c", "command": "valuerec bench",
+            "device": "cpu", "started_at": started, "metric_names": ["ndcg@10"], "models": {"m": entry}}
+
+
+def test_merge_keeps_extras_and_peer_statistics_and_refuses_other_decisions():
+    from valuerec.data.schema import DataError
+    from valuerec.evaluation.results import merge_results
+    a = _part(0, "t0", epochs_run=7, best_epoch=5, seconds_per_epoch=2.0, seconds_to_best=10.0)
+    b = _part(1, "t1", epochs_run=9, best_epoch=6, seconds_per_epoch=3.0, seconds_to_best=18.0)
+    b["popularity_variants"] = [{"counted_over": "train_full"}]
+    merged = merge_results([a, b])
+    m = merged["models"]["m"]
+    assert m["seeds"] == [0, 1] and m["metrics"]["ndcg@10"] == pytest.approx(0.15)
+    # statistics kept per entry only (as a peer reports them) come from the last seed's part
+    assert (m["epochs_run"], m["best_epoch"], m["seconds_per_epoch"]) == (9, 6, 3.0)
+    assert merged["popularity_variants"] == [{"counted_over": "train_full"}]
+    # a refit's epochs are decided once, on the first seed's validation: parts deciding otherwise differ
+    a["models"]["m"]["validation"]["refit_epochs"] = 4
+    b["models"]["m"]["validation"]["refit_epochs"] = 6
+    with pytest.raises(DataError, match="refit_epochs"):
+        merge_results([a, b])
+    # a deterministic model with other figures in another part is refused, naming the metric
+    for r, v in ((a, 0.1), (b, 0.2)):
+        r["models"]["d"] = {"metrics": {"ndcg@10": v}, "seeds": [0], "deterministic": True, "params": {}}
+    a["models"]["m"]["validation"].pop("refit_epochs"); b["models"]["m"]["validation"].pop("refit_epochs")
+    with pytest.raises(DataError, match="ndcg@10: 0.1 vs 0.2"):
+        merge_results([a, b])

@@ -85,7 +85,7 @@ def write_result(path: str | Path, result: dict) -> Path:
 
 
 def read_result(path: str | Path) -> dict:
-    """A result file, checked for the keys every result has."""
+    """A result file, checked for the keys every result and every model entry has."""
     from valuerec.data.schema import DataError
     path = Path(path)
     try:
@@ -95,6 +95,12 @@ def read_result(path: str | Path) -> dict:
     missing = [k for k in RESULT_KEYS if not isinstance(result, dict) or k not in result]
     if missing:
         raise DataError(f"{path}: not a result file, missing key(s) {missing}")
+    if not isinstance(result["models"], dict):
+        raise DataError(f"{path}: 'models' must map model names to entries")
+    for name, entry in result["models"].items():
+        bad = [k for k in ("metrics", "seeds") if not isinstance(entry, dict) or k not in entry]
+        if bad or not entry["seeds"]:
+            raise DataError(f"{path}: model {name!r} has no {bad or 'seeds'}; not a result entry")
     return result
 
 
@@ -102,6 +108,16 @@ def read_result(path: str | Path) -> dict:
 MERGE_SAME = ("protocol", "dataset", "data_sha256", "git_commit", "device", "split", "metric_names",
               "selection_metric")
 TRAINING_STATS = ("epochs_run", "best_epoch", "seconds_per_epoch", "seconds_to_best")
+# decided on the first seed's validation and reused for the others (a refit's epochs, a prior's weight):
+# parts that decided differently are not one run
+DECIDED_ONCE = ("refit_epochs", "chosen_during_fit")
+
+
+def _diff_keys(a, b) -> str:
+    if isinstance(a, dict) and isinstance(b, dict):
+        keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+        return ", ".join(f"{k}: {a.get(k)!r} vs {b.get(k)!r}" for k in keys)
+    return f"{a!r} vs {b!r}"
 
 
 def merge_results(results: list[dict], names: list[str] | None = None) -> dict:
@@ -110,12 +126,17 @@ def merge_results(results: list[dict], names: list[str] | None = None) -> dict:
     different seeds, and gets its seeds pooled: mean / std and the ablations over all of them, the
     validation of the part with the first seed (the others' under ``validation_parts``), the training
     statistics of the last seed (as a single run reports them). A deterministic model (run once per
-    part) must have the same figures in each and is kept once."""
+    part) must have the same figures in each and is kept once. Top-level extras (e.g.
+    ``popularity_variants``) come from the first part that has them."""
     from valuerec.data.schema import DataError
     names = names or [f"part {i + 1}" for i in range(len(results))]
     if len(results) < 2:
         raise DataError("merge needs at least two result files")
     first = results[0]
+    for i, (name, r) in enumerate(zip(names, results)):
+        for other, o in zip(names[:i], results[:i]):
+            if r == o:
+                raise DataError(f"{name} is the same result as {other}; each part must be its own run")
     for name, r in zip(names[1:], results[1:]):
         for k in MERGE_SAME:
             if r.get(k) != first.get(k):
@@ -123,8 +144,11 @@ def merge_results(results: list[dict], names: list[str] | None = None) -> dict:
                                 "only parts of one run can be merged")
     metric_names = first.get("metric_names") or sorted({m for r in results for v in r["models"].values()
                                                         for m in v["metrics"]})
-    merged = {k: first[k] for k in (*RESULT_KEYS, "description", "metric_names", "selection_metric", "split",
-                                    "data_path") if k in first}
+    merged: dict = {}
+    for r in results:   # every top-level key, from the first part that has it
+        for k, v in r.items():
+            if k not in merged and k not in ("models", "wall_seconds"):
+                merged[k] = v
     merged["command"] = "valuerec bench merge " + " ".join(names)
     merged["started_at"] = min(r["started_at"] for r in results)
     merged["parts"] = [{"file": n, "command": r["command"], "started_at": r["started_at"],
@@ -140,17 +164,27 @@ def merge_results(results: list[dict], names: list[str] | None = None) -> dict:
         entries = [e for _, e in parts]
         if all(e.get("deterministic") for e in entries):
             # a deterministic model runs once per part (whatever its seed): the same run repeated
-            if any(e["metrics"] != entries[0]["metrics"] or e.get("params") != entries[0].get("params")
-                   for e in entries):
-                raise DataError(f"{model}: deterministic, yet its settings or figures differ between parts")
+            for n, e in parts[1:]:
+                for what in ("params", "metrics"):
+                    if e.get(what) != entries[0].get(what):
+                        raise DataError(f"{n}: {model} is deterministic, yet its {what} differ from "
+                                        f"{parts[0][0]} ({_diff_keys(entries[0].get(what), e.get(what))})")
             merged["models"][model] = entries[0]
             continue
+
         def asked(e: dict):   # the settings asked for; a fit may choose more inside (e.g. a prior's weight)
             return (e.get("validation") or {}).get("chosen", e.get("params"))
         for n, e in parts[1:]:
             if asked(e) != asked(entries[0]):
-                raise DataError(f"{n}: {model} has other settings than in {parts[0][0]}; cannot pool its seeds")
-        seeds = [s for e in entries for s in e.get("seeds", [])]
+                raise DataError(f"{n}: {model} has other settings than in {parts[0][0]} "
+                                f"({_diff_keys(asked(entries[0]), asked(e))}); cannot pool its seeds")
+            for k in DECIDED_ONCE:
+                a, b = (entries[0].get("validation") or {}).get(k), (e.get("validation") or {}).get(k)
+                if a != b:
+                    raise DataError(f"{n}: {model}'s {k} ({b!r}) differs from {parts[0][0]} ({a!r}): a single "
+                                    "run decides it once on the first seed's validation, so these parts are "
+                                    "not one run")
+        seeds = [s for e in entries for s in e["seeds"]]
         if len(seeds) != len(set(seeds)):
             raise DataError(f"{model}: seed(s) {sorted({s for s in seeds if seeds.count(s) > 1})} occur in more "
                             "than one part (run each part with its own --first-seed)")
@@ -162,13 +196,15 @@ def merge_results(results: list[dict], names: list[str] | None = None) -> dict:
             entry["ablations"] = {k: {m: float(np.mean([run["ablations"][k][m] for run in runs]))
                                       for m in runs[0]["ablations"][k]} for k in runs[0]["ablations"]}
         by_first = sorted(parts, key=lambda p: min(p[1]["seeds"]))
-        head = by_first[0][1]
+        head, tail = by_first[0][1], by_first[-1][1]
         for k, v in head.items():
             # (ablations are pooled above only when every seed has them; a part's own mean is not copied)
             if k not in entry and k not in TRAINING_STATS and k not in ("validation", "ablations"):
                 entry[k] = v
+        # the last seed's training statistics: from its own run, else from its part's entry (peers
+        # report them per entry)
         last = runs[-1]
-        entry.update({k: last[k] for k in TRAINING_STATS if k in last})
+        entry.update({k: last[k] if k in last else tail[k] for k in TRAINING_STATS if k in last or k in tail})
         entry["validation"] = head.get("validation")
         entry["validation_parts"] = {n: e.get("validation") for n, e in by_first[1:]}
         merged["models"][model] = entry
