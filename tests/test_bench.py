@@ -287,3 +287,22 @@ def test_merge_keeps_extras_and_peer_statistics_and_refuses_other_decisions():
     a["models"]["m"]["validation"].pop("refit_epochs"); b["models"]["m"]["validation"].pop("refit_epochs")
     with pytest.raises(DataError, match="ndcg@10: 0.1 vs 0.2"):
         merge_results([a, b])
+
+
+def test_gpu_script_runs_its_parts_and_merges_them_on_cpu(tmp_path):
+    """benchmarks/r1_gpu.sh (parallel seed processes + merge) end to end on a tiny file, on the CPU."""
+    import os
+    data = tmp_path / "data"
+    data.mkdir()
+    write_s3rec(data / "Beauty.txt", n_users=60, n_items=20)
+    (data / "Beauty_item2attributes.json").write_text(json.dumps({str(i): [i % 4 + 1] for i in range(1, 21)}))
+    out = tmp_path / "out"
+    env = {**os.environ, "EPOCHS": "1", "MAX_SECONDS": "5", "DEVICE": "cpu", "OMP_NUM_THREADS": "1",
+           "VARIANT": "tiny", "EXTRA": '"d_model": 16', "VALUEREC": f"{sys.executable} -m valuerec"}
+    res = subprocess.run(["bash", str(REPO / "benchmarks" / "r1_gpu.sh"), str(data), str(out)], cwd=tmp_path,
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    merged = json.loads((out / "r1_beauty_gpu_tiny.json").read_text())
+    entry = merged["models"]["transformer:tiny"]
+    assert entry["seeds"] == [0, 1, 2] and entry["params"]["d_model"] == 16 and entry["params"]["n_attributes"] > 0
+    assert len(merged["parts"]) == 3 and (out / "r1_gpu_tiny_parts.tar.gz").exists()
