@@ -83,20 +83,26 @@ def user_line_value(global_line: np.ndarray, shrink: float = 1.0):
 
 
 def fit_recommender(name: str, split: Split, params: dict | None, seed: int):
-    """Choose params on validation (grid from the R1/R2 harness), fit on train (for validation) and
-    train_full (for test)."""
+    """Choose params on validation (grid from the R1/R2 harness), fit on train (for validation; the model
+    sees the validation split, for early stopping and the settings it chooses inside its fit) and refit on
+    train_full (for test) with what the validation fit chose, as the R2 protocol does: its in-fit choices
+    (``refit_params``, e.g. the co-occurrence prior's weight) and, for a model trained in epochs, its best
+    epoch count."""
     cls = MODEL_REGISTRY[name]
     grid = [params] if params is not None else _grid(name)
     best, best_p, best_model = -1.0, None, None
     for p in grid:
-        m = cls(**p).fit(split.train, split.catalogue)
+        m = cls(seed=seed, **p).fit(split.train, split.catalogue, valid=split.valid)
         s = evaluate(m.score, split.valid, len(split.catalogue), ks=(20,), coverage_k=20)["ndcg@20"]
         console.log(f"{name} {p}: valid ndcg@20 {s:.4f}")
         if s > best:
             best, best_p, best_model = s, p, m
+    refit = {**best_p, **best_model.refit_params()}
+    if getattr(best_model, "history_", None):
+        refit["epochs"] = (getattr(best_model, "best_", None) or {}).get("epoch") or len(best_model.history_)
     t0 = time.perf_counter()
-    full = cls(**best_p).fit(split.train_full, split.catalogue)
-    return best_model, full, best_p, time.perf_counter() - t0
+    full = cls(seed=seed, **refit).fit(split.train_full, split.catalogue)
+    return best_model, full, refit, time.perf_counter() - t0
 
 
 def _grid(name: str) -> list[dict]:
