@@ -24,7 +24,8 @@ PARAMS_HELP = ('Hyperparameters as JSON (or a path to a JSON file): {"als": {"fa
                "a list is a grid searched on validation, a scalar is fixed")
 
 FIRST_SEED_HELP = ("Seeds run are first-seed .. first-seed+seeds-1, so that one protocol's seeds can run in parallel "
-                   "processes (or machines) and be joined with `valuerec bench merge`")
+                   "processes (or machines) and be joined with `valuerec bench merge` (not for a model that R2 refits "
+                   "for the epochs its first seed chose: each part would choose its own)")
 
 
 def _parse_params(params: str | None) -> dict | None:
