@@ -37,7 +37,7 @@ from rich.table import Table
 
 from valuerec.data.splits import Split
 from valuerec.evaluation.metrics import evaluate
-from valuerec.evaluation.protocols import DEFAULT_GRIDS, load_split_r2
+from valuerec.evaluation.protocols import DEFAULT_GRIDS, chosen_epochs, load_split_r2
 from valuerec.evaluation.results import command_line, device_info, git_commit, now_iso, write_result
 from valuerec.models.base import MODEL_REGISTRY
 from valuerec.policies.lifecycle import LifecycleConfig, assign_stages, predict_value_safe, stage_sizes
@@ -99,7 +99,7 @@ def fit_recommender(name: str, split: Split, params: dict | None, seed: int):
             best, best_p, best_model = s, p, m
     refit = {**best_p, **best_model.refit_params()}
     if getattr(best_model, "history_", None):
-        refit["epochs"] = (getattr(best_model, "best_", None) or {}).get("epoch") or len(best_model.history_)
+        refit["epochs"] = chosen_epochs(best_model)
     t0 = time.perf_counter()
     full = cls(seed=seed, **refit).fit(split.train_full, split.catalogue)
     return best_model, full, refit, time.perf_counter() - t0

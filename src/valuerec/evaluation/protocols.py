@@ -234,7 +234,7 @@ def run_model(name: str, split: Split, spec: ProtocolSpec, seeds: list[int], par
         train_full = Sequences.concat(split.train_full, _targets_as_history(split))
     refit_epochs = None
     if train_only and spec.refit_full and chosen_model is not None:
-        refit_epochs = (getattr(chosen_model[0], "best_", None) or {}).get("epoch") or len(chosen_model[0].history_)
+        refit_epochs = chosen_epochs(chosen_model[0])
         validation["refit_epochs"] = refit_epochs
     for seed in run_seeds:
         if refit_epochs is not None:
@@ -264,9 +264,6 @@ def run_model(name: str, split: Split, spec: ProtocolSpec, seeds: list[int], par
         console.log(f"{name} test seed {seed}: " + ", ".join(f"{m}={r[m]:.4f}" for m in spec.metrics if m in r)
                     + f" (fit {fit_s:.1f}s, eval {r['eval_seconds']:.1f}s)")
     entry = aggregate_seeds(runs, spec.metrics)
-    if runs and all("ablations" in r for r in runs):
-        entry["ablations"] = {k: {m: float(np.mean([r["ablations"][k][m] for r in runs]))
-                                  for m in runs[0]["ablations"][k]} for k in runs[0]["ablations"]}
     entry["params"] = {k: v for k, v in model.config().items() if k != "seed"}
     entry["deterministic"] = deterministic
     entry["final_fit_valid"] = final_valid
@@ -279,6 +276,12 @@ def run_model(name: str, split: Split, spec: ProtocolSpec, seeds: list[int], par
         entry["note"] = ("REPRODUCTION ONLY: popularity counted over every event including the test "
                          "targets (a leak); kept only to explain the S3-Rec repository's published figure")
     return entry
+
+
+def chosen_epochs(model) -> int:
+    """The epoch count an early-stopping fit chose on validation (its best epoch, else all it ran):
+    what a refit without validation data trains for."""
+    return (getattr(model, "best_", None) or {}).get("epoch") or len(model.history_)
 
 
 def _training_stats(model) -> dict:

@@ -58,7 +58,8 @@ def command_line() -> str:
 
 
 def aggregate_seeds(runs: list[dict], metric_names: list[str]) -> dict:
-    """Mean / std (population, ddof=0) over per-seed runs ``[{seed, metrics, train_seconds, eval_seconds}]``."""
+    """Mean / std (population, ddof=0) over per-seed runs ``[{seed, metrics, train_seconds, eval_seconds}]``,
+    and the mean of their ``ablations`` when every run has them."""
     out = {"metrics": {}, "metrics_std": {}}
     for m in metric_names:
         vals = np.array([r["metrics"][m] for r in runs if m in r["metrics"]], dtype=float)
@@ -69,6 +70,9 @@ def aggregate_seeds(runs: list[dict], metric_names: list[str]) -> dict:
     out["train_seconds"] = float(np.mean([r["train_seconds"] for r in runs]))
     out["eval_seconds"] = float(np.mean([r["eval_seconds"] for r in runs]))
     out["per_seed"] = runs
+    if runs and all("ablations" in r for r in runs):   # the same fits scored without a part
+        out["ablations"] = {k: {m: float(np.mean([r["ablations"][k][m] for r in runs]))
+                                for m in runs[0]["ablations"][k]} for k in runs[0]["ablations"]}
     return out
 
 
@@ -192,9 +196,6 @@ def merge_results(results: list[dict], names: list[str] | None = None) -> dict:
             raise DataError(f"{model}: a part has no per_seed runs to pool")
         runs = sorted((run for e in entries for run in e["per_seed"]), key=lambda run: run["seed"])
         entry = aggregate_seeds(runs, metric_names)
-        if all("ablations" in run for run in runs):
-            entry["ablations"] = {k: {m: float(np.mean([run["ablations"][k][m] for run in runs]))
-                                      for m in runs[0]["ablations"][k]} for k in runs[0]["ablations"]}
         by_first = sorted(parts, key=lambda p: min(p[1]["seeds"]))
         head, tail = by_first[0][1], by_first[-1][1]
         for k, v in head.items():
