@@ -306,3 +306,70 @@ def test_gpu_script_runs_its_parts_and_merges_them_on_cpu(tmp_path):
     entry = merged["models"]["transformer:tiny"]
     assert entry["seeds"] == [0, 1, 2] and entry["params"]["d_model"] == 16 and entry["params"]["n_attributes"] > 0
     assert len(merged["parts"]) == 3 and (out / "r1_gpu_tiny_parts.tar.gz").exists()
+
+
+def test_sweep_script_runs_configurations_and_chooses_on_validation(tmp_path):
+    """benchmarks/r1_gpu_sweep.sh: two configurations (3 seed processes each) and the baselines on a tiny
+    file on the CPU, then `choose`: the copy named `transformer` is the candidate with the best mean
+    validation NDCG@10, whatever the test says."""
+    import os
+    data = tmp_path / "data"
+    data.mkdir()
+    write_s3rec(data / "Beauty.txt", n_users=60, n_items=20)
+    (data / "Beauty_item2attributes.json").write_text(json.dumps({str(i): [i % 4 + 1] for i in range(1, 21)}))
+    parts = tmp_path / "parts"
+    env = {**os.environ, "EPOCHS": "1", "MAX_SECONDS": "5", "DEVICE": "cpu", "BASELINES": "1",
+           "VALUEREC": f"{sys.executable} -m valuerec"}
+    script = str(REPO / "benchmarks" / "r1_gpu_sweep.sh")
+    res = subprocess.run(["bash", script, "run", str(data), str(parts), "base", "l3"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    res = subprocess.run(["bash", script, "run", str(data), str(parts), "nonsense"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and "unknown configuration nonsense" in res.stderr
+    out = tmp_path / "sweep.json"
+    res = subprocess.run(["bash", script, "choose", str(parts), str(out)], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    result = json.loads(out.read_text())
+    models = result["models"]
+    assert {"transformer:base", "transformer:l3", "transformer", "itemknn", "als"} <= set(models)
+    assert models["transformer:l3"]["params"]["n_layers"] == 3 and models["transformer:base"]["params"]["n_layers"] == 2
+    choice = models["transformer"]["choice"]
+    means = {m: np.mean([models[m]["validation"]["best"]["ndcg@10"]]
+                        + [v["best"]["ndcg@10"] for v in models[m]["validation_parts"].values()])
+             for m in ("transformer:base", "transformer:l3")}
+    assert choice["chosen"] == max(means, key=lambda m: (means[m], m == "transformer:base"))
+    for m, v in choice["candidates"].items():
+        assert v["valid_mean"] == pytest.approx(means[m]) and len(v["valid_per_part"]) == 3
+    assert models["transformer"]["metrics"] == models[choice["chosen"]]["metrics"]
+
+
+def _entry(valid: list[float], test: float, seeds=(0, 1, 2)) -> dict:
+    parts = {f"p{i}": {"best": {"ndcg@10": v}} for i, v in enumerate(valid[1:], 1)}
+    return {"metrics": {"ndcg@10": test}, "seeds": list(seeds), "validation": {"best": {"ndcg@10": valid[0]}},
+            "validation_parts": parts}
+
+
+def test_choose_variant_uses_validation_only_and_refuses_unlike_candidates():
+    from valuerec.data.schema import DataError
+    from valuerec.evaluation.results import choose_variant
+    result = {"protocol": "R1", "selection_metric": "ndcg@10", "command": "valuerec bench merge a b",
+              "models": {"t:a": _entry([0.10, 0.11, 0.12], test=0.9),      # best on test, not on validation
+                         "t:b": _entry([0.12, 0.12, 0.12], test=0.1)}}
+    out = choose_variant(result, ["t:a", "t:b"], "t")
+    assert out["models"]["t"]["choice"]["chosen"] == "t:b" and out["models"]["t"]["metrics"]["ndcg@10"] == 0.1
+    assert out["models"]["t"]["choice"]["candidates"]["t:a"]["valid_mean"] == pytest.approx(0.11)
+    assert "t" not in result["models"]                                     # the input is left as it was
+    with pytest.raises(DataError, match="already has a model"):
+        choose_variant(out, ["t:a", "t:b"], "t")
+    with pytest.raises(DataError, match=r"no model \['t:c'\]"):
+        choose_variant(result, ["t:a", "t:c"], "t")
+    with pytest.raises(DataError, match="at least two"):
+        choose_variant(result, ["t:a"], "t")
+    result["models"]["t:c"] = _entry([0.2, 0.2], test=0.5, seeds=(0, 1))
+    with pytest.raises(DataError, match="different seeds"):
+        choose_variant(result, ["t:a", "t:c"], "t")
+    result["models"]["t:d"] = _entry([0.2], test=0.5)                       # 3 seeds, one validation run
+    with pytest.raises(DataError, match="1 validation run"):
+        choose_variant(result, ["t:a", "t:d"], "t")

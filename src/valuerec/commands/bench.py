@@ -124,6 +124,32 @@ def register(app: typer.Typer) -> None:
     app.add_typer(bench_app, name="bench")
 
 
+@bench_app.command("choose")
+def choose_cmd(
+    result_path: Path = typer.Argument(..., help="A result file holding the candidate models (e.g. merged parts)"),
+    among: str = typer.Option(..., "--among", help="Comma-separated candidate model names, e.g. transformer:base,transformer:l3"),
+    as_name: str = typer.Option(..., "--as", help="Name of the chosen model's copy in the output, e.g. transformer"),
+    out: Path = typer.Option(..., "--out", help="Output result JSON path (may be the input)"),
+    metric: Optional[str] = typer.Option(None, "--metric", help="Validation metric (default: the protocol's selection metric)"),
+) -> None:
+    """Choose between configurations run as separate models, on validation only: the candidate with the
+    best mean validation score over its seeds is copied under --as, with every candidate's figures."""
+    from valuerec.evaluation.results import choose_variant, read_result, results_table, write_result
+    try:
+        chosen = choose_variant(read_result(result_path), [m.strip() for m in among.split(",") if m.strip()],
+                                as_name, metric)
+    except DataError as e:
+        console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        raise typer.Exit(code=2) from None
+    write_result(out, chosen)
+    c = chosen["models"][as_name]["choice"]
+    for m, v in c["candidates"].items():
+        console.print(f"{m}: mean validation {v['valid_mean']:.4f}" + ("  <- chosen" if m == c["chosen"] else ""),
+                      highlight=False)
+    console.print(results_table(chosen, chosen.get("metric_names")))
+    console.log(f"wrote {out}")
+
+
 @bench_app.command("merge")
 def merge_cmd(
     inputs: list[Path] = typer.Argument(..., help="Result files of the same protocol, data and split"),

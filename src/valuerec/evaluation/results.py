@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import platform
@@ -210,6 +211,59 @@ def merge_results(results: list[dict], names: list[str] | None = None) -> dict:
         entry["validation_parts"] = {n: e.get("validation") for n, e in by_first[1:]}
         merged["models"][model] = entry
     return merged
+
+
+def _validation_scores(entry: dict, metric: str) -> dict[str, float]:
+    """Validation score of each part (seed process) of an entry: its own ``validation`` and, after a
+    merge, ``validation_parts``."""
+    out = {}
+    for name, v in [("validation", entry.get("validation"))] + list((entry.get("validation_parts") or {}).items()):
+        best = (v or {}).get("best") or {}
+        if metric in best:
+            out[name] = float(best[metric])
+    return out
+
+
+def choose_variant(result: dict, among: list[str], as_name: str, metric: str | None = None) -> dict:
+    """Model choice between configurations run as separate entries (e.g. ``transformer:l3`` beside
+    ``transformer:base``, each its own processes, merged): the one whose validation ``metric`` (the
+    protocol's selection metric by default), averaged over its seeds' validation runs, is highest is
+    copied to ``as_name``; every candidate's validation and test figures are recorded under
+    ``choice``. Test figures play no part in the choice. The candidates must have run the same seeds."""
+    from valuerec.data.schema import DataError
+    metric = metric or result.get("selection_metric")
+    if not metric:
+        raise DataError("choose: the result names no selection_metric; give --metric")
+    if len(among) < 2 or len(set(among)) != len(among):
+        raise DataError(f"choose: give at least two different candidates, got {among}")
+    if as_name in result["models"]:
+        raise DataError(f"choose: the result already has a model {as_name!r}; choose into a new name")
+    missing = [m for m in among if m not in result["models"]]
+    if missing:
+        raise DataError(f"choose: no model {missing} in the result (it has {sorted(result['models'])})")
+    scores, seeds = {}, {}
+    for m in among:
+        entry = result["models"][m]
+        scores[m] = _validation_scores(entry, metric)
+        seeds[m] = sorted(entry["seeds"])
+        if not scores[m]:
+            raise DataError(f"choose: {m} has no validation {metric} to choose on")
+        if len(scores[m]) != len(entry["seeds"]):
+            raise DataError(f"choose: {m} has {len(scores[m])} validation run(s) for {len(entry['seeds'])} seed(s); "
+                            "each seed must have been chosen on its own validation (one seed per part)")
+    if any(seeds[m] != seeds[among[0]] for m in among):
+        raise DataError(f"choose: the candidates ran different seeds ({seeds}); compare like with like")
+    means = {m: float(np.mean(list(v.values()))) for m, v in scores.items()}
+    chosen = max(among, key=lambda m: (means[m], -among.index(m)))   # ties: the first listed
+    out = copy.deepcopy(result)
+    entry = copy.deepcopy(result["models"][chosen])
+    entry["choice"] = {
+        "chosen": chosen, "selected_by": f"mean validation {metric} over seeds",
+        "candidates": {m: {"valid_mean": means[m], "valid_per_part": scores[m],
+                           "test": result["models"][m]["metrics"]} for m in among}}
+    out["models"][as_name] = entry
+    out["command"] = f"{result.get('command', '')} && {command_line()}".lstrip(" &")
+    return out
 
 
 def _json_default(o):
