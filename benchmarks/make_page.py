@@ -97,6 +97,12 @@ def per_seed_lines(res: dict) -> list[str]:
 def validation_lines(res: dict) -> list[str]:
     out = []
     for name, v in res.get("models", {}).items():
+        choice = v.get("choice")
+        if isinstance(choice, dict) and choice.get("candidates"):
+            # `valuerec bench choose`: configurations run as separate models, one chosen on validation
+            cands = "; ".join(f"`{m}` {c['valid_mean']:.4f}" + (" (chosen)" if m == choice.get("chosen") else "")
+                              for m, c in choice["candidates"].items())
+            out.append(f"- `{name}` is `{choice.get('chosen')}`, chosen by {choice.get('selected_by')}: {cands}")
         val = v.get("validation") or {}
         if not isinstance(val, dict) or ("grid" not in val and "skipped" not in val):
             continue  # a result file from another protocol runner with its own validation layout
