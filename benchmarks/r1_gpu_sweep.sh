@@ -8,6 +8,8 @@
 #   base  (none)                  l3   "n_layers": 3           h2   "n_heads": 2
 #   ad    "attn_dropout": 0.2     ls   "label_smoothing": 0.1  wd   "weight_decay": 0.1
 #   ev2   "eval_every": 2, "patience": 5 (finer early stopping)  lr2  "lr": 0.002
+#   cl1   "contrastive_weight": 0.1 (DuoRec-style dropout views, temperature 0.2)
+#   cl3   "contrastive_weight": 0.3 (the same, weight 0.3)
 # Usage:
 #   r1_gpu_sweep.sh run DATA_DIR PARTS_DIR [NAME...]   run these configurations (default: all) and, with
 #                                                      BASELINES=1, the baselines; writes PARTS_DIR/*.json
@@ -23,8 +25,10 @@ declare -A CONFIGS=(
   [wd]='"weight_decay": 0.1'
   [ev2]='"eval_every": 2, "patience": 5'
   [lr2]='"lr": 0.002'
+  [cl1]='"contrastive_weight": 0.1, "contrastive_temperature": 0.2'
+  [cl3]='"contrastive_weight": 0.3, "contrastive_temperature": 0.2'
 )
-ORDER=(base l3 h2 ad ls wd ev2 lr2)
+ORDER=(base l3 h2 ad ls wd ev2 lr2 cl1 cl3)
 VALUEREC=${VALUEREC:-valuerec}
 MODE=${1:?usage: r1_gpu_sweep.sh run DATA PARTS [NAME...] | choose PARTS OUT_FILE}
 shift

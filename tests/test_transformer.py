@@ -319,3 +319,36 @@ def test_future_window_targets_take_turns_over_the_window():
     times = np.array([1.0, 1.0, 1.0, 2.0, 2.0, 300.0])
     assert future_window_targets(items, times, 10.0).tolist() == [20, 21, 20, -1, -1, -1]
     assert future_window_targets(items, times, 1000.0).tolist() == [20, 21, 30, 30, 30, -1]
+
+
+def test_contrastive_loss_matches_its_reference_and_skips_same_target_negatives():
+    """The InfoNCE of two views at each window's last target position, against a plain loop; windows
+    with the same next item are no negatives; off by default, on in training only."""
+    m = module(contrastive_weight=0.5, contrastive_temperature=0.5)
+    g = torch.Generator().manual_seed(0)
+    h1, h2 = torch.randn(4, 5, 16, generator=g), torch.randn(4, 5, 16, generator=g)
+    targets = torch.tensor([[1, 2, 3, -1, -1], [4, 5, 6, 7, 8], [-1, -1, -1, -1, -1], [9, 9, 7, 8, -1]])
+    last = {0: 2, 1: 4, 3: 3}                                    # row 2 has no target: left out
+    z1 = {b: F.normalize(h1[b, t], dim=0) for b, t in last.items()}
+    z2 = {b: F.normalize(h2[b, t], dim=0) for b, t in last.items()}
+    y = {b: int(targets[b, t]) for b, t in last.items()}        # rows 1 and 3 both end on item 8
+    terms = []
+    for a, za, zb in ((1, z1, z2), (2, z2, z1)):
+        for b in last:
+            negs = [c for c in last if c == b or y[c] != y[b]]
+            logits = torch.stack([za[b] @ zb[c] / 0.5 for c in negs])
+            terms.append(-(logits[negs.index(b)] - torch.logsumexp(logits, 0)) / len(last))
+    want = 0.5 * sum(terms)
+    assert m.contrastive_loss(h1, h2, targets).item() == pytest.approx(want.item(), rel=1e-5)
+    # identical views with distinct targets: the loss is far below that of unrelated views
+    same = m.contrastive_loss(h1, h1, torch.tensor([[1, 2], [3, 4], [5, 6], [7, 8]]))
+    assert same < m.contrastive_loss(h1, h2, torch.tensor([[1, 2], [3, 4], [5, 6], [7, 8]]))
+    seqs = sequences(8)
+    b = batch_of(seqs, with_targets=True)
+    assert "contrastive" not in m(b)                             # eval mode: no second view
+    m.train()
+    assert "contrastive" in m(b) and "contrastive" not in module()(b)
+    with pytest.raises(DataError, match="contrastive"):
+        TransformerConfig(contrastive_temperature=0.0)
+    model = BehaviourTransformer(seed=0, **{**TINY, "dropout": 0.2, "contrastive_weight": 0.3}).fit(seqs, catalogue())
+    assert torch.isfinite(model.score(seqs)).all()

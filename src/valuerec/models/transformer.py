@@ -82,6 +82,12 @@ class TransformerConfig:
     negatives: str = "in-batch"   # sampled only: "in-batch", "uniform" or "popularity"
     n_negatives: int = 1024       # sampled only, for uniform / popularity negatives
     label_smoothing: float = 0.0
+    # contrastive regulariser (DuoRec's unsupervised model augmentation, Qiu et al., 2022): two dropout
+    # views of each training window's last state are pulled together against the batch's other windows
+    # (InfoNCE over cosine similarities / contrastive_temperature; windows with the same next item are not
+    # counted as negatives); added to the loss with this weight (0 = off)
+    contrastive_weight: float = 0.0
+    contrastive_temperature: float = 0.2
     # repeat consumption: logit(i) += g(state) * log(1 + times i occurs in the user's whole history,
     # also before the max_len events the encoder sees), g a learned linear function of the user state
     # (how much this user re-buys); full softmax only
@@ -146,6 +152,8 @@ class TransformerConfig:
                             "(cooc_weight > 0 or 'auto')")
         if self.cooc_neighbours < 1 or not 0.0 < self.cooc_recency_decay <= 1.0:
             raise DataError("transformer config: cooc_neighbours >= 1 and 0 < cooc_recency_decay <= 1 required")
+        if self.contrastive_weight < 0 or self.contrastive_temperature <= 0:
+            raise DataError("transformer config: contrastive_weight >= 0 and contrastive_temperature > 0 required")
         if self.max_len < 1 or self.n_layers < 0 or self.n_time_buckets < 2:
             raise DataError("transformer config: max_len >= 1, n_layers >= 0, n_time_buckets >= 2 required")
 
@@ -580,6 +588,9 @@ class BehaviourModel(nn.Module):
             losses["next_item"] = self.cfg.next_item_weight * self.next_item.loss(
                 h[:, :T], batch.targets, self.encoder.item_table, item_vectors, batch.items, batch.mask,
                 batch.prior_counts)
+        if self.cfg.contrastive_weight > 0 and has_targets and self.training:
+            losses["contrastive"] = self.cfg.contrastive_weight * self.contrastive_loss(
+                h[:, :T], self.encode(batch, item_vectors)[:, :T], batch.targets)
         if self.value_heads is not None and batch.value_target is not None:
             hq = h[torch.arange(h.shape[0], device=h.device), batch.lengths]  # (B, D) at the query token
             losses.update(self.value_heads.losses(hq, batch.query_feats, batch.value_target, batch.churn_target,
@@ -587,6 +598,25 @@ class BehaviourModel(nn.Module):
         if not losses:  # nothing to learn from this batch; keep the graph connected for DDP
             losses["none"] = h.sum() * 0.0
         return losses
+
+    def contrastive_loss(self, h1: torch.Tensor, h2: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """InfoNCE between two dropout views (B, T, D) of the same windows, at each window's last position
+        with a target: view 1 of window b must pick view 2 of b among view 2 of every window, and the other
+        way round. Windows with the same next item as b are left out of b's negatives."""
+        has = targets >= 0                                                 # (B, T)
+        rows = has.any(dim=1)
+        if int(rows.sum()) < 2:
+            return h1.sum() * 0.0
+        T = targets.shape[1]
+        last = T - 1 - torch.flip(has, dims=[1]).float().argmax(dim=1)     # (B,) last position with a target
+        b = torch.arange(h1.shape[0], device=h1.device)[rows]
+        z1 = F.normalize(h1[b, last[rows]].float(), dim=-1)                # (R, D)
+        z2 = F.normalize(h2[b, last[rows]].float(), dim=-1)
+        y = targets[b, last[rows]]                                         # (R,)
+        same = (y[:, None] == y[None, :]) & ~torch.eye(len(y), dtype=torch.bool, device=y.device)
+        logits = (z1 @ z2.T / self.cfg.contrastive_temperature).masked_fill(same, float("-inf"))
+        labels = torch.arange(len(y), device=y.device)
+        return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
 
     @torch.no_grad()
     def state(self, batch: Batch) -> torch.Tensor:
