@@ -281,6 +281,8 @@ def decile_lines(res: dict) -> list[str]:
 # Headline metrics per result file for the summary in the project README.
 SUMMARY = [
     ("r1_beauty.json", "R1 Amazon Beauty (next item)", ["ndcg@10", "hr@10", "ndcg@20"]),
+    ("r1_beauty_gpu_sweep.json", "R1 Amazon Beauty on one GPU: 7 transformer configurations, `transformer` = the one "
+     "chosen on validation", ["ndcg@10", "hr@10", "ndcg@20"]),
     ("r1_beauty_gpu.json", "R1 Amazon Beauty on one GPU, trained to early stopping", ["ndcg@10", "hr@10", "ndcg@20"]),
     ("r1_beauty_gpu_no_attributes.json", "R1 on one GPU without the item attributes (ablation)",
      ["ndcg@10", "hr@10", "ndcg@20"]),
