@@ -21,7 +21,8 @@ seed() {
 }
 seed 0 & p0=$!
 seed 1 & p1=$!
-wait $p0 && wait $p1
+wait $p0
+wait $p1
 seed 2 & p2=$!
 $VALUEREC "${COMMON[@]}" --models popularity,itemknn,als,bpr --seeds 3 --cache-dir runs/stores_cl1_base \
   --out "$WORK/baselines.json" > "$WORK/baselines.log" 2>&1
