@@ -103,6 +103,7 @@ def validation_lines(res: dict) -> list[str]:
             cands = "; ".join(f"`{m}` {c['valid_mean']:.4f}" + (" (chosen)" if m == choice.get("chosen") else "")
                               for m, c in choice["candidates"].items())
             out.append(f"- `{name}` is `{choice.get('chosen')}`, chosen by {choice.get('selected_by')}: {cands}")
+            continue   # its own validation lines are the chosen candidate's, listed under that name
         val = v.get("validation") or {}
         if not isinstance(val, dict) or ("grid" not in val and "skipped" not in val):
             continue  # a result file from another protocol runner with its own validation layout
@@ -281,7 +282,7 @@ def decile_lines(res: dict) -> list[str]:
 # Headline metrics per result file for the summary in the project README.
 SUMMARY = [
     ("r1_beauty.json", "R1 Amazon Beauty (next item)", ["ndcg@10", "hr@10", "ndcg@20"]),
-    ("r1_beauty_gpu_sweep.json", "R1 Amazon Beauty on one GPU: 7 transformer configurations, `transformer` = the one "
+    ("r1_beauty_gpu_sweep.json", "R1 Amazon Beauty on one GPU: transformer configurations, `transformer` = the one "
      "chosen on validation", ["ndcg@10", "hr@10", "ndcg@20"]),
     ("r1_beauty_gpu.json", "R1 Amazon Beauty on one GPU, trained to early stopping", ["ndcg@10", "hr@10", "ndcg@20"]),
     ("r1_beauty_gpu_no_attributes.json", "R1 on one GPU without the item attributes (ablation)",

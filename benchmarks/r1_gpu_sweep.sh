@@ -14,7 +14,8 @@
 #   r1_gpu_sweep.sh run DATA_DIR PARTS_DIR [NAME...]   run these configurations (default: all) and, with
 #                                                      BASELINES=1, the baselines; writes PARTS_DIR/*.json
 #   r1_gpu_sweep.sh choose PARTS_DIR OUT_FILE           merge every part and choose on validation
-# Parts from several `run` calls (e.g. a device's 10-minute limit) are joined by `choose`.
+# Parts from several `run` calls (e.g. a device's 10-minute limit) are joined by `choose`; each call's
+# training cap is MAX_SECONDS (default 420 s), recorded in each part's settings.
 set -euo pipefail
 declare -A CONFIGS=(
   [base]=''
@@ -34,11 +35,20 @@ MODE=${1:?usage: r1_gpu_sweep.sh run DATA PARTS [NAME...] | choose PARTS OUT_FIL
 shift
 if [ "$MODE" = choose ]; then
   PARTS_DIR=$1 OUT_FILE=$2
-  mapfile -t PARTS < <(ls "$PARTS_DIR"/*.json | sort)
-  AMONG=$(for p in "${PARTS[@]}"; do python3 -c 'import json,sys; print("\n".join(json.load(open(sys.argv[1]))["models"]))' "$p"; done \
-          | grep '^transformer:' | sort -u | paste -sd, -)
+  # the parts this script writes, nothing else in the folder; candidates in the table's order (ties
+  # go to the first, so base wins a tie)
+  PARTS=() AMONG=()
+  [ -f "$PARTS_DIR/baselines.json" ] && PARTS+=("$PARTS_DIR/baselines.json")
+  for name in "${ORDER[@]}"; do
+    found=("$PARTS_DIR"/transformer_"${name}"_seed*.json)
+    [ -e "${found[0]}" ] || continue
+    PARTS+=("${found[@]}")
+    AMONG+=("transformer:$name")
+  done
+  [ ${#AMONG[@]} -ge 2 ] || { echo "choose: fewer than two configurations have parts in $PARTS_DIR" >&2; exit 2; }
+  echo "candidates: ${AMONG[*]}" >&2
   $VALUEREC bench merge "${PARTS[@]}" --out "$OUT_FILE"
-  $VALUEREC bench choose "$OUT_FILE" --among "$AMONG" --as transformer --out "$OUT_FILE"
+  $VALUEREC bench choose "$OUT_FILE" --among "$(IFS=,; echo "${AMONG[*]}")" --as transformer --out "$OUT_FILE"
   exit 0
 fi
 [ "$MODE" = run ] || { echo "unknown mode $MODE" >&2; exit 2; }
@@ -46,6 +56,9 @@ DATA=$1 PARTS_DIR=$2
 shift 2
 NAMES=("$@")
 [ ${#NAMES[@]} -gt 0 ] || NAMES=("${ORDER[@]}")
+for name in "${NAMES[@]}"; do   # every name is checked before anything starts
+  [ -n "${CONFIGS[$name]+x}" ] || { echo "unknown configuration $name (known: ${ORDER[*]})" >&2; exit 2; }
+done
 EPOCHS=${EPOCHS:-200}
 MAX_SECONDS=${MAX_SECONDS:-420}
 DEVICE=${DEVICE:-cuda}
@@ -61,7 +74,6 @@ if [ "${BASELINES:-0}" = 1 ]; then
   PIDS+=($!)
 fi
 for name in "${NAMES[@]}"; do
-  [ -n "${CONFIGS[$name]+x}" ] || { echo "unknown configuration $name (known: ${ORDER[*]})" >&2; exit 2; }
   extra=${CONFIGS[$name]}
   for s in 0 1 2; do
     $VALUEREC "${COMMON[@]}" --models "transformer:$name" --seeds 1 --first-seed $s \

@@ -327,7 +327,7 @@ def test_contrastive_loss_matches_its_reference_and_skips_same_target_negatives(
     m = module(contrastive_weight=0.5, contrastive_temperature=0.5)
     g = torch.Generator().manual_seed(0)
     h1, h2 = torch.randn(4, 5, 16, generator=g), torch.randn(4, 5, 16, generator=g)
-    targets = torch.tensor([[1, 2, 3, -1, -1], [4, 5, 6, 7, 8], [-1, -1, -1, -1, -1], [9, 9, 7, 8, -1]])
+    targets = torch.tensor([[1, -1, 3, -1, -1], [4, 5, 6, 7, 8], [-1, -1, -1, -1, -1], [9, 9, 7, 8, -1]])
     last = {0: 2, 1: 4, 3: 3}                                    # row 2 has no target: left out
     z1 = {b: F.normalize(h1[b, t], dim=0) for b, t in last.items()}
     z2 = {b: F.normalize(h2[b, t], dim=0) for b, t in last.items()}
@@ -347,7 +347,10 @@ def test_contrastive_loss_matches_its_reference_and_skips_same_target_negatives(
     b = batch_of(seqs, with_targets=True)
     assert "contrastive" not in m(b)                             # eval mode: no second view
     m.train()
-    assert "contrastive" in m(b) and "contrastive" not in module()(b)
+    assert "contrastive" in m(b) and "contrastive" not in module().train()(b)
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):     # the logits stay in float32
+        assert m.contrastive_loss(h1, h2, targets).dtype == torch.float32
+        assert m.contrastive_loss(h1, h2, targets).item() == pytest.approx(want.item(), rel=1e-5)
     with pytest.raises(DataError, match="contrastive"):
         TransformerConfig(contrastive_temperature=0.0)
     model = BehaviourTransformer(seed=0, **{**TINY, "dropout": 0.2, "contrastive_weight": 0.3}).fit(seqs, catalogue())

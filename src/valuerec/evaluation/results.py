@@ -254,7 +254,7 @@ def choose_variant(result: dict, among: list[str], as_name: str, metric: str | N
     if any(seeds[m] != seeds[among[0]] for m in among):
         raise DataError(f"choose: the candidates ran different seeds ({seeds}); compare like with like")
     means = {m: float(np.mean(list(v.values()))) for m, v in scores.items()}
-    chosen = max(among, key=lambda m: (means[m], -among.index(m)))   # ties: the first listed
+    chosen = max(among, key=lambda m: (means[m], -among.index(m)))   # ties: the first listed (--among order)
     out = copy.deepcopy(result)
     entry = copy.deepcopy(result["models"][chosen])
     entry["choice"] = {

@@ -610,13 +610,15 @@ class BehaviourModel(nn.Module):
         T = targets.shape[1]
         last = T - 1 - torch.flip(has, dims=[1]).float().argmax(dim=1)     # (B,) last position with a target
         b = torch.arange(h1.shape[0], device=h1.device)[rows]
-        z1 = F.normalize(h1[b, last[rows]].float(), dim=-1)                # (R, D)
-        z2 = F.normalize(h2[b, last[rows]].float(), dim=-1)
         y = targets[b, last[rows]]                                         # (R,)
         same = (y[:, None] == y[None, :]) & ~torch.eye(len(y), dtype=torch.bool, device=y.device)
-        logits = (z1 @ z2.T / self.cfg.contrastive_temperature).masked_fill(same, float("-inf"))
         labels = torch.arange(len(y), device=y.device)
-        return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
+        # in float32 even under bf16 autocast: cosines / a small temperature need the precision
+        with torch.autocast(device_type=h1.device.type, enabled=False):
+            z1 = F.normalize(h1[b, last[rows]].float(), dim=-1)            # (R, D)
+            z2 = F.normalize(h2[b, last[rows]].float(), dim=-1)
+            logits = (z1 @ z2.T / self.cfg.contrastive_temperature).masked_fill(same, float("-inf"))
+            return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
 
     @torch.no_grad()
     def state(self, batch: Batch) -> torch.Tensor:
