@@ -13,6 +13,8 @@ MAX_SECONDS=${MAX_SECONDS:-1800}
 export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
 mkdir -p "$OUT"
 WORK=$(mktemp -d)
+echo "parts and logs: $WORK"
+trap 'kill $(jobs -p) 2>/dev/null || true' EXIT   # a failed part stops the others
 T='"loss": "ce", "dropout": 0.5, "eval_every": 5, "patience": 2, "epochs": '$EPOCHS', "max_seconds": '$MAX_SECONDS', "cooc_weight": "auto", "progress": false, "contrastive_weight": 0.1, "contrastive_temperature": 0.2'
 COMMON=(bench r1 --data "$DATA" --threads 1)
 seed() {
@@ -28,4 +30,3 @@ $VALUEREC "${COMMON[@]}" --models popularity,itemknn,als,bpr --seeds 3 --cache-d
   --out "$WORK/baselines.json" > "$WORK/baselines.log" 2>&1
 wait $p2
 $VALUEREC bench merge "$WORK/baselines.json" "$WORK"/transformer_seed{0,1,2}.json --out "$OUT/r1_beauty_cl1.json"
-echo "parts and logs: $WORK"

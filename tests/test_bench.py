@@ -287,6 +287,13 @@ def test_merge_keeps_extras_and_peer_statistics_and_refuses_other_decisions():
     a["models"]["m"]["validation"].pop("refit_epochs"); b["models"]["m"]["validation"].pop("refit_epochs")
     with pytest.raises(DataError, match="ndcg@10: 0.1 vs 0.2"):
         merge_results([a, b])
+    # parts of different commits: refused, unless the caller vouches for them; then every commit is kept
+    del a["models"]["d"], b["models"]["d"]
+    b["git_commit"] = "c2"
+    with pytest.raises(DataError, match="git_commit differs"):
+        merge_results([a, b])
+    merged = merge_results([a, b], across_commits=True)
+    assert merged["git_commit"] == "c, c2" and [p["git_commit"] for p in merged["parts"]] == ["c", "c2"]
 
 
 def test_gpu_script_runs_its_parts_and_merges_them_on_cpu(tmp_path):

@@ -154,12 +154,15 @@ def choose_cmd(
 def merge_cmd(
     inputs: list[Path] = typer.Argument(..., help="Result files of the same protocol, data and split"),
     out: Path = typer.Option(..., "--out", help="Merged result JSON path"),
+    across_commits: bool = typer.Option(False, "--across-commits",
+                                        help="Accept parts run at different commits (you vouch that the code they "
+                                             "ran is the same); every commit is recorded"),
 ) -> None:
     """Join result files of one protocol run in parts (e.g. one seed per process, `--first-seed`): a model
     in several parts gets its seeds pooled and its mean / std recomputed over all of them."""
     from valuerec.evaluation.results import merge_results, read_result, results_table, write_result
     try:
-        merged = merge_results([read_result(p) for p in inputs], [str(p) for p in inputs])
+        merged = merge_results([read_result(p) for p in inputs], [str(p) for p in inputs], across_commits)
     except DataError as e:
         console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=2) from None

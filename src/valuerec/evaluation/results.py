@@ -125,14 +125,16 @@ def _diff_keys(a, b) -> str:
     return f"{a!r} vs {b!r}"
 
 
-def merge_results(results: list[dict], names: list[str] | None = None) -> dict:
+def merge_results(results: list[dict], names: list[str] | None = None, across_commits: bool = False) -> dict:
     """One result from parts of one protocol run (the same data, split, code and device), e.g. one seed per
     process. A model in one part is copied; a model in several parts must have the same settings and
     different seeds, and gets its seeds pooled: mean / std and the ablations over all of them, the
     validation of the part with the first seed (the others' under ``validation_parts``), the training
     statistics of the last seed (as a single run reports them). A deterministic model (run once per
     part) must have the same figures in each and is kept once. Top-level extras (e.g.
-    ``popularity_variants``) come from the first part that has them."""
+    ``popularity_variants``) come from the first part that has them. ``across_commits`` accepts parts
+    run at different commits (the caller vouches that the code they ran is the same); the merged
+    ``git_commit`` then lists each distinct commit, and each part keeps its own."""
     from valuerec.data.schema import DataError
     names = names or [f"part {i + 1}" for i in range(len(results))]
     if len(results) < 2:
@@ -144,6 +146,8 @@ def merge_results(results: list[dict], names: list[str] | None = None) -> dict:
                 raise DataError(f"{name} is the same result as {other}; each part must be its own run")
     for name, r in zip(names[1:], results[1:]):
         for k in MERGE_SAME:
+            if k == "git_commit" and across_commits:
+                continue
             if r.get(k) != first.get(k):
                 raise DataError(f"{name}: {k} differs from {names[0]} ({r.get(k)!r} vs {first.get(k)!r}); "
                                 "only parts of one run can be merged")
@@ -156,7 +160,11 @@ def merge_results(results: list[dict], names: list[str] | None = None) -> dict:
                 merged[k] = v
     merged["command"] = "valuerec bench merge " + " ".join(names)
     merged["started_at"] = min(r["started_at"] for r in results)
+    commits = list(dict.fromkeys(str(r.get("git_commit")) for r in results))
+    if len(commits) > 1:
+        merged["git_commit"] = ", ".join(commits)
     merged["parts"] = [{"file": n, "command": r["command"], "started_at": r["started_at"],
+                        "git_commit": r.get("git_commit"),
                         "wall_seconds": r.get("wall_seconds"), "models": list(r["models"])}
                        for n, r in zip(names, results)]
     merged["models"] = {}
