@@ -14,7 +14,8 @@
 #   r1_gpu_sweep.sh run DATA_DIR PARTS_DIR [NAME...]   run these configurations (default: all) and, with
 #                                                      BASELINES=1, the baselines; writes PARTS_DIR/*.json
 #   r1_gpu_sweep.sh choose PARTS_DIR OUT_FILE           merge every part and choose on validation
-# Parts from several `run` calls (e.g. a device's 10-minute limit) are joined by `choose`; each call's
+# With PACK=FILE.tar.gz, `run` also packs PARTS_DIR into that one archive (for a device that returns
+# only a few files). Parts from several `run` calls (e.g. a device's 10-minute limit) are joined by `choose`; each call's
 # training cap is MAX_SECONDS (default 420 s), recorded in each part's settings.
 set -euo pipefail
 declare -A CONFIGS=(
@@ -85,5 +86,8 @@ for name in "${NAMES[@]}"; do
 done
 rc=0
 for p in "${PIDS[@]}"; do wait "$p" || rc=$?; done
+# PACK=FILE.tar.gz: the parts and logs in one archive (a device that returns few files), failed or not
+[ -z "${PACK:-}" ] || tar -czf "$PACK" -C "$PARTS_DIR" .
+
 grep -h "valid\b.*ndcg@10=" "$PARTS_DIR"/*.log | sed 's/^.*\(transformer[^ ]*\) valid/\1 valid/' || true
 [ $rc -eq 0 ] || { tail -n 20 "$PARTS_DIR"/*.log; exit $rc; }

@@ -328,9 +328,13 @@ def test_sweep_script_runs_configurations_and_chooses_on_validation(tmp_path):
     env = {**os.environ, "EPOCHS": "1", "MAX_SECONDS": "5", "DEVICE": "cpu", "BASELINES": "1",
            "VALUEREC": f"{sys.executable} -m valuerec"}
     script = str(REPO / "benchmarks" / "r1_gpu_sweep.sh")
-    res = subprocess.run(["bash", script, "run", str(data), str(parts), "base", "l3"], cwd=tmp_path, env=env,
-                         capture_output=True, text=True, timeout=600)
+    res = subprocess.run(["bash", script, "run", str(data), str(parts), "base", "l3"], cwd=tmp_path,
+                         env={**env, "PACK": str(tmp_path / "parts.tar.gz")}, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    import tarfile
+    with tarfile.open(tmp_path / "parts.tar.gz") as tar:
+        packed = {Path(n).name for n in tar.getnames()}
+    assert {"baselines.json", "transformer_base_seed0.json", "transformer_l3_seed2.json"} <= packed
     res = subprocess.run(["bash", script, "run", str(data), str(parts), "nonsense"], cwd=tmp_path, env=env,
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 2 and "unknown configuration nonsense" in res.stderr
