@@ -384,3 +384,17 @@ def test_choose_variant_uses_validation_only_and_refuses_unlike_candidates():
     result["models"]["t:d"] = _entry([0.2], test=0.5)                       # 3 seeds, one validation run
     with pytest.raises(DataError, match="1 validation run"):
         choose_variant(result, ["t:a", "t:d"], "t")
+
+
+def test_choose_cli_refuses_with_a_clear_error_and_writes_nothing(tmp_path):
+    result = {"protocol": "R1", "dataset": "d", "data_sha256": "0" * 64, "git_commit": "c", "command": "valuerec x",
+              "device": "cpu", "started_at": "t", "selection_metric": "ndcg@10",
+              "models": {"t:a": _entry([0.1, 0.1, 0.1], test=0.2), "t:b": _entry([0.2, 0.2], test=0.1, seeds=(0, 1))}}
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(result))
+    out = tmp_path / "out.json"
+    res = runner.invoke(app, ["bench", "choose", str(path), "--among", "t:a,t:b", "--as", "t", "--out", str(out)])
+    assert res.exit_code == 2 and "different seeds" in " ".join(res.output.split()) and not out.exists()
+    res = runner.invoke(app, ["bench", "choose", str(tmp_path / "missing.json"), "--among", "t:a,t:b", "--as", "t",
+                              "--out", str(out)])
+    assert res.exit_code == 2 and "cannot read a result file" in " ".join(res.output.split()) and not out.exists()
