@@ -296,13 +296,18 @@ def test_merge_keeps_extras_and_peer_statistics_and_refuses_other_decisions():
     assert merged["git_commit"] == "c, c2" and [p["git_commit"] for p in merged["parts"]] == ["c", "c2"]
 
 
-def test_gpu_script_runs_its_parts_and_merges_them_on_cpu(tmp_path):
-    """benchmarks/r1_gpu.sh (parallel seed processes + merge) end to end on a tiny file, on the CPU."""
-    import os
-    data = tmp_path / "data"
+def tiny_beauty_dir(data: Path) -> Path:
+    """A folder laid out like the R1 data: a tiny Beauty.txt and its item attributes beside it."""
     data.mkdir()
     write_s3rec(data / "Beauty.txt", n_users=60, n_items=20)
     (data / "Beauty_item2attributes.json").write_text(json.dumps({str(i): [i % 4 + 1] for i in range(1, 21)}))
+    return data
+
+
+def test_gpu_script_runs_its_parts_and_merges_them_on_cpu(tmp_path):
+    """benchmarks/r1_gpu.sh (parallel seed processes + merge) end to end on a tiny file, on the CPU."""
+    import os
+    data = tiny_beauty_dir(tmp_path / "data")
     out = tmp_path / "out"
     env = {**os.environ, "EPOCHS": "1", "MAX_SECONDS": "5", "DEVICE": "cpu", "OMP_NUM_THREADS": "1",
            "VARIANT": "tiny", "EXTRA": '"d_model": 16', "VALUEREC": f"{sys.executable} -m valuerec"}
@@ -320,10 +325,7 @@ def test_sweep_script_runs_configurations_and_chooses_on_validation(tmp_path):
     file on the CPU, then `choose`: the copy named `transformer` is the candidate with the best mean
     validation NDCG@10, whatever the test says."""
     import os
-    data = tmp_path / "data"
-    data.mkdir()
-    write_s3rec(data / "Beauty.txt", n_users=60, n_items=20)
-    (data / "Beauty_item2attributes.json").write_text(json.dumps({str(i): [i % 4 + 1] for i in range(1, 21)}))
+    data = tiny_beauty_dir(tmp_path / "data")
     parts = tmp_path / "parts"
     env = {**os.environ, "EPOCHS": "1", "MAX_SECONDS": "5", "DEVICE": "cpu", "BASELINES": "1",
            "VALUEREC": f"{sys.executable} -m valuerec"}
