@@ -59,10 +59,10 @@ def _fit(df, **kw):
     return model, seqs, cutoff
 
 
-@pytest.mark.parametrize("hidden", [0, 32])
-def test_value_heads_learn_who_stays(tmp_path, hidden):
+@pytest.mark.parametrize("hidden,features", [(0, "summary"), (32, "summary"), (32, "rfm")])
+def test_value_heads_learn_who_stays(tmp_path, hidden, features):
     df = synthetic_log()
-    model, seqs, cutoff = _fit(df, value_hidden=hidden)
+    model, seqs, cutoff = _fit(df, value_hidden=hidden, value_features=features)
     assert isinstance(model.module_.value_heads.trunk, torch.nn.Identity) == (hidden == 0)
     pred = model.predict_value(seqs, as_of=cutoff.timestamp())
     loyal = np.array([int(u[1:]) % 2 == 0 for u in seqs.user_ids])
@@ -78,6 +78,40 @@ def test_value_heads_learn_who_stays(tmp_path, hidden):
     # the training population's top-decile value bar travels with the model (stages one user at a time)
     assert loaded.has_value_head and loaded.advocate_value_threshold_ == pytest.approx(model.advocate_value_threshold_)
     assert np.quantile(pred["expected_value"], 0.5) < loaded.advocate_value_threshold_
+    heads = loaded.module_.value_heads
+    assert heads.standardise == (features == "rfm")
+    if features == "rfm":   # the standardisation of the training examples is saved with the weights
+        assert not torch.equal(heads.feat_std, torch.ones_like(heads.feat_std))
+        torch.testing.assert_close(heads.feat_mean, model.module_.value_heads.feat_mean)
+
+
+def test_rfm_query_features_are_the_baselines_features_per_example():
+    """Per cut-off, the vectorised RFM rows the heads train on equal each user's own features computed
+    alone, only from events before the cut-off; a log without event types counts revenue as purchases."""
+    from valuerec.data.dataset import Sequences
+    from valuerec.features.rfm import FEATURES, rfm_from_sequences
+    from valuerec.models.value_baselines import _mlp_inputs
+    from valuerec.models.value_heads import rfm_inputs
+
+    df = synthetic_log(n_users=8)
+    cat = catalogue_from(df, None)
+    seqs = sequences_from(df, cat, unknown_items="keep")
+    c = int((T0 + pd.Timedelta(days=100)).timestamp())
+    got = rfm_inputs(seqs, c)
+    assert got.shape == (8, len(FEATURES))
+    for u in range(8):
+        keep = seqs.times[u] < c
+        alone = Sequences(items=[seqs.items[u][keep]], times=[seqs.times[u][keep]],
+                          event_types=[seqs.event_types[u][keep]], values=[seqs.values[u][keep]])
+        np.testing.assert_allclose(got[u], _mlp_inputs(rfm_from_sequences(alone, c))[0], rtol=1e-6)
+    untyped = Sequences(items=seqs.items, times=seqs.times, values=seqs.values,
+                        event_types=[np.zeros_like(t) for t in seqs.event_types])   # all 'interaction'
+    np.testing.assert_allclose(rfm_inputs(untyped, c), got, rtol=1e-6)
+
+
+def test_unknown_value_features_is_a_clear_error():
+    with pytest.raises(DataError, match="value_features"):
+        BehaviourTransformer(value_weight=1.0, value_features="everything")
 
 
 def test_value_only_data_without_items():

@@ -42,7 +42,8 @@ import torch.nn.functional as F
 from valuerec.data.dataset import Catalogue, Sequences
 from valuerec.data.schema import EVENT_TYPES, DataError
 from valuerec.models.base import Recommender, register
-from valuerec.models.value_heads import (ValueHeads, cutoff_grid, purchase_mask, summary_features,
+from valuerec.models.value_heads import (ValueHeads, cutoff_grid, n_query_features, purchase_mask, rfm_inputs,
+                                         summary_features,
                                          window_labels)
 
 log = logging.getLogger(__name__)
@@ -116,6 +117,9 @@ class TransformerConfig:
     value_step_days: float = 14.0  # spacing of the calendar cut-offs that value / churn train on
     value_max_cuts: int = 26      # at most this many labelled cut-offs (newest first)
     value_hidden: int = 0         # hidden units between the state and the value / churn heads (0 = linear)
+    # what the value / churn heads (and the query token) see beside the encoder: "summary" = 8 numbers
+    # of the whole history; "rfm" = the V1 baselines' 22 RFM features, standardised
+    value_features: str = "summary"
     data_end: float = 0.0         # unix s where the training data end (0 = the last event seen)
     # sizes fixed by the data at fit time (saved so load() rebuilds the exact module)
     n_items: int = 0
@@ -131,6 +135,8 @@ class TransformerConfig:
         if self.negatives not in ("in-batch", "uniform", "popularity"):
             raise DataError(f"transformer config: negatives={self.negatives!r}, "
                             "expected 'in-batch', 'uniform' or 'popularity'")
+        if self.value_features not in ("summary", "rfm"):
+            raise DataError(f"transformer config: value_features={self.value_features!r}, expected 'summary' or 'rfm'")
         if self.target not in ("next", "next_basket", "window"):
             raise DataError(f"transformer config: target={self.target!r}, expected 'next', 'next_basket' or 'window'")
         if self.repeat and self.loss != "ce":
@@ -553,7 +559,9 @@ class BehaviourModel(nn.Module):
         self.cfg = cfg
         self.encoder = BehaviourEncoder(cfg)
         self.next_item = NextItemHead(cfg)
-        self.value_heads = ValueHeads(cfg.d_model, cfg.value_hidden) if cfg.value_weight > 0 or cfg.churn_weight > 0 else None
+        self.value_heads = (ValueHeads(cfg.d_model, cfg.value_hidden, n_query_features(cfg.value_features),
+                                       standardise=cfg.value_features == "rfm")
+                            if cfg.value_weight > 0 or cfg.churn_weight > 0 else None)
         self.apply(self._init_weights)
         if self.next_item.repeat_gate is not None:
             with torch.no_grad():   # start with the repeat term on: log1p(count) ~ one logit unit per doubling
@@ -927,7 +935,8 @@ class BehaviourTransformer(Recommender):
                 val, _ = window_labels(t, ty, v, c, cfg.horizon_days)
                 ex_user.append(u)
                 ex_cut.append(c)
-                feats.append(summary_features(t[before], ty[before], v[before], c, cfg.horizon_days))
+                if cfg.value_features == "summary":
+                    feats.append(summary_features(t[before], ty[before], v[before], c, cfg.horizon_days))
                 y_val.append(val)
                 # churn as V1 scores it: no purchase in the window
                 y_churn.append(float(not ((buy_t >= c) & (buy_t < c + H)).any()))
@@ -936,7 +945,13 @@ class BehaviourTransformer(Recommender):
         if not ex_user:
             raise DataError("transformer: no user has a purchase before any training cut-off")
         ex_user, ex_cut = np.asarray(ex_user), np.asarray(ex_cut)
+        if cfg.value_features == "rfm":   # one vectorised table per cut-off, rows picked per example
+            feats = np.zeros((len(ex_user), n_query_features("rfm")), np.float32)
+            for c in np.unique(ex_cut):
+                at = ex_cut == c
+                feats[at] = rfm_inputs(raw.subset(ex_user[at]), int(np.ceil(c)))  # t < c == t < ceil(c)
         feats = np.stack(feats).astype(np.float32)
+        self.module_.value_heads.set_standardisation(feats)
         y_val, y_churn, y_mask = (np.asarray(a, np.float32) for a in (y_val, y_churn, y_mask))
         labelled = y_mask > 0
         if labelled.any():
@@ -983,11 +998,14 @@ class BehaviourTransformer(Recommender):
                 for u in idx:
                     t, ty, v = self._raw_arrays(histories, u)
                     before = t < as_of[u]
-                    fs.append(summary_features(t[before], ty[before], v[before], as_of[u], cfg.horizon_days))
+                    if cfg.value_features == "summary":
+                        fs.append(summary_features(t[before], ty[before], v[before], as_of[u], cfg.horizon_days))
                     keep = hist[u]["times"] < as_of[u]
                     hs.append({k: a[keep] for k, a in hist[u].items()})
+                if cfg.value_features == "rfm":
+                    fs = rfm_inputs(histories.subset(idx), np.ceil(as_of[idx]).astype(np.int64))
                 b = collate(hs, cfg.max_len, with_targets=False, as_of=as_of[idx], n_buckets=cfg.n_time_buckets)
-                b.query_feats = torch.from_numpy(np.stack(fs))
+                b.query_feats = torch.from_numpy(np.asarray(np.stack(fs), np.float32))
                 b = b.to(device)
                 h = module.encode(b)                                       # (b, T+1, D)
                 hq = h[torch.arange(h.shape[0], device=h.device), b.lengths]  # (b, D) at the query token

@@ -3,7 +3,10 @@
 The state "as of" a time ``c`` is read at a trailing query token (see ``transformer.py``) whose input
 carries the gap since the last event and a few summary numbers of the whole history before ``c``
 (counts, spend, tenure, recency: the encoder only sees the last ``max_len`` events, the summary keeps
-what lies further back). Two heads read that state:
+what lies further back). With ``value_features="rfm"`` those numbers are instead the RFM table the
+V1 baselines use (``features.rfm``: 22 recency / frequency / monetary / tenure features, log1p of
+counts and money, standardised on the training examples), so the heads see at least what the
+LightGBM and ZILN-MLP baselines see, plus the encoder's state. Two heads read that state:
 
 - value: a zero-inflated lognormal (``models.ziln``) over purchase revenue in ``[c, c + H)``,
   giving p(buy), mu and sigma; expected value = p * exp(mu + sigma^2 / 2);
@@ -57,6 +60,28 @@ def summary_features(times: np.ndarray, types: np.ndarray, values: np.ndarray, a
     return f
 
 
+def rfm_inputs(histories, as_of) -> np.ndarray:
+    """(n, len(FEATURES)) RFM inputs of each history as of ``as_of`` (unix s, scalar or per history):
+    the V1 baselines' features (log1p of counts and money). A log without event types (every event an
+    'interaction') counts its events with revenue as purchases, as ``purchase_mask`` does."""
+    from valuerec.data.dataset import Sequences
+    from valuerec.features.rfm import rfm_from_sequences
+    from valuerec.models.value_baselines import _mlp_inputs
+
+    if histories.event_types is not None and histories.values is not None and not any(
+            (np.asarray(ty) == PURCHASE).any() for ty in histories.event_types):
+        types = [np.where(np.asarray(v) > 0, PURCHASE, np.asarray(ty)) for ty, v in
+                 zip(histories.event_types, histories.values)]
+        histories = Sequences(items=histories.items, times=histories.times, event_types=types,
+                              values=histories.values, user_ids=histories.user_ids)
+    return _mlp_inputs(rfm_from_sequences(histories, as_of))
+
+
+def n_query_features(kind: str) -> int:
+    from valuerec.features.rfm import FEATURES
+    return {"summary": N_SUMMARY, "rfm": len(FEATURES)}[kind]
+
+
 def window_labels(times: np.ndarray, types: np.ndarray, values: np.ndarray, c: float, horizon_days: float,
                   ) -> tuple[float, float]:
     """(revenue of purchases in [c, c+H), 1.0 if no event at all in that window else 0.0)."""
@@ -77,21 +102,35 @@ def cutoff_grid(t_min: float, t_max: float, horizon_days: float, step_days: floa
 
 class ValueHeads(nn.Module):
     """ZILN value head and churn head on the query-token state (+ the summary numbers): linear, or
-    behind one shared hidden layer of ``hidden`` units (ReLU)."""
+    behind one shared hidden layer of ``hidden`` units (ReLU). ``n_features`` summary numbers come in;
+    with ``standardise`` they are centred and scaled by ``feat_mean`` / ``feat_std`` (set from the
+    training examples by ``set_standardisation``, saved with the weights)."""
 
-    def __init__(self, d_model: int, hidden: int = 0):
+    def __init__(self, d_model: int, hidden: int = 0, n_features: int = N_SUMMARY, standardise: bool = False):
         super().__init__()
-        self.summary_proj = nn.Linear(N_SUMMARY, d_model)   # into the query token's input
-        width = d_model + N_SUMMARY
+        self.standardise = standardise
+        self.register_buffer("feat_mean", torch.zeros(n_features), persistent=standardise)
+        self.register_buffer("feat_std", torch.ones(n_features), persistent=standardise)
+        self.summary_proj = nn.Linear(n_features, d_model)   # into the query token's input
+        width = d_model + n_features
         self.trunk = nn.Sequential(nn.Linear(width, hidden), nn.ReLU()) if hidden else nn.Identity()
         self.ziln = ZILNHead(hidden or width)
         self.churn = nn.Linear(hidden or width, 1)
 
+    @torch.no_grad()
+    def set_standardisation(self, feats: np.ndarray) -> None:
+        if self.standardise and len(feats):
+            self.feat_mean.copy_(torch.from_numpy(feats.mean(0).astype(np.float32)))
+            self.feat_std.copy_(torch.from_numpy(feats.std(0).astype(np.float32) + 1e-6))
+
+    def _scaled(self, feats: torch.Tensor) -> torch.Tensor:
+        return (feats - self.feat_mean) / self.feat_std if self.standardise else feats
+
     def query_input(self, feats: torch.Tensor) -> torch.Tensor:
-        return self.summary_proj(feats)                                   # (B, D)
+        return self.summary_proj(self._scaled(feats))                     # (B, D)
 
     def forward(self, h: torch.Tensor, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        z = self.trunk(torch.cat([h, feats], dim=-1))                     # (B, D + F) or (B, hidden)
+        z = self.trunk(torch.cat([h, self._scaled(feats)], dim=-1))     # (B, D + F) or (B, hidden)
         return self.ziln(z), self.churn(z).squeeze(-1)                    # (B, 3), (B,)
 
     def losses(self, h: torch.Tensor, feats: torch.Tensor, value: torch.Tensor, churn: torch.Tensor,
