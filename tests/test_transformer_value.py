@@ -60,7 +60,7 @@ def _fit(df, **kw):
 
 
 @pytest.mark.parametrize("hidden,features", [(0, "summary"), (32, "summary"), (32, "rfm")])
-def test_value_heads_learn_who_stays(tmp_path, hidden, features):
+def test_value_heads_learn_who_stays(tmp_path, monkeypatch, hidden, features):
     df = synthetic_log()
     model, seqs, cutoff = _fit(df, value_hidden=hidden, value_features=features)
     assert isinstance(model.module_.value_heads.trunk, torch.nn.Identity) == (hidden == 0)
@@ -71,6 +71,17 @@ def test_value_heads_learn_who_stays(tmp_path, hidden, features):
     # loyal users spend ~20 a week: ~170 over 60 days; the estimate is in the right range
     assert 60 < np.median(pred["expected_value"][loyal]) < 400
     assert np.all(pred["lower"] <= pred["upper"])
+    # churn and p(buy) are one answer, the churn head's (V1 scores churn as 1 - p_buy)
+    np.testing.assert_allclose(pred["p_buy"] + pred["churn_prob"], 1.0)
+    heads, raw = model.module_.value_heads, []
+    own = heads.predict
+    monkeypatch.setattr(heads, "predict", lambda h, f: raw.append(own(h, f)) or raw[-1])
+    model.predict_value(seqs, as_of=cutoff.timestamp())
+    churn_head = np.concatenate([r["churn_prob"] for r in raw])
+    ziln_p = np.concatenate([1.0 - r["p_buy"] for r in raw])
+    np.testing.assert_allclose(pred["churn_prob"], churn_head, rtol=1e-6)
+    assert np.abs(churn_head - ziln_p).max() > 1e-5   # two heads; the line above shows the churn head is used
+    monkeypatch.undo()
     model.save(tmp_path / "m")
     loaded = load_model(tmp_path / "m")
     again = loaded.predict_value(seqs, as_of=cutoff.timestamp())

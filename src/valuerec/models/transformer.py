@@ -980,8 +980,8 @@ class BehaviourTransformer(Recommender):
 
     def predict_value(self, histories: Sequences, as_of, batch_size: int = 256) -> dict[str, np.ndarray]:
         """Value over the horizon as of ``as_of`` (unix s, scalar or one per history), from the events
-        before it: expected_value, p_buy, churn_prob (no purchase in the window), lower / upper (10% /
-        90% quantiles)."""
+        before it: expected_value, p_buy, churn_prob (no purchase in the window; p_buy = 1 - churn_prob,
+        from the churn head when it is trained), lower / upper (10% / 90% quantiles)."""
         module, cfg = self.module_, self.model_config
         if module.value_heads is None:
             raise DataError("this transformer has no value head (train it with value_weight > 0)")
@@ -1011,7 +1011,15 @@ class BehaviourTransformer(Recommender):
                 hq = h[torch.arange(h.shape[0], device=h.device), b.lengths]  # (b, D) at the query token
                 for k, val in module.value_heads.predict(hq, b.query_feats).items():
                     out.setdefault(k, []).append(np.asarray(val))
-        return {k: np.concatenate(v) for k, v in out.items()}
+        out = {k: np.concatenate(v) for k, v in out.items()}
+        # One answer to "will they buy in the window": the churn head's, which is trained on exactly that
+        # label, when it is trained (churn_weight > 0); else the ZILN head's p(buy). Expected value and
+        # its interval stay the ZILN head's.
+        if cfg.churn_weight > 0:
+            out["p_buy"] = 1.0 - out["churn_prob"]
+        else:
+            out["churn_prob"] = 1.0 - out["p_buy"]
+        return out
 
     # -- inference -------------------------------------------------------------------------------
     def encode_histories(self, histories: Sequences, as_of=None, batch_size: int = 256) -> torch.Tensor:
