@@ -10,6 +10,8 @@ without events then is ``new``).
 
     python benchmarks/lifecycle_v1.py --data ../shared/data/online-retail                 # LightGBM value model
     python benchmarks/lifecycle_v1.py --value-model transformer --params '{"epochs": 6}'   # the transformer's heads
+    python benchmarks/lifecycle_v1.py --value-model transformer \
+        --params-from benchmarks/results/v1_online_retail.json   # the setting V1 chose on validation
 """
 
 from __future__ import annotations
@@ -77,11 +79,24 @@ def _mean(x: pd.Series) -> float | None:
     return float(x.mean()) if len(x) else None
 
 
+def chosen_params(result_path: Path, model: str) -> dict:
+    """The full parameters of ``model`` in a V1 result file (the setting its validation chose), seed aside."""
+    try:
+        entry = json.loads(Path(result_path).read_text())["models"][model]
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"--params-from {result_path}: cannot read it ({e})")
+    except KeyError:
+        raise SystemExit(f"--params-from {result_path}: no model {model!r} in it")
+    return {k: v for k, v in entry.get("params", {}).items() if k != "seed"}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "online-retail")
     ap.add_argument("--value-model", default="lightgbm", help="registered value model, or 'transformer'")
     ap.add_argument("--params", default="{}", help="JSON: the value model's parameters")
+    ap.add_argument("--params-from", type=Path, default=None,
+                    help="a V1 result file: use the parameters its validation chose for --value-model")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--config", default="{}", help="JSON: LifecycleConfig thresholds (defaults otherwise)")
     ap.add_argument("--cache-dir", type=Path, default=REPO / "runs" / "stores")
@@ -96,6 +111,8 @@ def main(argv=None) -> int:
     valid, test = build_tasks(events, items, V1_CUTOFF, V1_VAL_CUTOFF)
     cfg = LifecycleConfig.from_dict({"horizon_days": float(test.window.horizon_days), **json.loads(args.config)})
     factory, params = value_factory(args.value_model), json.loads(args.params)
+    if args.params_from is not None:
+        params = {**chosen_params(args.params_from, args.value_model), **params}
 
     fitted, staged, timings = {}, {}, {}
     for task in (valid, test):
@@ -132,7 +149,8 @@ def main(argv=None) -> int:
     result = {
         "protocol": "V1-lifecycle", "dataset": "online-retail", "data_sha256": sha, "git_commit": git_commit(),
         "command": command_line(), "device": device_info("cpu"), "started_at": started,
-        "value_model": args.value_model, "value_params": params, "seed": args.seed, "config": cfg.to_dict(),
+        "value_model": args.value_model, "value_params": params,
+        "value_params_from": None if args.params_from is None else str(args.params_from), "seed": args.seed, "config": cfg.to_dict(),
         "cutoffs": {"valid": str(valid.window.cutoff), "test": str(test.window.cutoff)},
         "horizon_days": float(test.window.horizon_days), "timings": timings, "checks": checks,
         "models": {args.value_model: {"metrics": {"population": checks["population"],

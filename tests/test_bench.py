@@ -400,3 +400,19 @@ def test_choose_cli_refuses_with_a_clear_error_and_writes_nothing(tmp_path):
     res = runner.invoke(app, ["bench", "choose", str(tmp_path / "missing.json"), "--among", "t:a,t:b", "--as", "t",
                               "--out", str(out)])
     assert res.exit_code == 2 and "cannot read a result file" in " ".join(res.output.split()) and not out.exists()
+
+
+def test_lifecycle_v1_params_from_a_v1_result(tmp_path):
+    """lifecycle_v1.py --params-from takes the chosen model's full parameters (seed aside) from a V1
+    result file, and stops with a message naming the file for a missing model or an unreadable file."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("lifecycle_v1", REPO / "benchmarks" / "lifecycle_v1.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    res = tmp_path / "v1.json"
+    res.write_text(json.dumps({"models": {"transformer": {"params": {"seed": 2, "value_features": "rfm", "epochs": 6}}}}))
+    assert mod.chosen_params(res, "transformer") == {"value_features": "rfm", "epochs": 6}
+    with pytest.raises(SystemExit, match="no model 'lightgbm'"):
+        mod.chosen_params(res, "lightgbm")
+    with pytest.raises(SystemExit, match="cannot read"):
+        mod.chosen_params(tmp_path / "missing.json", "transformer")
