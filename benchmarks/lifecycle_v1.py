@@ -85,9 +85,11 @@ def chosen_params(result_path: Path, model: str) -> dict:
         entry = json.loads(Path(result_path).read_text())["models"][model]
     except (OSError, ValueError) as e:
         raise SystemExit(f"--params-from {result_path}: cannot read it ({e})")
-    except KeyError:
+    except (KeyError, TypeError):
         raise SystemExit(f"--params-from {result_path}: no model {model!r} in it")
-    return {k: v for k, v in entry.get("params", {}).items() if k != "seed"}
+    if not isinstance(entry, dict) or not isinstance(entry.get("params"), dict):
+        raise SystemExit(f"--params-from {result_path}: model {model!r} has no 'params' to take")
+    return {k: v for k, v in entry["params"].items() if k != "seed"}
 
 
 def main(argv=None) -> int:

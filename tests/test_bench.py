@@ -416,3 +416,9 @@ def test_lifecycle_v1_params_from_a_v1_result(tmp_path):
         mod.chosen_params(res, "lightgbm")
     with pytest.raises(SystemExit, match="cannot read"):
         mod.chosen_params(tmp_path / "missing.json", "transformer")
+    res.write_text(json.dumps({"models": {"transformer": {"metrics": {}}}}))
+    with pytest.raises(SystemExit, match="no 'params'"):
+        mod.chosen_params(res, "transformer")
+    res.write_text("[1, 2]")
+    with pytest.raises(SystemExit, match="no model 'transformer'"):
+        mod.chosen_params(res, "transformer")

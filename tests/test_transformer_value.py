@@ -140,3 +140,101 @@ def test_predict_value_without_value_head_is_a_clear_error():
     model, seqs, cutoff = _fit(df, value_weight=0.0, churn_weight=0.0, epochs=1)
     with pytest.raises(DataError, match="no value head"):
         model.predict_value(seqs, as_of=cutoff.timestamp())
+
+
+def test_rfm_training_examples_and_prediction_see_the_same_features(monkeypatch):
+    """The RFM row a (user, cut-off) training example gets equals what predict_value feeds the heads
+    for that user as of that cut-off; a fractional cut-off with an event right after it (at its
+    ceiling, in whole seconds) keeps that event out of both."""
+    from valuerec.models.value_heads import cutoff_grid
+
+    df = synthetic_log(n_users=6)
+    data_end = (T0 + pd.Timedelta(days=240)).timestamp() + 0.4
+    model, seqs, _ = _fit(df, value_hidden=8, value_features="rfm", epochs=1, data_end=data_end)
+    cfg = model.model_config
+    cuts = cutoff_grid(float(min(t.min() for t in seqs.times)), data_end, cfg.horizon_days, cfg.value_step_days,
+                       cfg.value_max_cuts)
+    c = float(cuts[0])
+    assert c != np.ceil(c)
+    # two extra purchases for user 0: at floor(c), before the cut-off, so in both feature rows; at
+    # ceil(c), after it, so in neither
+    for arr, val in ((seqs.times, [int(np.floor(c)), int(np.ceil(c))]), (seqs.items, [seqs.items[0][-1]] * 2),
+                     (seqs.event_types, [3, 3]), (seqs.values, [700.0, 1000.0])):
+        arr[0] = np.append(arr[0], val)
+    order = np.argsort(seqs.times[0], kind="stable")
+    for arr in (seqs.times, seqs.items, seqs.event_types, seqs.values):
+        arr[0] = arr[0][order]
+    n, make_batch, _ = model._value_examples(seqs, model._histories(seqs.item_only()))
+    pairs = [(u, cc) for u in range(len(seqs)) for cc in cuts
+             if (seqs.times[u][seqs.event_types[u] == 3] < cc).any()]
+    assert len(pairs) == n
+    train_feats = make_batch(np.arange(n)).query_feats.numpy()
+    heads, seen = model.module_.value_heads, []
+    own = heads.predict
+    monkeypatch.setattr(heads, "predict", lambda h, f: seen.append(f.numpy().copy()) or own(h, f))
+    for row, (u, cc) in enumerate(pairs):
+        if cc != c:
+            continue
+        seen.clear()
+        model.predict_value(seqs.subset([u]), as_of=cc)
+        np.testing.assert_allclose(seen[0][0], train_feats[row], rtol=1e-6)
+        if u == 0:   # 700.0 at floor(c) is in the spend features, 1000.0 at ceil(c) is not
+            np.testing.assert_allclose(seen[0][0], rfm_inputs_alone(seqs, 0, cc), rtol=1e-6)
+
+
+def rfm_inputs_alone(seqs, u, c):
+    from valuerec.data.dataset import Sequences
+    from valuerec.models.value_heads import rfm_inputs
+    keep = seqs.times[u] < c
+    one = Sequences(items=[seqs.items[u][keep]], times=[seqs.times[u][keep]],
+                    event_types=[seqs.event_types[u][keep]], values=[seqs.values[u][keep]])
+    return rfm_inputs(one, int(np.ceil(c)))[0]
+
+
+def test_rfm_feature_constant_in_training_does_not_blow_up_prediction():
+    """No returns in training (their features are constant zero): a user's first return must not
+    send the prediction to absurd values."""
+    df = synthetic_log(n_users=12)
+    model, seqs, cutoff = _fit(df, value_hidden=8, value_features="rfm", epochs=3)
+    before = model.predict_value(seqs.subset([0]), as_of=cutoff.timestamp())
+    ret = seqs.subset([0])
+    t_ret = int(cutoff.timestamp()) - 86_400
+    ret.times[0] = np.append(ret.times[0], t_ret)
+    ret.items[0] = np.append(ret.items[0], ret.items[0][-1])
+    ret.event_types[0] = np.append(ret.event_types[0], 4)     # a return
+    ret.values[0] = np.append(ret.values[0], 5.0)
+    after = model.predict_value(ret, as_of=cutoff.timestamp())
+    assert np.isfinite(after["expected_value"]).all()
+    assert after["expected_value"][0] < 20 * max(before["expected_value"][0], 1.0)
+    assert 0.0 < after["p_buy"][0] < 1.0
+
+
+def test_without_a_trained_churn_head_churn_is_one_minus_the_ziln_p_buy(monkeypatch):
+    df = synthetic_log(n_users=8)
+    model, seqs, cutoff = _fit(df, churn_weight=0.0, epochs=2)
+    heads, raw = model.module_.value_heads, []
+    own = heads.predict
+    monkeypatch.setattr(heads, "predict", lambda h, f: raw.append(own(h, f)) or raw[-1])
+    pred = model.predict_value(seqs, as_of=cutoff.timestamp())
+    ziln_p = np.concatenate([r["p_buy"] for r in raw])
+    np.testing.assert_allclose(pred["p_buy"], ziln_p, rtol=1e-6)
+    np.testing.assert_allclose(pred["churn_prob"], 1.0 - ziln_p, rtol=1e-6)
+
+
+def test_fine_tuning_keeps_the_heads_input_scaling():
+    """Warm-started from a model with RFM-fed heads, a fit on new data keeps the base model's feature
+    scaling (its head weights were learned on it) instead of re-deriving it from the new data."""
+    df = synthetic_log(n_users=12)
+    base, seqs, cutoff = _fit(df, value_hidden=8, value_features="rfm", epochs=1)
+    small = df[df["user_id"].isin(["u0", "u1", "u2", "u3"])]
+    cat = catalogue_from(small[small.timestamp < cutoff], None)
+    sub = sequences_from(small[small.timestamp < cutoff], cat, unknown_items="keep")
+    params = dict(value_weight=1.0, churn_weight=1.0, horizon_days=60, value_step_days=14, d_model=16, n_heads=1,
+                  n_layers=1, max_len=20, dropout=0.0, epochs=1, lr=3e-3, batch_size=64, progress=False,
+                  use_text=False, use_values=True, data_end=cutoff.timestamp(), value_hidden=8, value_features="rfm")
+    tuned = BehaviourTransformer(seed=0, **params).fit(sub, cat, warm_start=base)
+    fresh = BehaviourTransformer(seed=0, **params).fit(sub, cat)
+    b, t, f = (m.module_.value_heads for m in (base, tuned, fresh))
+    torch.testing.assert_close(t.feat_mean, b.feat_mean)
+    torch.testing.assert_close(t.feat_std, b.feat_std)
+    assert not torch.allclose(f.feat_mean, b.feat_mean)   # the new data's own scaling differs

@@ -35,7 +35,7 @@ DEFAULTS = {"n_layers": 2, "n_heads": 2, "hidden_size": 64, "inner_size": 256, "
             "attn_dropout_prob": 0.5, "hidden_act": "gelu", "layer_norm_eps": 1e-12, "initializer_range": 0.02,
             "loss_type": "CE", "MAX_ITEM_LIST_LENGTH": 50, "learning_rate": 1e-3, "train_batch_size": 2048,
             "eval_step": 1, "stopping_step": 3}
-RUN_DEFAULTS = {"max_epochs": 200, "max_seconds": 0.0, "threads": 1}
+RUN_DEFAULTS = {"max_epochs": 200, "max_seconds": 0.0, "threads": 1, "gpu": -1}   # gpu: CUDA index, -1 = CPU
 
 
 class TimeUp(Exception):
@@ -82,7 +82,7 @@ def main(d: Path) -> None:
 
     config = Config(model="SASRec", dataset="r1", config_dict={
         **params, "data_path": str(data_path), "seed": int(spec["seed"]), "reproducibility": True,
-        "device": "cpu", "use_gpu": False, "epochs": int(run["max_epochs"]), "show_progress": False,
+        "gpu_id": "" if int(run["gpu"]) < 0 else str(run["gpu"]),   # RecBole picks the device from gpu_id "epochs": int(run["max_epochs"]), "show_progress": False,
         "USER_ID_FIELD": "user_id", "ITEM_ID_FIELD": "item_id", "TIME_FIELD": "timestamp",
         "load_col": {"inter": ["user_id", "item_id", "timestamp"]}, "train_neg_sample_args": None,
         "eval_args": {"split": {"LS": "valid_only"}, "order": "TO", "mode": "full", "group_by": "user"},
@@ -92,7 +92,13 @@ def main(d: Path) -> None:
     init_seed(config["seed"], config["reproducibility"])
     dataset = create_dataset(config)
     train_data, valid_data, _ = data_preparation(config, dataset)
-    model = SASRec(config, train_data.dataset).to("cpu")
+    # RecBole leaves a user with a single training row in training; then it would train on that user's
+    # validation target and never validate them. Our split never gives it such users; refuse if it does.
+    n_valid = len(np.unique(valid_data.dataset.inter_feat[config["USER_ID_FIELD"]].numpy()))
+    if n_valid != valid_targets["user"].nunique():
+        raise SystemExit(f"recbole peer: RecBole validates {n_valid} users, our split {valid_targets['user'].nunique()}")
+    device = config["device"]
+    model = SASRec(config, train_data.dataset).to(device)
 
     t0 = time.perf_counter()
     curve: list[dict] = []
@@ -148,8 +154,8 @@ def main(d: Path) -> None:
             ids = torch.zeros(len(seqs), L, dtype=torch.long)
             for b, x in enumerate(seqs):
                 ids[b, :len(x)] = torch.tensor(x)
-            inter = Interaction({model.ITEM_SEQ: ids, model.ITEM_SEQ_LEN: lens})
-            scores = model.full_sort_predict(inter).view(len(seqs), -1)
+            inter = Interaction({model.ITEM_SEQ: ids, model.ITEM_SEQ_LEN: lens}).to(device)
+            scores = model.full_sort_predict(inter).view(len(seqs), -1).float().cpu()
             scores[:, 0] = -torch.inf                               # padding
             for b, h in enumerate(batch):                           # R1 excludes the input history
                 scores[b, [tok2id[str(i)] for i in h]] = -torch.inf

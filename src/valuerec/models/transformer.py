@@ -724,6 +724,10 @@ class BehaviourTransformer(Recommender):
         cfg = self._configure_for(catalogue)
         self.module_ = BehaviourModel(cfg)
         self._fill_item_side_info(catalogue)
+        # fine-tuning keeps the heads' input scaling and starting point: the transferred head weights
+        # were learned on them
+        self._warm_heads = (warm_start is not None and getattr(warm_start.module_, "value_heads", None) is not None
+                            and warm_start.model_config.value_features == cfg.value_features)
         if warm_start is not None:
             transfer_weights(warm_start, self)
         raw = train
@@ -951,10 +955,11 @@ class BehaviourTransformer(Recommender):
                 at = ex_cut == c
                 feats[at] = rfm_inputs(raw.subset(ex_user[at]), int(np.ceil(c)))  # t < c == t < ceil(c)
         feats = np.stack(feats).astype(np.float32)
-        self.module_.value_heads.set_standardisation(feats)
+        if not getattr(self, "_warm_heads", False):
+            self.module_.value_heads.set_standardisation(feats)
         y_val, y_churn, y_mask = (np.asarray(a, np.float32) for a in (y_val, y_churn, y_mask))
         labelled = y_mask > 0
-        if labelled.any():
+        if labelled.any() and not getattr(self, "_warm_heads", False):
             self.module_.value_heads.ziln.init_from_targets(y_val[labelled])
         log.info("value heads: %d examples over %d cut-offs (%d labelled)", len(ex_user), len(cuts),
                  int(labelled.sum()))

@@ -10,7 +10,8 @@ LightGBM and ZILN-MLP baselines see, plus the encoder's state. Two heads read th
 
 - value: a zero-inflated lognormal (``models.ziln``) over purchase revenue in ``[c, c + H)``,
   giving p(buy), mu and sigma; expected value = p * exp(mu + sigma^2 / 2);
-- churn: the probability of no activity at all in ``[c, c + H)``.
+- churn: the probability of no purchase in ``[c, c + H)`` (V1's churn label; the transformer
+  reports p(buy) = 1 - churn).
 
 Training examples are (user, c) pairs on a calendar grid of cut-offs, so one pass trains on every
 cut-off of every user. A label exists only where the whole window is observed (``c + H <= data end``);
@@ -62,18 +63,22 @@ def summary_features(times: np.ndarray, types: np.ndarray, values: np.ndarray, a
 
 def rfm_inputs(histories, as_of) -> np.ndarray:
     """(n, len(FEATURES)) RFM inputs of each history as of ``as_of`` (unix s, scalar or per history):
-    the V1 baselines' features (log1p of counts and money). A log without event types (every event an
-    'interaction') counts its events with revenue as purchases, as ``purchase_mask`` does."""
+    the V1 baselines' features (log1p of counts and money). A history from a log without event types
+    (every one of its events an 'interaction') counts its events with revenue as purchases; each
+    history is decided on its own, so a user's features never depend on who else is in the batch."""
     from valuerec.data.dataset import Sequences
+    from valuerec.data.schema import DataError
     from valuerec.features.rfm import rfm_from_sequences
     from valuerec.models.value_baselines import _mlp_inputs
 
-    if histories.event_types is not None and histories.values is not None and not any(
-            (np.asarray(ty) == PURCHASE).any() for ty in histories.event_types):
-        types = [np.where(np.asarray(v) > 0, PURCHASE, np.asarray(ty)) for ty, v in
-                 zip(histories.event_types, histories.values)]
-        histories = Sequences(items=histories.items, times=histories.times, event_types=types,
-                              values=histories.values, user_ids=histories.user_ids)
+    if histories.times is None or histories.event_types is None or histories.values is None:
+        raise DataError("value_features='rfm' needs histories with times, event types and values; "
+                        "use value_features='summary' for data without them")
+    interaction = EVENT_TYPE_CODE["interaction"]
+    types = [np.where((np.asarray(v) > 0) & (np.asarray(ty) == interaction).all(), PURCHASE, np.asarray(ty))
+             for ty, v in zip(histories.event_types, histories.values)]
+    histories = Sequences(items=histories.items, times=histories.times, event_types=types,
+                          values=histories.values, user_ids=histories.user_ids)
     return _mlp_inputs(rfm_from_sequences(histories, as_of))
 
 
@@ -119,9 +124,13 @@ class ValueHeads(nn.Module):
 
     @torch.no_grad()
     def set_standardisation(self, feats: np.ndarray) -> None:
+        """Centre and scale from the training examples. A feature (nearly) constant in training keeps
+        scale 1: dividing by its tiny spread would blow up the first user who differs (e.g. the first
+        return in a log that had none)."""
         if self.standardise and len(feats):
+            std = feats.std(0)
             self.feat_mean.copy_(torch.from_numpy(feats.mean(0).astype(np.float32)))
-            self.feat_std.copy_(torch.from_numpy(feats.std(0).astype(np.float32) + 1e-6))
+            self.feat_std.copy_(torch.from_numpy(np.where(std < 1e-3, 1.0, std).astype(np.float32)))
 
     def _scaled(self, feats: torch.Tensor) -> torch.Tensor:
         return (feats - self.feat_mean) / self.feat_std if self.standardise else feats
