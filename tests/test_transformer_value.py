@@ -238,3 +238,14 @@ def test_fine_tuning_keeps_the_heads_input_scaling():
     torch.testing.assert_close(t.feat_mean, b.feat_mean)
     torch.testing.assert_close(t.feat_std, b.feat_std)
     assert not torch.allclose(f.feat_mean, b.feat_mean)   # the new data's own scaling differs
+
+
+def test_the_settings_v1_chose_are_the_ones_the_code_names():
+    """TransformerValue.chosen (what the demo trains) is the setting the committed V1 run chose."""
+    import json
+    from pathlib import Path
+
+    from valuerec.models.transformer_value import TransformerValue
+    res = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "v1_online_retail.json"
+    chosen = json.loads(res.read_text())["models"]["transformer"]["selection"]["chosen"]
+    assert chosen == TransformerValue.chosen
