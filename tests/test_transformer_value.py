@@ -249,3 +249,20 @@ def test_the_settings_v1_chose_are_the_ones_the_code_names():
     res = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "v1_online_retail.json"
     chosen = json.loads(res.read_text())["models"]["transformer"]["selection"]["chosen"]
     assert chosen == TransformerValue.chosen
+
+
+def test_churn_head_starts_at_the_training_churn_rate():
+    """Before any training step the churn head predicts the labelled examples' churn rate, not 0.5
+    by accident of initialisation."""
+    from valuerec.models.value_heads import ValueHeads
+    heads = ValueHeads(d_model=8, hidden=4)
+    heads.init_churn_from_targets(np.array([1.0, 0.0, 0.0, 0.0]))
+    assert torch.sigmoid(heads.churn.bias).item() == pytest.approx(0.25, abs=1e-6)
+    df = synthetic_log(n_users=20)
+    model, seqs, cutoff = _fit(df, epochs=0)
+    pred = model.predict_value(seqs, as_of=cutoff.timestamp())
+    n, make_batch, _ = model._value_examples(seqs, model._histories(seqs.item_only()))
+    b = make_batch(np.arange(n))
+    rate = float((b.churn_target * b.value_mask).sum() / b.value_mask.sum())
+    assert abs(rate - 0.5) > 0.2   # (about 0.19 here) far enough from 0.5 to tell the two starts apart
+    assert abs(float(np.mean(pred["churn_prob"])) - rate) < 0.05

@@ -961,6 +961,7 @@ class BehaviourTransformer(Recommender):
         labelled = y_mask > 0
         if labelled.any() and not getattr(self, "_warm_heads", False):
             self.module_.value_heads.ziln.init_from_targets(y_val[labelled])
+            self.module_.value_heads.init_churn_from_targets(y_churn[labelled])
         log.info("value heads: %d examples over %d cut-offs (%d labelled)", len(ex_user), len(cuts),
                  int(labelled.sum()))
 

@@ -132,6 +132,14 @@ class ValueHeads(nn.Module):
             self.feat_mean.copy_(torch.from_numpy(feats.mean(0).astype(np.float32)))
             self.feat_std.copy_(torch.from_numpy(np.where(std < 1e-3, 1.0, std).astype(np.float32)))
 
+    @torch.no_grad()
+    def init_churn_from_targets(self, churned: np.ndarray) -> None:
+        """Start the churn head at the training churn rate (its bias = the rate's log-odds), as the
+        ZILN head starts at the marginal spend: with few labelled examples (a small shop, one cut-off)
+        a head started at 0.5 barely moves and every customer looks alike."""
+        p = float(np.clip(np.mean(churned), 1e-3, 1 - 1e-3))
+        self.churn.bias.fill_(float(np.log(p / (1 - p))))
+
     def _scaled(self, feats: torch.Tensor) -> torch.Tensor:
         return (feats - self.feat_mean) / self.feat_std if self.standardise else feats
 
