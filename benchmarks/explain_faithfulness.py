@@ -140,13 +140,18 @@ def run_v1(args) -> dict:
     task = build_value_task(events, items, "2011-09-09")
     t0 = time.perf_counter()
     import json
-    vm = VALUE_MODEL_REGISTRY[args.value_model](seed=args.seed, **json.loads(args.value_params)).fit_value(
+    params = json.loads(args.value_params)
+    if args.value_params_from:
+        from valuerec.evaluation.results import chosen_params
+        params = {**chosen_params(args.value_params_from, args.value_model), **params}
+    vm = VALUE_MODEL_REGISTRY[args.value_model](seed=args.seed, **params).fit_value(
         task.fit_histories, task.as_of, task.window.horizon_days, catalogue=task.catalogue)
     train_s = time.perf_counter() - t0
     h = task.histories
     users, pool = sample_users(h.lengths(), args.v1_users, args.seed, 3, args.v1_max_events)
     sub = h.subset(users)
-    out = {"model": args.value_model, "value_params": json.loads(args.value_params), "dataset": "online-retail",
+    out = {"model": args.value_model, "value_params": params, "value_params_from": args.value_params_from,
+           "dataset": "online-retail",
            "data_sha256": sha,
            "population": int(len(h)), "eligible_users": pool,
            "eligible": f"V1 users with 4..{args.v1_max_events} events before the cut-off", "train_seconds": train_s}
@@ -180,6 +185,9 @@ def main(argv=None) -> int:
     ap.add_argument("--v1-data", default="../shared/data/online-retail")
     ap.add_argument("--value-model", default="lightgbm")
     ap.add_argument("--value-params", default="{}", help="JSON: the value model's parameters")
+    ap.add_argument("--value-params-from", default=None,
+                    help="a V1 result file: the parameters its validation chose for --value-model "
+                         "(--value-params entries override them)")
     ap.add_argument("--r1-users", type=int, default=1000)
     ap.add_argument("--v1-users", type=int, default=300)
     ap.add_argument("--v1-max-events", type=int, default=300)

@@ -29,6 +29,8 @@ from rich.table import Table
 
 from valuerec.data.store import EventStore
 from valuerec.evaluation.protocols import cached_store, resolve_online_retail_data
+from valuerec.data.schema import DataError
+from valuerec.evaluation.results import chosen_params as chosen_model_params
 from valuerec.evaluation.results import command_line, device_info, git_commit, now_iso, write_result
 from valuerec.evaluation.value_protocol import V1_CUTOFF, V1_VAL_CUTOFF, build_tasks
 from valuerec.policies.lifecycle import (STAGES, LifecycleConfig, assign_stages, predict_value_safe, stage_sizes,
@@ -80,16 +82,11 @@ def _mean(x: pd.Series) -> float | None:
 
 
 def chosen_params(result_path: Path, model: str) -> dict:
-    """The full parameters of ``model`` in a V1 result file (the setting its validation chose), seed aside."""
+    """``--params-from``: the parameters a V1 result file's validation chose for ``model``."""
     try:
-        entry = json.loads(Path(result_path).read_text())["models"][model]
-    except (OSError, ValueError) as e:
-        raise SystemExit(f"--params-from {result_path}: cannot read it ({e})")
-    except (KeyError, TypeError):
-        raise SystemExit(f"--params-from {result_path}: no model {model!r} in it")
-    if not isinstance(entry, dict) or not isinstance(entry.get("params"), dict):
-        raise SystemExit(f"--params-from {result_path}: model {model!r} has no 'params' to take")
-    return {k: v for k, v in entry["params"].items() if k != "seed"}
+        return chosen_model_params(result_path, model)
+    except DataError as e:
+        raise SystemExit(f"--params-from {e}")
 
 
 def main(argv=None) -> int:

@@ -307,3 +307,18 @@ def results_table(result: dict, metric_names: list[str] | None = None):
                  for m in metric_names]
         t.add_row(name, *cells, str(n), f"{v['train_seconds']:.1f}", f"{v['eval_seconds']:.1f}")
     return t
+
+
+def chosen_params(result_path: str | Path, model: str) -> dict:
+    """The full parameters ``model`` ran with in a result file (for a model chosen on validation, the
+    chosen setting), seed aside. Raises DataError naming the file when it cannot give them."""
+    from valuerec.data.schema import DataError
+    try:
+        entry = json.loads(Path(result_path).read_text())["models"][model]
+    except (OSError, ValueError) as e:
+        raise DataError(f"{result_path}: cannot read it ({e})")
+    except (KeyError, TypeError):
+        raise DataError(f"{result_path}: no model {model!r} in it")
+    if not isinstance(entry, dict) or not isinstance(entry.get("params"), dict):
+        raise DataError(f"{result_path}: model {model!r} has no 'params' to take")
+    return {k: v for k, v in entry["params"].items() if k != "seed"}
