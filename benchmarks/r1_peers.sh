@@ -20,7 +20,7 @@ case "$PEER" in
             RUN='"max_seconds": 1800, "eval_step": 1, "stopping_step": 3, "max_epochs": 200, "threads": 1' ;;
   *) echo "r1_peers.sh: unknown PEER=$PEER (rectools or recbole)" >&2; exit 2 ;;
 esac
-[ -x ".venv-$PEER/bin/python" ] || bash "benchmarks/peers/setup_$PEER.sh"
+[ -x ".venv-$PEER/bin/python" ] || bash benchmarks/peers/setup.sh "$PEER"
 export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
 valuerec bench r1 --data "$DATA" --models itemknn --seeds "$SEEDS" \
   --peer "$NAME=.venv-$PEER/bin/python" \

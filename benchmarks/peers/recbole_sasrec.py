@@ -1,6 +1,6 @@
 """RecBole's SASRec on a split exported by valuerec (``valuerec.evaluation.peers``).
 
-Runs inside its own virtual environment (``benchmarks/peers/setup_recbole.sh``), so RecBole and its
+Runs inside its own virtual environment (``benchmarks/peers/setup.sh recbole``), so RecBole and its
 pinned dependencies never meet valuerec's. It never sees the test targets:
 
 - RecBole's dataset is the test inputs (each user's training items followed by the validation item),

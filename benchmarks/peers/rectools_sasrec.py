@@ -1,6 +1,6 @@
 """RecTools' SASRec on a split exported by valuerec (``valuerec.evaluation.peers``).
 
-Runs inside its own virtual environment (``benchmarks/peers/setup_rectools.sh``), so RecTools and its
+Runs inside its own virtual environment (``benchmarks/peers/setup.sh rectools``), so RecTools and its
 pinned dependencies never meet valuerec's. It reads the split files from DIR, trains with the settings in
 DIR/spec.json, stops early on validation NDCG@10 (checked every ``eval_every`` epochs, as valuerec's
 transformer does), and writes its top-k list for every test user from the best validation checkpoint.

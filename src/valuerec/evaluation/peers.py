@@ -98,7 +98,7 @@ def run_peer(name: str, python: str | Path, split: Split, spec, seeds: list[int]
         raise DataError(f"unknown peer {name!r}: no {script}; known: {known}")
     if not Path(python).exists():
         raise DataError(f"peer {name}: no Python at {python} (create its venv, e.g. "
-                        f"benchmarks/peers/setup_rectools.sh)")
+                        f"benchmarks/peers/setup.sh rectools)")
     k = max(spec.ks)
     metrics = [m for m in spec.metrics if m != "mrr"]
     runs, reports = [], []
