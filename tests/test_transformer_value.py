@@ -89,8 +89,7 @@ def test_value_heads_learn_who_stays(tmp_path, monkeypatch, hidden, features):
     # the training population's top-decile value bar travels with the model (stages one user at a time)
     assert loaded.has_value_head and loaded.advocate_value_threshold_ == pytest.approx(model.advocate_value_threshold_)
     assert np.quantile(pred["expected_value"], 0.5) < loaded.advocate_value_threshold_
-    from valuerec.commands.value import model_horizon_days
-    assert model_horizon_days(loaded) == 60.0   # `valuerec value` reports the horizon it predicts over
+    assert loaded.horizon_days_ == 60.0   # `valuerec value` reports the horizon it predicts over
     heads = loaded.module_.value_heads
     assert heads.standardise == (features == "rfm")
     if features == "rfm":   # the standardisation of the training examples is saved with the weights

@@ -138,17 +138,8 @@ def predict_population(model, events: pd.DataFrame, as_of: pd.Timestamp, users: 
         if k in pred:
             df[k] = np.asarray(pred[k], dtype=np.float64)
     df["as_of"] = str(as_of)
-    df["horizon_days"] = model_horizon_days(model)
+    df["horizon_days"] = getattr(model, "horizon_days_", None)
     return df
-
-
-def model_horizon_days(model) -> float | None:
-    """The horizon a value model predicts over: a fitted baseline's ``horizon_days_``, or a
-    transformer's configured ``horizon_days``."""
-    h = getattr(model, "horizon_days_", None)
-    if h is None and getattr(model, "model_config", None) is not None:
-        h = getattr(model.model_config, "horizon_days", None)
-    return None if h is None else float(h)
 
 
 def value_cmd(

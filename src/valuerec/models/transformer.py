@@ -859,6 +859,12 @@ class BehaviourTransformer(Recommender):
     def has_value_head(self) -> bool:
         return getattr(self, "module_", None) is not None and self.module_.value_heads is not None
 
+    @property
+    def horizon_days_(self) -> float | None:
+        """The window ``predict_value`` covers, under the name the value baselines give it (None
+        without value heads)."""
+        return float(self.model_config.horizon_days) if self.has_value_head else None
+
     def _value_reference(self, raw: Sequences) -> None:
         """The top-decile bar of predicted value over the training population at the data end: what
         "top value" means when stages are assigned one user at a time (the service)."""
@@ -935,11 +941,11 @@ class BehaviourTransformer(Recommender):
                 # the population as in V1: at least one purchase before the cut-off
                 if not len(buy_t) or buy_t[0] >= c:
                     continue
-                before = t < c
                 val, _ = window_labels(t, ty, v, c, cfg.horizon_days)
                 ex_user.append(u)
                 ex_cut.append(c)
                 if cfg.value_features == "summary":
+                    before = t < c
                     feats.append(summary_features(t[before], ty[before], v[before], c, cfg.horizon_days))
                 y_val.append(val)
                 # churn as V1 scores it: no purchase in the window
@@ -954,7 +960,8 @@ class BehaviourTransformer(Recommender):
             for c in np.unique(ex_cut):
                 at = ex_cut == c
                 feats[at] = rfm_inputs(raw.subset(ex_user[at]), int(np.ceil(c)))  # t < c == t < ceil(c)
-        feats = np.stack(feats).astype(np.float32)
+        else:
+            feats = np.stack(feats).astype(np.float32)
         if not getattr(self, "_warm_heads", False):
             self.module_.value_heads.set_standardisation(feats)
         y_val, y_churn, y_mask = (np.asarray(a, np.float32) for a in (y_val, y_churn, y_mask))
@@ -1002,9 +1009,9 @@ class BehaviourTransformer(Recommender):
                 idx = list(range(s0, min(s0 + batch_size, len(hist))))
                 hs, fs = [], []
                 for u in idx:
-                    t, ty, v = self._raw_arrays(histories, u)
-                    before = t < as_of[u]
                     if cfg.value_features == "summary":
+                        t, ty, v = self._raw_arrays(histories, u)
+                        before = t < as_of[u]
                         fs.append(summary_features(t[before], ty[before], v[before], as_of[u], cfg.horizon_days))
                     keep = hist[u]["times"] < as_of[u]
                     hs.append({k: a[keep] for k, a in hist[u].items()})
