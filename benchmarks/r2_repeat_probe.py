@@ -34,6 +34,7 @@ from valuerec.data.schema import EVENT_TYPE_CODE
 from valuerec.evaluation.metrics import evaluate
 from valuerec.evaluation.protocols import load_split_r2
 from valuerec.evaluation.results import command_line, device_info, git_commit, now_iso, write_result
+from valuerec.features.rfm import flatten
 from valuerec.models.popularity import RepeatPopularity
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,10 +47,8 @@ METRICS = ("ndcg@20", "recall@20", "hr@20", "revenue@20")
 
 def flat(seqs: Sequences) -> pd.DataFrame:
     """Purchase events with an item: u (row), i (item index), t (unix s)."""
-    parts = [pd.DataFrame({"u": u, "i": np.asarray(seqs.items[u]), "t": np.asarray(seqs.times[u]),
-                           "ty": np.asarray(seqs.event_types[u])}) for u in range(len(seqs))]
-    d = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["u", "i", "t", "ty"])
-    return d[(d["i"] >= 0) & (d["ty"] == PURCHASE)]
+    d = flatten(seqs)
+    return d[(d["item"] >= 0) & (d["type"] == PURCHASE)].rename(columns={"item": "i"})
 
 
 def pair_features(d: pd.DataFrame, cutoff: float) -> pd.DataFrame:
