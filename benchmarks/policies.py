@@ -9,7 +9,10 @@ candidates; every policy re-ranks them. Reported on test, for every user of R2:
   ``<model>+value_aware_line@w`` with item value = mean revenue of one purchase line of the item in
   the training history (what a customer actually spends on the item in one order), and
   ``<model>+value_aware_user_line@w``: the user's own mean line revenue for items they bought before
-  (shrunk to the item's line value), the item's line value otherwise;
+  (shrunk to the item's line value), the item's line value otherwise; and
+  ``<model>+value_aware_learned@w``: ``models.item_value.ItemValueModel``, a LightGBM estimate of what
+  this user will spend on this item in the horizon if they buy it, learned from the pairs bought in
+  the last 91 days before each cut-off (features from the history before that window);
 - ``<model>+<policy>`` for each stage policy, and ``<model>+stage`` (each user's stage picks the policy);
 - per stage: stage policy vs plain on the users of that stage.
 
@@ -40,6 +43,7 @@ from valuerec.evaluation.metrics import evaluate
 from valuerec.evaluation.protocols import DEFAULT_GRIDS, chosen_epochs, load_split_r2
 from valuerec.evaluation.results import command_line, device_info, git_commit, now_iso, write_result
 from valuerec.models.base import MODEL_REGISTRY
+from valuerec.models.item_value import ItemValueModel
 from valuerec.policies.lifecycle import LifecycleConfig, assign_stages, predict_value_safe, stage_sizes
 from valuerec.policies.rerank import (DEFAULT_STAGE_POLICIES, item_feature_vectors, model_item_vectors,
                                       policy_score_fn)
@@ -201,7 +205,13 @@ def main(argv=None) -> int:
     # -- value-aware: temperature and operating weight on validation, whole curve on test ----------
     selection = {}
     user_lines = {k: user_line_value(v) for k, v in lines.items()}
-    variants = {"price": {"test": price, "valid": price}, "line": lines, "user_line": user_lines}
+    t0 = time.perf_counter()
+    learned = {"test": ItemValueModel(horizon_days=horizon, seed=args.seed).fit(split.train_full, cutoff, n, price),
+               "valid": ItemValueModel(horizon_days=horizon, seed=args.seed).fit(split.train, vcutoff, n, price)}
+    learned_fit_s = time.perf_counter() - t0
+    console.log(f"learned item values: fitted in {learned_fit_s:.1f}s on {learned['test'].train_rows_} (test) / "
+                f"{learned['valid'].train_rows_} (valid) user-item pairs")
+    variants = {"price": {"test": price, "valid": price}, "line": lines, "user_line": user_lines, "learned": learned}
     for variant, ivals in variants.items():
         tag = "" if variant == "price" else f"_{variant}"
         best_t, best_gain = None, -np.inf
@@ -292,6 +302,9 @@ def main(argv=None) -> int:
               "base_model": mname, "value_model": args.value_model, "value_model_train_seconds": value_train_s,
               "split": split.info, "models": models, "selection": selection,
               "stage_policies_item_value": best_variant,
+              "learned_item_value": {"fit_seconds": learned_fit_s, "horizon_days": horizon,
+                                     "train_pairs": {k: m.train_rows_ for k, m in learned.items()},
+                                     "params": learned["test"].params},
               "stages": {"sizes": stage_sizes(stages_df).to_dict(orient="records"), "per_stage": per_stage,
                          "lifecycle_config": cfg.to_dict()}}
     path = write_result(args.out, result)

@@ -53,7 +53,8 @@ class PolicyContext:
     model: object | None = None
     value_model: object | None = None      # anything with predict_value(Sequences, as_of)
     item_value: np.ndarray | Callable | None = None  # (N,) value of one purchase of each item (default:
-    #   price), or a function of the histories giving a (B, N) per-user value
+    #   price), a function of the histories giving a (B, N) per-user value, or an object with
+    #   candidate_values(histories, candidates, as_of) -> (B, C) (models.item_value.ItemValueModel)
     item_vectors: np.ndarray | None = None  # (N, D) for diversity
     item_popularity: np.ndarray | None = None  # (N,) counts
     stages: np.ndarray | None = None       # (B,) stage names
@@ -83,6 +84,12 @@ class PolicyContext:
         return np.asarray(v, dtype=np.float64)
 
     def values_of_candidates(self) -> torch.Tensor:
+        if hasattr(self.item_value, "candidate_values"):   # values of the candidates only
+            out = np.asarray(self.item_value.candidate_values(self.histories, self.candidates, self.as_of),
+                             dtype=np.float64)
+            if out.shape != self.candidates.shape:
+                raise DataError(f"candidate_values returned shape {out.shape}, expected {self.candidates.shape}")
+            return torch.as_tensor(np.where(self.candidates >= 0, out, 0.0), dtype=torch.float64)
         v = self.item_values()
         c = np.clip(self.candidates, 0, None)
         out = np.take_along_axis(v, c, axis=1) if v.ndim == 2 else v[c]

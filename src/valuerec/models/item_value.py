@@ -1,0 +1,205 @@
+"""What a user will spend on an item if they buy it: the value term of value-aware re-ranking.
+
+``value_aware`` ranks by p(item) x value(user, item). The simple values are the item's price or its
+mean revenue per purchase line; both ignore who is buying. In a wholesale log such as Online Retail a
+customer's spend on an item depends mostly on the customer (order sizes span three orders of
+magnitude) and on what they spent on that item before.
+
+``ItemValueModel`` learns it. At fit time, with cut-off ``c`` and horizon ``H``, every (user, item)
+pair bought in the last horizon before the cut-off, [c - H, c), is one training row: its target is
+the log of the revenue the user spent on the item in that window, its features come from the history
+before c - H only. At prediction time the same features are read from the whole history before the
+cut-off. The regressor is LightGBM (L2 on log revenue); the prediction is exp of it, so it estimates
+the geometric mean spend given a purchase, which is what a ranking by ``log p + log value`` needs.
+
+Features (``FEATURES``), for user u and item i:
+- item: log mean revenue per line over all users, log of its mean over the last horizon, log price,
+  log(1 + number of lines);
+- user and item: lines of i by u, log mean / last / max revenue of u's lines of i, days since u last
+  bought i (NaN when never);
+- user: u's spend scale (geometric mean of u's line revenue over the item's mean line revenue), log
+  mean line revenue overall and over the last horizon, lines, distinct items, days since the last
+  purchase.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from valuerec.data.dataset import Sequences
+from valuerec.data.schema import DataError, event_type_code
+
+DAY = 86400.0
+FEATURES = [
+    "item_log_line", "item_log_line_recent", "item_log_price", "item_log_lines",
+    "ui_lines", "ui_log_mean", "ui_log_last", "ui_log_max", "ui_days_since",
+    "u_log_scale", "u_log_mean", "u_log_mean_recent", "u_lines", "u_items", "u_days_since",
+]
+
+
+def purchase_lines(histories: Sequences) -> pd.DataFrame:
+    """Purchase lines (``u``, ``t``, ``item``, ``value``) with an item and a positive value."""
+    if histories.times is None or histories.values is None:
+        raise DataError("item values need histories with times and values (revenue per event)")
+    lens = histories.lengths()
+    if lens.sum() == 0:
+        return pd.DataFrame({"u": np.zeros(0, np.int64), "t": np.zeros(0, np.int64),
+                             "item": np.zeros(0, np.int64), "value": np.zeros(0)})
+    df = pd.DataFrame({"u": np.repeat(np.arange(len(histories), dtype=np.int64), lens),
+                       "t": np.concatenate(histories.times).astype(np.int64),
+                       "item": np.concatenate(histories.items).astype(np.int64),
+                       "value": np.concatenate(histories.values).astype(np.float64)})
+    keep = (df["item"].to_numpy() >= 0) & (df["value"].to_numpy() > 0) & np.isfinite(df["value"].to_numpy())
+    if histories.event_types is not None:
+        keep &= np.concatenate(histories.event_types) == event_type_code("purchase")
+    return df[keep].reset_index(drop=True)
+
+
+class _ItemStats:
+    """Per-item line statistics of one period (all users), with a fallback for unseen items."""
+
+    def __init__(self, lines: pd.DataFrame, n_items: int, as_of: float, horizon_s: float, price: np.ndarray):
+        def mean_log_line(df):
+            s = np.bincount(df["item"], weights=df["value"], minlength=n_items)
+            c = np.bincount(df["item"], minlength=n_items)
+            return s, c
+        s, c = mean_log_line(lines)
+        overall = float(lines["value"].mean()) if len(lines) else 1.0
+        p = np.where(np.isfinite(price) & (price > 0), price, np.nan)
+        fallback = np.where(np.isfinite(p), p, overall)
+        self.line = np.where(c > 0, s / np.maximum(c, 1), fallback)
+        self.count = c.astype(np.float64)
+        rs, rc = mean_log_line(lines[lines["t"].to_numpy() >= as_of - horizon_s])
+        self.line_recent = np.where(rc > 0, rs / np.maximum(rc, 1), np.nan)
+        self.log_price = np.log(np.where(np.isfinite(p), p, np.nan))
+
+
+class ItemValueModel:
+    """LightGBM estimate of a user's revenue on an item within the horizon, given they buy it.
+
+    ``fit(histories, cutoff)``; then ``candidate_values(histories, candidates)`` gives (B, C) values
+    and calling the model on histories gives (B, n_items), so it can be a policy's ``item_value``.
+    """
+
+    def __init__(self, horizon_days: float = 91.0, n_estimators: int = 300, learning_rate: float = 0.05,
+                 num_leaves: int = 31, min_child_samples: int = 50, seed: int = 0):
+        if horizon_days <= 0:
+            raise DataError(f"ItemValueModel: horizon_days must be > 0, got {horizon_days}")
+        self.horizon_days = float(horizon_days)
+        self.params = dict(n_estimators=n_estimators, learning_rate=learning_rate, num_leaves=num_leaves,
+                           min_child_samples=min_child_samples)
+        self.seed = seed
+
+    # -- features ---------------------------------------------------------------------------------
+    def _features(self, lines: pd.DataFrame, n_users: int, as_of: np.ndarray, stats: _ItemStats,
+                  users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """(R, F) features of (users[r], items[r]) from ``lines`` before each user's as-of."""
+        H = self.horizon_days * DAY
+        lines = lines[lines["t"].to_numpy() < as_of[lines["u"].to_numpy()]]
+        R = len(users)
+        X = np.full((R, len(FEATURES)), np.nan)
+        col = {f: k for k, f in enumerate(FEATURES)}
+        X[:, col["item_log_line"]] = np.log(stats.line[items])
+        X[:, col["item_log_line_recent"]] = np.log(stats.line_recent[items])
+        X[:, col["item_log_price"]] = stats.log_price[items]
+        X[:, col["item_log_lines"]] = np.log1p(stats.count[items])
+        X[:, col["ui_lines"]] = 0.0
+        u_age = as_of[users]
+        if len(lines):
+            v = lines["value"].to_numpy()
+            lu, lt, li = lines["u"].to_numpy(), lines["t"].to_numpy(), lines["item"].to_numpy()
+            # user level
+            ratio = np.log(v) - np.log(stats.line[li])
+            ug = pd.DataFrame({"u": lu, "lv": np.log(v), "ratio": ratio, "t": lt, "item": li}).groupby("u")
+            scale = ug["ratio"].mean()
+            mean = ug["lv"].mean()
+            n = ug.size()
+            n_items = ug["item"].nunique()
+            last_t = ug["t"].max()
+            rec = pd.DataFrame({"u": lu, "lv": np.log(v)})[lt >= as_of[lu] - H].groupby("u")["lv"].mean()
+            for name, s in (("u_log_scale", scale), ("u_log_mean", mean), ("u_lines", n), ("u_items", n_items),
+                            ("u_log_mean_recent", rec)):
+                arr = np.full(n_users, np.nan)
+                arr[s.index.to_numpy()] = s.to_numpy(np.float64)
+                X[:, col[name]] = arr[users]
+            days = np.full(n_users, np.nan)
+            days[last_t.index.to_numpy()] = (as_of[last_t.index.to_numpy()] - last_t.to_numpy()) / DAY
+            X[:, col["u_days_since"]] = days[users]
+            X[:, col["u_lines"]] = np.nan_to_num(X[:, col["u_lines"]])
+            X[:, col["u_items"]] = np.nan_to_num(X[:, col["u_items"]])
+            # user x item level: keyed by u * n_items + item
+            n_it = len(stats.line)
+            key = lu * n_it + li
+            order = np.argsort(lt, kind="stable")
+            g = pd.DataFrame({"k": key[order], "v": v[order], "t": lt[order]}).groupby("k")
+            agg = pd.DataFrame({"n": g.size(), "mean": np.log(g["v"].mean()), "last": np.log(g["v"].last()),
+                                "max": np.log(g["v"].max()), "t": g["t"].max()})
+            want = users * n_it + items
+            pos = agg.index.get_indexer(want)
+            hit = pos >= 0
+            a = agg.iloc[pos[hit]]
+            X[hit, col["ui_lines"]] = a["n"].to_numpy(np.float64)
+            X[hit, col["ui_log_mean"]] = a["mean"].to_numpy()
+            X[hit, col["ui_log_last"]] = a["last"].to_numpy()
+            X[hit, col["ui_log_max"]] = a["max"].to_numpy()
+            X[hit, col["ui_days_since"]] = (u_age[hit] - a["t"].to_numpy()) / DAY
+        return X
+
+    # -- fit / predict ----------------------------------------------------------------------------
+    def fit(self, histories: Sequences, cutoff: float, n_items: int, price: np.ndarray | None = None
+            ) -> "ItemValueModel":
+        """Learn from the pairs bought in [cutoff - H, cutoff), features from before cutoff - H."""
+        import lightgbm as lgb
+
+        H = self.horizon_days * DAY
+        lines = purchase_lines(histories)
+        if len(lines) and lines["item"].max() >= n_items:
+            raise DataError(f"ItemValueModel.fit: item index {int(lines['item'].max())} outside the "
+                            f"catalogue of {n_items} items")
+        self.n_items = int(n_items)
+        self.price = np.full(n_items, np.nan) if price is None else np.asarray(price, dtype=np.float64)
+        self.cutoff = float(cutoff)
+        start = self.cutoff - H
+        t = lines["t"].to_numpy()
+        before, window = lines[t < start], lines[(t >= start) & (t < self.cutoff)]
+        if len(window) == 0 or len(before) == 0:
+            raise DataError(f"ItemValueModel.fit: no purchases in the {self.horizon_days:g} days before the "
+                            "cut-off, or none before that window: the history is too short to learn item values")
+        pairs = window.groupby(["u", "item"])["value"].sum().reset_index()
+        n_users = len(histories)
+        train_stats = _ItemStats(before, n_items, start, H, self.price)
+        X = self._features(before, n_users, np.full(n_users, start), train_stats,
+                           pairs["u"].to_numpy(), pairs["item"].to_numpy())
+        y = np.log(pairs["value"].to_numpy())
+        self.model_ = lgb.LGBMRegressor(**self.params, random_state=self.seed, n_jobs=1, verbose=-1)
+        self.model_.fit(X, y)
+        self.train_rows_ = int(len(y))
+        # Item statistics for prediction: the whole history before the cut-off.
+        self.stats_ = _ItemStats(lines, n_items, self.cutoff, H, self.price)
+        return self
+
+    def candidate_values(self, histories: Sequences, candidates: np.ndarray, as_of=None) -> np.ndarray:
+        """(B, C) predicted revenue of each candidate (-1 = padding gets 0); as-of defaults to the
+        fit's cut-off (events at or after it are ignored)."""
+        if not hasattr(self, "model_"):
+            raise DataError("ItemValueModel: call fit() first")
+        B, C = candidates.shape
+        if B != len(histories):
+            raise DataError(f"candidate_values: {B} candidate rows for {len(histories)} histories")
+        as_of = np.full(B, self.cutoff) if as_of is None else np.asarray(as_of, dtype=np.float64)
+        users = np.repeat(np.arange(B), C)
+        items = candidates.reshape(-1)
+        ok = items >= 0
+        if (items[ok] >= self.n_items).any():
+            raise DataError(f"candidate_values: item index outside the catalogue of {self.n_items} items")
+        out = np.zeros(B * C)
+        if ok.any():
+            X = self._features(purchase_lines(histories), B, as_of, self.stats_, users[ok], items[ok])
+            out[ok] = np.exp(self.model_.predict(X))
+        return out.reshape(B, C)
+
+    def __call__(self, histories: Sequences) -> np.ndarray:
+        """(B, n_items) predicted revenue of every item."""
+        cand = np.tile(np.arange(self.n_items), (len(histories), 1))
+        return self.candidate_values(histories, cand)
