@@ -212,13 +212,16 @@ def main(argv=None) -> int:
     console.log(f"learned item values: fitted in {learned_fit_s:.1f}s on {learned['test'].train_rows_} (test) / "
                 f"{learned['valid'].train_rows_} (valid) user-item pairs")
     variants = {"price": {"test": price, "valid": price}, "line": lines, "user_line": user_lines, "learned": learned}
+    # "Now" for the re-rankers is the cut-off (not each user's last event): the learned item values
+    # read recency from it, as they were trained to.
+    at = {"test": lambda h: np.full(len(h), float(cutoff)), "valid": lambda h: np.full(len(h), float(vcutoff))}
     for variant, ivals in variants.items():
         tag = "" if variant == "price" else f"_{variant}"
         best_t, best_gain = None, -np.inf
         valid_curves = {}
         for T in temps:
             curve = {w: run_policy(vmodel, split.valid, n, "value_aware", params={"w": w, "temperature": T},
-                                   item_value=ivals["valid"], **common) for w in weights}
+                                   item_value=ivals["valid"], as_of=at["valid"], **common) for w in weights}
             valid_curves[T] = curve
             w_star = choose_operating_point(curve, plain["valid"])
             gain = curve[w_star]["revenue@20"] if w_star is not None else -np.inf
@@ -229,7 +232,7 @@ def main(argv=None) -> int:
         test_curve = {}
         for w in weights:
             r = run_policy(model, split.test, n, "value_aware", params={"w": w, "temperature": best_t},
-                           item_value=ivals["test"], **common)
+                           item_value=ivals["test"], as_of=at["test"], **common)
             test_curve[w] = r
             record(f"{mname}+value_aware{tag}@{w:g}", r,
                    {"w": w, "temperature": best_t, "item_value": variant, "n_candidates": args.n_candidates})
