@@ -170,3 +170,20 @@ def test_train_with_item_values_then_recommend_uses_them(tmp_path):
     plain_top, _ = apply_policy("value_aware", model, hist, k=5, exclude=None, params={"w": 1.0}, as_of=now,
                                 item_value=np.ones(len(model.catalogue_)))
     assert json.dumps(top.tolist()) != json.dumps(plain_top.tolist())
+
+
+def test_policies_that_read_every_items_value_get_the_learned_ones_at_their_as_of():
+    from valuerec.policies.rerank import PolicyContext
+
+    h, _, _ = simulate(n_users=40)
+    cutoff = T0 + 400 * DAY
+    m = ItemValueModel(n_estimators=30).fit(h, cutoff, N_ITEMS)
+    as_of = np.full(len(h), float(cutoff - 30 * DAY))
+    ctx = PolicyContext(histories=h, candidates=np.zeros((len(h), 1), np.int64), scores=torch.zeros(len(h), 1),
+                        full_scores=torch.zeros(len(h), N_ITEMS), item_value=m, as_of=as_of)
+    every = np.tile(np.arange(N_ITEMS), (len(h), 1))
+    np.testing.assert_allclose(ctx.item_values(), m.candidate_values(h, every, as_of))
+    assert not np.allclose(ctx.item_values(), m.candidate_values(h, every))     # the as-of matters
+    top, _ = apply_policy("cross_sell_value", FlatScorer(N_ITEMS), h, k=3, exclude="history",
+                          n_candidates=N_ITEMS, item_value=m, as_of=cutoff)
+    assert (top >= 0).any()
