@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 from valuerec.data.dataset import catalogue_from, sequences_from
 from valuerec.data.store import EventStore
+from valuerec.models.item_value import ItemValueModel
 from valuerec.models.itemknn import ItemKNN
 from valuerec.models.popularity import Popularity
 from valuerec.serving.process import ServerProcess
@@ -50,6 +51,10 @@ def build_fixture(root: Path) -> dict:
     seqs = sequences_from(ev, cat)
     models = root / "models"
     ItemKNN(neighbours=20).fit(seqs, cat).save(models / "v1")
+    # v1 also has learned item values (what ``train --item-values`` writes), for the value-aware policy.
+    cutoff = int(max(t.max() for t in seqs.times if len(t))) + 1
+    ItemValueModel(horizon_days=7, n_estimators=20, min_child_samples=5).fit(
+        seqs, cutoff, len(cat), cat.price).save(models / "v1" / ItemValueModel.DIRNAME)
     Popularity().fit(seqs, cat).save(models / "v2")
     return {"store": store_path, "models": models, "events": events}
 

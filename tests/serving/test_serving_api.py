@@ -168,6 +168,29 @@ def test_too_large_k_is_422(client):
     assert r.status_code == 422
 
 
+def test_value_aware_policy_reranks_with_the_learned_item_values(client, served):
+    """The model directory holds learned item values; the service re-ranks with them at its 'now'
+    (the store's newest event), exactly as the library does."""
+    import numpy as np
+    import pandas as pd
+
+    from valuerec.data.dataset import sequences_from
+    from valuerec.models import load_model
+    from valuerec.models.item_value import load_item_values
+    from valuerec.policies.rerank import apply_policy
+
+    body = recs(client, "u0", k=5, policy="value_aware")
+    assert body["policy"] == "value_aware"
+    model_dir = served["models"] / "v1"
+    model, iv = load_model(model_dir), load_item_values(model_dir)
+    assert iv is not None
+    ev = served["events"]        # the store holds exactly these (earlier tests' writes were all rejected)
+    hist = sequences_from(ev[ev["user_id"] == "u0"], model.catalogue_, users=np.array(["u0"], dtype=object))
+    top, _ = apply_policy("value_aware", model, hist, k=5, exclude="history", item_value=iv,
+                          as_of=np.array([pd.Timestamp(ev["timestamp"].max()).value / 1e9]))
+    assert ids(body) == [str(model.catalogue_.item_ids[i]) for i in top[0] if i >= 0]
+
+
 def test_unknown_policy_is_422(client):
     r = client.get("/v1/users/u0/recommendations", params={"policy": "nonsense"}, headers=auth(READ_KEY))
     assert r.status_code == 422 and "policy" in r.json()["message"]

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
+import pandas as pd
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -40,6 +41,7 @@ def recommend_for_user(model_dir: str | Path, store: str | Path, user: str, k: i
     cat = model.catalogue_
     with EventStore(store, read_only=True) as st:
         events = st.user_events(str(user))
+        time_range = st.time_range()
     if history_types:
         events = events[events["event_type"].isin(history_types)]
     note = None
@@ -58,8 +60,13 @@ def recommend_for_user(model_dir: str | Path, store: str | Path, user: str, k: i
         from valuerec.policies.rerank import apply_policy
         # The model is its own value model when it has a value head (the behaviour transformer).
         value_model = model if hasattr(model, "predict_value") else None
+        from valuerec.models.item_value import load_item_values
+        item_value = load_item_values(model_dir)     # learned item values, when trained with --item-values
+        # "Now" is the newest event in the store (the data may be historical).
+        now = None if time_range is None else float(pd.Timestamp(time_range[1]).value // 10**9 + 1)
         idx, scores = apply_policy(policy, model, hist, k=k, exclude="auto" if exclude_history else None,
-                                   value_model=value_model, params=policy_params)
+                                   value_model=value_model, params=policy_params, item_value=item_value,
+                                   as_of=now)
         keep = idx[0] >= 0
         idx, scores = idx[:, keep], scores[:, keep]
     else:

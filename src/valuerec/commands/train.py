@@ -111,6 +111,9 @@ def train_cmd(
     threads: int = typer.Option(0, "--threads", help="torch CPU threads (0: torch default)"),
     no_test: bool = typer.Option(False, "--no-test", help="Skip the test evaluation"),
     cache_dir: Path = typer.Option(Path("runs/stores"), "--cache-dir", help="Where ingested files are cached"),
+    item_values: bool = typer.Option(False, "--item-values", help="Also learn what each user spends on an item "
+                                     "(models.item_value, LightGBM) for the value-aware policies; saved in OUT/item_value"),
+    item_value_horizon: float = typer.Option(91.0, "--item-value-horizon", help="Horizon of the learned item values, days"),
 ) -> None:
     """Train a model with validation early stopping and save it as an artefact directory."""
     import torch
@@ -147,6 +150,8 @@ def train_cmd(
             val = evaluate(model.score, split.valid, model.n_items, ks=ks)
             test = None if no_test else evaluate(model.score, split.test, model.n_items, ks=ks)
             model.save(out)
+            if item_values:
+                save_item_values(split, item_value_horizon, seed, out)
             mpath = out / "metrics.json"
             metrics = json.loads(mpath.read_text()) if mpath.exists() else {}
             metrics.update({"protocol": used, "split": split.info, "train_seconds": train_seconds,
@@ -160,6 +165,21 @@ def train_cmd(
     except DataError as e:
         console.print(f"[red]error:[/red] {e}", markup=True, highlight=False)
         raise typer.Exit(code=2) from None
+
+
+def save_item_values(split, horizon_days: float, seed: int, out: Path) -> None:
+    """Fit ``ItemValueModel`` on the whole history of the split (train_full), with its newest event as
+    the cut-off, and save it in ``OUT/item_value`` (``recommend``, ``serve`` and the policies read it)."""
+    from valuerec.models.item_value import ItemValueModel
+
+    h = split.train_full
+    if h.times is None or not any(len(t) for t in h.times):
+        raise DataError("--item-values needs event times and values")
+    cutoff = max(int(t.max()) for t in h.times if len(t)) + 1
+    price = split.catalogue.price if split.catalogue.price is not None else None
+    m = ItemValueModel(horizon_days=horizon_days, seed=seed).fit(h, cutoff, len(split.catalogue), price)
+    m.save(out / ItemValueModel.DIRNAME)
+    console.log(f"item values: learned from {m.train_rows_} user-item pairs of the last {horizon_days:g} days")
 
 
 def register(app: typer.Typer) -> None:

@@ -100,17 +100,22 @@ class ItemValueModel:
         R = len(users)
         X = np.full((R, len(FEATURES)), np.nan)
         col = {f: k for k, f in enumerate(FEATURES)}
-        X[:, col["item_log_line"]] = np.log(stats.line[items])
-        X[:, col["item_log_line_recent"]] = np.log(stats.line_recent[items])
-        X[:, col["item_log_price"]] = stats.log_price[items]
-        X[:, col["item_log_lines"]] = np.log1p(stats.count[items])
+        known = items < len(stats.line)    # items added to the catalogue after the fit: no item statistics
+
+        def take(arr):
+            return np.where(known, arr[np.where(known, items, 0)], np.nan)
+        X[:, col["item_log_line"]] = np.log(take(stats.line))
+        X[:, col["item_log_line_recent"]] = np.log(take(stats.line_recent))
+        X[:, col["item_log_price"]] = take(stats.log_price)
+        X[:, col["item_log_lines"]] = np.log1p(take(stats.count))
         X[:, col["ui_lines"]] = 0.0
         u_age = as_of[users]
         if len(lines):
             v = lines["value"].to_numpy()
             lu, lt, li = lines["u"].to_numpy(), lines["t"].to_numpy(), lines["item"].to_numpy()
             # user level
-            ratio = np.log(v) - np.log(stats.line[li])
+            known_l = li < len(stats.line)
+            ratio = np.where(known_l, np.log(v) - np.log(stats.line[np.where(known_l, li, 0)]), np.nan)
             ug = pd.DataFrame({"u": lu, "lv": np.log(v), "ratio": ratio, "t": lt, "item": li}).groupby("u")
             scale = ug["ratio"].mean()
             mean = ug["lv"].mean()
@@ -129,7 +134,7 @@ class ItemValueModel:
             X[:, col["u_lines"]] = np.nan_to_num(X[:, col["u_lines"]])
             X[:, col["u_items"]] = np.nan_to_num(X[:, col["u_items"]])
             # user x item level: keyed by u * n_items + item
-            n_it = len(stats.line)
+            n_it = int(max(len(stats.line), li.max() + 1, items.max() + 1 if len(items) else 0))
             key = lu * n_it + li
             order = np.argsort(lt, kind="stable")
             g = pd.DataFrame({"k": key[order], "v": v[order], "t": lt[order]}).groupby("k")
@@ -181,7 +186,8 @@ class ItemValueModel:
 
     def candidate_values(self, histories: Sequences, candidates: np.ndarray, as_of=None) -> np.ndarray:
         """(B, C) predicted revenue of each candidate (-1 = padding gets 0); as-of defaults to the
-        fit's cut-off (events at or after it are ignored)."""
+        fit's cut-off (events at or after it are ignored). Items added to the catalogue after the fit
+        are valued from the user's features alone."""
         if not hasattr(self, "model_"):
             raise DataError("ItemValueModel: call fit() first")
         B, C = candidates.shape
@@ -191,8 +197,6 @@ class ItemValueModel:
         users = np.repeat(np.arange(B), C)
         items = candidates.reshape(-1)
         ok = items >= 0
-        if (items[ok] >= self.n_items).any():
-            raise DataError(f"candidate_values: item index outside the catalogue of {self.n_items} items")
         out = np.zeros(B * C)
         if ok.any():
             X = self._features(purchase_lines(histories), B, as_of, self.stats_, users[ok], items[ok])
@@ -203,3 +207,56 @@ class ItemValueModel:
         """(B, n_items) predicted revenue of every item."""
         cand = np.tile(np.arange(self.n_items), (len(histories), 1))
         return self.candidate_values(histories, cand)
+
+    # -- persistence ------------------------------------------------------------------------------
+    DIRNAME = "item_value"
+
+    def save(self, path) -> "ItemValueModel":
+        """Write ``item_value.json``, the booster and the item statistics into directory ``path``."""
+        import json
+        from pathlib import Path
+
+        if not hasattr(self, "model_"):
+            raise DataError("ItemValueModel: call fit() before save()")
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "booster.txt").write_text(self.model_.booster_.model_to_string())
+        np.savez(path / "item_stats.npz", line=self.stats_.line, count=self.stats_.count,
+                 line_recent=self.stats_.line_recent, log_price=self.stats_.log_price, price=self.price)
+        (path / "item_value.json").write_text(json.dumps({
+            "horizon_days": self.horizon_days, "params": self.params, "seed": self.seed, "cutoff": self.cutoff,
+            "n_items": self.n_items, "train_rows": self.train_rows_, "features": FEATURES}, indent=2))
+        return self
+
+    @classmethod
+    def load(cls, path) -> "ItemValueModel":
+        import json
+        from pathlib import Path
+
+        import lightgbm as lgb
+
+        path = Path(path)
+        try:
+            meta = json.loads((path / "item_value.json").read_text())
+            arrays = np.load(path / "item_stats.npz")
+            booster = lgb.Booster(model_str=(path / "booster.txt").read_text())
+        except (OSError, ValueError, KeyError, lgb.basic.LightGBMError) as e:
+            raise DataError(f"{path}: not a saved item value model ({e})") from None
+        if meta.get("features") != FEATURES:
+            raise DataError(f"{path}: saved with features {meta.get('features')}, this version reads {FEATURES}")
+        m = cls(horizon_days=meta["horizon_days"], seed=meta["seed"], **meta["params"])
+        m.n_items, m.cutoff, m.train_rows_ = int(meta["n_items"]), float(meta["cutoff"]), int(meta["train_rows"])
+        m.price = arrays["price"]
+        m.stats_ = _ItemStats.__new__(_ItemStats)
+        for k in ("line", "count", "line_recent", "log_price"):
+            setattr(m.stats_, k, arrays[k])
+        m.model_ = booster     # Booster.predict takes the same feature matrix
+        return m
+
+
+def load_item_values(model_dir) -> ItemValueModel | None:
+    """The item value model saved beside a recommender (``MODEL_DIR/item_value``), or None."""
+    from pathlib import Path
+
+    p = Path(model_dir) / ItemValueModel.DIRNAME
+    return ItemValueModel.load(p) if (p / "item_value.json").exists() else None

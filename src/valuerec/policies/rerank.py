@@ -76,6 +76,9 @@ class PolicyContext:
         v = self.item_value
         if v is None:
             return item_value_from_catalogue(self.catalogue)
+        if hasattr(v, "candidate_values"):      # a learned model: every item, at this context's as-of
+            every = np.tile(np.arange(self.full_scores.shape[1]), (len(self.histories), 1))
+            return np.asarray(v.candidate_values(self.histories, every, self.as_of), dtype=np.float64)
         if callable(v):
             v = np.asarray(v(self.histories), dtype=np.float64)
             if v.shape[0] != len(self.histories):

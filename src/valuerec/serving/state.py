@@ -95,6 +95,7 @@ class Runtime:
     loaded_at: float
     histories: "OrderedDict[str, UserHistory]" = field(default_factory=OrderedDict)
     item_vectors: np.ndarray | None = None      # (N, D) unit rows, for /similar, when the model has them
+    item_value: object | None = None            # learned item values (MODEL_DIR/item_value), for the policies
     complete: bool = False    # every user with events (as of the preload) is cached: a miss means "no events"
     hooks: dict[str, Callable | None] = field(default_factory=dict)
 
@@ -252,7 +253,9 @@ class ServiceState:
             raise DataError(f"{path}: not a model directory (no config.json)")
         t0 = time.time()
         model = load_model(path)
-        rt = Runtime(model=model, path=path, version=path.name, loaded_at=time.time(), hooks=find_hooks(model))
+        from valuerec.models.item_value import load_item_values
+        rt = Runtime(model=model, path=path, version=path.name, loaded_at=time.time(), hooks=find_hooks(model),
+                     item_value=load_item_values(path))
         try:
             rt.item_vectors = item_vectors_of(model)
         except Exception:  # noqa: BLE001 - similarity then falls back to store co-occurrence
@@ -523,7 +526,7 @@ class ServiceState:
         with torch.no_grad():
             top, sc = apply_policy(policy, rt.model, seqs, k=k, exclude="history" if exclude_history else None,
                                    as_of=self._unix(t), value_model=value_model, item_popularity=popularity,
-                                   item_vectors=rt.item_vectors)
+                                   item_vectors=rt.item_vectors, item_value=rt.item_value)
         ok = top[0] >= 0
         return {"runtime": rt, "policy": policy, "items": self.describe_items(rt, top[0][ok], sc[0][ok]),
                 "history_length": int(len(h.items))}
