@@ -25,7 +25,6 @@ import sys
 import time
 
 import numpy as np
-import pandas as pd
 import torch
 from rich.console import Console
 
@@ -114,7 +113,7 @@ def main(argv=None) -> int:
     plain = {p: curves["learned"][p]["0"] for p in ("valid", "test")}
     summary = {}
     for name, c in curves.items():
-        test = {b: m for b, m in c["test"].items()}
+        test = c["test"]
         entry = {"test_curve": {b: {**m, "revenue_change": m["revenue@20"] / plain["test"]["revenue@20"] - 1,
                                     "ndcg_change": m["ndcg@20"] / plain["test"]["ndcg@20"] - 1}
                                 for b, m in test.items()}}

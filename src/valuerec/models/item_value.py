@@ -60,17 +60,17 @@ class _ItemStats:
     """Per-item line statistics of one period (all users), with a fallback for unseen items."""
 
     def __init__(self, lines: pd.DataFrame, n_items: int, as_of: float, horizon_s: float, price: np.ndarray):
-        def mean_log_line(df):
+        def sum_and_count(df):
             s = np.bincount(df["item"], weights=df["value"], minlength=n_items)
             c = np.bincount(df["item"], minlength=n_items)
             return s, c
-        s, c = mean_log_line(lines)
+        s, c = sum_and_count(lines)
         overall = float(lines["value"].mean()) if len(lines) else 1.0
         p = np.where(np.isfinite(price) & (price > 0), price, np.nan)
         fallback = np.where(np.isfinite(p), p, overall)
         self.line = np.where(c > 0, s / np.maximum(c, 1), fallback)
         self.count = c.astype(np.float64)
-        rs, rc = mean_log_line(lines[lines["t"].to_numpy() >= as_of - horizon_s])
+        rs, rc = sum_and_count(lines[lines["t"].to_numpy() >= as_of - horizon_s])
         self.line_recent = np.where(rc > 0, rs / np.maximum(rc, 1), np.nan)
         self.log_price = np.log(np.where(np.isfinite(p), p, np.nan))
 
