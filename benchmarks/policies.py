@@ -13,6 +13,13 @@ candidates; every policy re-ranks them. Reported on test, for every user of R2:
   ``<model>+value_aware_learned@w``: ``models.item_value.ItemValueModel``, a LightGBM estimate of what
   this user will spend on this item in the horizon if they buy it, learned from the pairs bought in
   the last 91 days before each cut-off (features from the history before that window);
+- ``<model>+value_aware_stage@w``: the same expected revenue with p = P(buy in the horizon) from a
+  learned second stage (``models.purchase_stage.PurchaseStage``, LightGBM over the recommender's
+  top-N candidates with the recommender's scores, the learned item value, repeat timing and item
+  trends) trained on the validation window: the validation recommender's candidates for the
+  validation users, labelled by what they bought in it. Its weight is chosen on out-of-fold
+  predictions for the validation users (5 folds by user); the stage trained on all of them, with
+  item statistics moved to the test cut-off, re-ranks the test model's candidates;
 - ``<model>+<policy>`` for each stage policy, and ``<model>+stage`` (each user's stage picks the policy);
 - per stage: stage policy vs plain on the users of that stage.
 
@@ -44,6 +51,7 @@ from valuerec.evaluation.protocols import DEFAULT_GRIDS, chosen_epochs, load_spl
 from valuerec.evaluation.results import command_line, device_info, git_commit, now_iso, write_result
 from valuerec.models.base import MODEL_REGISTRY
 from valuerec.models.item_value import ItemValueModel
+from valuerec.models.purchase_stage import PurchaseStage
 from valuerec.policies.lifecycle import LifecycleConfig, assign_stages, predict_value_safe, stage_sizes
 from valuerec.policies.rerank import (DEFAULT_STAGE_POLICIES, item_feature_vectors, model_item_vectors,
                                       policy_score_fn)
@@ -150,6 +158,8 @@ def main(argv=None) -> int:
     ap.add_argument("--n-candidates", type=int, default=100)
     ap.add_argument("--uplift-candidates", type=int, default=50,
                     help="value_uplift re-scores the top n (more than 20, so it can change the top-20 set)")
+    ap.add_argument("--stage-folds", type=int, default=5, help="folds (by user) for the purchase stage's "
+                    "out-of-fold validation curve")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="benchmarks/results/r2_policies.json")
     args = ap.parse_args(argv)
@@ -253,6 +263,49 @@ def main(argv=None) -> int:
                 choose_operating_point(test_curve, plain["test"])),
         }
 
+    # -- value-aware with a learned P(buy): a second stage trained on the validation window ---------
+    t0 = time.perf_counter()
+    stage = PurchaseStage(folds=args.stage_folds, seed=args.seed).fit(
+        vmodel, split.valid.inputs, split.valid.targets, as_of=vcutoff, reference=split.train,
+        item_value=learned["valid"], n_candidates=args.n_candidates)
+    stage_fit_s = time.perf_counter() - t0
+    stage_test = stage.at(split.train_full, cutoff)
+    console.log(f"purchase stage: {stage.train_rows_} candidate rows of {stage.train_users_} validation users "
+                f"(positive rate {stage.positive_rate_:.3f}), fitted in {stage_fit_s:.1f}s")
+    oof = stage.out_of_fold()
+    valid_curve = {w: run_policy(vmodel, split.valid, n, "value_aware", params={"w": w, "p": "learned"},
+                                 item_value=learned["valid"], purchase_model=oof, as_of=at["valid"], **common)
+                   for w in weights}
+    w_valid = choose_operating_point(valid_curve, plain["valid"])
+    console.log(f"value_aware_stage: valid (out-of-fold) best w={w_valid}")
+    test_curve = {}
+    for w in weights:
+        r = run_policy(model, split.test, n, "value_aware", params={"w": w, "p": "learned"},
+                       item_value=learned["test"], purchase_model=stage_test, as_of=at["test"], **common)
+        test_curve[w] = r
+        record(f"{mname}+value_aware_stage@{w:g}", r, {"w": w, "p": "learned", "item_value": "learned",
+                                                        "n_candidates": args.n_candidates})
+        console.log(f"value_aware_stage w={w:g}: test ndcg@20 {r['ndcg@20']:.4f} revenue@20 {r['revenue@20']:.4f}")
+    sel = test_curve[w_valid] if w_valid is not None else None
+    selection["value_aware_stage"] = {
+        "temperature_chosen_on_valid": None, "weight_chosen_on_valid": w_valid, "p": "learned",
+        "valid_curve": {f"{w:g}": {k: valid_curve[w][k] for k in ("ndcg@20", "revenue@20")} for w in weights},
+        "valid_curve_is_out_of_fold": True, "item_value": "learned",
+        "valid_revenue_at_chosen_weight": None if w_valid is None else valid_curve[w_valid]["revenue@20"],
+        "test_at_chosen_weight": None if sel is None else {
+            "ndcg@20": sel["ndcg@20"], "revenue@20": sel["revenue@20"],
+            "ndcg_change": sel["ndcg@20"] / plain["test"]["ndcg@20"] - 1,
+            "revenue_change": sel["revenue@20"] / plain["test"]["revenue@20"] - 1},
+        "test_best_within_5pct_ndcg_loss": (lambda w: None if w is None else {
+            "weight": w, "ndcg_change": test_curve[w]["ndcg@20"] / plain["test"]["ndcg@20"] - 1,
+            "revenue_change": test_curve[w]["revenue@20"] / plain["test"]["revenue@20"] - 1})(
+            choose_operating_point(test_curve, plain["test"])),
+    }
+    purchase_stage_info = {"fit_seconds": stage_fit_s, "params": stage.params, "folds": stage.folds,
+                           "train_rows": stage.train_rows_, "train_users": stage.train_users_,
+                           "positive_rate": stage.positive_rate_,
+                           "trained_on": "validation window (R2 train histories, labels 2011-06-09 to 2011-09-09)"}
+
     # -- lifecycle stages at the test cut-off ------------------------------------------------------
     inputs = split.test.inputs
     pred = predict_value_safe(value_test, inputs, np.full(len(inputs), cutoff))
@@ -261,7 +314,8 @@ def main(argv=None) -> int:
     stage_fn = (lambda h: np.array([stage_of[u] for u in h.user_ids], dtype=object))
     as_of_fn = (lambda h: np.full(len(h), float(cutoff)))
     # Item value for the stage policies: the value_aware variant with the best validation revenue.
-    best_key = max(selection, key=lambda k: selection[k]["valid_revenue_at_chosen_weight"] or -1.0)
+    best_key = max((k for k in selection if k != "value_aware_stage"),
+                   key=lambda k: selection[k]["valid_revenue_at_chosen_weight"] or -1.0)
     best_variant = selection[best_key]["item_value"]
     console.log(f"stage policies use item value {best_variant!r} (best value_aware variant on validation)")
     side = dict(item_value=variants[best_variant]["test"], item_vectors=vectors, item_popularity=pop["test"], value_model=value_test,
@@ -308,6 +362,7 @@ def main(argv=None) -> int:
               "learned_item_value": {"fit_seconds": learned_fit_s, "horizon_days": horizon,
                                      "train_pairs": {k: m.train_rows_ for k, m in learned.items()},
                                      "params": learned["test"].params},
+              "purchase_stage": purchase_stage_info,
               "stages": {"sizes": stage_sizes(stages_df).to_dict(orient="records"), "per_stage": per_stage,
                          "lifecycle_config": cfg.to_dict()}}
     path = write_result(args.out, result)

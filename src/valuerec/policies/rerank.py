@@ -14,8 +14,11 @@ Policies (``POLICIES``):
 - ``favourites_winback`` (at-risk, lapsed): boosts items the user had before, recency-weighted
   (half-life), and adds them to the candidates.
 - ``cross_sell_value`` (expanding): favours items priced above what the user usually buys, not yet bought.
-- ``value_aware``: expected revenue p(item) x item value, p = softmax of the scores over the whole
-  catalogue, blended with relevance p by weight ``w`` (w = 0: plain order, w = 1: by expected revenue).
+- ``value_aware``: expected revenue p(item) x item value, blended with relevance p by weight ``w``
+  (w = 0: by p, w = 1: by expected revenue). p is the softmax of the scores over the whole catalogue
+  (``p="softmax"``; at w = 0 the model's own order) or, with ``p="learned"``, the probability that the
+  user buys the candidate in the horizon from a second stage learned on a labelled window
+  (``models.purchase_stage.PurchaseStage``, passed as ``purchase_model``).
 - ``value_uplift``: "what if": each candidate appended as the next purchase, the value model re-scores
   the user; rank by the predicted change in value (blended with relevance by ``w``).
 - ``stage``: each user gets the policy of their lifecycle stage.
@@ -58,6 +61,7 @@ class PolicyContext:
     item_vectors: np.ndarray | None = None  # (N, D) for diversity
     item_popularity: np.ndarray | None = None  # (N,) counts
     stages: np.ndarray | None = None       # (B,) stage names
+    purchase_model: object | None = None   # predict(ctx) -> (B, C) P(buy) (models.purchase_stage)
     extras: dict = field(default_factory=dict)
 
     def subset(self, idx: np.ndarray) -> "PolicyContext":
@@ -158,18 +162,29 @@ class Plain(Policy):
 @dataclass
 class ValueAware(Policy):
     w: float = 0.5              # weight of expected revenue vs relevance, in [0, 1]
-    temperature: float = 1.0    # softmax temperature over the scores
+    temperature: float = 1.0    # softmax temperature over the scores (p="softmax")
+    p: str = "softmax"          # "softmax" of the scores, or "learned": ctx.purchase_model's P(buy)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.w <= 1.0:
             raise DataError(f"value_aware: w must be in [0, 1], got {self.w}")
         if self.temperature <= 0:
             raise DataError(f"value_aware: temperature must be > 0, got {self.temperature}")
+        if self.p not in ("softmax", "learned"):
+            raise DataError(f"value_aware: p must be 'softmax' or 'learned', got {self.p!r}")
 
     def rerank(self, ctx: PolicyContext) -> torch.Tensor:
         valid = ctx.valid
-        log_p = _log_p(ctx, self.temperature)
-        p = log_p.exp()
+        if self.p == "learned":
+            if ctx.purchase_model is None:
+                raise DataError("value_aware with p='learned' needs a purchase model (a fitted "
+                                "models.purchase_stage.PurchaseStage, e.g. MODEL_DIR/purchase_stage)")
+            p = torch.as_tensor(np.asarray(ctx.purchase_model.predict(ctx), dtype=np.float64))
+            if p.shape != ctx.candidates.shape:
+                raise DataError(f"purchase model returned shape {tuple(p.shape)}, expected {ctx.candidates.shape}")
+            p = torch.where(valid, p.clamp_min(1e-12), torch.zeros_like(p))
+        else:
+            p = _log_p(ctx, self.temperature).exp()
         # Normalise each term by its best candidate so w trades like for like; at w = 1 the order is
         # exactly expected revenue, at w = 0 exactly the model's.
         rel = p / p.max(dim=1, keepdim=True).values.clamp_min(1e-300)
@@ -475,53 +490,69 @@ def _resolve_exclude(exclude, histories: Sequences, policy: Policy):
     return exclude
 
 
+def build_context(model, histories: Sequences, *, history_candidates: bool = False, n_candidates: int = 100,
+                  exclude=None, catalogue: Catalogue | None = None, as_of=None, value_model=None,
+                  item_value=None, item_vectors: np.ndarray | None = None,
+                  item_popularity: np.ndarray | None = None, stages: np.ndarray | None = None,
+                  purchase_model=None) -> PolicyContext:
+    """Score one batch with ``model``, apply ``exclude`` (None or item indices per user), take the top
+    ``n_candidates`` (plus the user's past items with ``history_candidates``) and gather the side
+    information into a ``PolicyContext``. ``as_of`` defaults to just after each user's last event."""
+    catalogue = catalogue if catalogue is not None else getattr(model, "catalogue_", None)
+    with torch.no_grad():
+        full = model.score(histories).float().cpu()
+    full = torch.nan_to_num(full, nan=NEG)
+    if exclude is not None:
+        apply_exclusions(full, exclude)
+    cands, cscores, added = build_candidates(full, n_candidates, histories if history_candidates else None)
+    if as_of is not None:
+        as_of = np.broadcast_to(np.asarray(as_of, dtype=np.float64), (len(histories),)).copy()
+    elif histories.times is not None:
+        # Default "now": just after each user's last event.
+        as_of = np.array([float(t.max()) + 1 if len(t) else 0.0 for t in histories.times])
+    return PolicyContext(histories=histories, candidates=cands, scores=cscores, full_scores=full,
+                         catalogue=catalogue, as_of=as_of, model=model, value_model=value_model,
+                         item_value=item_value, item_vectors=item_vectors, item_popularity=item_popularity,
+                         stages=None if stages is None else np.asarray(stages, dtype=object),
+                         purchase_model=purchase_model, extras={"added_from_history": added})
+
+
 def policy_rerank(policy: Policy | str, model, histories: Sequences, *, n_candidates: int = 100,
                   exclude="auto", catalogue: Catalogue | None = None, as_of=None, value_model=None,
                   item_value: np.ndarray | None = None, item_vectors: np.ndarray | None = None,
                   item_popularity: np.ndarray | None = None, stages: np.ndarray | None = None,
-                  lifecycle_config=None, params: dict | None = None) -> tuple[np.ndarray, torch.Tensor]:
+                  lifecycle_config=None, purchase_model=None, params: dict | None = None,
+                  ) -> tuple[np.ndarray, torch.Tensor]:
     """Score, pick candidates and re-rank one batch. Returns (candidates (B, C), policy scores (B, C)).
 
     ``exclude``: 'auto' (default: the user's past items are excluded, except for policies built on
     them, ``favourites_winback`` and ``stage``), 'history', None, or item indices per user."""
     pol = make_policy(policy, **(params or {})) if isinstance(policy, str) else policy
     catalogue = catalogue if catalogue is not None else getattr(model, "catalogue_", None)
-    with torch.no_grad():
-        full = model.score(histories).float().cpu()
-    full = torch.nan_to_num(full, nan=NEG)
-    exclude = _resolve_exclude(exclude, histories, pol)
-    if exclude is not None:
-        apply_exclusions(full, exclude)
-    cands, cscores, added = build_candidates(full, n_candidates, histories if pol.history_candidates else None)
-    if as_of is not None:
-        as_of = np.broadcast_to(np.asarray(as_of, dtype=np.float64), (len(histories),)).copy()
-    elif histories.times is not None:
-        # Default "now": just after each user's last event.
-        as_of = np.array([float(t.max()) + 1 if len(t) else 0.0 for t in histories.times])
     if item_vectors is None and pol.name in ("popular_diverse", "stage"):
         item_vectors = model_item_vectors(model)
         if item_vectors is None and catalogue is not None:
             item_vectors = item_feature_vectors(catalogue)
-    if pol.name == "stage" and stages is None:
+    ctx = build_context(model, histories, history_candidates=pol.history_candidates, n_candidates=n_candidates,
+                        exclude=_resolve_exclude(exclude, histories, pol), catalogue=catalogue, as_of=as_of,
+                        value_model=value_model, item_value=item_value, item_vectors=item_vectors,
+                        item_popularity=item_popularity, stages=stages, purchase_model=purchase_model)
+    if pol.name == "stage" and ctx.stages is None:
         from valuerec.policies.lifecycle import assign_stages, predict_value_safe
-        if as_of is None:
+        if ctx.as_of is None:
             raise DataError("the stage policy needs as_of or event times to assign lifecycle stages")
         vm = value_model if value_model is not None else (model if hasattr(model, "predict_value") else None)
-        pred = predict_value_safe(vm, histories, as_of) if vm is not None else None
-        stages = assign_stages(histories, as_of, pred, lifecycle_config)["stage"].to_numpy()
-    ctx = PolicyContext(histories=histories, candidates=cands, scores=cscores, full_scores=full,
-                        catalogue=catalogue, as_of=as_of, model=model, value_model=value_model,
-                        item_value=item_value, item_vectors=item_vectors, item_popularity=item_popularity,
-                        stages=None if stages is None else np.asarray(stages, dtype=object),
-                        extras={"added_from_history": added})
-    return cands, pol.rerank(ctx)
+        pred = predict_value_safe(vm, histories, ctx.as_of) if vm is not None else None
+        ctx.stages = np.asarray(assign_stages(histories, ctx.as_of, pred, lifecycle_config)["stage"].to_numpy(),
+                                dtype=object)
+    return ctx.candidates, pol.rerank(ctx)
 
 
 def apply_policy(name: str, model, histories: Sequences, k: int = 10, *, batch_size: int = 512,
                  **kwargs) -> tuple[np.ndarray, np.ndarray]:
     """Top-k item indices and policy scores per user under policy ``name`` (see ``policy_rerank``
     for the keyword arguments: n_candidates, exclude, catalogue, as_of, value_model, item_value,
-    item_vectors, item_popularity, stages, lifecycle_config, params). Rows with fewer than k
+    item_vectors, item_popularity, stages, lifecycle_config, purchase_model, params). Rows with fewer than k
     candidates are padded with -1."""
     params = kwargs.pop("params", None)
     pol = make_policy(name, **(params or {}))

@@ -1,0 +1,323 @@
+"""A learned second stage: the probability that a user buys each of a recommender's candidates.
+
+Value-aware re-ranking ranks by expected revenue, P(buy item) x value(user, item). The softmax of a
+next-item model's scores is a poor P(buy) for that product: it is trained for the single next event,
+not "bought at all within the horizon", and its scale (temperature) is arbitrary. ``PurchaseStage``
+learns the probability directly, as the second stage of a two-stage recommender: on a labelled
+window (histories before a cut-off, purchases in the horizon after it) every user's top-N candidates
+of the recommender are rows, the label is "bought in the window", and a LightGBM classifier reads
+
+- the recommender: log softmax of the score over the catalogue, gap to the user's best score, rank;
+- the value term: log of the candidate's item value (e.g. ``ItemValueModel``) and log p + log value;
+- the user and the item together: distinct days the user bought it, days since the first and the
+  last of them, the user's mean interval between them and how "due" it is (days since last over the
+  interval), its share of the user's purchase days, the user's mean log line revenue on it;
+- the user: purchase days, days since the last and the first, purchase rate, distinct items, mean
+  log line revenue;
+- the item (from a reference history, all users, before the cut-off): distinct buyers in the last
+  30 and 90 days and overall, the trend (30 vs 90 days), the share of its buyers who bought it on
+  two or more days, its log mean line revenue.
+
+``fit`` learns on one window; ``at(reference, as_of)`` moves the item statistics to a later cut-off
+(the classifier stays); ``predict(ctx)`` gives (B, C) probabilities for a ``PolicyContext``, so
+``value_aware`` with ``p="learned"`` can use it. With ``folds > 1``, ``fit`` also trains one
+classifier per fold of the training users, and ``out_of_fold()`` predicts every training user with
+the classifier that did not see them: the honest validation curve for choosing the policy's weight.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from valuerec.data.dataset import Sequences
+from valuerec.data.schema import DataError, event_type_code
+
+DAY = 86400.0
+FEATURES = [
+    "m_log_p", "m_gap", "m_rank", "log_v", "log_ev",
+    "ui_days", "ui_since_last", "ui_since_first", "ui_interval", "ui_due", "ui_share", "ui_log_mean",
+    "u_days", "u_rec", "u_ten", "u_rate", "u_items", "u_log_mean",
+    "it_pop30", "it_pop90", "it_popall", "it_trend", "it_repeat", "it_log_line",
+]
+
+
+def _purchases(h: Sequences, as_of: np.ndarray) -> pd.DataFrame:
+    """Purchase events with an item before each user's as-of: u, i, t (unix s), day, value."""
+    if h.times is None:
+        raise DataError("the purchase stage needs histories with event times")
+    lens = h.lengths()
+    if lens.sum() == 0:
+        return pd.DataFrame({c: np.zeros(0, np.int64) for c in ("u", "i", "t", "day")}).assign(value=np.zeros(0))
+    d = pd.DataFrame({"u": np.repeat(np.arange(len(h), dtype=np.int64), lens),
+                      "i": np.concatenate(h.items).astype(np.int64),
+                      "t": np.concatenate(h.times).astype(np.int64),
+                      "value": (np.concatenate(h.values).astype(np.float64) if h.values is not None
+                                else np.full(int(lens.sum()), np.nan))})
+    keep = (d["i"].to_numpy() >= 0) & (d["t"].to_numpy() < as_of[d["u"].to_numpy()])
+    if h.event_types is not None:
+        keep &= np.concatenate(h.event_types) == event_type_code("purchase")
+    d = d[keep]
+    return d.assign(day=d["t"].to_numpy() // int(DAY))
+
+
+class _ItemReference:
+    """Item statistics over all users of a reference history, as of one cut-off."""
+
+    def __init__(self, reference: Sequences, as_of: float, n_items: int):
+        d = _purchases(reference, np.full(len(reference), float(as_of)))
+        d = d[d["i"].to_numpy() < n_items]
+        self.as_of = float(as_of)
+
+        def buyers(sub):
+            return np.bincount(sub.drop_duplicates(["u", "i"])["i"].to_numpy(), minlength=n_items).astype(float)
+        t = d["t"].to_numpy()
+        self.pop30 = buyers(d[t >= as_of - 30 * DAY])
+        self.pop90 = buyers(d[t >= as_of - 90 * DAY])
+        self.popall = buyers(d)
+        days = d[["u", "i", "day"]].drop_duplicates().groupby(["u", "i"]).size()
+        rep = np.bincount(days.index.get_level_values("i").to_numpy()[days.to_numpy() >= 2], minlength=n_items)
+        self.repeat = np.where(self.popall > 0, rep / np.maximum(self.popall, 1), np.nan)
+        v = d["value"].to_numpy()
+        ok = np.isfinite(v) & (v > 0)
+        s = np.bincount(d["i"].to_numpy()[ok], weights=v[ok], minlength=n_items)
+        c = np.bincount(d["i"].to_numpy()[ok], minlength=n_items)
+        self.log_line = np.where(c > 0, np.log(np.maximum(s, 1e-300) / np.maximum(c, 1)), np.nan)
+
+    ARRAYS = ("pop30", "pop90", "popall", "repeat", "log_line")
+
+
+class PurchaseStage:
+    """LightGBM P(user buys candidate within the horizon) over a recommender's top-N candidates."""
+
+    DIRNAME = "purchase_stage"
+
+    def __init__(self, n_estimators: int = 300, learning_rate: float = 0.05, num_leaves: int = 15,
+                 min_child_samples: int = 50, folds: int = 5, seed: int = 0):
+        if folds < 1 or int(folds) != folds:
+            raise DataError(f"PurchaseStage: folds must be a positive integer, got {folds}")
+        self.params = dict(n_estimators=int(n_estimators), learning_rate=float(learning_rate),
+                           num_leaves=int(num_leaves), min_child_samples=int(min_child_samples))
+        self.folds = int(folds)
+        self.seed = int(seed)
+
+    # -- features ---------------------------------------------------------------------------------
+    def features(self, ctx) -> np.ndarray:
+        """(B * C, F) features of every (user, candidate) of a ``PolicyContext`` (padding rows too)."""
+        if not hasattr(self, "ref_"):
+            raise DataError("PurchaseStage: call fit() (or load()) first")
+        B, C = ctx.candidates.shape
+        cand = ctx.candidates.reshape(-1)
+        users = np.repeat(np.arange(B), C)
+        ok = cand >= 0
+        X = np.full((B * C, len(FEATURES)), np.nan)
+        col = {f: k for k, f in enumerate(FEATURES)}
+        # the recommender
+        full = ctx.full_scores.double()
+        lse = torch.logsumexp(full, dim=1, keepdim=True)
+        sc = ctx.scores.double()
+        X[:, col["m_log_p"]] = torch.where(ctx.valid, sc - lse, torch.full_like(sc, np.nan)).reshape(-1).numpy()
+        top = torch.where(ctx.valid, sc, torch.full_like(sc, -torch.inf)).max(dim=1, keepdim=True).values
+        X[:, col["m_gap"]] = torch.where(ctx.valid, sc - top, torch.full_like(sc, np.nan)).reshape(-1).numpy()
+        X[:, col["m_rank"]] = np.tile(np.arange(C, dtype=np.float64), B)
+        # the value term
+        v = ctx.values_of_candidates().numpy().reshape(-1) if ctx.item_value is not None else np.full(B * C, np.nan)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            X[:, col["log_v"]] = np.where(v > 0, np.log(np.where(v > 0, v, 1.0)), np.nan)
+        X[:, col["log_ev"]] = X[:, col["m_log_p"]] + X[:, col["log_v"]]
+        # the user's history (purchases before the as-of)
+        as_of = (np.full(B, self.ref_.as_of) if ctx.as_of is None
+                 else np.broadcast_to(np.asarray(ctx.as_of, dtype=np.float64), (B,)))
+        now = as_of / DAY
+        d = _purchases(ctx.histories, as_of)
+        X[:, col["ui_days"]] = 0.0
+        X[:, col["u_days"]] = 0.0
+        X[:, col["u_items"]] = 0.0
+        if len(d):
+            days = d[["u", "i", "day"]].drop_duplicates()
+            ud = days.groupby("u")["day"]
+            u_days, u_last, u_first = (np.full(B, np.nan) for _ in range(3))
+            u_days[ud.size().index] = ud.nunique().to_numpy()
+            u_last[ud.size().index] = ud.max().to_numpy()
+            u_first[ud.size().index] = ud.min().to_numpy()
+            u_items = np.zeros(B)
+            u_items[ud.size().index] = days.groupby("u")["i"].nunique().to_numpy()
+            lv = np.log(np.where(d["value"].to_numpy() > 0, d["value"].to_numpy(), np.nan))
+            d = d.assign(lv=lv)
+            u_lm = np.full(B, np.nan)
+            g = d.groupby("u")["lv"].mean()
+            u_lm[g.index] = g.to_numpy()
+            X[:, col["u_days"]] = np.nan_to_num(u_days[users])
+            X[:, col["u_rec"]] = now[users] - u_last[users]
+            X[:, col["u_ten"]] = now[users] - u_first[users]
+            X[:, col["u_rate"]] = X[:, col["u_days"]] / (X[:, col["u_ten"]] + 1)
+            X[:, col["u_items"]] = u_items[users]
+            X[:, col["u_log_mean"]] = u_lm[users]
+            # user x item, keyed by u * M + i
+            M = int(max(d["i"].max(), cand.max() if len(cand) else 0) + 1)
+            gi = days.groupby(["u", "i"])["day"]
+            agg = pd.DataFrame({"n": gi.size(), "last": gi.max(), "first": gi.min(),
+                                "lm": d.groupby(["u", "i"])["lv"].mean()})
+            keys = agg.index.get_level_values("u").to_numpy() * M + agg.index.get_level_values("i").to_numpy()
+            pos = pd.Index(keys).get_indexer(users * M + np.clip(cand, 0, None))
+            hit = (pos >= 0) & ok
+            a = agg.iloc[pos[hit]]
+            n = a["n"].to_numpy(np.float64)
+            X[hit, col["ui_days"]] = n
+            X[hit, col["ui_since_last"]] = now[users[hit]] - a["last"].to_numpy()
+            X[hit, col["ui_since_first"]] = now[users[hit]] - a["first"].to_numpy()
+            interval = np.where(n > 1, (a["last"].to_numpy() - a["first"].to_numpy()) / np.maximum(n - 1, 1), np.nan)
+            X[hit, col["ui_interval"]] = interval
+            X[hit, col["ui_due"]] = X[hit, col["ui_since_last"]] / interval
+            X[hit, col["ui_log_mean"]] = a["lm"].to_numpy()
+        X[:, col["ui_share"]] = X[:, col["ui_days"]] / np.maximum(X[:, col["u_days"]], 1)
+        # the item (reference statistics; NaN for items added after them)
+        known = ok & (cand < len(self.ref_.popall))
+        ci = np.where(known, cand, 0)
+        for f, arr in (("it_pop30", self.ref_.pop30), ("it_pop90", self.ref_.pop90), ("it_popall", self.ref_.popall),
+                       ("it_repeat", self.ref_.repeat), ("it_log_line", self.ref_.log_line)):
+            X[:, col[f]] = np.where(known, arr[ci], np.nan)
+        X[:, col["it_trend"]] = (X[:, col["it_pop30"]] + 1) / (X[:, col["it_pop90"]] / 3 + 1)
+        X[~ok] = np.nan
+        return X
+
+    # -- fit --------------------------------------------------------------------------------------
+    def fit(self, model, histories: Sequences, targets: list[np.ndarray], *, as_of: float, reference: Sequences,
+            item_value=None, n_candidates: int = 100, exclude=None, batch_size: int = 512) -> "PurchaseStage":
+        """Learn on one labelled window: ``histories`` end before ``as_of`` (the cut-off), ``targets[u]``
+        are the items user u bought in the horizon after it; ``reference`` is the history of all users
+        before the cut-off (item statistics). ``exclude``: None or item indices per user, as the
+        candidates will be built when the stage is used."""
+        import lightgbm as lgb
+
+        from valuerec.policies.rerank import build_context
+
+        if len(targets) != len(histories):
+            raise DataError(f"PurchaseStage.fit: {len(targets)} target sets for {len(histories)} histories")
+        if len(histories) == 0:
+            raise DataError("PurchaseStage.fit: no users to learn from")
+        if self.folds > 1 and histories.user_ids is None:
+            raise DataError("PurchaseStage.fit: folds > 1 needs histories with user_ids (for out-of-fold scores)")
+        cat = getattr(model, "catalogue_", None)
+        self.n_items = int(len(cat)) if cat is not None else int(model.score(histories.subset([0])).shape[1])
+        self.n_candidates = int(n_candidates)
+        self.ref_ = _ItemReference(reference, as_of, self.n_items)
+        Xs, ys, rows = [], [], []
+        for s in range(0, len(histories), batch_size):
+            idx = np.arange(s, min(s + batch_size, len(histories)))
+            ctx = build_context(model, histories.subset(idx), n_candidates=n_candidates,
+                                exclude=None if exclude is None else [exclude[i] for i in idx],
+                                as_of=np.full(len(idx), float(as_of)), item_value=item_value)
+            cand = ctx.candidates
+            y = np.stack([np.isin(cand[r], targets[u]) for r, u in enumerate(idx)]).reshape(-1)
+            keep = cand.reshape(-1) >= 0
+            Xs.append(self.features(ctx)[keep])
+            ys.append(y[keep])
+            rows.append(np.repeat(idx, cand.shape[1])[keep])
+        X, y, row = np.concatenate(Xs), np.concatenate(ys).astype(np.int8), np.concatenate(rows)
+        if y.min() == y.max():
+            raise DataError(f"PurchaseStage.fit: every candidate is labelled {int(y[0])}: the targets never "
+                            "(or always) fall among the recommender's top candidates; nothing to learn")
+
+        def train(mask):
+            return lgb.LGBMClassifier(**self.params, random_state=self.seed, n_jobs=1, verbose=-1).fit(
+                X[mask], y[mask]).booster_
+        self.booster_ = train(np.ones(len(y), bool))
+        self.train_rows_, self.train_users_, self.positive_rate_ = int(len(y)), int(len(histories)), float(y.mean())
+        self.fold_boosters_, self.fold_of_ = [], {}
+        if self.folds > 1:
+            fold = np.random.default_rng(self.seed).permutation(len(histories)) % self.folds
+            self.fold_of_ = {str(u): int(f) for u, f in zip(histories.user_ids, fold)}
+            self.fold_boosters_ = [train(fold[row] != f) for f in range(self.folds)]
+        return self
+
+    # -- predict ----------------------------------------------------------------------------------
+    def predict(self, ctx, out_of_fold: bool = False) -> np.ndarray:
+        """(B, C) P(buy) of each candidate (0 at padding). ``out_of_fold``: users seen in fit get the
+        fold classifier that did not see them (others the full one)."""
+        X = self.features(ctx)
+        B, C = ctx.candidates.shape
+        p = self.booster_.predict(X)
+        if out_of_fold and self.fold_boosters_:
+            if ctx.histories.user_ids is None:
+                raise DataError("out-of-fold predictions need histories with user_ids")
+            fold = np.array([self.fold_of_.get(str(u), -1) for u in ctx.histories.user_ids])
+            rowfold = np.repeat(fold, C)
+            for f, b in enumerate(self.fold_boosters_):
+                m = rowfold == f
+                if m.any():
+                    p[m] = b.predict(X[m])
+        return np.where(ctx.candidates >= 0, p.reshape(B, C), 0.0)
+
+    def out_of_fold(self) -> "_OutOfFold":
+        if not getattr(self, "fold_boosters_", None):
+            raise DataError("PurchaseStage: out-of-fold predictions need fit() with folds > 1")
+        return _OutOfFold(self)
+
+    def at(self, reference: Sequences, as_of: float) -> "PurchaseStage":
+        """The same classifier with item statistics from ``reference`` as of a later cut-off."""
+        if not hasattr(self, "booster_"):
+            raise DataError("PurchaseStage: call fit() first")
+        out = copy.copy(self)
+        out.ref_ = _ItemReference(reference, as_of, self.n_items)
+        return out
+
+    # -- persistence ------------------------------------------------------------------------------
+    def save(self, path) -> "PurchaseStage":
+        """Write ``purchase_stage.json``, the classifier and the item statistics into directory ``path``
+        (the per-fold classifiers are for validation only and are not saved)."""
+        if not hasattr(self, "booster_"):
+            raise DataError("PurchaseStage: call fit() before save()")
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "booster.txt").write_text(self.booster_.model_to_string())
+        np.savez(path / "item_reference.npz", **{k: getattr(self.ref_, k) for k in _ItemReference.ARRAYS})
+        (path / "purchase_stage.json").write_text(json.dumps({
+            "params": self.params, "seed": self.seed, "n_items": self.n_items, "n_candidates": self.n_candidates,
+            "reference_as_of": self.ref_.as_of, "train_rows": self.train_rows_, "train_users": self.train_users_,
+            "positive_rate": self.positive_rate_, "features": FEATURES}, indent=2))
+        return self
+
+    @classmethod
+    def load(cls, path) -> "PurchaseStage":
+        import lightgbm as lgb
+
+        path = Path(path)
+        try:
+            meta = json.loads((path / "purchase_stage.json").read_text())
+            arrays = np.load(path / "item_reference.npz")
+            booster = lgb.Booster(model_str=(path / "booster.txt").read_text())
+        except (OSError, ValueError, KeyError, lgb.basic.LightGBMError) as e:
+            raise DataError(f"{path}: not a saved purchase stage ({e})") from None
+        if meta.get("features") != FEATURES:
+            raise DataError(f"{path}: saved with features {meta.get('features')}, this version reads {FEATURES}")
+        m = cls(folds=1, seed=meta["seed"], **meta["params"])
+        m.n_items, m.n_candidates = int(meta["n_items"]), int(meta["n_candidates"])
+        m.train_rows_, m.train_users_, m.positive_rate_ = meta["train_rows"], meta["train_users"], meta["positive_rate"]
+        m.ref_ = _ItemReference.__new__(_ItemReference)
+        m.ref_.as_of = float(meta["reference_as_of"])
+        for k in _ItemReference.ARRAYS:
+            setattr(m.ref_, k, arrays[k])
+        m.booster_, m.fold_boosters_, m.fold_of_ = booster, [], {}
+        return m
+
+
+class _OutOfFold:
+    """``predict(ctx)`` with each training user's held-out fold classifier."""
+
+    def __init__(self, stage: PurchaseStage):
+        self.stage = stage
+
+    def predict(self, ctx) -> np.ndarray:
+        return self.stage.predict(ctx, out_of_fold=True)
+
+
+def load_purchase_stage(model_dir) -> PurchaseStage | None:
+    """The purchase stage saved beside a recommender (``MODEL_DIR/purchase_stage``), or None."""
+    p = Path(model_dir) / PurchaseStage.DIRNAME
+    return PurchaseStage.load(p) if (p / "purchase_stage.json").exists() else None

@@ -1,0 +1,160 @@
+import numpy as np
+import pytest
+import torch
+
+from valuerec.data.dataset import Catalogue, Sequences
+from valuerec.data.schema import DataError, event_type_code
+from valuerec.models.purchase_stage import FEATURES, PurchaseStage, load_purchase_stage
+from valuerec.policies.rerank import apply_policy, build_context
+
+DAY = 86400
+T0 = 1_700_000_000
+P = event_type_code("purchase")
+N_ITEMS = 40
+
+
+def simulate(n_users=300, end_day=400, seed=0):
+    """Each user re-buys two 'staple' items on a fixed period of 20-40 days, and buys random items
+    now and then. Returns all events up to ``end_day``."""
+    rng = np.random.default_rng(seed)
+    items, times, values = [], [], []
+    for u in range(n_users):
+        it, t = [], []
+        for s in rng.choice(N_ITEMS, 2, replace=False):
+            period = rng.uniform(20, 40)
+            day = rng.uniform(0, period)
+            while day < end_day:
+                it.append(s)
+                t.append(day)
+                day += period * rng.uniform(0.9, 1.1)
+        n_rand = rng.integers(5, 15)
+        it += list(rng.integers(0, N_ITEMS, n_rand))
+        t += list(rng.uniform(0, end_day, n_rand))
+        order = np.argsort(t)
+        items.append(np.asarray(it, np.int64)[order])
+        times.append((T0 + np.asarray(t)[order] * DAY).astype(np.int64))
+        values.append(rng.uniform(1, 20, len(it)).astype(np.float32))
+    return Sequences(items=items, times=times, event_types=[np.full(len(x), P, np.int64) for x in items],
+                     values=values, user_ids=np.array([f"s{seed}u{u}" for u in range(n_users)], dtype=object))
+
+
+def window(h: Sequences, start_day: float, days: float = 30):
+    """Histories before ``start_day`` and the items bought in [start_day, start_day + days)."""
+    start, end = T0 + start_day * DAY, T0 + (start_day + days) * DAY
+    before = h.prefix([int(np.searchsorted(t, start)) for t in h.times])
+    targets = [np.unique(i[(t >= start) & (t < end)]) for i, t in zip(h.items, h.times)]
+    return before, targets, start
+
+
+class FixedScorer:
+    """The same (slightly random) score of every item for every user: no personal signal."""
+
+    def __init__(self, n, seed=0):
+        self.catalogue_ = Catalogue(item_ids=np.array([f"i{i}" for i in range(n)], dtype=object))
+        self.s = torch.as_tensor(np.random.default_rng(seed).normal(0, 0.1, n), dtype=torch.float32)
+
+    def score(self, h):
+        return self.s.repeat(len(h), 1)
+
+
+def hits_at(top, targets, k=2):
+    return np.mean([np.isin(top[u, :k], targets[u]).sum() / max(min(k, len(targets[u])), 1)
+                    for u in range(len(targets)) if len(targets[u])])
+
+
+def test_learns_when_a_staple_is_due_and_carries_to_a_later_cutoff_and_new_users():
+    model = FixedScorer(N_ITEMS)
+    train = simulate(seed=0)
+    hist, targets, cut = window(train, 300)
+    stage = PurchaseStage(n_estimators=100, folds=1).fit(model, hist, targets, as_of=cut, reference=hist,
+                                                         n_candidates=N_ITEMS)
+    assert stage.train_rows_ == len(hist) * N_ITEMS and 0 < stage.positive_rate_ < 0.5
+    # New users, a later cut-off: item statistics move there, the classifier stays.
+    new = simulate(n_users=200, seed=1)
+    h2, t2, cut2 = window(new, 360, days=15)
+    later = stage.at(h2, cut2)
+    common = dict(k=2, exclude=None, n_candidates=N_ITEMS, as_of=cut2, item_value=np.ones(N_ITEMS))
+    plain, _ = apply_policy("plain", model, h2, **common)
+    learned, _ = apply_policy("value_aware", model, h2, params={"w": 0.0, "p": "learned"},
+                              purchase_model=later, **common)
+    # The plain order knows nothing about the user; the stage finds the staples that are due.
+    assert hits_at(plain, t2) < 0.15
+    assert hits_at(learned, t2) > 0.6
+    # At w = 0 the order is exactly the stage's probabilities.
+    ctx = build_context(model, h2, n_candidates=N_ITEMS, as_of=np.full(len(h2), cut2), item_value=np.ones(N_ITEMS))
+    p = later.predict(ctx)
+    chosen = np.argmax(ctx.candidates == learned[:, :1], axis=1)       # where the top item sits
+    np.testing.assert_allclose(p[np.arange(len(h2)), chosen], p.max(axis=1))
+
+
+def test_features_ignore_events_at_or_after_as_of_and_padding_rows():
+    model = FixedScorer(N_ITEMS)
+    h = simulate(n_users=60, end_day=200)
+    hist, targets, cut = window(h, 150)
+    stage = PurchaseStage(n_estimators=20, folds=1).fit(model, hist, targets, as_of=cut, reference=hist,
+                                                        n_candidates=10)
+    a = build_context(model, hist, n_candidates=10, as_of=np.full(len(hist), cut))
+    b = build_context(model, h, n_candidates=10, as_of=np.full(len(h), cut))   # full history, same as-of
+    np.testing.assert_array_equal(stage.features(a), stage.features(b))
+    a.candidates[:, -2:] = -1
+    X = stage.features(a).reshape(len(hist), 10, len(FEATURES))
+    assert np.isnan(X[:, -2:]).all() and not np.isnan(X[:, :-2, FEATURES.index("ui_days")]).any()
+    assert (stage.predict(a)[:, -2:] == 0).all()
+
+
+def test_out_of_fold_uses_the_classifier_that_did_not_see_the_user():
+    model = FixedScorer(N_ITEMS)
+    h = simulate(n_users=150)
+    hist, targets, cut = window(h, 300)
+    stage = PurchaseStage(n_estimators=40, folds=3).fit(model, hist, targets, as_of=cut, reference=hist,
+                                                        n_candidates=N_ITEMS)
+    assert len(stage.fold_boosters_) == 3 and set(stage.fold_of_.values()) == {0, 1, 2}
+    ctx = build_context(model, hist, n_candidates=N_ITEMS, as_of=np.full(len(hist), cut))
+    full, oof = stage.predict(ctx), stage.out_of_fold().predict(ctx)
+    assert not np.allclose(full, oof)
+    u = 7
+    f = stage.fold_of_[str(hist.user_ids[u])]
+    X = stage.features(ctx).reshape(len(hist), N_ITEMS, -1)[u]
+    np.testing.assert_allclose(oof[u], stage.fold_boosters_[f].predict(X))
+    # Users the stage never saw get the classifier trained on everyone.
+    other = simulate(n_users=20, seed=5)
+    h5, _, _ = window(other, 300)
+    c5 = build_context(model, h5, n_candidates=N_ITEMS, as_of=np.full(len(h5), cut))
+    np.testing.assert_allclose(stage.out_of_fold().predict(c5), stage.predict(c5))
+
+
+def test_save_load_round_trip(tmp_path):
+    model = FixedScorer(N_ITEMS)
+    h = simulate(n_users=80)
+    hist, targets, cut = window(h, 300)
+    stage = PurchaseStage(n_estimators=30, folds=2).fit(model, hist, targets, as_of=cut, reference=hist,
+                                                        n_candidates=20)
+    stage.save(tmp_path / "purchase_stage")
+    back = load_purchase_stage(tmp_path)
+    ctx = build_context(model, hist, n_candidates=20, as_of=np.full(len(hist), cut))
+    np.testing.assert_allclose(back.predict(ctx), stage.predict(ctx), rtol=1e-12)
+    assert load_purchase_stage(tmp_path / "nothing") is None
+    (tmp_path / "purchase_stage" / "booster.txt").write_text("garbage")
+    with pytest.raises(DataError, match="not a saved purchase stage"):
+        PurchaseStage.load(tmp_path / "purchase_stage")
+
+
+def test_bad_input_gets_clear_errors():
+    model = FixedScorer(N_ITEMS)
+    h = simulate(n_users=40)
+    hist, targets, cut = window(h, 300)
+    with pytest.raises(DataError, match="folds"):
+        PurchaseStage(folds=0)
+    with pytest.raises(DataError, match="target sets"):
+        PurchaseStage().fit(model, hist, targets[:-1], as_of=cut, reference=hist)
+    with pytest.raises(DataError, match="nothing to learn"):
+        PurchaseStage(folds=1).fit(model, hist, [np.zeros(0, np.int64)] * len(hist), as_of=cut, reference=hist)
+    with pytest.raises(DataError, match="user_ids"):
+        PurchaseStage(folds=2).fit(model, Sequences(items=hist.items, times=hist.times), targets, as_of=cut,
+                                   reference=hist)
+    with pytest.raises(DataError, match="fit"):
+        PurchaseStage().out_of_fold()
+    with pytest.raises(DataError, match="purchase model"):
+        apply_policy("value_aware", model, hist, params={"p": "learned"}, exclude=None, item_value=np.ones(N_ITEMS))
+    with pytest.raises(DataError, match="'softmax' or 'learned'"):
+        apply_policy("value_aware", model, hist, params={"p": "magic"}, exclude=None)
