@@ -93,6 +93,18 @@ def test_value_aware_temperature_moves_towards_price():
     assert cold[0, 0] == 0  # p concentrated on the top item
 
 
+def test_value_aware_value_power_leans_towards_big_spend():
+    s = np.array([1.0, 0.0])              # p ~ (0.73, 0.27)
+    price = np.array([1.0, 2.5])          # expected revenue 0.73 vs 0.67: item 0 first at power 1
+    m = FixedScorer(s, price)
+    h = seqs([[]])
+    one, _ = apply_policy("value_aware", m, h, k=2, exclude=None, params={"w": 1.0})
+    two, _ = apply_policy("value_aware", m, h, k=2, exclude=None, params={"w": 1.0, "value_power": 2.0})
+    assert one[0, 0] == 0 and two[0, 0] == 1  # 0.73 x 1 < 0.27 x 6.25
+    with pytest.raises(DataError, match="value_power"):
+        make_policy("value_aware", value_power=0.0)
+
+
 def test_favourites_boosts_past_items_recency_weighted():
     s = np.linspace(1, 0, 20)  # model prefers low indices
     m = FixedScorer(s)

@@ -164,6 +164,7 @@ class ValueAware(Policy):
     w: float = 0.5              # weight of expected revenue vs relevance, in [0, 1]
     temperature: float = 1.0    # softmax temperature over the scores (p="softmax")
     p: str = "softmax"          # "softmax" of the scores, or "learned": ctx.purchase_model's P(buy)
+    value_power: float = 1.0    # the value term is p x value ** value_power (> 1 leans to big spend)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.w <= 1.0:
@@ -172,6 +173,8 @@ class ValueAware(Policy):
             raise DataError(f"value_aware: temperature must be > 0, got {self.temperature}")
         if self.p not in ("softmax", "learned"):
             raise DataError(f"value_aware: p must be 'softmax' or 'learned', got {self.p!r}")
+        if not (np.isfinite(self.value_power) and self.value_power > 0):
+            raise DataError(f"value_aware: value_power must be > 0, got {self.value_power}")
 
     def rerank(self, ctx: PolicyContext) -> torch.Tensor:
         valid = ctx.valid
@@ -188,7 +191,8 @@ class ValueAware(Policy):
         # Normalise each term by its best candidate so w trades like for like; at w = 1 the order is
         # exactly expected revenue, at w = 0 exactly the model's.
         rel = p / p.max(dim=1, keepdim=True).values.clamp_min(1e-300)
-        er = p * ctx.values_of_candidates()
+        v = ctx.values_of_candidates()
+        er = p * (v if self.value_power == 1.0 else v.clamp_min(0) ** self.value_power)
         rev = er / er.max(dim=1, keepdim=True).values.clamp_min(1e-300)
         out = (1.0 - self.w) * rel + self.w * rev
         return torch.where(valid, out, torch.full_like(out, NEG))
