@@ -158,3 +158,48 @@ def test_bad_input_gets_clear_errors():
         apply_policy("value_aware", model, hist, params={"p": "learned"}, exclude=None, item_value=np.ones(N_ITEMS))
     with pytest.raises(DataError, match="'softmax' or 'learned'"):
         apply_policy("value_aware", model, hist, params={"p": "magic"}, exclude=None)
+
+
+def test_train_with_purchase_stage_then_recommend_uses_it(tmp_path):
+    """``valuerec train --purchase-stage`` learns P(buy) on the validation window and saves it beside the
+    model; ``recommend --policy value_aware`` with p=learned re-ranks with it."""
+    import pandas as pd
+    from typer.testing import CliRunner
+
+    from valuerec.cli import app
+    from valuerec.commands.recommend import recommend_for_user
+    from valuerec.data.dataset import sequences_from
+    from valuerec.data.store import EventStore
+    from valuerec.models import load_model
+    from valuerec.models.item_value import load_item_values
+
+    h = simulate(n_users=120, end_day=400)
+    rows = [(f"u{u}", f"i{i}", pd.Timestamp(int(t), unit="s").isoformat(), "purchase", float(v))
+            for u in range(len(h)) for i, t, v in zip(h.items[u], h.times[u], h.values[u])]
+    data = tmp_path / "events.csv"
+    pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp", "event_type", "value"]).to_csv(data, index=False)
+    out = tmp_path / "model"
+    args = ["train", "--data", str(data), "--out", str(out), "--model", "itemknn", "--protocol", "r2",
+            "--cutoff", pd.Timestamp(T0 + 380 * DAY, unit="s").isoformat(),
+            "--valid-cutoff", pd.Timestamp(T0 + 350 * DAY, unit="s").isoformat(),
+            "--cache-dir", str(tmp_path / "stores"), "--no-test", "--purchase-stage"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    stage, iv = load_purchase_stage(out), load_item_values(out)
+    assert stage is not None and iv is not None and stage.train_rows_ > 0
+    store = next((tmp_path / "stores").glob("*.duckdb"))
+    params = {"w": 0.5, "p": "learned"}
+    got = recommend_for_user(out, store, "u3", k=5, exclude_history=False, policy="value_aware", policy_params=params)
+    model = load_model(out)
+    with EventStore(store, read_only=True) as st:
+        ev, (_, newest) = st.user_events("u3"), st.time_range()
+    hist = sequences_from(ev, model.catalogue_, users=np.array(["u3"], dtype=object))
+    now = float(pd.Timestamp(newest).value // 10**9 + 1)
+    top, _ = apply_policy("value_aware", model, hist, k=5, exclude=None, params=params, item_value=iv,
+                          purchase_model=stage, as_of=now)
+    assert [it["item_id"] for it in got["items"]] == [str(model.catalogue_.item_ids[i]) for i in top[0] if i >= 0]
+    # A leave-one-out split has no validation window to learn from: a clear error.
+    loo = CliRunner().invoke(app, ["train", "--data", str(data), "--out", str(tmp_path / "m2"), "--model",
+                                   "popularity", "--protocol", "loo", "--cache-dir", str(tmp_path / "stores"),
+                                   "--no-test", "--purchase-stage"])
+    assert loo.exit_code == 2 and "validation window" in loo.output

@@ -16,6 +16,7 @@ from valuerec.data.store import EventStore
 from valuerec.models.item_value import ItemValueModel
 from valuerec.models.itemknn import ItemKNN
 from valuerec.models.popularity import Popularity
+from valuerec.models.purchase_stage import PurchaseStage
 from valuerec.serving.process import ServerProcess
 
 READ_KEY = "reader-key-123"
@@ -50,11 +51,17 @@ def build_fixture(root: Path) -> dict:
     cat = catalogue_from(ev, it)
     seqs = sequences_from(ev, cat)
     models = root / "models"
-    ItemKNN(neighbours=20).fit(seqs, cat).save(models / "v1")
+    knn = ItemKNN(neighbours=20).fit(seqs, cat)
+    knn.save(models / "v1")
     # v1 also has learned item values (what ``train --item-values`` writes), for the value-aware policy.
     cutoff = int(max(t.max() for t in seqs.times if len(t))) + 1
-    ItemValueModel(horizon_days=7, n_estimators=20, min_child_samples=5).fit(
-        seqs, cutoff, len(cat), cat.price).save(models / "v1" / ItemValueModel.DIRNAME)
+    iv = ItemValueModel(horizon_days=7, n_estimators=20, min_child_samples=5).fit(seqs, cutoff, len(cat), cat.price)
+    iv.save(models / "v1" / ItemValueModel.DIRNAME)
+    # ... and a purchase stage (what ``train --purchase-stage`` writes): each user's first four items
+    # as the history, the last two as what they bought next.
+    PurchaseStage(n_estimators=20, min_child_samples=5, folds=1).fit(
+        knn, seqs.prefix([4] * len(seqs)), [x[4:] for x in seqs.items], as_of=cutoff, reference=seqs,
+        item_value=iv).save(models / "v1" / PurchaseStage.DIRNAME)
     Popularity().fit(seqs, cat).save(models / "v2")
     return {"store": store_path, "models": models, "events": events}
 

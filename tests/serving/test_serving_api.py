@@ -191,6 +191,30 @@ def test_value_aware_policy_reranks_with_the_learned_item_values(client, served)
     assert ids(body) == [str(model.catalogue_.item_ids[i]) for i in top[0] if i >= 0]
 
 
+def test_expected_revenue_policy_uses_the_saved_purchase_stage(client, served):
+    """``expected_revenue`` ranks by the saved purchase stage's P(buy) x the learned item value."""
+    import numpy as np
+    import pandas as pd
+
+    from valuerec.data.dataset import sequences_from
+    from valuerec.models import load_model
+    from valuerec.models.item_value import load_item_values
+    from valuerec.models.purchase_stage import load_purchase_stage
+    from valuerec.policies.rerank import apply_policy
+
+    body = recs(client, "u1", k=5, policy="expected_revenue")
+    assert body["policy"] == "expected_revenue"
+    model_dir = served["models"] / "v1"
+    model, iv, stage = load_model(model_dir), load_item_values(model_dir), load_purchase_stage(model_dir)
+    assert stage is not None
+    ev = served["events"]
+    hist = sequences_from(ev[ev["user_id"] == "u1"], model.catalogue_, users=np.array(["u1"], dtype=object))
+    now = np.array([pd.Timestamp(ev["timestamp"].max()).value / 1e9])
+    top, _ = apply_policy("expected_revenue", model, hist, k=5, exclude="history", item_value=iv,
+                          purchase_model=stage, as_of=now)
+    assert ids(body) == [str(model.catalogue_.item_ids[i]) for i in top[0] if i >= 0]
+
+
 def test_unknown_policy_is_422(client):
     r = client.get("/v1/users/u0/recommendations", params={"policy": "nonsense"}, headers=auth(READ_KEY))
     assert r.status_code == 422 and "policy" in r.json()["message"]

@@ -61,12 +61,14 @@ def recommend_for_user(model_dir: str | Path, store: str | Path, user: str, k: i
         # The model is its own value model when it has a value head (the behaviour transformer).
         value_model = model if hasattr(model, "predict_value") else None
         from valuerec.models.item_value import load_item_values
+        from valuerec.models.purchase_stage import load_purchase_stage
         item_value = load_item_values(model_dir)     # learned item values, when trained with --item-values
+        purchase_model = load_purchase_stage(model_dir)   # P(buy), when trained with --purchase-stage
         # "Now" is the newest event in the store (the data may be historical).
         now = None if time_range is None else float(pd.Timestamp(time_range[1]).value // 10**9 + 1)
         idx, scores = apply_policy(policy, model, hist, k=k, exclude="auto" if exclude_history else None,
                                    value_model=value_model, params=policy_params, item_value=item_value,
-                                   as_of=now)
+                                   purchase_model=purchase_model, as_of=now)
         keep = idx[0] >= 0
         idx, scores = idx[:, keep], scores[:, keep]
     else:

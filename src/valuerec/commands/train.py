@@ -114,6 +114,10 @@ def train_cmd(
     item_values: bool = typer.Option(False, "--item-values", help="Also learn what each user spends on an item "
                                      "(models.item_value, LightGBM) for the value-aware policies; saved in OUT/item_value"),
     item_value_horizon: float = typer.Option(91.0, "--item-value-horizon", help="Horizon of the learned item values, days"),
+    purchase_stage: bool = typer.Option(False, "--purchase-stage", help="Also learn P(buy in the horizon) over the "
+                                        "model's candidates on the validation window (models.purchase_stage), for "
+                                        "value_aware with p=learned; saved in OUT/purchase_stage (implies --item-values; "
+                                        "needs a cut-off split)"),
 ) -> None:
     """Train a model with validation early stopping and save it as an artefact directory."""
     import torch
@@ -137,6 +141,9 @@ def train_cmd(
         if dist.enabled and not dist.is_main:
             torch.distributed.barrier()   # let the main rank ingest (and cache) the data first
         split, used = load_split(data, store, protocol, cutoff, valid_cutoff, cache_dir)
+        if purchase_stage and "valid_cutoff" not in split.info:
+            raise DataError(f"--purchase-stage learns from the validation window of a cut-off split; the {used!r} "
+                            "split has none (use --protocol r2 or cutoff)")
         if dist.enabled and dist.is_main:
             torch.distributed.barrier()
         if dist.is_main:
@@ -150,8 +157,10 @@ def train_cmd(
             val = evaluate(model.score, split.valid, model.n_items, ks=ks)
             test = None if no_test else evaluate(model.score, split.test, model.n_items, ks=ks)
             model.save(out)
-            if item_values:
+            if item_values or purchase_stage:
                 save_item_values(split, item_value_horizon, seed, out)
+            if purchase_stage:
+                save_purchase_stage(model, split, item_value_horizon, seed, out)
             mpath = out / "metrics.json"
             metrics = json.loads(mpath.read_text()) if mpath.exists() else {}
             metrics.update({"protocol": used, "split": split.info, "train_seconds": train_seconds,
@@ -180,6 +189,27 @@ def save_item_values(split, horizon_days: float, seed: int, out: Path) -> None:
     m = ItemValueModel(horizon_days=horizon_days, seed=seed).fit(h, cutoff, len(split.catalogue), price)
     m.save(out / ItemValueModel.DIRNAME)
     console.log(f"item values: learned from {m.train_rows_} user-item pairs of the last {horizon_days:g} days")
+
+
+def save_purchase_stage(model, split, horizon_days: float, seed: int, out: Path) -> None:
+    """Learn ``PurchaseStage`` on the validation window: ``model`` (fitted on the history before the
+    validation cut-off) gives the candidates, what the validation users bought after the cut-off the
+    labels, item values learned as of that cut-off the value features. Its item statistics then move
+    to the whole history (newest event + 1 s) and it is saved in ``OUT/purchase_stage``."""
+    import pandas as pd
+
+    from valuerec.models.item_value import ItemValueModel
+    from valuerec.models.purchase_stage import PurchaseStage
+
+    vcut = int(pd.Timestamp(split.info["valid_cutoff"]).value // 10**9)
+    price = split.catalogue.price if split.catalogue.price is not None else None
+    iv = ItemValueModel(horizon_days=horizon_days, seed=seed).fit(split.train, vcut, len(split.catalogue), price)
+    stage = PurchaseStage(folds=1, seed=seed).fit(model, split.valid.inputs, split.valid.targets, as_of=vcut,
+                                                  reference=split.train, item_value=iv)
+    newest = max(int(t.max()) for t in split.train_full.times if len(t)) + 1
+    stage.at(split.train_full, newest).save(out / PurchaseStage.DIRNAME)
+    console.log(f"purchase stage: learned from {stage.train_rows_} candidates of {stage.train_users_} validation "
+                f"users (positive rate {stage.positive_rate_:.3f})")
 
 
 def register(app: typer.Typer) -> None:

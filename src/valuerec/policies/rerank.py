@@ -19,6 +19,7 @@ Policies (``POLICIES``):
   (``p="softmax"``; at w = 0 the model's own order) or, with ``p="learned"``, the probability that the
   user buys the candidate in the horizon from a second stage learned on a labelled window
   (``models.purchase_stage.PurchaseStage``, passed as ``purchase_model``).
+- ``expected_revenue``: ``value_aware`` with the learned P(buy) and w = 1 (a name for the service).
 - ``value_uplift``: "what if": each candidate appended as the next purchase, the value model re-scores
   the user; rank by the predicted change in value (blended with relevance by ``w``).
 - ``stage``: each user gets the policy of their lifecycle stage.
@@ -196,6 +197,15 @@ class ValueAware(Policy):
         rev = er / er.max(dim=1, keepdim=True).values.clamp_min(1e-300)
         out = (1.0 - self.w) * rel + self.w * rev
         return torch.where(valid, out, torch.full_like(out, NEG))
+
+
+@register_policy("expected_revenue")
+@dataclass
+class ExpectedRevenue(ValueAware):
+    """``value_aware`` with the learned P(buy) at full weight: rank by P(buy in the horizon) x value.
+    Needs a purchase model (``train --purchase-stage`` saves one beside the model)."""
+    w: float = 1.0
+    p: str = "learned"
 
 
 @register_policy("favourites_winback")

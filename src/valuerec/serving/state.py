@@ -96,6 +96,7 @@ class Runtime:
     histories: "OrderedDict[str, UserHistory]" = field(default_factory=OrderedDict)
     item_vectors: np.ndarray | None = None      # (N, D) unit rows, for /similar, when the model has them
     item_value: object | None = None            # learned item values (MODEL_DIR/item_value), for the policies
+    purchase_model: object | None = None        # learned P(buy) (MODEL_DIR/purchase_stage), value_aware p=learned
     complete: bool = False    # every user with events (as of the preload) is cached: a miss means "no events"
     hooks: dict[str, Callable | None] = field(default_factory=dict)
 
@@ -254,8 +255,9 @@ class ServiceState:
         t0 = time.time()
         model = load_model(path)
         from valuerec.models.item_value import load_item_values
+        from valuerec.models.purchase_stage import load_purchase_stage
         rt = Runtime(model=model, path=path, version=path.name, loaded_at=time.time(), hooks=find_hooks(model),
-                     item_value=load_item_values(path))
+                     item_value=load_item_values(path), purchase_model=load_purchase_stage(path))
         try:
             rt.item_vectors = item_vectors_of(model)
         except Exception:  # noqa: BLE001 - similarity then falls back to store co-occurrence
@@ -526,7 +528,8 @@ class ServiceState:
         with torch.no_grad():
             top, sc = apply_policy(policy, rt.model, seqs, k=k, exclude="history" if exclude_history else None,
                                    as_of=self._unix(t), value_model=value_model, item_popularity=popularity,
-                                   item_vectors=rt.item_vectors, item_value=rt.item_value)
+                                   item_vectors=rt.item_vectors, item_value=rt.item_value,
+                                   purchase_model=rt.purchase_model)
         ok = top[0] >= 0
         return {"runtime": rt, "policy": policy, "items": self.describe_items(rt, top[0][ok], sc[0][ok]),
                 "history_length": int(len(h.items))}
