@@ -94,6 +94,24 @@ def per_seed_lines(res: dict) -> list[str]:
     return out
 
 
+def policy_selection_lines(r: dict) -> list[str]:
+    """R2 policies: each value-aware variant's validation choice and its test change vs the plain ranking."""
+    out = []
+    for key, d in (r.get("selection") or {}).items():
+        if not isinstance(d, dict) or "weight_chosen_on_valid" not in d:
+            continue
+        t = d.get("test_at_chosen_weight")
+        how = "out-of-fold " if d.get("valid_curve_is_out_of_fold") else ""
+        head = (f"- `{key}` (item value `{d.get('item_value')}`"
+                + (f", p `{d['p']}`" if d.get("p") else f", temperature {d.get('temperature_chosen_on_valid')}")
+                + f"): {how}validation chose w = {d.get('weight_chosen_on_valid')}")
+        if t:
+            head += (f"; test revenue@20 {t['revenue@20']:.4f} ({t['revenue_change']:+.1%}), "
+                     f"NDCG@20 {t['ndcg@20']:.4f} ({t['ndcg_change']:+.1%})")
+        out.append(head)
+    return out
+
+
 def validation_lines(res: dict) -> list[str]:
     out = []
     for name, v in res.get("models", {}).items():
@@ -376,6 +394,9 @@ def build(results_dir: Path) -> str:
             notes = [f"- `{n}`: {v['note']}" for n, v in r.get("models", {}).items() if v.get("note")]
             if notes:
                 lines += ["", "Notes:"] + notes
+            pol = policy_selection_lines(r)
+            if pol:
+                lines += ["", "Value-aware operating points (chosen on validation, then tested once):"] + pol
             val = validation_lines(r)
             if val:
                 lines += ["", "Model selection (validation split):"] + val

@@ -101,8 +101,8 @@ def recommend_cmd(
     history_types: str = typer.Option("", "--history-types",
                                       help="Comma-separated event types to use as history (default: all)"),
     policy: str = typer.Option("plain", "--policy", help="Re-ranking policy: plain, value_aware, favourites_winback, "
-                               "cross_sell_value, popular_diverse, value_uplift, stage"),
-    policy_params: Optional[str] = typer.Option(None, "--policy-params", help='Policy settings as JSON, e.g. {"weight": 0.5}'),
+                               "cross_sell_value, popular_diverse, value_uplift, stage, expected_revenue"),
+    policy_params: Optional[str] = typer.Option(None, "--policy-params", help='Policy settings as JSON, e.g. {"w": 0.5} or {"w": 0.9, "p": "learned"}'),
 ) -> None:
     """Recommend k items for one user with any saved model."""
     try:
