@@ -19,7 +19,10 @@ candidates; every policy re-ranks them. Reported on test, for every user of R2:
   trends) trained on the validation window: the validation recommender's candidates for the
   validation users, labelled by what they bought in it. Its weight is chosen on out-of-fold
   predictions for the validation users (5 folds by user); the stage trained on all of them, with
-  item statistics moved to the test cut-off, re-ranks the test model's candidates;
+  item statistics moved to the test cut-off, re-ranks the test model's candidates. The stage may read
+  companion recommenders' scores of the candidates (``--stage-companions``: sets to try, e.g.
+  ``none;als;als+bpr``; each companion is fitted as the R2 harness does, grid on validation, refit on
+  train_full); the set with the best out-of-fold validation revenue@20 at its chosen weight is tested;
 - ``<model>+<policy>`` for each stage policy, and ``<model>+stage`` (each user's stage picks the policy);
 - per stage: stage policy vs plain on the users of that stage.
 
@@ -158,6 +161,9 @@ def main(argv=None) -> int:
     ap.add_argument("--n-candidates", type=int, default=100)
     ap.add_argument("--uplift-candidates", type=int, default=50,
                     help="value_uplift re-scores the top n (more than 20, so it can change the top-20 set)")
+    ap.add_argument("--stage-companions", default="none",
+                    help="companion recommender sets tried for the purchase stage, ';'-separated, models in a set "
+                         "'+'-separated, e.g. 'none;als;als+bpr' (chosen on out-of-fold validation revenue@20)")
     ap.add_argument("--stage-folds", type=int, default=5, help="folds (by user) for the purchase stage's "
                     "out-of-fold validation curve")
     ap.add_argument("--seed", type=int, default=0)
@@ -264,33 +270,55 @@ def main(argv=None) -> int:
         }
 
     # -- value-aware with a learned P(buy): a second stage trained on the validation window ---------
-    t0 = time.perf_counter()
-    stage = PurchaseStage(folds=args.stage_folds, seed=args.seed).fit(
-        vmodel, split.valid.inputs, split.valid.targets, as_of=vcutoff, reference=split.train,
-        item_value=learned["valid"], n_candidates=args.n_candidates)
-    stage_fit_s = time.perf_counter() - t0
-    stage_test = stage.at(split.train_full, cutoff)
-    console.log(f"purchase stage: {stage.train_rows_} candidate rows of {stage.train_users_} validation users "
-                f"(positive rate {stage.positive_rate_:.3f}), fitted in {stage_fit_s:.1f}s")
-    oof = stage.out_of_fold()
-    valid_curve = {w: run_policy(vmodel, split.valid, n, "value_aware", params={"w": w, "p": "learned"},
-                                 item_value=learned["valid"], purchase_model=oof, as_of=at["valid"], **common)
-                   for w in weights}
-    w_valid = choose_operating_point(valid_curve, plain["valid"])
-    console.log(f"value_aware_stage: valid (out-of-fold) best w={w_valid}")
+    comp_sets = [[] if x.strip() in ("", "none") else sorted(x.strip().split("+"))
+                 for x in args.stage_companions.split(";")]
+    comp_models, comp_info = {}, {}
+    for c in sorted({c for cs in comp_sets for c in cs}):
+        t0 = time.perf_counter()
+        cv, cf, cparams, _ = fit_recommender(c, split, None, args.seed)
+        comp_models[c] = {"valid": cv, "test": cf}
+        comp_info[c] = {"params": cparams, "fit_seconds": time.perf_counter() - t0}
+        console.log(f"stage companion {c}: {cparams} ({comp_info[c]['fit_seconds']:.0f}s with its validation grid)")
+    stage_sets, stage, best_valid = {}, None, -np.inf
+    for cs in comp_sets:
+        key = "+".join(cs) or "none"
+        t0 = time.perf_counter()
+        st_c = PurchaseStage(folds=args.stage_folds, seed=args.seed,
+                             companions={c: comp_models[c]["valid"] for c in cs}).fit(
+            vmodel, split.valid.inputs, split.valid.targets, as_of=vcutoff, reference=split.train,
+            item_value=learned["valid"], n_candidates=args.n_candidates)
+        fit_s = time.perf_counter() - t0
+        oof = st_c.out_of_fold()
+        curve = {w: run_policy(vmodel, split.valid, n, "value_aware", params={"w": w, "p": "learned"},
+                               item_value=learned["valid"], purchase_model=oof, as_of=at["valid"], **common)
+                 for w in weights}
+        w_c = choose_operating_point(curve, plain["valid"])
+        rev_c = curve[w_c]["revenue@20"] if w_c is not None else -np.inf
+        stage_sets[key] = {"companions": cs, "fit_seconds": fit_s, "weight_chosen_on_valid": w_c,
+                           "valid_revenue_at_chosen_weight": None if w_c is None else rev_c,
+                           "valid_curve": {f"{w:g}": {k: curve[w][k] for k in ("ndcg@20", "revenue@20")}
+                                           for w in weights}}
+        console.log(f"purchase stage [{key}]: {st_c.train_rows_} candidate rows of {st_c.train_users_} validation "
+                    f"users (positive rate {st_c.positive_rate_:.3f}), fitted in {fit_s:.1f}s; out-of-fold valid "
+                    f"best w={w_c} revenue@20 {rev_c:.4f}")
+        if rev_c > best_valid:
+            stage, stage_cs, stage_fit_s, valid_curve, w_valid, best_valid = st_c, cs, fit_s, curve, w_c, rev_c
+    stage_test = stage.at(split.train_full, cutoff, companions={c: comp_models[c]["test"] for c in stage_cs})
+    console.log(f"value_aware_stage: companions chosen on validation: {stage_cs or 'none'}, w={w_valid}")
     test_curve = {}
     for w in weights:
         r = run_policy(model, split.test, n, "value_aware", params={"w": w, "p": "learned"},
                        item_value=learned["test"], purchase_model=stage_test, as_of=at["test"], **common)
         test_curve[w] = r
         record(f"{mname}+value_aware_stage@{w:g}", r, {"w": w, "p": "learned", "item_value": "learned",
-                                                        "n_candidates": args.n_candidates})
+                                                        "companions": stage_cs, "n_candidates": args.n_candidates})
         console.log(f"value_aware_stage w={w:g}: test ndcg@20 {r['ndcg@20']:.4f} revenue@20 {r['revenue@20']:.4f}")
     sel = test_curve[w_valid] if w_valid is not None else None
     selection["value_aware_stage"] = {
         "temperature_chosen_on_valid": None, "weight_chosen_on_valid": w_valid, "p": "learned",
         "valid_curve": {f"{w:g}": {k: valid_curve[w][k] for k in ("ndcg@20", "revenue@20")} for w in weights},
-        "valid_curve_is_out_of_fold": True, "item_value": "learned",
+        "valid_curve_is_out_of_fold": True, "item_value": "learned", "companions_chosen_on_valid": stage_cs,
+        "companion_sets_on_valid": stage_sets,
         "valid_revenue_at_chosen_weight": None if w_valid is None else valid_curve[w_valid]["revenue@20"],
         "test_at_chosen_weight": None if sel is None else {
             "ndcg@20": sel["ndcg@20"], "revenue@20": sel["revenue@20"],
@@ -302,6 +330,7 @@ def main(argv=None) -> int:
             choose_operating_point(test_curve, plain["test"])),
     }
     purchase_stage_info = {"fit_seconds": stage_fit_s, "params": stage.params, "folds": stage.folds,
+                           "companions": stage_cs, "companion_models": comp_info,
                            "train_rows": stage.train_rows_, "train_users": stage.train_users_,
                            "positive_rate": stage.positive_rate_,
                            "trained_on": "validation window (R2 train histories, labels 2011-06-09 to 2011-09-09)"}

@@ -203,3 +203,35 @@ def test_train_with_purchase_stage_then_recommend_uses_it(tmp_path):
                                    "popularity", "--protocol", "loo", "--cache-dir", str(tmp_path / "stores"),
                                    "--no-test", "--purchase-stage"])
     assert loo.exit_code == 2 and "validation window" in loo.output
+
+
+def test_companion_recommenders_add_their_view_and_round_trip(tmp_path):
+    """A companion's scores become two features per candidate (log softmax, log rank); save/load
+    keeps the companion; at() swaps in refitted ones."""
+    from valuerec.models.popularity import RepeatPopularity
+
+    model = FixedScorer(N_ITEMS)
+    h = simulate(n_users=150)
+    hist, targets, cut = window(h, 300)
+    rep = RepeatPopularity().fit(hist, model.catalogue_)
+    stage = PurchaseStage(n_estimators=40, folds=1, companions={"repeat": rep}).fit(
+        model, hist, targets, as_of=cut, reference=hist, n_candidates=N_ITEMS)
+    assert stage.feature_names[-2:] == ["c_repeat_log_p", "c_repeat_log_rank"]
+    ctx = build_context(model, hist, n_candidates=N_ITEMS, as_of=np.full(len(hist), cut))
+    X = stage.features(ctx).reshape(len(hist), N_ITEMS, -1)
+    sc = rep.score(hist).double()
+    u, c = 4, 7
+    item = ctx.candidates[u, c]
+    assert X[u, c, -1] == pytest.approx(np.log1p(int((sc[u] > sc[u, item]).sum())))
+    assert X[u, c, -2] == pytest.approx(float(torch.log_softmax(sc[u], 0)[item]))
+    stage.save(tmp_path / "ps")
+    back = PurchaseStage.load(tmp_path / "ps")
+    assert list(back.companions) == ["repeat"]
+    np.testing.assert_allclose(back.predict(ctx), stage.predict(ctx), rtol=1e-12)
+    # at() swaps in refitted companions, and only the same set.
+    later = stage.at(h, cut + 30 * DAY, companions={"repeat": RepeatPopularity().fit(h, model.catalogue_)})
+    assert later.companions["repeat"] is not rep and stage.companions["repeat"] is rep
+    with pytest.raises(DataError, match="companions"):
+        stage.at(h, cut, companions={"other": rep})
+    with pytest.raises(DataError, match="not a recommender"):
+        PurchaseStage(companions={"x": object()})

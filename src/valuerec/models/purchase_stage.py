@@ -16,10 +16,13 @@ of the recommender are rows, the label is "bought in the window", and a LightGBM
   log line revenue;
 - the item (from a reference history, all users, before the cut-off): distinct buyers in the last
   30 and 90 days and overall, the trend (30 vs 90 days), the share of its buyers who bought it on
-  two or more days, its log mean line revenue.
+  two or more days, its log mean line revenue;
+- optional companion recommenders (``companions``, e.g. ALS and BPR fitted on the same history): each
+  one's log softmax at the candidate and log of the candidate's rank in its full-catalogue ranking,
+  so the stage can weigh several recommenders' opinions of the same candidates.
 
-``fit`` learns on one window; ``at(reference, as_of)`` moves the item statistics to a later cut-off
-(the classifier stays); ``predict(ctx)`` gives (B, C) probabilities for a ``PolicyContext``, so
+``fit`` learns on one window; ``at(reference, as_of, companions)`` moves the item statistics (and,
+when given, the companions refitted on the later history) to a later cut-off (the classifier stays); ``predict(ctx)`` gives (B, C) probabilities for a ``PolicyContext``, so
 ``value_aware`` with ``p="learned"`` can use it. With ``folds > 1``, ``fit`` also trains one
 classifier per fold of the training users, and ``out_of_fold()`` predicts every training user with
 the classifier that did not see them: the honest validation curve for choosing the policy's weight.
@@ -98,13 +101,21 @@ class PurchaseStage:
     DIRNAME = "purchase_stage"
 
     def __init__(self, n_estimators: int = 300, learning_rate: float = 0.05, num_leaves: int = 15,
-                 min_child_samples: int = 50, folds: int = 5, seed: int = 0):
+                 min_child_samples: int = 50, folds: int = 5, seed: int = 0, companions: dict | None = None):
         if folds < 1 or int(folds) != folds:
             raise DataError(f"PurchaseStage: folds must be a positive integer, got {folds}")
         self.params = dict(n_estimators=int(n_estimators), learning_rate=float(learning_rate),
                            num_leaves=int(num_leaves), min_child_samples=int(min_child_samples))
         self.folds = int(folds)
         self.seed = int(seed)
+        self.companions = dict(sorted((companions or {}).items()))
+        for name, m in self.companions.items():
+            if not hasattr(m, "score"):
+                raise DataError(f"PurchaseStage: companion {name!r} is not a recommender (no score())")
+
+    @property
+    def feature_names(self) -> list[str]:
+        return FEATURES + [f"c_{n}_{k}" for n in self.companions for k in ("log_p", "log_rank")]
 
     # -- features ---------------------------------------------------------------------------------
     def features(self, ctx) -> np.ndarray:
@@ -115,8 +126,9 @@ class PurchaseStage:
         cand = ctx.candidates.reshape(-1)
         users = np.repeat(np.arange(B), C)
         ok = cand >= 0
-        X = np.full((B * C, len(FEATURES)), np.nan)
-        col = {f: k for k, f in enumerate(FEATURES)}
+        names = self.feature_names
+        X = np.full((B * C, len(names)), np.nan)
+        col = {f: k for k, f in enumerate(names)}
         # the recommender
         full = ctx.full_scores.double()
         lse = torch.logsumexp(full, dim=1, keepdim=True)
@@ -183,6 +195,20 @@ class PurchaseStage:
                        ("it_repeat", self.ref_.repeat), ("it_log_line", self.ref_.log_line)):
             X[:, col[f]] = np.where(known, arr[ci], np.nan)
         X[:, col["it_trend"]] = (X[:, col["it_pop30"]] + 1) / (X[:, col["it_pop90"]] / 3 + 1)
+        # companion recommenders: their view of the same candidates
+        for name, m in self.companions.items():
+            with torch.no_grad():
+                sc = torch.nan_to_num(m.score(ctx.histories).double().cpu(), nan=-1e30)
+            if sc.shape[1] < int(cand.max(initial=0)) + 1:
+                raise DataError(f"PurchaseStage: companion {name!r} scores {sc.shape[1]} items, the candidates "
+                                f"reach item {int(cand.max())}")
+            lsm = torch.log_softmax(sc, dim=1)
+            idx = torch.as_tensor(np.clip(ctx.candidates, 0, None))
+            cs = torch.gather(sc, 1, idx)
+            asc = torch.sort(sc, dim=1).values
+            rank = sc.shape[1] - torch.searchsorted(asc, cs.contiguous(), right=True)   # (B, C) items scored above
+            X[:, col[f"c_{name}_log_p"]] = torch.gather(lsm, 1, idx).reshape(-1).numpy()
+            X[:, col[f"c_{name}_log_rank"]] = np.log1p(rank.reshape(-1).numpy().astype(np.float64))
         X[~ok] = np.nan
         return X
 
@@ -259,12 +285,18 @@ class PurchaseStage:
             raise DataError("PurchaseStage: out-of-fold predictions need fit() with folds > 1")
         return _OutOfFold(self)
 
-    def at(self, reference: Sequences, as_of: float) -> "PurchaseStage":
-        """The same classifier with item statistics from ``reference`` as of a later cut-off."""
+    def at(self, reference: Sequences, as_of: float, companions: dict | None = None) -> "PurchaseStage":
+        """The same classifier with item statistics from ``reference`` as of a later cut-off, and with
+        ``companions`` (the same recommenders refitted on the later history) when given."""
         if not hasattr(self, "booster_"):
             raise DataError("PurchaseStage: call fit() first")
         out = copy.copy(self)
         out.ref_ = _ItemReference(reference, as_of, self.n_items)
+        if companions is not None:
+            if sorted(companions) != list(self.companions):
+                raise DataError(f"PurchaseStage.at: companions {sorted(companions)}, the stage was fitted with "
+                                f"{list(self.companions)}")
+            out.companions = dict(sorted(companions.items()))
         return out
 
     # -- persistence ------------------------------------------------------------------------------
@@ -277,10 +309,13 @@ class PurchaseStage:
         path.mkdir(parents=True, exist_ok=True)
         (path / "booster.txt").write_text(self.booster_.model_to_string())
         np.savez(path / "item_reference.npz", **{k: getattr(self.ref_, k) for k in _ItemReference.ARRAYS})
+        for name, m in self.companions.items():
+            m.save(path / "companions" / name)
         (path / "purchase_stage.json").write_text(json.dumps({
             "params": self.params, "seed": self.seed, "n_items": self.n_items, "n_candidates": self.n_candidates,
             "reference_as_of": self.ref_.as_of, "train_rows": self.train_rows_, "train_users": self.train_users_,
-            "positive_rate": self.positive_rate_, "features": FEATURES}, indent=2))
+            "positive_rate": self.positive_rate_, "companions": list(self.companions),
+            "features": self.feature_names}, indent=2))
         return self
 
     @classmethod
@@ -294,9 +329,12 @@ class PurchaseStage:
             booster = lgb.Booster(model_str=(path / "booster.txt").read_text())
         except (OSError, ValueError, KeyError, lgb.basic.LightGBMError) as e:
             raise DataError(f"{path}: not a saved purchase stage ({e})") from None
-        if meta.get("features") != FEATURES:
-            raise DataError(f"{path}: saved with features {meta.get('features')}, this version reads {FEATURES}")
-        m = cls(folds=1, seed=meta["seed"], **meta["params"])
+        from valuerec.models.base import load_model
+
+        companions = {n: load_model(path / "companions" / n) for n in meta.get("companions", [])}
+        m = cls(folds=1, seed=meta["seed"], companions=companions, **meta["params"])
+        if meta.get("features") != m.feature_names:
+            raise DataError(f"{path}: saved with features {meta.get('features')}, this version reads {m.feature_names}")
         m.n_items, m.n_candidates = int(meta["n_items"]), int(meta["n_candidates"])
         m.train_rows_, m.train_users_, m.positive_rate_ = meta["train_rows"], meta["train_users"], meta["positive_rate"]
         m.ref_ = _ItemReference.__new__(_ItemReference)
