@@ -182,11 +182,12 @@ def test_train_with_purchase_stage_then_recommend_uses_it(tmp_path):
     args = ["train", "--data", str(data), "--out", str(out), "--model", "itemknn", "--protocol", "r2",
             "--cutoff", pd.Timestamp(T0 + 380 * DAY, unit="s").isoformat(),
             "--valid-cutoff", pd.Timestamp(T0 + 350 * DAY, unit="s").isoformat(),
-            "--cache-dir", str(tmp_path / "stores"), "--no-test", "--purchase-stage"]
+            "--cache-dir", str(tmp_path / "stores"), "--no-test", "--purchase-stage", "--stage-companions", "repeat"]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     stage, iv = load_purchase_stage(out), load_item_values(out)
     assert stage is not None and iv is not None and stage.train_rows_ > 0
+    assert list(stage.companions) == ["repeat"] and "c_repeat_log_p" in stage.feature_names
     store = next((tmp_path / "stores").glob("*.duckdb"))
     params = {"w": 0.5, "p": "learned"}
     got = recommend_for_user(out, store, "u3", k=5, exclude_history=False, policy="value_aware", policy_params=params)
@@ -203,6 +204,8 @@ def test_train_with_purchase_stage_then_recommend_uses_it(tmp_path):
                                    "popularity", "--protocol", "loo", "--cache-dir", str(tmp_path / "stores"),
                                    "--no-test", "--purchase-stage"])
     assert loo.exit_code == 2 and "validation window" in loo.output
+    bad = CliRunner().invoke(app, args[:-1] + ["nonsense"])
+    assert bad.exit_code == 2 and "unknown model" in bad.output and "nonsense" in bad.output
 
 
 def test_companion_recommenders_add_their_view_and_round_trip(tmp_path):

@@ -118,6 +118,9 @@ def train_cmd(
                                         "model's candidates on the validation window (models.purchase_stage), for "
                                         "value_aware with p=learned; saved in OUT/purchase_stage (implies --item-values; "
                                         "needs a cut-off split)"),
+    stage_companions: str = typer.Option("", "--stage-companions", help="Comma-separated registered recommenders "
+                                         "(default settings) fitted on the same history whose scores the purchase "
+                                         "stage also reads, e.g. als,bpr"),
 ) -> None:
     """Train a model with validation early stopping and save it as an artefact directory."""
     import torch
@@ -141,6 +144,12 @@ def train_cmd(
         if dist.enabled and not dist.is_main:
             torch.distributed.barrier()   # let the main rank ingest (and cache) the data first
         split, used = load_split(data, store, protocol, cutoff, valid_cutoff, cache_dir)
+        companions = [c.strip() for c in stage_companions.split(",") if c.strip()]
+        unknown = sorted(set(companions) - set(MODEL_REGISTRY))
+        if unknown:
+            raise DataError(f"--stage-companions: unknown model(s) {unknown}; registered: {sorted(MODEL_REGISTRY)}")
+        if companions and not purchase_stage:
+            raise DataError("--stage-companions is for the purchase stage: add --purchase-stage")
         if purchase_stage and "valid_cutoff" not in split.info:
             raise DataError(f"--purchase-stage learns from the validation window of a cut-off split; the {used!r} "
                             "split has none (use --protocol r2 or cutoff)")
@@ -160,7 +169,7 @@ def train_cmd(
             if item_values or purchase_stage:
                 save_item_values(split, item_value_horizon, seed, out)
             if purchase_stage:
-                save_purchase_stage(model, split, item_value_horizon, seed, out)
+                save_purchase_stage(model, split, item_value_horizon, seed, out, companions)
             mpath = out / "metrics.json"
             metrics = json.loads(mpath.read_text()) if mpath.exists() else {}
             metrics.update({"protocol": used, "split": split.info, "train_seconds": train_seconds,
@@ -191,21 +200,25 @@ def save_item_values(split, horizon_days: float, seed: int, out: Path) -> None:
     console.log(f"item values: learned from {m.train_rows_} user-item pairs of the last {horizon_days:g} days")
 
 
-def save_purchase_stage(model, split, horizon_days: float, seed: int, out: Path) -> None:
+def save_purchase_stage(model, split, horizon_days: float, seed: int, out: Path,
+                        companions: list[str] | None = None) -> None:
     """Learn ``PurchaseStage`` on the validation window: ``model`` (fitted on the history before the
     validation cut-off) gives the candidates, what the validation users bought after the cut-off the
     labels, item values learned as of that cut-off the value features. Its item statistics then move
-    to the whole history (newest event + 1 s) and it is saved in ``OUT/purchase_stage``."""
+    to the whole history (newest event + 1 s) and it is saved in ``OUT/purchase_stage``. ``companions``:
+    registered recommenders fitted, with default settings, on the same history as ``model``."""
     import pandas as pd
 
+    from valuerec.models.base import MODEL_REGISTRY
     from valuerec.models.item_value import ItemValueModel
     from valuerec.models.purchase_stage import PurchaseStage
 
     vcut = int(pd.Timestamp(split.info["valid_cutoff"]).value // 10**9)
     price = split.catalogue.price if split.catalogue.price is not None else None
     iv = ItemValueModel(horizon_days=horizon_days, seed=seed).fit(split.train, vcut, len(split.catalogue), price)
-    stage = PurchaseStage(folds=1, seed=seed).fit(model, split.valid.inputs, split.valid.targets, as_of=vcut,
-                                                  reference=split.train, item_value=iv)
+    fitted = {c: MODEL_REGISTRY[c](seed=seed).fit(split.train, split.catalogue) for c in companions or []}
+    stage = PurchaseStage(folds=1, seed=seed, companions=fitted).fit(
+        model, split.valid.inputs, split.valid.targets, as_of=vcut, reference=split.train, item_value=iv)
     newest = max(int(t.max()) for t in split.train_full.times if len(t)) + 1
     stage.at(split.train_full, newest).save(out / PurchaseStage.DIRNAME)
     console.log(f"purchase stage: learned from {stage.train_rows_} candidates of {stage.train_users_} validation "

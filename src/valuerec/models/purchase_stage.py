@@ -246,6 +246,8 @@ class PurchaseStage:
             ys.append(y[keep])
             rows.append(np.repeat(idx, cand.shape[1])[keep])
         X, y, row = np.concatenate(Xs), np.concatenate(ys).astype(np.int8), np.concatenate(rows)
+        if len(y) == 0:
+            raise DataError("PurchaseStage.fit: the recommender gave no candidates; nothing to learn")
         if y.min() == y.max():
             raise DataError(f"PurchaseStage.fit: every candidate is labelled {int(y[0])}: the targets never "
                             "(or always) fall among the recommender's top candidates; nothing to learn")
