@@ -5,9 +5,12 @@
 # temperature and operating weight chosen on validation; the whole test curve is reported. The purchase
 # stage tries four sets of companion recommenders and keeps the best on out-of-fold validation.
 set -euo pipefail
+# SEED=N (default 0) runs another seed into r2_policies_transformer_seedN.json.
 DATA=${1:-../shared/data/online-retail}
+SEED=${SEED:-0}
+OUT=benchmarks/results/r2_policies_transformer$([ "$SEED" = 0 ] || echo "_seed$SEED").json
 export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
 python benchmarks/policies.py --data "$DATA" --model transformer \
   --model-params '{"repeat": true, "target": "window", "d_model": 64, "n_layers": 2, "max_len": 50, "dropout": 0.3, "lr": 0.001, "epochs": 25, "eval_every": 1, "patience": 4, "cooc_weight": "auto", "cooc_repeat_share": "auto", "cooc_recency_decay": 1.0, "cooc_neighbours": 50, "progress": false}' \
-  --temperatures 0.1,0.3,1,3,10,30,100 --stage-companions 'none;als;als+bpr;als+bpr+itemknn' --out benchmarks/results/r2_policies_transformer.json
+  --temperatures 0.1,0.3,1,3,10,30,100 --stage-companions 'none;als;als+bpr;als+bpr+itemknn' --seed "$SEED" --out "$OUT"
 python benchmarks/make_page.py
