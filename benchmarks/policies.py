@@ -169,6 +169,11 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="benchmarks/results/r2_policies.json")
     args = ap.parse_args(argv)
+    if args.stage_folds < 2:
+        ap.error("--stage-folds must be at least 2 (the stage's weight is chosen on out-of-fold predictions)")
+    if args.model_dir and not args.valid_model_dir:
+        ap.error("--model-dir needs --valid-model-dir: the validation-window stages (learned item value, purchase "
+                 "stage) must not see a model fitted on the validation window itself")
     torch.set_num_threads(1)
     started = now_iso()
     weights = [float(w) for w in args.weights.split(",")]
@@ -301,7 +306,7 @@ def main(argv=None) -> int:
         console.log(f"purchase stage [{key}]: {st_c.train_rows_} candidate rows of {st_c.train_users_} validation "
                     f"users (positive rate {st_c.positive_rate_:.3f}), fitted in {fit_s:.1f}s; out-of-fold valid "
                     f"best w={w_c} revenue@20 {rev_c:.4f}")
-        if rev_c > best_valid:
+        if stage is None or rev_c > best_valid:   # the first set stands when none gets an operating point
             stage, stage_cs, stage_fit_s, valid_curve, w_valid, best_valid = st_c, cs, fit_s, curve, w_c, rev_c
     stage_test = stage.at(split.train_full, cutoff, companions={c: comp_models[c]["test"] for c in stage_cs})
     console.log(f"value_aware_stage: companions chosen on validation: {stage_cs or 'none'}, w={w_valid}")

@@ -154,6 +154,8 @@ def test_bad_input_gets_clear_errors():
                                    reference=hist)
     with pytest.raises(DataError, match="fit"):
         PurchaseStage().out_of_fold()
+    with pytest.raises(DataError, match="at or after the cut-off"):
+        PurchaseStage(folds=1).fit(model, h, [np.zeros(0, np.int64)] * len(h), as_of=cut, reference=hist)
     with pytest.raises(DataError, match="purchase model"):
         apply_policy("value_aware", model, hist, params={"p": "learned"}, exclude=None, item_value=np.ones(N_ITEMS))
     with pytest.raises(DataError, match="'softmax' or 'learned'"):
@@ -189,16 +191,19 @@ def test_train_with_purchase_stage_then_recommend_uses_it(tmp_path):
     assert stage is not None and iv is not None and stage.train_rows_ > 0
     assert list(stage.companions) == ["repeat"] and "c_repeat_log_p" in stage.feature_names
     store = next((tmp_path / "stores").glob("*.duckdb"))
+    assert stage.exclude_history_ is True       # built as recommend and serve build candidates by default
     params = {"w": 0.5, "p": "learned"}
-    got = recommend_for_user(out, store, "u3", k=5, exclude_history=False, policy="value_aware", policy_params=params)
+    got = recommend_for_user(out, store, "u3", k=5, policy="value_aware", policy_params=params)
     model = load_model(out)
     with EventStore(store, read_only=True) as st:
         ev, (_, newest) = st.user_events("u3"), st.time_range()
     hist = sequences_from(ev, model.catalogue_, users=np.array(["u3"], dtype=object))
     now = float(pd.Timestamp(newest).value // 10**9 + 1)
-    top, _ = apply_policy("value_aware", model, hist, k=5, exclude=None, params=params, item_value=iv,
+    top, _ = apply_policy("value_aware", model, hist, k=5, exclude="history", params=params, item_value=iv,
                           purchase_model=stage, as_of=now)
     assert [it["item_id"] for it in got["items"]] == [str(model.catalogue_.item_ids[i]) for i in top[0] if i >= 0]
+    had = {str(model.catalogue_.item_ids[i]) for i in hist.items[0] if i >= 0}
+    assert got["items"] and not {it["item_id"] for it in got["items"]} & had
     # A leave-one-out split has no validation window to learn from: a clear error.
     loo = CliRunner().invoke(app, ["train", "--data", str(data), "--out", str(tmp_path / "m2"), "--model",
                                    "popularity", "--protocol", "loo", "--cache-dir", str(tmp_path / "stores"),

@@ -121,6 +121,11 @@ def train_cmd(
     stage_companions: str = typer.Option("", "--stage-companions", help="Comma-separated registered recommenders "
                                          "(default settings) fitted on the same history whose scores the purchase "
                                          "stage also reads, e.g. als,bpr"),
+    stage_exclude_history: bool = typer.Option(True, "--stage-exclude-history/--stage-keep-history",
+                                               help="Build the purchase stage's training candidates without the "
+                                                    "items each user already had, as recommend and serve do by "
+                                                    "default (keep them for data dominated by repeat buying when "
+                                                    "you recommend with the history kept)"),
 ) -> None:
     """Train a model with validation early stopping and save it as an artefact directory."""
     import torch
@@ -169,7 +174,7 @@ def train_cmd(
             if item_values or purchase_stage:
                 save_item_values(split, item_value_horizon, seed, out)
             if purchase_stage:
-                save_purchase_stage(model, split, item_value_horizon, seed, out, companions)
+                save_purchase_stage(model, split, item_value_horizon, seed, out, companions, stage_exclude_history)
             mpath = out / "metrics.json"
             metrics = json.loads(mpath.read_text()) if mpath.exists() else {}
             metrics.update({"protocol": used, "split": split.info, "train_seconds": train_seconds,
@@ -201,12 +206,13 @@ def save_item_values(split, horizon_days: float, seed: int, out: Path) -> None:
 
 
 def save_purchase_stage(model, split, horizon_days: float, seed: int, out: Path,
-                        companions: list[str] | None = None) -> None:
+                        companions: list[str] | None = None, exclude_history: bool = True) -> None:
     """Learn ``PurchaseStage`` on the validation window: ``model`` (fitted on the history before the
     validation cut-off) gives the candidates, what the validation users bought after the cut-off the
     labels, item values learned as of that cut-off the value features. Its item statistics then move
     to the whole history (newest event + 1 s) and it is saved in ``OUT/purchase_stage``. ``companions``:
-    registered recommenders fitted, with default settings, on the same history as ``model``."""
+    registered recommenders fitted, with default settings, on the same history as ``model``.
+    ``exclude_history``: build the candidates without each user's past items, as they will be served."""
     import pandas as pd
 
     from valuerec.models.base import MODEL_REGISTRY
@@ -218,7 +224,8 @@ def save_purchase_stage(model, split, horizon_days: float, seed: int, out: Path,
     iv = ItemValueModel(horizon_days=horizon_days, seed=seed).fit(split.train, vcut, len(split.catalogue), price)
     fitted = {c: MODEL_REGISTRY[c](seed=seed).fit(split.train, split.catalogue) for c in companions or []}
     stage = PurchaseStage(folds=1, seed=seed, companions=fitted).fit(
-        model, split.valid.inputs, split.valid.targets, as_of=vcut, reference=split.train, item_value=iv)
+        model, split.valid.inputs, split.valid.targets, as_of=vcut, reference=split.train, item_value=iv,
+        exclude=[h[h >= 0] for h in split.valid.inputs.items] if exclude_history else None)
     newest = max(int(t.max()) for t in split.train_full.times if len(t)) + 1
     stage.at(split.train_full, newest).save(out / PurchaseStage.DIRNAME)
     console.log(f"purchase stage: learned from {stage.train_rows_} candidates of {stage.train_users_} validation "

@@ -227,6 +227,10 @@ class PurchaseStage:
             raise DataError(f"PurchaseStage.fit: {len(targets)} target sets for {len(histories)} histories")
         if len(histories) == 0:
             raise DataError("PurchaseStage.fit: no users to learn from")
+        late = [u for u, t in enumerate(histories.times or []) if len(t) and t.max() >= as_of]
+        if late:
+            raise DataError(f"PurchaseStage.fit: {len(late)} histories have events at or after the cut-off "
+                            f"(first: row {late[0]}); pass the histories before it, the labels separately")
         if self.folds > 1 and histories.user_ids is None:
             raise DataError("PurchaseStage.fit: folds > 1 needs histories with user_ids (for out-of-fold scores)")
         cat = getattr(model, "catalogue_", None)
@@ -246,6 +250,7 @@ class PurchaseStage:
             ys.append(y[keep])
             rows.append(np.repeat(idx, cand.shape[1])[keep])
         X, y, row = np.concatenate(Xs), np.concatenate(ys).astype(np.int8), np.concatenate(rows)
+        self.exclude_history_ = exclude is not None
         if len(y) == 0:
             raise DataError("PurchaseStage.fit: the recommender gave no candidates; nothing to learn")
         if y.min() == y.max():
@@ -317,6 +322,7 @@ class PurchaseStage:
             "params": self.params, "seed": self.seed, "n_items": self.n_items, "n_candidates": self.n_candidates,
             "reference_as_of": self.ref_.as_of, "train_rows": self.train_rows_, "train_users": self.train_users_,
             "positive_rate": self.positive_rate_, "companions": list(self.companions),
+            "exclude_history": getattr(self, "exclude_history_", None),
             "features": self.feature_names}, indent=2))
         return self
 
@@ -344,6 +350,7 @@ class PurchaseStage:
         for k in _ItemReference.ARRAYS:
             setattr(m.ref_, k, arrays[k])
         m.booster_, m.fold_boosters_, m.fold_of_ = booster, [], {}
+        m.exclude_history_ = meta.get("exclude_history")
         return m
 
 
