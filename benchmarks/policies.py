@@ -148,6 +148,26 @@ def choose_operating_point(curve: dict[float, dict], plain: dict, max_ndcg_loss:
     return max(ok)[1] if ok else None
 
 
+def selection_entry(valid_curve: dict, w_valid, test_curve: dict, plain: dict, weights: list[float]) -> dict:
+    """What a value-aware variant's validation chose and how that point and the best test point within
+    5% NDCG@20 loss compare with the plain ranking on test."""
+    sel = test_curve[w_valid] if w_valid is not None else None
+    base = plain["test"]
+    return {
+        "weight_chosen_on_valid": w_valid,
+        "valid_curve": {f"{w:g}": {k: valid_curve[w][k] for k in ("ndcg@20", "revenue@20")} for w in weights},
+        "valid_revenue_at_chosen_weight": None if w_valid is None else valid_curve[w_valid]["revenue@20"],
+        "test_at_chosen_weight": None if sel is None else {
+            "ndcg@20": sel["ndcg@20"], "revenue@20": sel["revenue@20"],
+            "ndcg_change": sel["ndcg@20"] / base["ndcg@20"] - 1,
+            "revenue_change": sel["revenue@20"] / base["revenue@20"] - 1},
+        "test_best_within_5pct_ndcg_loss": (lambda w: None if w is None else {
+            "weight": w, "ndcg_change": test_curve[w]["ndcg@20"] / base["ndcg@20"] - 1,
+            "revenue_change": test_curve[w]["revenue@20"] / base["revenue@20"] - 1})(
+            choose_operating_point(test_curve, base)),
+    }
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="../shared/data/online-retail")
@@ -257,22 +277,9 @@ def main(argv=None) -> int:
             test_curve[w] = r
             record(f"{mname}+value_aware{tag}@{w:g}", r,
                    {"w": w, "temperature": best_t, "item_value": variant, "n_candidates": args.n_candidates})
-        sel = test_curve[w_valid] if w_valid is not None else None
         selection[f"value_aware{tag}"] = {
-            "temperature_chosen_on_valid": best_t, "weight_chosen_on_valid": w_valid,
-            "valid_curve": {f"{w:g}": {k: valid_curves[best_t][w][k] for k in ("ndcg@20", "revenue@20")}
-                            for w in weights},
-            "item_value": variant,
-            "valid_revenue_at_chosen_weight": None if w_valid is None else valid_curves[best_t][w_valid]["revenue@20"],
-            "test_at_chosen_weight": None if sel is None else {
-                "ndcg@20": sel["ndcg@20"], "revenue@20": sel["revenue@20"],
-                "ndcg_change": sel["ndcg@20"] / plain["test"]["ndcg@20"] - 1,
-                "revenue_change": sel["revenue@20"] / plain["test"]["revenue@20"] - 1},
-            "test_best_within_5pct_ndcg_loss": (lambda w: None if w is None else {
-                "weight": w, "ndcg_change": test_curve[w]["ndcg@20"] / plain["test"]["ndcg@20"] - 1,
-                "revenue_change": test_curve[w]["revenue@20"] / plain["test"]["revenue@20"] - 1})(
-                choose_operating_point(test_curve, plain["test"])),
-        }
+            "temperature_chosen_on_valid": best_t, "item_value": variant,
+            **selection_entry(valid_curves[best_t], w_valid, test_curve, plain, weights)}
 
     # -- value-aware with a learned P(buy): a second stage trained on the validation window ---------
     comp_sets = [[] if x.strip() in ("", "none") else sorted(x.strip().split("+"))
@@ -318,22 +325,11 @@ def main(argv=None) -> int:
         record(f"{mname}+value_aware_stage@{w:g}", r, {"w": w, "p": "learned", "item_value": "learned",
                                                         "companions": stage_cs, "n_candidates": args.n_candidates})
         console.log(f"value_aware_stage w={w:g}: test ndcg@20 {r['ndcg@20']:.4f} revenue@20 {r['revenue@20']:.4f}")
-    sel = test_curve[w_valid] if w_valid is not None else None
     selection["value_aware_stage"] = {
-        "temperature_chosen_on_valid": None, "weight_chosen_on_valid": w_valid, "p": "learned",
-        "valid_curve": {f"{w:g}": {k: valid_curve[w][k] for k in ("ndcg@20", "revenue@20")} for w in weights},
-        "valid_curve_is_out_of_fold": True, "item_value": "learned", "companions_chosen_on_valid": stage_cs,
+        "temperature_chosen_on_valid": None, "p": "learned", "item_value": "learned",
+        "valid_curve_is_out_of_fold": True, "companions_chosen_on_valid": stage_cs,
         "companion_sets_on_valid": stage_sets,
-        "valid_revenue_at_chosen_weight": None if w_valid is None else valid_curve[w_valid]["revenue@20"],
-        "test_at_chosen_weight": None if sel is None else {
-            "ndcg@20": sel["ndcg@20"], "revenue@20": sel["revenue@20"],
-            "ndcg_change": sel["ndcg@20"] / plain["test"]["ndcg@20"] - 1,
-            "revenue_change": sel["revenue@20"] / plain["test"]["revenue@20"] - 1},
-        "test_best_within_5pct_ndcg_loss": (lambda w: None if w is None else {
-            "weight": w, "ndcg_change": test_curve[w]["ndcg@20"] / plain["test"]["ndcg@20"] - 1,
-            "revenue_change": test_curve[w]["revenue@20"] / plain["test"]["revenue@20"] - 1})(
-            choose_operating_point(test_curve, plain["test"])),
-    }
+        **selection_entry(valid_curve, w_valid, test_curve, plain, weights)}
     purchase_stage_info = {"fit_seconds": stage_fit_s, "params": stage.params, "folds": stage.folds,
                            "companions": stage_cs, "companion_models": comp_info,
                            "train_rows": stage.train_rows_, "train_users": stage.train_users_,
