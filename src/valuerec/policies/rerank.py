@@ -64,6 +64,9 @@ class PolicyContext:
     stages: np.ndarray | None = None       # (B,) stage names
     purchase_model: object | None = None   # predict(ctx) -> (B, C) P(buy) (models.purchase_stage)
     extras: dict = field(default_factory=dict)
+    # values_of_candidates() computed once per context (a learned item value is a model call; the
+    # purchase stage and the policy both read it); not copied by subset()
+    _candidate_values: torch.Tensor | None = field(default=None, init=False, repr=False, compare=False)
 
     def subset(self, idx: np.ndarray) -> "PolicyContext":
         t = torch.as_tensor(idx, dtype=torch.long)
@@ -92,6 +95,11 @@ class PolicyContext:
         return np.asarray(v, dtype=np.float64)
 
     def values_of_candidates(self) -> torch.Tensor:
+        if self._candidate_values is None:
+            self._candidate_values = self._compute_candidate_values()
+        return self._candidate_values
+
+    def _compute_candidate_values(self) -> torch.Tensor:
         if hasattr(self.item_value, "candidate_values"):   # values of the candidates only
             out = np.asarray(self.item_value.candidate_values(self.histories, self.candidates, self.as_of),
                              dtype=np.float64)
