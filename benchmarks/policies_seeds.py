@@ -1,8 +1,8 @@
-"""Mean and spread over seeds of the R2 policies runs (``r2_policies_transformer*.json``).
+"""Mean and spread over seeds of the R2 policies runs (``r2_policies.json`` and ``r2_policies_seedN.json``).
 
 For each value-aware variant: the weight (and companion set) validation chose in each seed and the
 test change of revenue@20 and NDCG@20 against the plain ranking at that choice, then their mean and
-population standard deviation over the seeds. Writes ``r2_policies_transformer_seeds.json``.
+population standard deviation over the seeds. Writes ``r2_policies_seeds.json``.
 
     python benchmarks/policies_seeds.py
 """
@@ -24,8 +24,8 @@ REPO = Path(__file__).resolve().parents[1]
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results")
-    ap.add_argument("--pattern", default="r2_policies_transformer.json,r2_policies_transformer_seed*.json")
-    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "r2_policies_transformer_seeds.json")
+    ap.add_argument("--pattern", default="r2_policies.json,r2_policies_seed[0-9]*.json")
+    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "r2_policies_seeds.json")
     args = ap.parse_args(argv)
     files = sorted({f for p in args.pattern.split(",") for f in args.results.glob(p)})
     runs = [(f, json.loads(f.read_text())) for f in files]
