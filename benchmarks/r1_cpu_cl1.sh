@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # R1 on the CPU with the configuration that `benchmarks/r1_gpu_sweep.sh` chose on validation (cl1: the
-# contrastive regulariser at weight 0.1, temperature 0.2), under the CPU budget of r1_transformer.sh
+# contrastive regulariser at weight 0.1, temperature 0.2), under the CPU budget r1_beauty.json then had
 # (1 thread and at most 30 minutes of training per seed, validation every 5 epochs, patience 2), beside
 # the baselines. Seeds 0 and 1 run in parallel, then seed 2 with the baselines; `valuerec bench merge`
 # joins the parts into OUT/r1_beauty_cl1.json. Usage: r1_cpu_cl1.sh [DATA_DIR] [OUT_DIR]
