@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # R1 with a peer implementation on the same split, in its own venv, with item-kNN run beside it, under
-# the same 30-minute CPU budget (1 thread) as our transformer, early stopping on validation NDCG@10
+# the 30-minute CPU budget (1 thread) our transformer had when this ran, early stopping on validation NDCG@10
 # checked every epoch. Our transformer's figures on this split are in r1_beauty.json (ours also reads
 # the item attributes; without them, see r1_beauty_gpu_no_attributes.json).
 #   PEER=rectools (default): RecTools' SASRec (item ids, full softmax, the same size as ours: 2 blocks,
