@@ -12,7 +12,7 @@ the transformer's p, by trying three values on the same candidates (the top 100 
 
 beta is chosen on validation (largest revenue@20 with at most 5% NDCG@20 loss) for ``user_line`` and
 ``learned``; the oracle is reported over the whole beta grid on test. The transformer is fitted as in
-``r2_policies_transformer.sh`` (R2 protocol: early stopping on validation, refit on train_full).
+``r2_policies.sh`` (R2 protocol: early stopping on validation, refit on train_full).
 
     python benchmarks/r2_value_headroom.py --data ../shared/data/online-retail
 """
