@@ -112,6 +112,23 @@ def policy_selection_lines(r: dict) -> list[str]:
     return out
 
 
+def validation_metric_lines(res: dict) -> list[str]:
+    """A table of each model's ``validation_metrics`` (probes that report the split a choice is made on
+    beside the test figures), with the model validation would choose when the file names it."""
+    rows = {n: v["validation_metrics"] for n, v in res.get("models", {}).items()
+            if isinstance(v.get("validation_metrics"), dict)}
+    if not rows:
+        return []
+    names = [m for m in next(iter(rows.values())) if isinstance(next(iter(rows.values()))[m], (int, float))]
+    chosen = next((res[k] for k in ("chosen_on_validation", "chosen_on_validation_revenue", "chosen_on_validation_gini")
+                   if isinstance(res.get(k), str)), None)
+    out = ["| model | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for n, m in rows.items():
+        cells = [f"{m[k]:.4f}" if isinstance(m.get(k), (int, float)) else "–" for k in names]
+        out.append(f"| `{n}`" + (" (chosen)" if n == chosen else "") + " | " + " | ".join(cells) + " |")
+    return out
+
+
 def validation_lines(res: dict) -> list[str]:
     out = []
     for name, v in res.get("models", {}).items():
@@ -397,6 +414,9 @@ def build(results_dir: Path) -> str:
             pol = policy_selection_lines(r)
             if pol:
                 lines += ["", "Value-aware operating points (chosen on validation, then tested once):"] + pol
+            vm = validation_metric_lines(r)
+            if vm:
+                lines += ["", "The same models on the validation split (where the choice is made):", ""] + vm
             val = validation_lines(r)
             if val:
                 lines += ["", "Model selection (validation split):"] + val

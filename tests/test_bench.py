@@ -114,6 +114,8 @@ def test_make_page(r1_result, tmp_path):
     shown = json.loads(json.dumps(result))   # a model scored without one of its parts renders beside it
     shown["models"]["als"]["ablations"] = {"no_part": {"ndcg@10": 0.1234, "hr@10": 0.2345}}
     shown["models"]["als"].update({"seconds_per_epoch": 12.5, "epochs_run": 7, "best_epoch": 5, "seconds_to_best": 61.0})
+    shown["models"]["als"]["validation_metrics"] = {"ndcg@10": 0.4321, "hr@10": 0.5432}   # a probe's layout
+    shown["chosen_on_validation"] = "als"
     (results / "r1_tiny.json").write_text(json.dumps(shown))
     out = tmp_path / "README.md"
     project_readme = (REPO / "README.md").read_text()
@@ -132,6 +134,7 @@ def test_make_page(r1_result, tmp_path):
     assert "popularity-s3rec" in page
     assert "`als` without the `part`" in page and "ndcg@10 0.1234" in page
     assert "`als`: 12.5 s per epoch, 7 epochs run, best validation at epoch 5, 61 s of training to reach it" in page
+    assert "| `als` (chosen) | 0.4321 | 0.5432 |" in page
 
 
 def test_recommend_command(tmp_path):
