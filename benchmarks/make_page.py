@@ -119,7 +119,8 @@ def validation_metric_lines(res: dict) -> list[str]:
             if isinstance(v.get("validation_metrics"), dict)}
     if not rows:
         return []
-    names = [m for m in next(iter(rows.values())) if isinstance(next(iter(rows.values()))[m], (int, float))]
+    first = next(iter(rows.values()))
+    names = [m for m, x in first.items() if isinstance(x, (int, float))]
     chosen = next((res[k] for k in ("chosen_on_validation", "chosen_on_validation_revenue", "chosen_on_validation_gini")
                    if isinstance(res.get(k), str)), None)
     out = ["| model | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]

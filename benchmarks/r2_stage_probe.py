@@ -43,6 +43,7 @@ from rich.console import Console
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from policies import fit_recommender, run_policy, to_unix  # noqa: E402
 
+from valuerec.evaluation.metrics import ranking_metrics_from_ranks  # noqa: E402
 from valuerec.evaluation.protocols import load_split_r2  # noqa: E402
 from valuerec.evaluation.results import command_line, device_info, git_commit, now_iso, write_result  # noqa: E402
 from valuerec.models.item_value import ItemValueModel  # noqa: E402
@@ -52,7 +53,6 @@ from valuerec.policies.rerank import build_context  # noqa: E402
 console = Console(stderr=True)
 REPO = Path(__file__).resolve().parents[1]
 K = 20
-DISC = 1 / np.log2(np.arange(K) + 2)
 
 
 def transformer_params() -> dict:
@@ -81,16 +81,16 @@ def candidate_table(model, task, cut, reference, item_value, companions, n_items
 
 
 def metrics(d, score) -> dict:
-    """NDCG@20 (binary, over the whole target set) and revenue@20 of ranking the candidates by score;
-    the definitions of ``evaluation.metrics`` (the output holds both on the plain ranking, as a check)."""
+    """NDCG@20 (binary, over the whole target set) and revenue@20 of ranking the candidates by score,
+    through ``evaluation.metrics`` (the output also holds the plain ranking scored by ``evaluate``)."""
     s = np.where(d["cand"] >= 0, score, -np.inf)
-    top = np.argsort(-s, axis=1, kind="stable")[:, :K]
-    rev = np.take_along_axis(d["rev"], top, axis=1)
-    dcg = ((rev > 0) * DISC).sum(1)
-    idcg = np.array([DISC[:min(k, K)].sum() for k in d["ntarget"]])
-    ndcg = np.where(idcg > 0, dcg / np.maximum(idcg, 1e-12), 0.0).mean()
-    r = np.where(d["total"] > 0, rev.sum(1) / np.maximum(d["total"], 1e-12), 0.0).mean()
-    return {"ndcg@20": float(ndcg), "revenue@20": float(r)}
+    order = np.argsort(-s, axis=1, kind="stable")
+    ranks = np.empty(s.shape)
+    np.put_along_axis(ranks, order, np.arange(1, s.shape[1] + 1, dtype=np.float64)[None, :], axis=1)
+    bought = d["rev"] > 0
+    m = ranking_metrics_from_ranks(np.where(bought, ranks, np.inf), d["ntarget"], (K,),
+                                   target_revenue=np.where(bought, d["rev"], 0.0), total_revenue=d["total"])
+    return {"ndcg@20": float(m["ndcg@20"].mean()), "revenue@20": float(m["revenue@20"].mean())}
 
 
 def main(argv=None) -> int:
