@@ -6,6 +6,10 @@
 #   MODEL: the model name, e.g. transformer or transformer:cl1; TRANSFORMER_PARAMS: the body of its JSON
 #   params without braces, e.g. '"loss": "ce", "dropout": 0.5'. VALUEREC overrides the command.
 set -euo pipefail
+if [ $# -lt 4 ]; then
+  echo "usage: r1_cpu_seeds.sh MODEL TAG 'TRANSFORMER_PARAMS' OUT_FILE [DATA_DIR] (got $# arguments)" >&2
+  exit 2
+fi
 MODEL=$1 TAG=$2 T=$3 OUT_FILE=$4
 DATA=${5:-../shared/data/amazon-beauty}
 VALUEREC=${VALUEREC:-valuerec}
