@@ -19,7 +19,8 @@ from valuerec.data.splits import EvalTask
 from valuerec.evaluation.metrics import evaluate
 from valuerec.models.transformer import BehaviourTransformer
 from valuerec.training import checkpoint as ckpt
-from valuerec.training.loop import TrainConfig, epoch_batches, lr_at, train_model
+from valuerec.data.schema import DataError
+from valuerec.training.loop import TrainConfig, WeightAverage, epoch_batches, lr_at, train_model
 
 N = 30
 
@@ -99,6 +100,56 @@ def test_early_stopping_keeps_the_best_weights():
     res = train_model(model, 8, lambda idx: torch.ones(len(idx), 3), cfg, seed=0, evaluate_fn=evaluate_fn)
     assert len(res.history) == 3 and res.best["epoch"] == 1             # stopped after 2 bad validations
     assert torch.equal(res.model.w.detach(), seen[0])                    # epoch-1 weights restored
+
+
+def test_weight_average_follows_its_formula_and_validation_sees_it():
+    """SGD on (w - 1)^2 from w = 0; the average is checked against a loop written out by hand, the
+    validation function sees the average (not the trained weights), and training continues from the
+    trained weights, not from the average."""
+    model = _Toy()
+    seen = []
+
+    def evaluate_fn(m):
+        seen.append(m.w.detach().clone())
+        return {"ndcg@10": float(len(seen))}          # always improving: the last average is kept
+
+    cfg = TrainConfig(epochs=3, batch_size=4, lr=0.1, warmup_steps=0, grad_clip=0.0, beta2=0.999,
+                      ema_decay=0.9, patience=5, progress=False)
+    res = train_model(model, 8, lambda idx: torch.ones(len(idx), 3), cfg, seed=0, evaluate_fn=evaluate_fn)
+    # the same optimiser by hand, with the average beside it
+    w = nn.Parameter(torch.zeros(3))
+    opt = torch.optim.AdamW([w], lr=0.1, betas=(0.9, 0.999), weight_decay=0.0)
+    avg, trained, averages = torch.zeros(3), [], []
+    for step in range(1, 7):                          # 2 batches x 3 epochs
+        opt.zero_grad()
+        ((w - 1) ** 2).mean().backward()
+        opt.step()
+        d = min(0.9, (1 + step) / (10 + step))
+        avg = d * avg + (1 - d) * w.detach()
+        if step % 2 == 0:
+            trained.append(w.detach().clone())
+            averages.append(avg.clone())
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(seen, averages))
+    assert not torch.allclose(seen[-1], trained[-1], atol=1e-3)          # the average lags the weights
+    assert torch.allclose(res.model.w.detach(), averages[-1], atol=1e-6)  # the kept (best) weights
+    with pytest.raises(DataError, match="ema_decay"):
+        TrainConfig(ema_decay=1.0)
+
+
+def test_weight_average_round_trips_through_a_checkpoint(tmp_path):
+    train, task, cat = pattern_data(120)
+    cfg = dict(SMALL, ema_decay=0.95)
+    straight = BehaviourTransformer(seed=5, epochs=4, checkpoint_dir=str(tmp_path / "a"), **cfg).fit(train, cat, valid=task)
+    assert (tmp_path / "a" / "ema.safetensors").exists()
+    BehaviourTransformer(seed=5, epochs=2, checkpoint_dir=str(tmp_path / "b"), **cfg).fit(train, cat, valid=task)
+    resumed = BehaviourTransformer(seed=5, epochs=4, checkpoint_dir=str(tmp_path / "b"), **cfg).fit(train, cat, valid=task)
+    assert resumed.best_ == straight.best_
+    a, b = state_of(straight), state_of(resumed)
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    # and it differs from training without the average
+    plain = BehaviourTransformer(seed=5, epochs=4, **SMALL).fit(train, cat, valid=task)
+    c = state_of(plain)
+    assert any(not torch.allclose(a[k], c[k], atol=1e-4) for k in a if a[k].is_floating_point())
 
 
 def test_schedule_and_batches():

@@ -52,8 +52,10 @@ def optimizer_from_flat(opt: torch.optim.Optimizer, tensors: dict[str, torch.Ten
 
 
 def save_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    epoch: int, step: int, best_state: dict[str, torch.Tensor] | None, trainer_state: dict) -> None:
-    """Write everything needed to continue after ``epoch`` (1-based count of finished epochs)."""
+                    epoch: int, step: int, best_state: dict[str, torch.Tensor] | None, trainer_state: dict,
+                    ema: dict[str, torch.Tensor] | None = None) -> None:
+    """Write everything needed to continue after ``epoch`` (1-based count of finished epochs), the
+    weight average (``ema``) included when training keeps one."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     if tmp.exists():
@@ -62,6 +64,8 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.o
     save_file(_cpu(model.state_dict()), str(tmp / "model.safetensors"))
     if best_state is not None:
         save_file(_cpu(best_state), str(tmp / "best.safetensors"))
+    if ema is not None:
+        save_file(_cpu(ema), str(tmp / "ema.safetensors"))
     opt_tensors, opt_meta = optimizer_to_flat(optimizer)
     save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
     state = {"epoch": epoch, "step": step, "optimizer": opt_meta, **trainer_state}
@@ -78,6 +82,13 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.o
 
 def has_checkpoint(path: str | Path | None) -> bool:
     return path is not None and (Path(path) / "state.json").exists()
+
+
+def load_ema(path: str | Path | None, device="cpu") -> dict[str, torch.Tensor] | None:
+    """The weight average a checkpoint holds, or None (no checkpoint, or trained without one)."""
+    if path is None or not (Path(path) / "ema.safetensors").exists() or not has_checkpoint(path):
+        return None
+    return load_file(str(Path(path) / "ema.safetensors"), device=str(device))
 
 
 def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,

@@ -42,6 +42,9 @@ class TrainConfig:
     schedule: str = "constant"       # "constant" or "cosine" (to 10% of lr), both after linear warmup
     warmup_steps: int = 100
     grad_clip: float = 1.0           # max global grad norm; 0 = off
+    # Exponential moving average of the weights (0 = off): validation, the kept best weights and the
+    # returned model use the average, updated after every step with decay min(ema_decay, (1+s)/(10+s)).
+    ema_decay: float = 0.0
     monitor: str = "ndcg@10"         # validation metric for early stopping (higher is better)
     patience: int = 20               # validations without improvement before stopping
     eval_every: int = 1              # epochs between validations
@@ -57,6 +60,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.schedule not in ("constant", "cosine"):
             raise DataError(f"train config: schedule={self.schedule!r}, expected 'constant' or 'cosine'")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise DataError(f"train config: ema_decay must be in [0, 1) (got {self.ema_decay})")
         if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0 or self.patience < 1 or self.eval_every < 1:
             raise DataError("train config: epochs >= 0, batch_size >= 1, lr > 0, patience >= 1, eval_every >= 1")
 
@@ -156,6 +161,8 @@ def train_model(model: nn.Module, n_examples: int, make_batch: Callable[[np.ndar
         if state.get("stopped"):
             start_epoch = cfg.epochs  # it had already stopped early
 
+    ema = WeightAverage(model, cfg.ema_decay, state=ckpt.load_ema(cfg.checkpoint_dir, device)) if cfg.ema_decay else None
+
     t_start = time.perf_counter()
     progress = _progress(cfg.progress and dist.is_main)
     stop = False
@@ -182,6 +189,8 @@ def train_model(model: nn.Module, n_examples: int, make_batch: Callable[[np.ndar
                     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                 opt.step()
                 step += 1
+                if ema is not None:
+                    ema.update(step)
                 n_batches += 1
                 sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
                 for k, v in losses.items():
@@ -202,14 +211,16 @@ def train_model(model: nn.Module, n_examples: int, make_batch: Callable[[np.ndar
                 if dist.is_main:
                     te = time.perf_counter()
                     model.eval()
-                    metrics = evaluate_fn(model)
+                    with ema.swapped() if ema is not None else contextlib.nullcontext():
+                        metrics = evaluate_fn(model)
+                        if best is None or metrics[cfg.monitor] > best[cfg.monitor]:
+                            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
                     model.train()
                     row["val"] = {k: v for k, v in metrics.items() if k not in ("eval_seconds", "score_seconds")}
                     row["val_seconds"] = time.perf_counter() - te
                     score = metrics[cfg.monitor]
                     if best is None or score > best[cfg.monitor]:
                         best = {"epoch": epoch + 1, cfg.monitor: score, "val": row["val"]}
-                        best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
                         bad_evals = 0
                     else:
                         bad_evals += 1
@@ -231,7 +242,7 @@ def train_model(model: nn.Module, n_examples: int, make_batch: Callable[[np.ndar
             if cfg.checkpoint_dir and dist.is_main and ((epoch + 1) % cfg.checkpoint_every == 0 or last):
                 ckpt.save_checkpoint(cfg.checkpoint_dir, model, opt, epoch + 1, step, best_state,
                                      {"history": history, "best": best, "bad_evals": bad_evals, "stopped": stop,
-                                      "seed": seed})
+                                      "seed": seed}, ema=ema.state if ema is not None else None)
             if stop:
                 if dist.is_main and best is not None:
                     log.info("early stop after epoch %d; best %s %.4f at epoch %d", epoch + 1, cfg.monitor,
@@ -240,10 +251,57 @@ def train_model(model: nn.Module, n_examples: int, make_batch: Callable[[np.ndar
 
     if best_state is not None:
         model.load_state_dict(best_state)
+    elif ema is not None:
+        ema.copy_to_model()
     dist_utils.broadcast_module(model)   # every rank ends with the main rank's kept weights
     model.eval()
     return TrainResult(model=model, history=history, best=best, device=str(device),
                        seconds=time.perf_counter() - t_start)
+
+
+class WeightAverage:
+    """Exponential moving average of a module's floating-point state (parameters and buffers).
+
+    ``update(step)`` after each optimiser step: avg <- d * avg + (1 - d) * w with
+    d = min(decay, (1 + step) / (10 + step)), so the first steps do not drag the initial weights along.
+    ``swapped()`` puts the average into the module for a ``with`` block (validation) and restores the
+    trained weights after it."""
+
+    def __init__(self, model: nn.Module, decay: float, state: dict[str, torch.Tensor] | None = None):
+        self.model, self.decay = model, float(decay)
+        live = model.state_dict()
+        self.keys = [k for k, v in live.items() if v.is_floating_point()]
+        self.state = {k: live[k].detach().clone() for k in self.keys}
+        if state is not None:
+            missing = set(self.keys) - set(state)
+            if missing:
+                raise DataError(f"checkpoint: the weight average lacks {sorted(missing)[:3]}")
+            for k in self.keys:
+                self.state[k].copy_(state[k])
+
+    @torch.no_grad()
+    def update(self, step: int) -> None:
+        d = min(self.decay, (1.0 + step) / (10.0 + step))
+        live = self.model.state_dict()
+        torch._foreach_lerp_([self.state[k] for k in self.keys], [live[k].detach() for k in self.keys], 1.0 - d)
+
+    @torch.no_grad()
+    def copy_to_model(self) -> None:
+        live = self.model.state_dict()
+        for k in self.keys:
+            live[k].copy_(self.state[k])
+
+    @contextlib.contextmanager
+    def swapped(self):
+        live = self.model.state_dict()
+        trained = {k: live[k].detach().clone() for k in self.keys}
+        self.copy_to_model()
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for k in self.keys:
+                    live[k].copy_(trained[k])
 
 
 def _progress(enabled: bool):
