@@ -132,6 +132,9 @@ def test_weight_average_follows_its_formula_and_validation_sees_it():
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(seen, averages))
     assert not torch.allclose(seen[-1], trained[-1], atol=1e-3)          # the average lags the weights
     assert torch.allclose(res.model.w.detach(), averages[-1], atol=1e-6)  # the kept (best) weights
+    # without validation (a refit for a chosen epoch count) the returned weights are the average too
+    res = train_model(_Toy(), 8, lambda idx: torch.ones(len(idx), 3), cfg, seed=0)
+    assert torch.allclose(res.model.w.detach(), averages[-1], atol=1e-6)
     with pytest.raises(DataError, match="ema_decay"):
         TrainConfig(ema_decay=1.0)
 
