@@ -6,9 +6,9 @@
 # on the validation cut-off, then it is refitted on everything before the test cut-off. Its scores add
 # a co-occurrence / buy-again prior (item-kNN over the same histories mixed with the customer's own
 # counts); the prior's weight and mix are chosen on the validation cut-off and the result file also
-# reports the same fitted transformer without it ("ablations"). Training with and without a moving
-# average of the weights (ema_decay 0, 0.99, 0.999) are tried on the validation cut-off (first seed),
-# and the better one by validation NDCG@20 is refitted for the 3 seeds.
+# reports the same fitted transformer without it ("ablations"). Three settings of the moving average of
+# the weights (ema_decay 0, 0.99, 0.999) are tried on the validation cut-off (first seed); the best by
+# validation NDCG@20 is refitted for the 3 seeds.
 set -euo pipefail
 DATA=${1:-../shared/data/online-retail/online_retail_2010_2011.csv.gz}
 export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
