@@ -194,7 +194,8 @@ DDP_SCRIPT = textwrap.dedent("""
     from valuerec.training import distributed
 
     train, task, cat = pattern_data(80)
-    model = BehaviourTransformer(seed=0, epochs=2, **SMALL).fit(train, cat, valid=task)
+    # with the weight average on: every rank keeps one, the main rank validates with it
+    model = BehaviourTransformer(seed=0, epochs=2, ema_decay=0.9, **SMALL).fit(train, cat, valid=task)
     rank = distributed.info().rank
     model.save(os.path.join(sys.argv[1], f"rank{rank}"))
     del model
