@@ -213,13 +213,14 @@ def train_model(model: nn.Module, n_examples: int, make_batch: Callable[[np.ndar
                     model.eval()
                     with ema.swapped() if ema is not None else contextlib.nullcontext():
                         metrics = evaluate_fn(model)
-                        if best is None or metrics[cfg.monitor] > best[cfg.monitor]:
+                        score = metrics[cfg.monitor]
+                        improved = best is None or score > best[cfg.monitor]
+                        if improved:   # the weights validated (the average, when kept)
                             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
                     model.train()
                     row["val"] = {k: v for k, v in metrics.items() if k not in ("eval_seconds", "score_seconds")}
                     row["val_seconds"] = time.perf_counter() - te
-                    score = metrics[cfg.monitor]
-                    if best is None or score > best[cfg.monitor]:
+                    if improved:
                         best = {"epoch": epoch + 1, cfg.monitor: score, "val": row["val"]}
                         bad_evals = 0
                     else:
@@ -268,40 +269,36 @@ class WeightAverage:
     trained weights after it."""
 
     def __init__(self, model: nn.Module, decay: float, state: dict[str, torch.Tensor] | None = None):
-        self.model, self.decay = model, float(decay)
-        live = model.state_dict()
-        self.keys = [k for k, v in live.items() if v.is_floating_point()]
-        self.state = {k: live[k].detach().clone() for k in self.keys}
+        self.decay = float(decay)
+        # the module's own tensors (state_dict shares their storage; load_state_dict copies in place),
+        # looked up once rather than on every step
+        self.live = {k: v for k, v in model.state_dict().items() if v.is_floating_point()}
+        self.state = {k: v.detach().clone() for k, v in self.live.items()}
         if state is not None:
-            missing = set(self.keys) - set(state)
+            missing = set(self.live) - set(state)
             if missing:
                 raise DataError(f"checkpoint: the weight average lacks {sorted(missing)[:3]}")
-            for k in self.keys:
-                self.state[k].copy_(state[k])
+            for k, v in self.state.items():
+                v.copy_(state[k])
 
     @torch.no_grad()
     def update(self, step: int) -> None:
         d = min(self.decay, (1.0 + step) / (10.0 + step))
-        live = self.model.state_dict()
-        torch._foreach_lerp_([self.state[k] for k in self.keys], [live[k].detach() for k in self.keys], 1.0 - d)
+        torch._foreach_lerp_(list(self.state.values()), [v.detach() for v in self.live.values()], 1.0 - d)
 
     @torch.no_grad()
     def copy_to_model(self) -> None:
-        live = self.model.state_dict()
-        for k in self.keys:
-            live[k].copy_(self.state[k])
+        torch._foreach_copy_(list(self.live.values()), list(self.state.values()))
 
     @contextlib.contextmanager
     def swapped(self):
-        live = self.model.state_dict()
-        trained = {k: live[k].detach().clone() for k in self.keys}
+        trained = [v.detach().clone() for v in self.live.values()]
         self.copy_to_model()
         try:
             yield
         finally:
             with torch.no_grad():
-                for k in self.keys:
-                    live[k].copy_(trained[k])
+                torch._foreach_copy_(list(self.live.values()), trained)
 
 
 def _progress(enabled: bool):
