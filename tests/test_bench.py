@@ -425,3 +425,35 @@ def test_lifecycle_v1_params_from_a_v1_result(tmp_path):
     res.write_text("[1, 2]")
     with pytest.raises(SystemExit, match="no model 'transformer'"):
         mod.chosen_params(res, "transformer")
+
+
+def test_r1_refit_trains_every_seed_on_train_full_for_the_epochs_validation_chose(tmp_path):
+    """`bench r1 --refit`: the first seed's validation fit chooses the epoch count (and the prior's weight);
+    each seed is then fitted on train_full, where each user's validation item is a training target, for
+    that many epochs. Without the flag R1 keeps the validation-stopped fit. Parts run with different
+    settings are not one run."""
+    data = write_s3rec(tmp_path / "Tiny.txt")
+    tiny = {"d_model": 16, "n_layers": 1, "n_heads": 1, "max_len": 8, "dropout": 0.0, "epochs": 6,
+            "eval_every": 2, "patience": 1, "batch_size": 32, "progress": False, "warmup_steps": 0,
+            "cooc_weight": "auto"}
+    common = ["bench", "r1", "--data", str(data), "--models", "transformer", "--params",
+              json.dumps({"transformer": tiny}), "--cache-dir", str(tmp_path / "stores"), "--no-tune"]
+    outs = {}
+    for name, extra in {"refit": ["--seeds", "2", "--refit"], "stopped": ["--seeds", "1", "--first-seed", "2"]}.items():
+        outs[name] = tmp_path / f"{name}.json"
+        res = runner.invoke(app, common + extra + ["--out", str(outs[name])])
+        assert res.exit_code == 0, res.output
+    refit, stopped = (json.loads(outs[n].read_text()) for n in ("refit", "stopped"))
+    assert refit["refit_full"] is True and stopped["refit_full"] is False
+    e = refit["models"]["transformer"]
+    epochs = e["validation"]["refit_epochs"]
+    assert 1 <= epochs <= 6 and e["final_fit_on"] == f"train_full for {epochs} epochs (chosen on valid)"
+    assert e["params"]["epochs"] == epochs
+    # the prior's weight chosen on validation is carried into every seed's refit
+    assert e["params"]["cooc_weight"] == e["validation"]["chosen_during_fit"]["cooc_weight"] != "auto"
+    for run in e["per_seed"]:
+        assert run["epochs_run"] == epochs and run["best_epoch"] is None   # no validation in a refit
+    s = stopped["models"]["transformer"]
+    assert s["final_fit_on"] == "train (early stopping on valid)" and "refit_epochs" not in s["validation"]
+    res = runner.invoke(app, ["bench", "merge", str(outs["refit"]), str(outs["stopped"]), "--out", str(tmp_path / "x.json")])
+    assert res.exit_code == 2 and "refit_full differs" in res.output and not (tmp_path / "x.json").exists()

@@ -26,6 +26,9 @@ PARAMS_HELP = ('Hyperparameters as JSON (or a path to a JSON file): {"als": {"fa
 FIRST_SEED_HELP = ("Seeds run are first-seed .. first-seed+seeds-1, so that one protocol's seeds can run in parallel "
                    "processes (or machines) and be joined with `valuerec bench merge` (not for a model that R2 refits "
                    "for the epochs its first seed chose: each part would choose its own)")
+REFIT_HELP = ("Early-stopping models (the transformer): after choosing the epoch count on the first seed's "
+              "validation, refit every seed on train_full for that many epochs. Default: the protocol's (R1: "
+              "off, R2: on). With it, run a model's seeds in one process: parts would each choose their own")
 
 
 def _parse_params(params: str | None) -> dict | None:
@@ -71,6 +74,7 @@ def r1_cmd(
     batch_size: int = typer.Option(512, "--batch-size"),
     device: str = typer.Option("cpu", "--device", help="Where evaluation ranks (cpu, cuda)"),
     threads: int = typer.Option(1, "--threads", help="torch threads"),
+    refit: Optional[bool] = typer.Option(None, "--refit/--no-refit", help=REFIT_HELP),
     peer: Optional[list[str]] = typer.Option(
         None, "--peer", help="NAME=PYTHON: also run the peer implementation benchmarks/peers/NAME.py with that "
                              "Python (its own venv) on the same split, e.g. rectools_sasrec=.venv-rectools/bin/python; "
@@ -87,7 +91,7 @@ def r1_cmd(
                 raise DataError(f"--peer {spec!r}: expected NAME=PYTHON")
             peers[name] = python
         run_r1(data, _models(models), list(range(first_seed, first_seed + seeds)), out, _parse_params(params), attributes, cache_dir, tune,
-               batch_size, device, console=console, peers=peers)
+               batch_size, device, console=console, peers=peers, refit_full=refit)
     except DataError as e:
         console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=2) from None
@@ -108,13 +112,14 @@ def r2_cmd(
     batch_size: int = typer.Option(512, "--batch-size"),
     device: str = typer.Option("cpu", "--device"),
     threads: int = typer.Option(1, "--threads"),
+    refit: Optional[bool] = typer.Option(None, "--refit/--no-refit", help=REFIT_HELP),
 ) -> None:
     """R2: next purchases after a cutoff (Online Retail)."""
     from valuerec.evaluation.protocols import run_r2
     _setup_threads(threads)
     try:
         run_r2(data, _models(models), list(range(first_seed, first_seed + seeds)), out, _parse_params(params), cache_dir, tune, batch_size, device,
-               console=console, cutoff=cutoff, valid_cutoff=valid_cutoff)
+               console=console, cutoff=cutoff, valid_cutoff=valid_cutoff, refit_full=refit)
     except DataError as e:
         console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=2) from None

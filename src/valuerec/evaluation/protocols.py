@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -50,8 +50,10 @@ class ProtocolSpec:
     description: str = ""
     extra: dict = field(default_factory=dict)
     # Early-stopping models: after choosing the epoch count on validation (fitted on ``train``), refit
-    # on ``train_full`` for that many epochs. Worth it where train_full adds a whole period (R2: three
-    # months); R1's train_full adds one item per user, so R1 keeps the validation-stopped model.
+    # on ``train_full`` for that many epochs, so that they train on the data the baselines are fitted on.
+    # R2's train_full adds a whole period (three months); R1's adds each user's validation item, their
+    # most recent training target (benchmarks/r1_refit_check.py measured that on validation data).
+    # ``bench r1|r2 --refit/--no-refit`` overrides it.
     refit_full: bool = False
 
 
@@ -348,7 +350,7 @@ def run_protocol(spec: ProtocolSpec, split: Split, meta: dict, models: list[str]
         "git_commit": git_commit(), "command": command or command_line(), "device": device_info(device),
         "started_at": now_iso(), "models": {},
         "description": spec.description, "metric_names": spec.metrics, "selection_metric": spec.select_metric,
-        "split": split.info, "data_path": meta.get("data_path"),
+        "split": split.info, "data_path": meta.get("data_path"), "refit_full": spec.refit_full,
     }
     t0 = time.perf_counter()
     console.log(f"{spec.name} on {meta['dataset']}: {split.info}")
@@ -380,15 +382,18 @@ def run_r1(data_path: str | Path, models: list[str], seeds: int | list[int] = 3,
            params: dict | None = None, attributes: str | Path | None = None,
            cache_dir: str | Path = DEFAULT_CACHE, tune: bool = True, batch_size: int = 512,
            device: str = "cpu", command: str | None = None, console: Console | None = None,
-           peers: dict[str, str] | None = None) -> dict:
+           peers: dict[str, str] | None = None, refit_full: bool | None = None) -> dict:
     split, meta = load_split_r1(data_path, attributes, cache_dir, console)
-    return run_protocol(R1, split, meta, models, seeds, out, params, tune, batch_size, device, command, console,
+    spec = R1 if refit_full is None else replace(R1, refit_full=refit_full)
+    return run_protocol(spec, split, meta, models, seeds, out, params, tune, batch_size, device, command, console,
                         peers)
 
 
 def run_r2(data_path: str | Path, models: list[str], seeds: int | list[int] = 3, out: str | Path | None = None,
            params: dict | None = None, cache_dir: str | Path = DEFAULT_CACHE, tune: bool = True,
            batch_size: int = 512, device: str = "cpu", command: str | None = None,
-           console: Console | None = None, cutoff: str = "2011-09-09", valid_cutoff: str = "2011-06-09") -> dict:
+           console: Console | None = None, cutoff: str = "2011-09-09", valid_cutoff: str = "2011-06-09",
+           refit_full: bool | None = None) -> dict:
     split, meta = load_split_r2(data_path, cache_dir, cutoff, valid_cutoff, console)
-    return run_protocol(R2, split, meta, models, seeds, out, params, tune, batch_size, device, command, console)
+    spec = R2 if refit_full is None else replace(R2, refit_full=refit_full)
+    return run_protocol(spec, split, meta, models, seeds, out, params, tune, batch_size, device, command, console)

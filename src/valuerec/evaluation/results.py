@@ -111,7 +111,7 @@ def read_result(path: str | Path) -> dict:
 
 # must agree between the parts of one run before they can be merged
 MERGE_SAME = ("protocol", "dataset", "data_sha256", "git_commit", "device", "split", "metric_names",
-              "selection_metric")
+              "selection_metric", "refit_full")
 TRAINING_STATS = ("epochs_run", "best_epoch", "seconds_per_epoch", "seconds_to_best")
 # decided on the first seed's validation and reused for the others (a refit's epochs, a prior's weight):
 # parts that decided differently are not one run
