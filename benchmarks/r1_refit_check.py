@@ -17,6 +17,8 @@ measures it one step back, on validation data only, the test items never read:
     python benchmarks/r1_refit_check.py --data ../shared/data/amazon-beauty/Beauty.txt --seed 0 \
         --out runs/r1_refit_check_seed0.json --threads 1 --set loss=ce dropout=0.5 ema_decay=0.999 \
         eval_every=5 patience=2 epochs=90 max_seconds=3000 cooc_weight=auto
+    python benchmarks/r1_refit_check.py --combine runs/r1_refit_check_seed0.json runs/r1_refit_check_seed1.json \
+        --out benchmarks/results/r1_refit_check.json     # one file: every seed, and the means
 """
 
 from __future__ import annotations
@@ -62,14 +64,39 @@ def metrics(r: dict) -> dict:
     return {k: v for k, v in r.items() if k not in ("eval_seconds", "score_seconds")}
 
 
+def combine(paths: list[str], out: str) -> None:
+    """Seeds of one setting (each its own run of this script) in one file, with the mean per fit."""
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    for p, r in zip(paths[1:], runs[1:]):
+        for k in ("data_sha256", "params", "protocol"):
+            if r.get(k) != runs[0].get(k):
+                raise SystemExit(f"{p}: {k} differs from {paths[0]}; not seeds of one setting")
+    if len({r["seed"] for r in runs}) != len(runs):
+        raise SystemExit("the same seed occurs twice")
+    fits = list(runs[0]["models"])
+    mean = {f: {m: float(np.mean([r["models"][f]["valid_metrics"][m] for r in runs]))
+                for m in runs[0]["models"][f]["valid_metrics"]} for f in fits}
+    result = {k: runs[0][k] for k in ("protocol", "dataset", "development_run", "note", "data_sha256", "params")}
+    result.update({"command": "python " + " ".join(os.sys.argv), "git_commit": sorted({r["git_commit"] for r in runs}),
+                   "device": runs[0]["device"], "seeds": [r["seed"] for r in runs], "mean_valid_metrics": mean,
+                   "runs": runs})
+    Path(out).write_text(json.dumps(result, indent=2, default=float))
+    print(json.dumps({f: {m: round(v, 4) for m, v in mean[f].items() if m in ("ndcg@10", "hr@10")} for f in fits}))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--data", required=True)
+    ap.add_argument("--combine", nargs="+", help="per-seed files of this script to join into --out")
+    ap.add_argument("--data")
     ap.add_argument("--out", required=True)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--set", nargs="*", default=[], help="transformer config key=value")
     args = ap.parse_args()
+    if args.combine:
+        return combine(args.combine, args.out)
+    if not args.data:
+        ap.error("--data is required")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
     params = {k: parse_value(v) for k, v in (s.split("=", 1) for s in args.set)}
