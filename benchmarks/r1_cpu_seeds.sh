@@ -18,7 +18,9 @@ mkdir -p "$(dirname "$OUT_FILE")"
 WORK=$(mktemp -d)
 echo "parts and logs: $WORK"
 trap 'kill $(jobs -p) 2>/dev/null || true' EXIT   # a failed part stops the others
-COMMON=(bench r1 --data "$DATA" --threads 1)
+# --no-refit: each seed keeps its own validation-stopped fit (how this script's result files were made),
+# so the seeds can run as separate parts; r1_transformer.sh refits instead (bench r1's default).
+COMMON=(bench r1 --no-refit --data "$DATA" --threads 1)
 seed() {
   $VALUEREC "${COMMON[@]}" --models "$MODEL" --seeds 1 --first-seed "$1" --cache-dir "runs/stores_${TAG}_$1" \
     --params "{\"$MODEL\": {$T}}" --out "$WORK/transformer_seed$1.json" > "$WORK/transformer_seed$1.log" 2>&1

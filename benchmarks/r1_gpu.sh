@@ -23,7 +23,9 @@ SUFFIX=${VARIANT:+_$VARIANT}
 mkdir -p "$OUT"
 WORK=$(mktemp -d)
 T='"loss": "ce", "dropout": 0.5, "eval_every": 5, "patience": 2, "epochs": '$EPOCHS', "max_seconds": '$MAX_SECONDS', "cooc_weight": "auto", "progress": false'${EXTRA:+, $EXTRA}
-COMMON=(bench r1 --data "$DATA" --attributes "$DATA/Beauty_item2attributes.json" --device "$DEVICE" --threads 4)
+# --no-refit: each seed keeps its own validation-stopped fit (how this script's result files were made),
+# so the seeds can run as separate parts; r1_transformer.sh refits instead (bench r1's default).
+COMMON=(bench r1 --no-refit --data "$DATA" --attributes "$DATA/Beauty_item2attributes.json" --device "$DEVICE" --threads 4)
 PIDS=()
 PARTS=()
 if [ -z "$VARIANT" ]; then

@@ -15,7 +15,9 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} OPENBLAS_NUM_THREADS=1
 mkdir -p "$OUT"
 WORK=$(mktemp -d)
 T='"use_attributes": false, "loss": "ce", "dropout": 0.5, "eval_every": 5, "patience": 2, "epochs": '$EPOCHS', "max_seconds": '$MAX_SECONDS', "cooc_weight": "auto", "progress": false'
-COMMON=(bench r1 --data "$DATA" --attributes "$DATA/Beauty_item2attributes.json" --device "$DEVICE" --threads 2)
+# --no-refit: each seed keeps its own validation-stopped fit (how this script's result files were made),
+# so the seeds can run as separate parts; r1_transformer.sh refits instead (bench r1's default).
+COMMON=(bench r1 --no-refit --data "$DATA" --attributes "$DATA/Beauty_item2attributes.json" --device "$DEVICE" --threads 2)
 PIDS=()
 for v in no_attributes no_attributes_fp32; do
   AMP=$([ $v = no_attributes ] && echo true || echo false)

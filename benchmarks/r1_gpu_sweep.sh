@@ -67,7 +67,9 @@ THREADS=${THREADS:-1}
 export OMP_NUM_THREADS=$THREADS OPENBLAS_NUM_THREADS=1
 mkdir -p "$PARTS_DIR"
 T='"loss": "ce", "dropout": 0.5, "eval_every": 5, "patience": 2, "epochs": '$EPOCHS', "max_seconds": '$MAX_SECONDS', "cooc_weight": "auto", "progress": false'
-COMMON=(bench r1 --data "$DATA" --attributes "$DATA/Beauty_item2attributes.json" --device "$DEVICE" --threads "$THREADS")
+# --no-refit: each seed keeps its own validation-stopped fit (how this script's result files were made),
+# so the seeds can run as separate parts; r1_transformer.sh refits instead (bench r1's default).
+COMMON=(bench r1 --no-refit --data "$DATA" --attributes "$DATA/Beauty_item2attributes.json" --device "$DEVICE" --threads "$THREADS")
 PIDS=()
 if [ "${BASELINES:-0}" = 1 ]; then
   $VALUEREC "${COMMON[@]}" --models popularity,itemknn,als,bpr --seeds 3 --cache-dir runs/stores_sweep_base \

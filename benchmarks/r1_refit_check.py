@@ -77,8 +77,15 @@ def combine(paths: list[str], out: str) -> None:
     mean = {f: {m: float(np.mean([r["models"][f]["valid_metrics"][m] for r in runs]))
                 for m in runs[0]["models"][f]["valid_metrics"]} for f in fits}
     result = {k: runs[0][k] for k in ("protocol", "dataset", "development_run", "note", "data_sha256", "params")}
-    result.update({"command": "python " + " ".join(os.sys.argv), "git_commit": sorted({r["git_commit"] for r in runs}),
-                   "device": runs[0]["device"], "seeds": [r["seed"] for r in runs], "mean_valid_metrics": mean,
+    seeds = [r["seed"] for r in runs]
+    result.update({"command": "python " + " ".join(os.sys.argv),
+                   "git_commit": ", ".join(sorted({r["git_commit"] for r in runs})),
+                   "started_at": min(r["started_at"] for r in runs), "device": runs[0]["device"], "seeds": seeds,
+                   # the page shows ``validation_metrics``: here the mean over the seeds of R1's validation task
+                   "models": {f: {"validation_metrics": mean[f], "seeds": seeds,
+                                  "train_seconds": float(np.mean([r["models"][f]["train_seconds"] for r in runs])),
+                                  "per_seed_validation": {str(r["seed"]): r["models"][f]["valid_metrics"] for r in runs}}
+                              for f in fits},
                    "runs": runs})
     Path(out).write_text(json.dumps(result, indent=2, default=float))
     print(json.dumps({f: {m: round(v, 4) for m, v in mean[f].items() if m in ("ndcg@10", "hr@10")} for f in fits}))

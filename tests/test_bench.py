@@ -430,7 +430,7 @@ def test_lifecycle_v1_params_from_a_v1_result(tmp_path):
 def test_r1_refit_trains_every_seed_on_train_full_for_the_epochs_validation_chose(tmp_path):
     """`bench r1 --refit`: the first seed's validation fit chooses the epoch count (and the prior's weight);
     each seed is then fitted on train_full, where each user's validation item is a training target, for
-    that many epochs. Without the flag R1 keeps the validation-stopped fit. Parts run with different
+    that many epochs (R1's default). With --no-refit it keeps the validation-stopped fit. Parts run with different
     settings are not one run."""
     data = write_s3rec(tmp_path / "Tiny.txt")
     tiny = {"d_model": 16, "n_layers": 1, "n_heads": 1, "max_len": 8, "dropout": 0.0, "epochs": 6,
@@ -439,7 +439,7 @@ def test_r1_refit_trains_every_seed_on_train_full_for_the_epochs_validation_chos
     common = ["bench", "r1", "--data", str(data), "--models", "transformer", "--params",
               json.dumps({"transformer": tiny}), "--cache-dir", str(tmp_path / "stores"), "--no-tune"]
     outs = {}
-    for name, extra in {"refit": ["--seeds", "2", "--refit"], "stopped": ["--seeds", "1", "--first-seed", "2"]}.items():
+    for name, extra in {"refit": ["--seeds", "2"], "stopped": ["--seeds", "1", "--first-seed", "2", "--no-refit"]}.items():
         outs[name] = tmp_path / f"{name}.json"
         res = runner.invoke(app, common + extra + ["--out", str(outs[name])])
         assert res.exit_code == 0, res.output

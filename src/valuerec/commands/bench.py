@@ -24,11 +24,12 @@ PARAMS_HELP = ('Hyperparameters as JSON (or a path to a JSON file): {"als": {"fa
                "a list is a grid searched on validation, a scalar is fixed")
 
 FIRST_SEED_HELP = ("Seeds run are first-seed .. first-seed+seeds-1, so that one protocol's seeds can run in parallel "
-                   "processes (or machines) and be joined with `valuerec bench merge` (not for a model that R2 refits "
-                   "for the epochs its first seed chose: each part would choose its own)")
+                   "processes (or machines) and be joined with `valuerec bench merge` (not for a model that is refitted "
+                   "for the epochs its first seed chose, see --refit: each part would choose its own)")
 REFIT_HELP = ("Early-stopping models (the transformer): after choosing the epoch count on the first seed's "
-              "validation, refit every seed on train_full for that many epochs. Default: the protocol's (R1: "
-              "off, R2: on). With it, run a model's seeds in one process: parts would each choose their own")
+              "validation, refit every seed on train_full for that many epochs. Default: on (R1 and R2). With it, "
+              "run a model's seeds in one process: parts would each choose their own; --no-refit keeps each "
+              "seed's validation-stopped fit, so its seeds can run as parts")
 
 
 def _parse_params(params: str | None) -> dict | None:
