@@ -165,6 +165,19 @@ def training_time_lines(res: dict) -> list[str]:
         if not isinstance(spe, (int, float)):
             continue
         runs = [r for r in v.get("per_seed") or [] if isinstance(r.get("seconds_per_epoch"), (int, float))]
+        val = v.get("validation") or {}
+        sel = next((g for g in val.get("grid") or [] if g.get("params") == val.get("chosen")), {})
+        if val.get("refit_epochs") and runs:   # refitted on train_full for the epochs the selection fit chose
+            head = (f"- `{name}`: the selection fit on train (first seed, early stopping on validation) "
+                    + (f"took {sel['train_seconds']:.0f} s" if isinstance(sel.get("train_seconds"), (int, float))
+                       else "ran"))
+            if isinstance(sel.get("seconds_per_epoch"), (int, float)):
+                head += (f" at {sel['seconds_per_epoch']:.1f} s per epoch, best validation at epoch "
+                         f"{sel.get('best_epoch')} after {sel.get('seconds_to_best', 0):.0f} s")
+            out.append(head + f"; each seed then refitted on train_full for {val['refit_epochs']} epochs: " + "; ".join(
+                f"seed {r['seed']}: {r['seconds_per_epoch']:.1f} s per epoch, {r.get('train_seconds', 0):.0f} s"
+                for r in runs))
+            continue
         if len(runs) > 1:   # each seed's own figures
             out.append(f"- `{name}`, per seed: " + "; ".join(
                 f"seed {r['seed']}: {r['seconds_per_epoch']:.1f} s per epoch, {r.get('epochs_run')} epochs run, "

@@ -453,6 +453,8 @@ def test_r1_refit_trains_every_seed_on_train_full_for_the_epochs_validation_chos
     assert e["params"]["cooc_weight"] == e["validation"]["chosen_during_fit"]["cooc_weight"] != "auto"
     for run in e["per_seed"]:
         assert run["epochs_run"] == epochs and run["best_epoch"] is None   # no validation in a refit
+    sel = e["validation"]["grid"][0]      # the selection fit's own training statistics
+    assert sel["best_epoch"] == epochs and sel["epochs_run"] >= epochs and sel["seconds_per_epoch"] > 0
     s = stopped["models"]["transformer"]
     assert s["final_fit_on"] == "train (early stopping on valid)" and "refit_epochs" not in s["validation"]
     res = runner.invoke(app, ["bench", "merge", str(outs["refit"]), str(outs["stopped"]), "--out", str(tmp_path / "x.json")])

@@ -218,7 +218,7 @@ def run_model(name: str, split: Split, spec: ProtocolSpec, seeds: list[int], par
             model, fit_s = _fit(cls, cfg, seeds[0], split.train, split, True)
             r = _evaluate(model, split.valid, n_items, spec, batch_size, device)
             row = {"params": cfg, "metrics": _pick(r, spec.metrics), "train_seconds": fit_s,
-                   "eval_seconds": r["eval_seconds"]}
+                   "eval_seconds": r["eval_seconds"], **_training_stats(model)}
             validation["grid"].append(row)
             console.log(f"{name} valid {cfg}: {spec.select_metric}={r[spec.select_metric]:.4f} "
                         f"(fit {fit_s:.1f}s, eval {r['eval_seconds']:.1f}s)")
