@@ -250,6 +250,27 @@ def test_train_command_writes_an_artefact(tmp_path):
     bad = CliRunner().invoke(app, ["train", "--data", str(data), "--out", str(out), "--config", "d_modle=3",
                                    "--cache-dir", str(tmp_path / "stores")])
     assert bad.exit_code == 2 and "unknown config key" in bad.output
+    # --refit: the validation fit chooses the epochs; a fresh fit on train_full for that many is saved, and
+    # metrics.json keeps the validation-stopped fit's figures beside it
+    out2 = tmp_path / "refit"
+    res = CliRunner().invoke(app, ["train", "--data", str(data), "--out", str(out2), "--epochs", "4", "--refit",
+                                   "--cache-dir", str(tmp_path / "stores"), "--config", "d_model=16",
+                                   "--config", '{"n_layers": 1, "progress": false, "eval_every": 1, "patience": 1}',
+                                   "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    m2 = __import__("json").loads((out2 / "metrics.json").read_text())
+    n = m2["refit"]["epochs"]
+    assert 1 <= n <= 4 and m2["refit"]["trained_on"] == "train_full" and len(m2["history"]) == n
+    assert all("val" not in h for h in m2["history"]) and "val" in m2["refit"]["history"][-1]
+    assert m2["valid"] and m2["test"]
+    refitted = load_model(out2)
+    assert refitted.config()["epochs"] == n
+    from valuerec.commands.train import load_split as _ls
+    sp, _ = _ls(data, None, "auto", None, None, tmp_path / "stores")
+    assert not torch.equal(refitted.score(sp.test.inputs), model.score(sp.test.inputs))
+    bad = CliRunner().invoke(app, ["train", "--data", str(data), "--out", str(tmp_path / "x"), "--model", "itemknn",
+                                   "--refit", "--cache-dir", str(tmp_path / "stores")])
+    assert bad.exit_code == 2 and "nothing to refit" in bad.output and not (tmp_path / "x").exists()
     # a dataset folder stands for its one data file (as in ``bench``); an empty one is a clear error
     from valuerec.commands.train import load_split
     from valuerec.data.schema import DataError

@@ -126,6 +126,10 @@ def train_cmd(
                                                     "items each user already had, as recommend and serve do by "
                                                     "default (keep them for data dominated by repeat buying when "
                                                     "you recommend with the history kept)"),
+    refit: bool = typer.Option(False, "--refit", help="After early stopping on validation, fit a fresh model on "
+                               "everything before the test (train_full: the validation events become training "
+                               "data) for the epochs and with the settings validation chose, and save that one, "
+                               "as bench r1/r2 do. metrics.json keeps the validation fit's figures"),
 ) -> None:
     """Train a model with validation early stopping and save it as an artefact directory."""
     import torch
@@ -163,27 +167,48 @@ def train_cmd(
         if dist.is_main:
             console.log(f"split ({used}): {split.info}")
         model = MODEL_REGISTRY[model_name](seed=seed, **params)
+        if refit and getattr(model, "final_fit", None) != "train":
+            raise DataError(f"--refit: {model_name!r} does not stop early on validation (it is fitted on all the "
+                            "data before the test already); nothing to refit")
         t0 = time.perf_counter()
         model.fit(split.train, split.catalogue, valid=split.valid)
         train_seconds = time.perf_counter() - t0
+        ks = (10, 20)
+        # validation figures come from the fit that validation stopped (a refit trains on the validation events)
+        val = evaluate(model.score, split.valid, model.n_items, ks=ks) if dist.is_main else None
+        valid_model, selection = model, None
+        if refit:
+            from valuerec.evaluation.protocols import chosen_epochs
+            n_epochs, inside = chosen_epochs(model), model.refit_params()
+            selection = {"epochs": n_epochs, "chosen_during_fit": inside, "train_seconds": train_seconds,
+                         "best": model.best_, "history": model.history_}
+            model = MODEL_REGISTRY[model_name](seed=seed, **{**params, **inside, "epochs": n_epochs})
+            t0 = time.perf_counter()
+            model.fit(split.train_full, split.catalogue)
+            train_seconds = time.perf_counter() - t0
+            if dist.is_main:
+                console.log(f"refitted on train_full for {n_epochs} epochs (chosen on validation) with {inside or 'no'} "
+                            f"settings chosen during the fit ({train_seconds:.0f}s)")
         if dist.is_main:
-            ks = (10, 20)
-            val = evaluate(model.score, split.valid, model.n_items, ks=ks)
             test = None if no_test else evaluate(model.score, split.test, model.n_items, ks=ks)
             model.save(out)
             if item_values or purchase_stage:
                 save_item_values(split, item_value_horizon, seed, out)
             if purchase_stage:
-                save_purchase_stage(model, split, item_value_horizon, seed, out, companions, stage_exclude_history)
+                # the stage learns on the validation window, from candidates of the model fitted before it
+                save_purchase_stage(valid_model, split, item_value_horizon, seed, out, companions,
+                                    stage_exclude_history)
             mpath = out / "metrics.json"
             metrics = json.loads(mpath.read_text()) if mpath.exists() else {}
             metrics.update({"protocol": used, "split": split.info, "train_seconds": train_seconds,
                             "valid": val, "test": test, "seed": seed,
                             "data": str(data) if data else None, "store": str(store) if store else None})
+            if selection:
+                metrics["refit"] = {"trained_on": "train_full", "valid_from": "the validation-stopped fit", **selection}
             mpath.write_text(json.dumps(metrics, indent=2, default=float))
             shown = {k: round(v, 4) for k, v in (test or val).items() if "@" in k or k == "mrr"}
             console.log(f"saved {out} (trained {train_seconds:.0f}s); {'test' if test else 'valid'}: {shown}")
-        del model
+        del model, valid_model
         distributed.cleanup()
     except DataError as e:
         console.print(f"[red]error:[/red] {e}", markup=True, highlight=False)
