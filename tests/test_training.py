@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -281,3 +282,30 @@ def test_train_command_writes_an_artefact(tmp_path):
     (folder / "events.csv").write_text(data.read_text())
     split, used = load_split(folder, None, "auto", None, None, tmp_path / "stores")
     assert used == "loo" and len(split.test) == 60
+
+
+def test_train_refit_under_torchrun_two_processes(tmp_path):
+    """`train --refit` under torchrun (gloo, 2 CPU processes): only the main rank tracks validation, so the
+    epoch count and the prior's weight it chose must reach every rank before the collective refit (a rank
+    refitting for another count would hang or fail). The saved model is the refit."""
+    rng = np.random.default_rng(1)
+    rows = []
+    for u in range(80):
+        start = int(rng.integers(N))
+        for t in range(int(rng.integers(4, 9))):
+            rows.append(f"u{u},i{(start + t) % N},2024-01-{1 + t:02d} 10:00:00,purchase,1.5")
+    data = tmp_path / "events.csv"
+    data.write_text("user_id,item_id,timestamp,event_type,value\n" + "\n".join(rows) + "\n")
+    out = tmp_path / "model"
+    config = '{"d_model": 16, "n_layers": 1, "progress": false, "eval_every": 1, "patience": 1, "cooc_weight": "auto"}'
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "-m", "valuerec.cli",
+                           "train", "--data", str(data), "--out", str(out), "--epochs", "5", "--refit",
+                           "--cache-dir", str(tmp_path / "stores"), "--config", config, "--device", "cpu"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = json.loads((out / "metrics.json").read_text())
+    r = m["refit"]
+    assert r["epochs"] == (r["best"] or {}).get("epoch", len(r["history"]))
+    assert len(m["history"]) == r["epochs"] and r["chosen_during_fit"]["cooc_weight"] != "auto"

@@ -179,7 +179,8 @@ def train_cmd(
         valid_model, selection = model, None
         if refit:
             from valuerec.evaluation.protocols import chosen_epochs
-            n_epochs, inside = chosen_epochs(model), model.refit_params()
+            # the main rank tracked validation (and chose the prior's weight): every rank refits as it says
+            n_epochs, inside = distributed.broadcast_object((chosen_epochs(model), model.refit_params()))
             selection = {"epochs": n_epochs, "chosen_during_fit": inside, "train_seconds": train_seconds,
                          "best": model.best_, "history": model.history_}
             model = MODEL_REGISTRY[model_name](seed=seed, **{**params, **inside, "epochs": n_epochs})
