@@ -224,20 +224,25 @@ def test_ddp_two_processes_gloo(tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)   # ranks agree
 
 
+def write_events_csv(path: Path, n_users: int, seed: int) -> Path:
+    """A small purchase log: each user walks 4-8 consecutive items (mod N), one a day."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for u in range(n_users):
+        start = int(rng.integers(N))
+        for t in range(int(rng.integers(4, 9))):
+            rows.append(f"u{u},i{(start + t) % N},2024-01-{1 + t:02d} 10:00:00,purchase,1.5")
+    path.write_text("user_id,item_id,timestamp,event_type,value\n" + "\n".join(rows) + "\n")
+    return path
+
+
 def test_train_command_writes_an_artefact(tmp_path):
     from typer.testing import CliRunner
 
     from valuerec.cli import app
     from valuerec.models import load_model
 
-    rng = np.random.default_rng(0)
-    rows = []
-    for u in range(60):
-        start = int(rng.integers(N))
-        for t in range(int(rng.integers(4, 9))):
-            rows.append(f"u{u},i{(start + t) % N},2024-01-{1 + t:02d} 10:00:00,purchase,1.5")
-    data = tmp_path / "events.csv"
-    data.write_text("user_id,item_id,timestamp,event_type,value\n" + "\n".join(rows) + "\n")
+    data = write_events_csv(tmp_path / "events.csv", n_users=60, seed=0)
     out = tmp_path / "model"
     res = CliRunner().invoke(app, ["train", "--data", str(data), "--out", str(out), "--epochs", "2",
                                    "--cache-dir", str(tmp_path / "stores"), "--config", "d_model=16",
@@ -288,14 +293,7 @@ def test_train_refit_under_torchrun_two_processes(tmp_path):
     """`train --refit` under torchrun (gloo, 2 CPU processes): only the main rank tracks validation, so the
     epoch count and the prior's weight it chose must reach every rank before the collective refit (a rank
     refitting for another count would hang or fail). The saved model is the refit."""
-    rng = np.random.default_rng(1)
-    rows = []
-    for u in range(80):
-        start = int(rng.integers(N))
-        for t in range(int(rng.integers(4, 9))):
-            rows.append(f"u{u},i{(start + t) % N},2024-01-{1 + t:02d} 10:00:00,purchase,1.5")
-    data = tmp_path / "events.csv"
-    data.write_text("user_id,item_id,timestamp,event_type,value\n" + "\n".join(rows) + "\n")
+    data = write_events_csv(tmp_path / "events.csv", n_users=80, seed=1)
     out = tmp_path / "model"
     config = '{"d_model": 16, "n_layers": 1, "progress": false, "eval_every": 1, "patience": 1, "cooc_weight": "auto"}'
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
