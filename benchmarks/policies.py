@@ -17,8 +17,10 @@ candidates; every policy re-ranks them. Reported on test, for every user of R2:
   learned second stage (``models.purchase_stage.PurchaseStage``, LightGBM over the recommender's
   top-N candidates with the recommender's scores, the learned item value, repeat timing and item
   trends) trained on the validation window: the validation recommender's candidates for the
-  validation users, labelled by what they bought in it. Its weight is chosen on out-of-fold
-  predictions for the validation users (5 folds by user); the stage trained on all of them, with
+  validation users, labelled by what they bought in it. Its weight, and the power of the value in
+  p x value ** power (``--stage-value-powers``; > 1 leans towards big spend), are chosen on out-of-fold
+  predictions for the validation users (5 folds by user); each power's test curve is reported
+  (``+value_aware_stage_pow<power>@w``; power 1 is ``+value_aware_stage@w``); the stage trained on all of them, with
   item statistics moved to the test cut-off, re-ranks the test model's candidates. The stage may read
   companion recommenders' scores of the candidates (``--stage-companions``: sets to try, e.g.
   ``none;als;als+bpr``; each companion is fitted as the R2 harness does, grid on validation, refit on
@@ -38,6 +40,7 @@ before each cut-off.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
@@ -148,6 +151,42 @@ def choose_operating_point(curve: dict[float, dict], plain: dict, max_ndcg_loss:
     return max(ok)[1] if ok else None
 
 
+def choose_power_and_weight(curves: dict[float, dict[float, dict]], plain: dict,
+                            max_ndcg_loss: float = 0.05) -> tuple[float, float | None]:
+    """(value power, weight) with the largest revenue@20 within ``max_ndcg_loss`` of plain's NDCG@20,
+    over every power's curve; the first power (and no weight) when no point qualifies. Ties go to the
+    earlier power in the grid."""
+    best = None
+    for pw, curve in curves.items():
+        w = choose_operating_point(curve, plain, max_ndcg_loss)
+        if w is not None and (best is None or curve[w]["revenue@20"] > best[0]):
+            best = (curve[w]["revenue@20"], pw, w)
+    return (best[1], best[2]) if best else (next(iter(curves)), None)
+
+
+def curve_summary(curve: dict[float, dict], weights: list[float]) -> dict:
+    return {f"{w:g}": {k: curve[w][k] for k in ("ndcg@20", "revenue@20")} for w in weights}
+
+
+class MemoPredict:
+    """A purchase model whose ``predict(ctx)`` is remembered per batch of candidates: the weight and value
+    power sweeps re-rank the same candidates many times, and P(buy) does not depend on either."""
+
+    def __init__(self, model):
+        self.model, self._cache = model, {}
+
+    def predict(self, ctx) -> np.ndarray:
+        h = ctx.histories
+        key = hashlib.sha1(b"".join([np.ascontiguousarray(ctx.candidates).tobytes(),
+                                     ctx.scores.detach().cpu().numpy().tobytes(),
+                                     b"" if ctx.as_of is None else np.asarray(ctx.as_of, np.float64).tobytes(),
+                                     repr(list(h.user_ids) if h.user_ids is not None else len(h)).encode()])
+                           ).hexdigest()
+        if key not in self._cache:
+            self._cache[key] = self.model.predict(ctx)
+        return self._cache[key]
+
+
 def selection_entry(valid_curve: dict, w_valid, test_curve: dict, plain: dict, weights: list[float]) -> dict:
     """What a value-aware variant's validation chose and how that point and the best test point within
     5% NDCG@20 loss compare with the plain ranking on test."""
@@ -184,6 +223,9 @@ def main(argv=None) -> int:
     ap.add_argument("--stage-companions", default="none",
                     help="companion recommender sets tried for the purchase stage, ';'-separated, models in a set "
                          "'+'-separated, e.g. 'none;als;als+bpr' (chosen on out-of-fold validation revenue@20)")
+    ap.add_argument("--stage-value-powers", default="1",
+                    help="value powers tried for the purchase stage's expected revenue p x value ** power (',' "
+                         "separated; chosen on out-of-fold validation with the weight)")
     ap.add_argument("--stage-folds", type=int, default=5, help="folds (by user) for the purchase stage's "
                     "out-of-fold validation curve")
     ap.add_argument("--seed", type=int, default=0)
@@ -291,6 +333,7 @@ def main(argv=None) -> int:
         comp_models[c] = {"valid": cv, "test": cf}
         comp_info[c] = {"params": cparams, "fit_seconds": time.perf_counter() - t0}
         console.log(f"stage companion {c}: {cparams} ({comp_info[c]['fit_seconds']:.0f}s with its validation grid)")
+    powers = [float(x) for x in args.stage_value_powers.split(",")]
     stage_sets, stage, best_valid = {}, None, -np.inf
     for cs in comp_sets:
         key = "+".join(cs) or "none"
@@ -300,36 +343,48 @@ def main(argv=None) -> int:
             vmodel, split.valid.inputs, split.valid.targets, as_of=vcutoff, reference=split.train,
             item_value=learned["valid"], n_candidates=args.n_candidates)
         fit_s = time.perf_counter() - t0
-        oof = st_c.out_of_fold()
-        curve = {w: run_policy(vmodel, split.valid, n, "value_aware", params={"w": w, "p": "learned"},
-                               item_value=learned["valid"], purchase_model=oof, as_of=at["valid"], **common)
-                 for w in weights}
-        w_c = choose_operating_point(curve, plain["valid"])
-        rev_c = curve[w_c]["revenue@20"] if w_c is not None else -np.inf
+        oof = MemoPredict(st_c.out_of_fold())
+        curves = {pw: {w: run_policy(vmodel, split.valid, n, "value_aware",
+                                     params={"w": w, "p": "learned", "value_power": pw},
+                                     item_value=learned["valid"], purchase_model=oof, as_of=at["valid"], **common)
+                       for w in weights} for pw in powers}
+        pw_c, w_c = choose_power_and_weight(curves, plain["valid"])
+        rev_c = curves[pw_c][w_c]["revenue@20"] if w_c is not None else -np.inf
         stage_sets[key] = {"companions": cs, "fit_seconds": fit_s, "weight_chosen_on_valid": w_c,
+                           "value_power_chosen_on_valid": pw_c,
                            "valid_revenue_at_chosen_weight": None if w_c is None else rev_c,
-                           "valid_curve": {f"{w:g}": {k: curve[w][k] for k in ("ndcg@20", "revenue@20")}
-                                           for w in weights}}
+                           "valid_curve": curve_summary(curves[pw_c], weights),
+                           **({"valid_curves_by_value_power": {f"{pw:g}": curve_summary(curves[pw], weights)
+                                                               for pw in powers}} if len(powers) > 1 else {})}
         console.log(f"purchase stage [{key}]: {st_c.train_rows_} candidate rows of {st_c.train_users_} validation "
                     f"users (positive rate {st_c.positive_rate_:.3f}), fitted in {fit_s:.1f}s; out-of-fold valid "
-                    f"best w={w_c} revenue@20 {rev_c:.4f}")
+                    f"best value power {pw_c:g}, w={w_c} revenue@20 {rev_c:.4f}")
         if stage is None or rev_c > best_valid:   # the first set stands when none gets an operating point
-            stage, stage_cs, stage_fit_s, valid_curve, w_valid, best_valid = st_c, cs, fit_s, curve, w_c, rev_c
-    stage_test = stage.at(split.train_full, cutoff, companions={c: comp_models[c]["test"] for c in stage_cs})
-    console.log(f"value_aware_stage: companions chosen on validation: {stage_cs or 'none'}, w={w_valid}")
-    test_curve = {}
-    for w in weights:
-        r = run_policy(model, split.test, n, "value_aware", params={"w": w, "p": "learned"},
-                       item_value=learned["test"], purchase_model=stage_test, as_of=at["test"], **common)
-        test_curve[w] = r
-        record(f"{mname}+value_aware_stage@{w:g}", r, {"w": w, "p": "learned", "item_value": "learned",
-                                                        "companions": stage_cs, "n_candidates": args.n_candidates})
-        console.log(f"value_aware_stage w={w:g}: test ndcg@20 {r['ndcg@20']:.4f} revenue@20 {r['revenue@20']:.4f}")
+            stage, stage_cs, stage_fit_s, valid_curve, w_valid, pw_valid, best_valid = (
+                st_c, cs, fit_s, curves[pw_c], w_c, pw_c, rev_c)
+    stage_test = MemoPredict(stage.at(split.train_full, cutoff,
+                                      companions={c: comp_models[c]["test"] for c in stage_cs}))
+    console.log(f"value_aware_stage: companions chosen on validation: {stage_cs or 'none'}, "
+                f"value power {pw_valid:g}, w={w_valid}")
+    test_curves = {}
+    for pw in powers:
+        tag = "" if pw == 1.0 else f"_pow{pw:g}"
+        test_curves[pw] = {}
+        for w in weights:
+            r = run_policy(model, split.test, n, "value_aware", params={"w": w, "p": "learned", "value_power": pw},
+                           item_value=learned["test"], purchase_model=stage_test, as_of=at["test"], **common)
+            test_curves[pw][w] = r
+            record(f"{mname}+value_aware_stage{tag}@{w:g}", r,
+                   {"w": w, "p": "learned", "item_value": "learned", "value_power": pw,
+                    "companions": stage_cs, "n_candidates": args.n_candidates})
+            console.log(f"value_aware_stage{tag} w={w:g}: test ndcg@20 {r['ndcg@20']:.4f} "
+                        f"revenue@20 {r['revenue@20']:.4f}")
     selection["value_aware_stage"] = {
         "temperature_chosen_on_valid": None, "p": "learned", "item_value": "learned",
         "valid_curve_is_out_of_fold": True, "companions_chosen_on_valid": stage_cs,
+        "value_power_chosen_on_valid": pw_valid, "value_powers": powers,
         "companion_sets_on_valid": stage_sets,
-        **selection_entry(valid_curve, w_valid, test_curve, plain, weights)}
+        **selection_entry(valid_curve, w_valid, test_curves[pw_valid], plain, weights)}
     purchase_stage_info = {"fit_seconds": stage_fit_s, "params": stage.params, "folds": stage.folds,
                            "companions": stage_cs, "companion_models": comp_info,
                            "train_rows": stage.train_rows_, "train_users": stage.train_users_,
