@@ -104,7 +104,9 @@ def policy_selection_lines(r: dict) -> list[str]:
         how = "out-of-fold " if d.get("valid_curve_is_out_of_fold") else ""
         head = (f"- `{key}` (item value `{d.get('item_value')}`"
                 + (f", p `{d['p']}`" if d.get("p") else f", temperature {d.get('temperature_chosen_on_valid')}")
-                + f"): {how}validation chose w = {d.get('weight_chosen_on_valid')}")
+                + f"): {how}validation chose w = {d.get('weight_chosen_on_valid')}"
+                + (f", value power {d['value_power_chosen_on_valid']:g} (of {', '.join(f'{x:g}' for x in d['value_powers'])})"
+                   if d.get("value_powers") and len(d["value_powers"]) > 1 else ""))
         if t:
             head += (f"; test revenue@20 {t['revenue@20']:.4f} ({t['revenue_change']:+.1%}), "
                      f"NDCG@20 {t['ndcg@20']:.4f} ({t['ndcg_change']:+.1%})")

@@ -42,6 +42,7 @@ def main(argv=None) -> int:
                 "seed": seed, "file": f.name, "git_commit": r.get("git_commit"), "device": r.get("device"),
                 "weight_chosen_on_valid": d["weight_chosen_on_valid"],
                 "companions_chosen_on_valid": d.get("companions_chosen_on_valid"),
+                "value_power_chosen_on_valid": d.get("value_power_chosen_on_valid"),
                 "revenue_change": t["revenue_change"], "ndcg_change": t["ndcg_change"],
                 "revenue@20": t["revenue@20"], "ndcg@20": t["ndcg@20"]})
     keys = ("revenue_change", "ndcg_change", "revenue@20", "ndcg@20")
@@ -53,7 +54,9 @@ def main(argv=None) -> int:
                        "seeds": [p["seed"] for p in ps], "train_seconds": None, "eval_seconds": None,
                        "params": {"weight_chosen_on_valid": [p["weight_chosen_on_valid"] for p in ps],
                                   **({"companions_chosen_on_valid": [p["companions_chosen_on_valid"] for p in ps]}
-                                     if any(p["companions_chosen_on_valid"] for p in ps) else {})},
+                                     if any(p["companions_chosen_on_valid"] for p in ps) else {}),
+                                  **({"value_power_chosen_on_valid": [p["value_power_chosen_on_valid"] for p in ps]}
+                                     if any(p["value_power_chosen_on_valid"] is not None for p in ps) else {})},
                        "per_seed": ps}
     first = runs[0][1]
     devices = sorted({str(r.get("device")) for _, r in runs})
