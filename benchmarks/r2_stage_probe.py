@@ -20,6 +20,11 @@ point w = 1 that validation chose for the stage in every seed):
 - ``stage_plus_transformer``: the reference with a second transformer (next seed) as a third
   companion (``--transformer-companion``).
 
+With ``--settings`` the probe instead asks whether the stage is short of data or of tuning: the
+reference beside the same classifier trained on half of each fold's training users
+(``stage_half_users``: a learning curve) and under other LightGBM settings (``stage_<trees>_<rate>_
+<leaves>_<min child>``), written to ``r2_stage_probe_settings.json``.
+
 Each variant's validation figure (``validation_metrics``) is out-of-fold (5 folds by user), its test
 figure (``metrics``) comes from the variant trained on the whole validation window, applied at the test
 cut-off; both with the change against the plain ranking. Validation would choose
@@ -53,6 +58,9 @@ from valuerec.policies.rerank import build_context  # noqa: E402
 console = Console(stderr=True)
 REPO = Path(__file__).resolve().parents[1]
 K = 20
+# (trees, learning rate, leaves, min rows per leaf) tried by --settings; the reference is 300, 0.05, 15, 50
+SETTINGS = [(600, 0.025, 15, 50), (150, 0.05, 15, 50), (300, 0.05, 7, 100), (500, 0.03, 31, 100),
+            (300, 0.05, 15, 200)]
 
 
 def transformer_params() -> dict:
@@ -101,8 +109,14 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--transformer-companion", action="store_true",
                     help="also try a second transformer (seed + 1) as a companion (about 5 more CPU minutes)")
-    ap.add_argument("--out", default="benchmarks/results/r2_stage_probe.json")
+    ap.add_argument("--settings", action="store_true",
+                    help="the reference against half the training users and other classifier settings, instead of "
+                         "the other second stages")
+    ap.add_argument("--out", default=None, help="default: benchmarks/results/r2_stage_probe.json, or "
+                    "r2_stage_probe_settings.json with --settings")
     args = ap.parse_args(argv)
+    if args.out is None:
+        args.out = f"benchmarks/results/r2_stage_probe{'_settings' if args.settings else ''}.json"
     torch.set_num_threads(1)
     started, t_start = now_iso(), time.perf_counter()
     split, meta = load_split_r2(args.data, console=console)
@@ -149,9 +163,9 @@ def main(argv=None) -> int:
             ov[~tr] = fit_predict(Xv[tr][:, cols], tr, Xv[~tr][:, cols])
         return ov, fit_predict(Xv[:, cols], np.ones(Bv * C, bool), Xt[:, cols])
 
-    def classifier(seed=args.seed, weight=None, **extra):
+    def classifier(seed=args.seed, weight=None, settings=None, **extra):
         def fp(X, rows, Xp):
-            m = lgb.LGBMClassifier(**clf, random_state=seed, **extra).fit(
+            m = lgb.LGBMClassifier(**{**clf, **(settings or {})}, random_state=seed, **extra).fit(
                 X, yv[rows], sample_weight=None if weight is None else weight[rows])
             return np.log(np.clip(m.predict_proba(Xp)[:, 1], 1e-12, None))
         return fp
@@ -181,60 +195,82 @@ def main(argv=None) -> int:
     ov, ot = timed("stage", lambda: oof_and_test(classifier(), base_cols))
     add("stage", ov + logv["valid"], ot + logv["test"], "classifier P x learned value (r2_policies.sh, ALS+BPR)")
     lp_v, lp_t = ov, ot   # reused by the hurdle model
+    if args.settings:
+        half_user = np.repeat(np.random.default_rng(args.seed + 1).permutation(Bv) % 2 == 0, C)
 
-    def bagged():
-        parts = [oof_and_test(classifier(seed=args.seed + s, subsample=0.7, subsample_freq=1,
-                                         colsample_bytree=0.7), base_cols) for s in range(3)]
-        return np.mean([p[0] for p in parts], 0), np.mean([p[1] for p in parts], 0)
-    ov, ot = timed("stage_bagged", bagged)
-    add("stage_bagged", ov + logv["valid"], ot + logv["test"], "mean log P of 3 subsampled classifiers x learned value")
+        def half_users():
+            def fp(X, rows, Xp):   # drop half of the training users (rows stay grouped by user)
+                keep = half_user[rows]
+                m = lgb.LGBMClassifier(**clf, random_state=args.seed).fit(X[keep], yv[rows][keep])
+                return np.log(np.clip(m.predict_proba(Xp)[:, 1], 1e-12, None))
+            return oof_and_test(fp, base_cols)
+        ov, ot = timed("stage_half_users", half_users)
+        add("stage_half_users", ov + logv["valid"], ot + logv["test"],
+            "the reference trained on half of each fold's training users (and, for test, of the validation users)")
+        for ne, lr, nl, mc in SETTINGS:
+            name = f"stage_{ne}_{lr:g}_{nl}_{mc}"
+            st = dict(n_estimators=ne, learning_rate=lr, num_leaves=nl, min_child_samples=mc)
+            ov, ot = timed(name, lambda st=st: oof_and_test(classifier(settings=st), base_cols))
+            add(name, ov + logv["valid"], ot + logv["test"],
+                f"the reference with {ne} trees, learning rate {lr:g}, {nl} leaves, {mc} rows per leaf at least")
 
-    uw = np.repeat(1.0 / np.maximum(D["valid"]["ntarget"], 1), C)
-    ov, ot = timed("stage_user_weighted", lambda: oof_and_test(classifier(weight=uw / uw.mean()), base_cols))
-    add("stage_user_weighted", ov + logv["valid"], ot + logv["test"],
-        "classifier with rows weighted 1 / the user's target items, x learned value")
+    if not args.settings:
+        def bagged():
+            parts = [oof_and_test(classifier(seed=args.seed + s, subsample=0.7, subsample_freq=1,
+                                             colsample_bytree=0.7), base_cols) for s in range(3)]
+            return np.mean([p[0] for p in parts], 0), np.mean([p[1] for p in parts], 0)
+        ov, ot = timed("stage_bagged", bagged)
+        add("stage_bagged", ov + logv["valid"], ot + logv["test"], "mean log P of 3 subsampled classifiers x learned value")
 
-    log_rev = np.log(np.where(rv > 0, rv, 1.0))
+        uw = np.repeat(1.0 / np.maximum(D["valid"]["ntarget"], 1), C)
+        ov, ot = timed("stage_user_weighted", lambda: oof_and_test(classifier(weight=uw / uw.mean()), base_cols))
+        add("stage_user_weighted", ov + logv["valid"], ot + logv["test"],
+            "classifier with rows weighted 1 / the user's target items, x learned value")
 
-    def hurdle():
-        def fp(X, rows, Xp):
-            pos = yv[rows] == 1
-            m = lgb.LGBMRegressor(**clf, random_state=args.seed).fit(X[pos], log_rev[rows][pos])
-            return m.predict(Xp)
-        return oof_and_test(fp, base_cols)
-    ov, ot = timed("hurdle", hurdle)
-    add("hurdle", lp_v + ov, lp_t + ot, "classifier P x exp(LightGBM log revenue fitted on the bought candidates)")
+        log_rev = np.log(np.where(rv > 0, rv, 1.0))
 
-    def share_xent():
-        def fp(X, rows, Xp):
-            m = lgb.LGBMRegressor(objective="cross_entropy", **clf, random_state=args.seed).fit(X, share[rows])
-            return m.predict(Xp)
-        return oof_and_test(fp, base_cols)
-    ov, ot = timed("share_xentropy", share_xent)
-    add("share_xentropy", ov, ot, "LightGBM cross-entropy on the candidate's share of the user's holdout spend")
+        def hurdle():
+            def fp(X, rows, Xp):
+                pos = yv[rows] == 1
+                m = lgb.LGBMRegressor(**clf, random_state=args.seed).fit(X[pos], log_rev[rows][pos])
+                return m.predict(Xp)
+            return oof_and_test(fp, base_cols)
+        ov, ot = timed("hurdle", hurdle)
+        add("hurdle", lp_v + ov, lp_t + ot, "classifier P x exp(LightGBM log revenue fitted on the bought candidates)")
 
-    grades = np.where(yv == 1, np.maximum(1, np.round(share * 30)), 0).astype(int)
+        def share_xent():
+            def fp(X, rows, Xp):
+                m = lgb.LGBMRegressor(objective="cross_entropy", **clf, random_state=args.seed).fit(X, share[rows])
+                return m.predict(Xp)
+            return oof_and_test(fp, base_cols)
+        ov, ot = timed("share_xentropy", share_xent)
+        add("share_xentropy", ov, ot, "LightGBM cross-entropy on the candidate's share of the user's holdout spend")
 
-    def lambdarank():
-        def fp(X, rows, Xp):
-            m = lgb.LGBMRanker(objective="lambdarank", label_gain=list(range(31)), lambdarank_truncation_level=30,
-                               **clf, random_state=args.seed).fit(X, grades[rows], group=np.full(rows.sum() // C, C))
-            return m.predict(Xp)
-        return oof_and_test(fp, base_cols)
-    ov, ot = timed("lambdarank_share", lambdarank)
-    add("lambdarank_share", ov, ot, "LambdaRank, the share of holdout spend graded 0..30")
+        grades = np.where(yv == 1, np.maximum(1, np.round(share * 30)), 0).astype(int)
 
-    if args.transformer_companion:
-        all_cols = list(range(F))
-        ov, ot = timed("stage_plus_transformer", lambda: oof_and_test(classifier(), all_cols))
-        add("stage_plus_transformer", ov + logv["valid"], ot + logv["test"],
-            "the reference with a second transformer (seed + 1) as a third companion")
+        def lambdarank():
+            def fp(X, rows, Xp):
+                m = lgb.LGBMRanker(objective="lambdarank", label_gain=list(range(31)), lambdarank_truncation_level=30,
+                                   **clf, random_state=args.seed).fit(X, grades[rows], group=np.full(rows.sum() // C, C))
+                return m.predict(Xp)
+            return oof_and_test(fp, base_cols)
+        ov, ot = timed("lambdarank_share", lambdarank)
+        add("lambdarank_share", ov, ot, "LambdaRank, the share of holdout spend graded 0..30")
+
+        if args.transformer_companion:
+            all_cols = list(range(F))
+            ov, ot = timed("stage_plus_transformer", lambda: oof_and_test(classifier(), all_cols))
+            add("stage_plus_transformer", ov + logv["valid"], ot + logv["test"],
+                "the reference with a second transformer (seed + 1) as a third companion")
 
     chosen = max(results, key=lambda k: results[k]["validation_metrics"]["revenue@20"])
     result = {"protocol": "R2-stage-probe", "dataset": meta["dataset"], "data_sha256": meta["data_sha256"],
               "git_commit": git_commit(), "command": command_line(), "device": device_info("cpu"),
               "started_at": started, "wall_seconds": time.perf_counter() - t_start,
-              "description": ("probe: second stages over the transformer's top 100 R2 candidates (features of "
+              "description": ("probe (--settings): the purchase stage over the transformer's top 100 R2 candidates "
+                              "(ALS+BPR companions) trained on half the users and under other LightGBM settings, "
+                              "each ranking by P x learned value; validation out-of-fold, test from the fit on the "
+                              "whole validation window") if args.settings else ("probe: second stages over the transformer's top 100 R2 candidates (features of "
                               "PurchaseStage with ALS+BPR companions), trained on the validation window, each "
                               "ranking by its estimate of expected revenue; validation out-of-fold, test from "
                               "the fit on the whole validation window"),
