@@ -13,9 +13,9 @@ P = event_type_code("purchase")
 N_ITEMS = 30
 
 
-def simulate(n_users=300, days=(0, 400), seed=0, scale=None, base=None):
-    """Users buy random items; a line's revenue = user scale x item base x noise. Returns the
-    histories and the true (scale, base)."""
+def simulate(n_users=300, days=(0, 400), seed=0, scale=None, base=None, noise=None):
+    """Users buy random items; a line's revenue = user scale x item base x lognormal noise (sigma 0.2,
+    or ``noise[item]``). Returns the histories and the true (scale, base)."""
     rng = np.random.default_rng(seed)
     scale = np.exp(rng.normal(0, 1.0, n_users)) if scale is None else scale
     base = np.exp(rng.normal(0, 0.7, N_ITEMS)) if base is None else base
@@ -26,7 +26,8 @@ def simulate(n_users=300, days=(0, 400), seed=0, scale=None, base=None):
         it = rng.integers(0, N_ITEMS, n)
         items.append(it.astype(np.int64))
         times.append((T0 + t * DAY).astype(np.int64))
-        values.append((scale[u] * base[it] * np.exp(rng.normal(0, 0.2, n))).astype(np.float32))
+        sd = 0.2 if noise is None else noise[it]
+        values.append((scale[u] * base[it] * np.exp(rng.normal(0, 1.0, n) * sd)).astype(np.float32))
     h = Sequences(items=items, times=times, event_types=[np.full(len(x), P, np.int64) for x in items],
                   values=values, user_ids=np.array([f"u{u}" for u in range(n_users)], dtype=object))
     return h, scale, base
@@ -52,6 +53,45 @@ def test_learns_who_spends_what_and_beats_the_item_mean():
     assert corr > corr_item + 0.2
 
 
+def test_mean_target_values_a_spread_out_item_by_its_mean_spend_not_its_typical_one():
+    # Half the items have the same typical (geometric mean) line revenue as the other half but a much
+    # wider spread, so their mean revenue is exp(1.5^2 / 2) ~ 3x as high. The default log target
+    # estimates the typical spend; the mean target the mean.
+    noise = np.where(np.arange(N_ITEMS) < N_ITEMS // 2, 1.5, 0.05)
+    h, _, _ = simulate(n_users=600, base=np.ones(N_ITEMS), scale=np.ones(600), noise=noise)
+    cutoff = T0 + 400 * DAY
+    cand = np.tile(np.arange(N_ITEMS), (len(h), 1))
+    wide, narrow = noise[cand] > 1, noise[cand] < 1
+    ratio = {}
+    for target in ("log", "mean"):
+        m = ItemValueModel(horizon_days=91, n_estimators=100, target=target).fit(h, cutoff, N_ITEMS)
+        v = m.candidate_values(h, cand)
+        ratio[target] = v[wide].mean() / v[narrow].mean()
+    assert ratio["mean"] > 1.8              # 2.3 measured (trees shrink towards the overall mean)
+    assert ratio["log"] < 1.4               # 1.2 measured (a pair's spend sums its lines, so not 1)
+    assert ratio["mean"] > ratio["log"] + 0.6
+
+
+def test_more_windows_add_the_pairs_of_each_earlier_window_while_history_lasts():
+    h, _, _ = simulate(n_users=150)
+    lines = purchase_lines(h)
+    t = lines["t"].to_numpy()
+
+    def pairs(end):
+        w = lines[(t >= end - 91 * DAY) & (t < end)]
+        return len(w.groupby(["u", "item"]))
+    cutoff = T0 + 400 * DAY
+    m = ItemValueModel(n_estimators=30, n_windows=3, step_days=28).fit(h, cutoff, N_ITEMS)
+    assert m.windows_used_ == 3
+    assert m.train_rows_ == sum(pairs(cutoff - j * 28 * DAY) for j in range(3))
+    # The history starts at day 0: a window starting before it has nothing before it and is left out,
+    # with every earlier one.
+    early = T0 + 150 * DAY
+    m = ItemValueModel(n_estimators=30, n_windows=5, step_days=28).fit(h, early, N_ITEMS)
+    assert m.windows_used_ == 3      # windows start at days 59, 31, 3; the next would start at -25
+    assert m.train_rows_ == sum(pairs(early - j * 28 * DAY) for j in range(3))
+
+
 def test_prediction_ignores_events_at_or_after_as_of_and_pads_with_zero():
     h, _, _ = simulate(n_users=120)
     cutoff = T0 + 400 * DAY
@@ -75,12 +115,14 @@ def test_prediction_ignores_events_at_or_after_as_of_and_pads_with_zero():
 def test_save_load_round_trip(tmp_path):
     h, _, _ = simulate(n_users=60)
     cutoff = T0 + 400 * DAY
-    m = ItemValueModel(n_estimators=30).fit(h, cutoff, N_ITEMS)
     cand = np.tile(np.arange(N_ITEMS), (len(h), 1))
-    m.save(tmp_path / "item_value")
-    assert load_item_values(tmp_path) is not None
-    back = ItemValueModel.load(tmp_path / "item_value")
-    np.testing.assert_allclose(back.candidate_values(h, cand), m.candidate_values(h, cand), rtol=1e-12)
+    for target in ("mean", "log"):   # the last one stays on disk for the checks below
+        m = ItemValueModel(n_estimators=30, target=target, n_windows=2, step_days=14).fit(h, cutoff, N_ITEMS)
+        m.save(tmp_path / "item_value")
+        assert load_item_values(tmp_path) is not None
+        back = ItemValueModel.load(tmp_path / "item_value")
+        assert (back.target, back.n_windows, back.step_days) == (target, 2, 14.0)
+        np.testing.assert_allclose(back.candidate_values(h, cand), m.candidate_values(h, cand), rtol=1e-12)
     assert load_item_values(tmp_path / "nothing_here") is None
     (tmp_path / "item_value" / "booster.txt").write_text("garbage")
     with pytest.raises(DataError, match="not a saved item value model"):
@@ -92,6 +134,10 @@ def test_bad_input_gets_clear_errors():
     cutoff = T0 + 400 * DAY
     with pytest.raises(DataError, match="horizon_days"):
         ItemValueModel(horizon_days=0)
+    with pytest.raises(DataError, match="target must be"):
+        ItemValueModel(target="median")
+    with pytest.raises(DataError, match="n_windows"):
+        ItemValueModel(n_windows=0)
     with pytest.raises(DataError, match="times and values"):
         ItemValueModel().fit(Sequences(items=h.items), cutoff, N_ITEMS)
     with pytest.raises(DataError, match="too short"):

@@ -10,7 +10,10 @@ pair bought in the last horizon before the cut-off, [c - H, c), is one training 
 the log of the revenue the user spent on the item in that window, its features come from the history
 before c - H only. At prediction time the same features are read from the whole history before the
 cut-off. The regressor is LightGBM (L2 on log revenue); the prediction is exp of it, so it estimates
-the geometric mean spend given a purchase, which is what a ranking by ``log p + log value`` needs.
+the geometric mean spend given a purchase. Two options are measured against this default on R2
+(``benchmarks/r2_value_probe.py``): ``target="mean"`` estimates the mean spend (LightGBM's gamma
+objective, log link), the quantity expected revenue strictly calls for; ``n_windows > 1`` adds the pairs
+of earlier windows, ``step_days`` apart, each with features from the history before it.
 
 Features (``FEATURES``), for user u and item i:
 - item: log mean revenue per line over all users, log of its mean over the last horizon, log price,
@@ -83,9 +86,17 @@ class ItemValueModel:
     """
 
     def __init__(self, horizon_days: float = 91.0, n_estimators: int = 300, learning_rate: float = 0.05,
-                 num_leaves: int = 31, min_child_samples: int = 50, seed: int = 0):
+                 num_leaves: int = 31, min_child_samples: int = 50, seed: int = 0, target: str = "log",
+                 n_windows: int = 1, step_days: float = 28.0):
         if horizon_days <= 0:
             raise DataError(f"ItemValueModel: horizon_days must be > 0, got {horizon_days}")
+        if target not in ("log", "mean"):
+            raise DataError(f"ItemValueModel: target must be 'log' or 'mean', got {target!r}")
+        if n_windows < 1 or int(n_windows) != n_windows or step_days <= 0:
+            raise DataError(f"ItemValueModel: n_windows must be a positive integer and step_days > 0, got "
+                            f"{n_windows} and {step_days}")
+        self.target = target
+        self.n_windows, self.step_days = int(n_windows), float(step_days)
         self.horizon_days = float(horizon_days)
         self.params = dict(n_estimators=n_estimators, learning_rate=learning_rate, num_leaves=num_leaves,
                            min_child_samples=min_child_samples)
@@ -165,19 +176,30 @@ class ItemValueModel:
         self.n_items = int(n_items)
         self.price = np.full(n_items, np.nan) if price is None else np.asarray(price, dtype=np.float64)
         self.cutoff = float(cutoff)
-        start = self.cutoff - H
         t = lines["t"].to_numpy()
-        before, window = lines[t < start], lines[(t >= start) & (t < self.cutoff)]
-        if len(window) == 0 or len(before) == 0:
-            raise DataError(f"ItemValueModel.fit: no purchases in the {self.horizon_days:g} days before the "
-                            "cut-off, or none before that window: the history is too short to learn item values")
-        pairs = window.groupby(["u", "item"])["value"].sum().reset_index()
         n_users = len(histories)
-        train_stats = _ItemStats(before, n_items, start, H, self.price)
-        X = self._features(before, n_users, np.full(n_users, start), train_stats,
-                           pairs["u"].to_numpy(), pairs["item"].to_numpy())
-        y = np.log(pairs["value"].to_numpy())
-        self.model_ = lgb.LGBMRegressor(**self.params, random_state=self.seed, n_jobs=1, verbose=-1)
+        Xs, ys = [], []
+        for j in range(self.n_windows):   # windows ending at the cut-off and step_days apart before it
+            end = self.cutoff - j * self.step_days * DAY
+            start = end - H
+            before, window = lines[t < start], lines[(t >= start) & (t < end)]
+            if len(window) == 0 or len(before) == 0:
+                if j == 0:
+                    raise DataError(f"ItemValueModel.fit: no purchases in the {self.horizon_days:g} days before the "
+                                    "cut-off, or none before that window: the history is too short to learn item "
+                                    "values")
+                break   # earlier windows have even less history before them
+            pairs = window.groupby(["u", "item"])["value"].sum().reset_index()
+            train_stats = _ItemStats(before, n_items, start, H, self.price)
+            Xs.append(self._features(before, n_users, np.full(n_users, start), train_stats,
+                                     pairs["u"].to_numpy(), pairs["item"].to_numpy()))
+            ys.append(pairs["value"].to_numpy())
+        X, y = np.concatenate(Xs), np.concatenate(ys)
+        self.windows_used_ = len(ys)
+        if self.target == "log":
+            y = np.log(y)
+        self.model_ = lgb.LGBMRegressor(**self.params, random_state=self.seed, n_jobs=1, verbose=-1,
+                                        **({"objective": "gamma"} if self.target == "mean" else {}))
         self.model_.fit(X, y)
         self.train_rows_ = int(len(y))
         # Item statistics for prediction: the whole history before the cut-off.
@@ -200,7 +222,8 @@ class ItemValueModel:
         out = np.zeros(B * C)
         if ok.any():
             X = self._features(purchase_lines(histories), B, as_of, self.stats_, users[ok], items[ok])
-            out[ok] = np.exp(self.model_.predict(X))
+            pred = self.model_.predict(X)
+            out[ok] = pred if self.target == "mean" else np.exp(pred)
         return out.reshape(B, C)
 
     def __call__(self, histories: Sequences) -> np.ndarray:
@@ -224,7 +247,8 @@ class ItemValueModel:
         np.savez(path / "item_stats.npz", line=self.stats_.line, count=self.stats_.count,
                  line_recent=self.stats_.line_recent, log_price=self.stats_.log_price, price=self.price)
         (path / "item_value.json").write_text(json.dumps({
-            "horizon_days": self.horizon_days, "params": self.params, "seed": self.seed, "cutoff": self.cutoff,
+            "horizon_days": self.horizon_days, "params": self.params, "seed": self.seed, "target": self.target,
+            "n_windows": self.n_windows, "step_days": self.step_days, "cutoff": self.cutoff,
             "n_items": self.n_items, "train_rows": self.train_rows_, "features": FEATURES}, indent=2))
         return self
 
@@ -244,7 +268,8 @@ class ItemValueModel:
             raise DataError(f"{path}: not a saved item value model ({e})") from None
         if meta.get("features") != FEATURES:
             raise DataError(f"{path}: saved with features {meta.get('features')}, this version reads {FEATURES}")
-        m = cls(horizon_days=meta["horizon_days"], seed=meta["seed"], **meta["params"])
+        m = cls(horizon_days=meta["horizon_days"], seed=meta["seed"], target=meta.get("target", "log"),
+                n_windows=meta.get("n_windows", 1), step_days=meta.get("step_days", 28.0), **meta["params"])
         m.n_items, m.cutoff, m.train_rows_ = int(meta["n_items"]), float(meta["cutoff"]), int(meta["train_rows"])
         m.price = arrays["price"]
         m.stats_ = _ItemStats.__new__(_ItemStats)
