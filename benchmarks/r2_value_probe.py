@@ -23,7 +23,6 @@ each with the change against the plain ranking. Writes ``r2_value_probe[_seedN].
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -34,6 +33,7 @@ from rich.console import Console
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from policies import MemoPredict, choose_operating_point, fit_recommender, run_policy, to_unix  # noqa: E402
+from r2_stage_probe import transformer_params  # noqa: E402
 
 from valuerec.evaluation.protocols import load_split_r2  # noqa: E402
 from valuerec.evaluation.results import command_line, device_info, git_commit, now_iso, write_result  # noqa: E402
@@ -41,18 +41,11 @@ from valuerec.models.item_value import ItemValueModel  # noqa: E402
 from valuerec.models.purchase_stage import PurchaseStage  # noqa: E402
 
 console = Console(stderr=True)
-REPO = Path(__file__).resolve().parents[1]
 WEIGHTS = [0.0, 0.5, 0.8, 0.9, 1.0]
 # name: (ItemValueModel options, number of candidates)
 VARIANTS = {"reference": ({}, 100), "mean_target": ({"target": "mean"}, 100),
             "windows3": ({"n_windows": 3, "step_days": 14.0}, 100),
             "windows6": ({"n_windows": 6, "step_days": 14.0}, 100), "candidates200": ({}, 200)}
-
-
-def transformer_params() -> dict:
-    """The transformer settings of ``r2_policies.sh`` (read from it, so the two cannot drift)."""
-    text = (REPO / "benchmarks" / "r2_policies.sh").read_text()
-    return json.loads(text.split("--model-params '")[1].split("'")[0])
 
 
 def main(argv=None) -> int:
