@@ -10,7 +10,11 @@ companions:
 - ``mean_target``: ``ItemValueModel(target="mean")``, the mean spend given a purchase (gamma objective)
   instead of the typical (geometric mean) spend;
 - ``windows3`` / ``windows6``: the value model also learns from 2 or 5 earlier windows, 14 days apart;
-- ``candidates200``: the reference value, stage and re-ranking over the top 200 candidates.
+- ``candidates200``: the reference value, stage and re-ranking over the top 200 candidates;
+- ``text_neighbours``: the value model also reads how much the customer spends, relative to each item's
+  usual line, on the 5 items they bought before whose descriptions are nearest the candidate's
+  (all-MiniLM-L6-v2 embeddings; weighted by similarity), and that nearest similarity: a customer's
+  order size within a kind of product, where the reference knows only their overall order size.
 
 Each variant's weight is chosen on out-of-fold validation predictions (5 folds by user; at most 5%
 NDCG@20 loss), then the stage trained on the whole validation window re-ranks the test candidates
@@ -28,6 +32,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from rich.console import Console
 
@@ -45,7 +50,54 @@ WEIGHTS = [0.0, 0.5, 0.8, 0.9, 1.0]
 # name: (ItemValueModel options, number of candidates)
 VARIANTS = {"reference": ({}, 100), "mean_target": ({"target": "mean"}, 100),
             "windows3": ({"n_windows": 3, "step_days": 14.0}, 100),
-            "windows6": ({"n_windows": 6, "step_days": 14.0}, 100), "candidates200": ({}, 200)}
+            "windows6": ({"n_windows": 6, "step_days": 14.0}, 100), "candidates200": ({}, 200),
+            "text_neighbours": ({"neighbours": 5}, 100)}
+
+
+class NeighbourValueModel(ItemValueModel):
+    """``ItemValueModel`` plus two features from the items the customer bought before: the
+    similarity-weighted mean of their log spend ratio (line revenue over the item's mean line) on the
+    ``neighbours`` items whose text vectors are nearest the candidate's (the candidate itself left
+    out: the reference already reads it), and the nearest similarity."""
+
+    def __init__(self, vectors: np.ndarray, neighbours: int = 5, **kw):
+        super().__init__(**kw)
+        self.vectors, self.neighbours = np.asarray(vectors, np.float32), int(neighbours)
+
+    def _features(self, lines, n_users, as_of, stats, users, items):
+        X = super()._features(lines, n_users, as_of, stats, users, items)
+        extra = np.full((len(users), 2), np.nan)
+        lines = lines[lines["t"].to_numpy() < as_of[lines["u"].to_numpy()]]
+        li = lines["item"].to_numpy()
+        ok = li < min(len(stats.line), len(self.vectors))
+        lines = lines[ok]
+        ratio = np.log(lines["value"].to_numpy()) - np.log(stats.line[lines["item"].to_numpy()])
+        per = pd.DataFrame({"u": lines["u"].to_numpy(), "item": lines["item"].to_numpy(), "r": ratio}
+                           ).groupby(["u", "item"])["r"].mean().reset_index()
+        bought = {u: (g["item"].to_numpy(), g["r"].to_numpy()) for u, g in per.groupby("u")}
+        order = np.argsort(users, kind="stable")
+        bounds = np.flatnonzero(np.diff(users[order])) + 1
+        for rows in np.split(order, bounds):
+            got = bought.get(int(users[rows[0]]))
+            cand = items[rows]
+            known = cand < len(self.vectors)
+            if got is None or not known.any():
+                continue
+            b_items, b_r = got
+            sim = self.vectors[cand[known]] @ self.vectors[b_items].T           # (rows, bought)
+            sim[cand[known][:, None] == b_items[None, :]] = -np.inf           # not the item itself
+            k = min(self.neighbours, sim.shape[1])
+            top = np.argpartition(-sim, k - 1, axis=1)[:, :k] if k < sim.shape[1] else np.tile(
+                np.arange(sim.shape[1]), (len(sim), 1))
+            s_top = np.take_along_axis(sim, top, axis=1)
+            w = np.where(np.isfinite(s_top), np.clip(s_top, 0.0, None), 0.0)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                val = (w * b_r[top]).sum(1) / w.sum(1)
+            best = np.where(np.isfinite(s_top), s_top, -np.inf).max(1)
+            r = rows[known]
+            extra[r, 0] = np.where(w.sum(1) > 0, val, np.nan)
+            extra[r, 1] = np.where(np.isfinite(best), best, np.nan)
+        return np.hstack([X, extra])
 
 
 def main(argv=None) -> int:
@@ -84,8 +136,17 @@ def main(argv=None) -> int:
     for name in names:
         opts, n_cand = VARIANTS[name]
         t0 = time.perf_counter()
-        value = {"valid": ItemValueModel(horizon_days=91.0, seed=args.seed, **opts).fit(split.train, vcut, n, price),
-                 "test": ItemValueModel(horizon_days=91.0, seed=args.seed, **opts).fit(split.train_full, cut, n, price)}
+        if "neighbours" in opts:
+            from valuerec.features.text import embed_texts
+            vectors = embed_texts(list(split.catalogue.text))
+
+            def make(**kw):
+                return NeighbourValueModel(vectors, **opts, **kw)
+        else:
+            def make(**kw):
+                return ItemValueModel(**opts, **kw)
+        value = {"valid": make(horizon_days=91.0, seed=args.seed).fit(split.train, vcut, n, price),
+                 "test": make(horizon_days=91.0, seed=args.seed).fit(split.train_full, cut, n, price)}
         stage = PurchaseStage(folds=5, seed=args.seed, companions={c: m[0] for c, m in comps.items()}).fit(
             vm, split.valid.inputs, split.valid.targets, as_of=vcut, reference=split.train,
             item_value=value["valid"], n_candidates=n_cand)
