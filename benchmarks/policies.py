@@ -165,6 +165,7 @@ def choose_power_and_weight(curves: dict[float, dict[float, dict]], plain: dict,
 
 
 def curve_summary(curve: dict[float, dict], weights: list[float]) -> dict:
+    """NDCG@20 and revenue@20 of a curve, keyed by weight as text (what the result files keep)."""
     return {f"{w:g}": {k: curve[w][k] for k in ("ndcg@20", "revenue@20")} for w in weights}
 
 
@@ -194,7 +195,7 @@ def selection_entry(valid_curve: dict, w_valid, test_curve: dict, plain: dict, w
     base = plain["test"]
     return {
         "weight_chosen_on_valid": w_valid,
-        "valid_curve": {f"{w:g}": {k: valid_curve[w][k] for k in ("ndcg@20", "revenue@20")} for w in weights},
+        "valid_curve": curve_summary(valid_curve, weights),
         "valid_revenue_at_chosen_weight": None if w_valid is None else valid_curve[w_valid]["revenue@20"],
         "test_at_chosen_weight": None if sel is None else {
             "ndcg@20": sel["ndcg@20"], "revenue@20": sel["revenue@20"],

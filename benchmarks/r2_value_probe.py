@@ -37,7 +37,8 @@ import torch
 from rich.console import Console
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from policies import MemoPredict, choose_operating_point, fit_recommender, run_policy, to_unix  # noqa: E402
+from policies import (MemoPredict, choose_operating_point, curve_summary, fit_recommender,  # noqa: E402
+                      run_policy, to_unix)
 from r2_stage_probe import transformer_params  # noqa: E402
 
 from valuerec.evaluation.protocols import load_split_r2  # noqa: E402
@@ -168,8 +169,7 @@ def main(argv=None) -> int:
             "train_seconds": time.perf_counter() - t0, "eval_seconds": None,
             "params": {"item_value": opts, "n_candidates": n_cand, "weight_chosen_on_valid": w,
                        "value_train_pairs": {s: int(v.train_rows_) for s, v in value.items()},
-                       "curves": {s: {f"{x:g}": {k: c[x][k] for k in keys} for x in WEIGHTS}
-                                  for s, c in curves.items()}}}
+                       "curves": {s: curve_summary(c, WEIGHTS) for s, c in curves.items()}}}
         v, t = models[name]["validation_metrics"], models[name]["metrics"]
         console.log(f"{name:14s} w={w:g} valid rev {v['revenue_change']:+.4f} ndcg {v['ndcg_change']:+.4f} | "
                     f"test rev {t['revenue_change']:+.4f} ndcg {t['ndcg_change']:+.4f}")
