@@ -232,6 +232,12 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="benchmarks/results/r2_policies.json")
     args = ap.parse_args(argv)
+    try:
+        powers = [float(x) for x in args.stage_value_powers.split(",")]
+    except ValueError:
+        ap.error(f"--stage-value-powers: expected comma-separated numbers, got {args.stage_value_powers!r}")
+    if not all(np.isfinite(x) and x > 0 for x in powers):
+        ap.error(f"--stage-value-powers: every power must be > 0, got {args.stage_value_powers!r}")
     if args.stage_folds < 2:
         ap.error("--stage-folds must be at least 2 (the stage's weight is chosen on out-of-fold predictions)")
     if args.model_dir and not args.valid_model_dir:
@@ -334,7 +340,6 @@ def main(argv=None) -> int:
         comp_models[c] = {"valid": cv, "test": cf}
         comp_info[c] = {"params": cparams, "fit_seconds": time.perf_counter() - t0}
         console.log(f"stage companion {c}: {cparams} ({comp_info[c]['fit_seconds']:.0f}s with its validation grid)")
-    powers = [float(x) for x in args.stage_value_powers.split(",")]
     stage_sets, stage, best_valid = {}, None, -np.inf
     for cs in comp_sets:
         key = "+".join(cs) or "none"
