@@ -14,7 +14,12 @@ companions:
 - ``text_neighbours``: the value model also reads how much the customer spends, relative to each item's
   usual line, on the 5 items they bought before whose descriptions are nearest the candidate's
   (all-MiniLM-L6-v2 embeddings; weighted by similarity), and that nearest similarity: a customer's
-  order size within a kind of product, where the reference knows only their overall order size.
+  order size within a kind of product, where the reference knows only their overall order size;
+- ``rates``: the value model also reads how often the customer buys: their tenure and purchase days,
+  the distinct days they bought the candidate, days since the first of them, and the orders of it and
+  the spend on it that their past rate implies over one horizon. The target sums every line of the
+  pair in the window, so a customer who reorders an item each fortnight spends several lines' worth;
+  the reference has line counts but no tenure to turn them into a rate.
 
 Each variant's weight is chosen on out-of-fold validation predictions (5 folds by user; at most 5%
 NDCG@20 loss), then the stage trained on the whole validation window re-ranks the test candidates
@@ -52,7 +57,7 @@ WEIGHTS = [0.0, 0.5, 0.8, 0.9, 1.0]
 VARIANTS = {"reference": ({}, 100), "mean_target": ({"target": "mean"}, 100),
             "windows3": ({"n_windows": 3, "step_days": 14.0}, 100),
             "windows6": ({"n_windows": 6, "step_days": 14.0}, 100), "candidates200": ({}, 200),
-            "text_neighbours": ({"neighbours": 5}, 100)}
+            "text_neighbours": ({"neighbours": 5}, 100), "rates": ({"rates": True}, 100)}
 
 
 class NeighbourValueModel(ItemValueModel):
@@ -101,6 +106,58 @@ class NeighbourValueModel(ItemValueModel):
         return np.hstack([X, extra])
 
 
+class RateValueModel(ItemValueModel):
+    """``ItemValueModel`` plus purchase-rate features of the customer and of the (customer, item) pair:
+    tenure (days since the first purchase), purchase days, purchase days per horizon; distinct days of
+    the pair, days since its first, its days per horizon since the customer's first purchase, and the
+    log of the spend that rate implies over one horizon (rate x mean line revenue of the pair)."""
+
+    N_EXTRA = 6
+
+    def __init__(self, rates: bool = True, **kw):
+        super().__init__(**kw)
+
+    def _features(self, lines, n_users, as_of, stats, users, items):
+        X = super()._features(lines, n_users, as_of, stats, users, items)
+        extra = np.full((len(users), self.N_EXTRA), np.nan)
+        lines = lines[lines["t"].to_numpy() < as_of[lines["u"].to_numpy()]]
+        if len(lines) == 0:
+            return np.hstack([X, extra])
+        H = self.horizon_days
+        lu, li = lines["u"].to_numpy(), lines["item"].to_numpy()
+        day = lines["t"].to_numpy() // int(DAY_S)
+        v = lines["value"].to_numpy()
+        ug = pd.DataFrame({"u": lu, "day": day}).groupby("u")
+        first = np.full(n_users, np.nan)
+        ndays = np.full(n_users, np.nan)
+        f = ug["day"].min()
+        first[f.index.to_numpy()] = f.to_numpy(np.float64)
+        nd = ug["day"].nunique()
+        ndays[nd.index.to_numpy()] = nd.to_numpy(np.float64)
+        today = as_of / DAY_S
+        tenure = np.maximum(today - first, 1.0)                       # days, per user
+        extra[:, 0] = tenure[users]
+        extra[:, 1] = ndays[users]
+        extra[:, 2] = (ndays / tenure * H)[users]
+        n_it = int(max(len(stats.line), li.max() + 1, items.max() + 1 if len(items) else 0))
+        g = pd.DataFrame({"k": lu * n_it + li, "day": day, "v": v}).groupby("k")
+        agg = pd.DataFrame({"days": g["day"].nunique(), "first": g["day"].min(), "mean": g["v"].mean()})
+        pos = agg.index.get_indexer(users * n_it + items)
+        hit = pos >= 0
+        a = agg.iloc[pos[hit]]
+        uh = users[hit]
+        pair_days = a["days"].to_numpy(np.float64)
+        rate = pair_days / tenure[uh] * H                              # orders of the item per horizon
+        extra[hit, 3] = pair_days
+        extra[hit, 4] = today[uh] - a["first"].to_numpy(np.float64)
+        extra[hit, 5] = np.log(np.maximum(rate, 1.0) * a["mean"].to_numpy())
+        extra[~hit, 3] = 0.0
+        return np.hstack([X, extra])
+
+
+DAY_S = 86400.0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="../shared/data/online-retail")
@@ -143,6 +200,9 @@ def main(argv=None) -> int:
 
             def make(**kw):
                 return NeighbourValueModel(vectors, **opts, **kw)
+        elif "rates" in opts:
+            def make(**kw):
+                return RateValueModel(**opts, **kw)
         else:
             def make(**kw):
                 return ItemValueModel(**opts, **kw)
