@@ -19,7 +19,11 @@ companions:
   the distinct days they bought the candidate, days since the first of them, and the orders of it and
   the spend on it that their past rate implies over one horizon. The target sums every line of the
   pair in the window, so a customer who reorders an item each fortnight spends several lines' worth;
-  the reference has line counts but no tenure to turn them into a rate.
+  the reference has line counts but no tenure to turn them into a rate;
+- ``within_user``: the value model's target is the pair's log spend minus the mean log spend of the
+  customer's pairs in the same window. Re-ranking compares items within one customer, so only the
+  item-to-item differences of the value matter; the reference's loss is dominated by differences
+  between customers (order sizes span three orders of magnitude), which no within-customer ranking uses.
 
 Each variant's weight is chosen on out-of-fold validation predictions (5 folds by user; at most 5%
 NDCG@20 loss), then the stage trained on the whole validation window re-ranks the test candidates
@@ -57,7 +61,8 @@ WEIGHTS = [0.0, 0.5, 0.8, 0.9, 1.0]
 VARIANTS = {"reference": ({}, 100), "mean_target": ({"target": "mean"}, 100),
             "windows3": ({"n_windows": 3, "step_days": 14.0}, 100),
             "windows6": ({"n_windows": 6, "step_days": 14.0}, 100), "candidates200": ({}, 200),
-            "text_neighbours": ({"neighbours": 5}, 100), "rates": ({"rates": True}, 100)}
+            "text_neighbours": ({"neighbours": 5}, 100), "rates": ({"rates": True}, 100),
+            "within_user": ({"within_user": True}, 100)}
 
 
 class NeighbourValueModel(ItemValueModel):
@@ -158,6 +163,18 @@ class RateValueModel(ItemValueModel):
 DAY_S = 86400.0
 
 
+class WithinUserValueModel(ItemValueModel):
+    """``ItemValueModel`` trained on log spend relative to the customer's mean log spend over their
+    pairs in the window: its exp is a relative value, fit only for ranking one customer's candidates."""
+
+    def __init__(self, within_user: bool = True, **kw):
+        super().__init__(**kw)
+
+    def _training_target(self, revenue, group):
+        y = np.log(revenue)
+        return y - pd.Series(y).groupby(group).transform("mean").to_numpy()
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="../shared/data/online-retail")
@@ -200,6 +217,9 @@ def main(argv=None) -> int:
 
             def make(**kw):
                 return NeighbourValueModel(vectors, **opts, **kw)
+        elif "within_user" in opts:
+            def make(**kw):
+                return WithinUserValueModel(**opts, **kw)
         elif "rates" in opts:
             def make(**kw):
                 return RateValueModel(**opts, **kw)

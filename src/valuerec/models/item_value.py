@@ -178,7 +178,7 @@ class ItemValueModel:
         self.cutoff = float(cutoff)
         t = lines["t"].to_numpy()
         n_users = len(histories)
-        Xs, ys = [], []
+        Xs, ys, groups = [], [], []
         for j in range(self.n_windows):   # windows ending at the cut-off and step_days apart before it
             end = self.cutoff - j * self.step_days * DAY
             start = end - H
@@ -194,10 +194,9 @@ class ItemValueModel:
             Xs.append(self._features(before, n_users, np.full(n_users, start), train_stats,
                                      pairs["u"].to_numpy(), pairs["item"].to_numpy()))
             ys.append(pairs["value"].to_numpy())
-        X, y = np.concatenate(Xs), np.concatenate(ys)
+            groups.append(j * n_users + pairs["u"].to_numpy())
+        X, y = np.concatenate(Xs), self._training_target(np.concatenate(ys), np.concatenate(groups))
         self.windows_used_ = len(ys)
-        if self.target == "log":
-            y = np.log(y)
         self.model_ = lgb.LGBMRegressor(**self.params, random_state=self.seed, n_jobs=1, verbose=-1,
                                         **({"objective": "gamma"} if self.target == "mean" else {}))
         self.model_.fit(X, y)
@@ -205,6 +204,10 @@ class ItemValueModel:
         # Item statistics for prediction: the whole history before the cut-off.
         self.stats_ = _ItemStats(lines, n_items, self.cutoff, H, self.price)
         return self
+
+    def _training_target(self, revenue: np.ndarray, group: np.ndarray) -> np.ndarray:
+        """The regressor's target from each pair's window revenue; ``group`` numbers (window, user)."""
+        return np.log(revenue) if self.target == "log" else revenue
 
     def candidate_values(self, histories: Sequences, candidates: np.ndarray, as_of=None) -> np.ndarray:
         """(B, C) predicted revenue of each candidate (-1 = padding gets 0); as-of defaults to the
