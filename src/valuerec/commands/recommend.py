@@ -107,7 +107,7 @@ def recommend_cmd(
     """Recommend k items for one user with any saved model."""
     try:
         types = [t.strip() for t in history_types.split(",") if t.strip()] or None
-        pp = json.loads(policy_params) if policy_params else None
+        pp = parse_policy_params(policy_params)
         res = recommend_for_user(model, store, user, k, exclude_history, fallback, types, policy, pp)
     except DataError as e:
         console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
@@ -124,6 +124,19 @@ def recommend_cmd(
         t.add_row(str(it["rank"]), it["item_id"], f"{it['score']:.4f}", it["text"] or "",
                   "" if it["price"] is None else f"{it['price']:.2f}")
     Console().print(t)
+
+
+def parse_policy_params(text: str | None) -> dict | None:
+    """``--policy-params``: a JSON object, or nothing."""
+    if not text:
+        return None
+    try:
+        pp = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(f"--policy-params {text!r}: not valid JSON ({e}); expected e.g. '{{\"w\": 0.5}}'") from None
+    if not isinstance(pp, dict):
+        raise DataError(f"--policy-params {text!r}: expected a JSON object such as '{{\"w\": 0.5}}'")
+    return pp
 
 
 def register(app: typer.Typer) -> None:

@@ -11,8 +11,10 @@ metrics.json (per-epoch training curves, the validation metrics of the kept weig
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Optional
@@ -20,6 +22,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
+from valuerec.commands.lifecycle import parse_time
 from valuerec.data.schema import DataError
 
 console = Console(stderr=True)
@@ -141,6 +144,7 @@ def train_cmd(
 
     if threads:
         torch.set_num_threads(threads)
+    final_out = out
     try:
         if model_name not in MODEL_REGISTRY:
             raise DataError(f"unknown model {model_name!r}; registered: {sorted(MODEL_REGISTRY)}")
@@ -149,10 +153,21 @@ def train_cmd(
             params["epochs"] = epochs
         if device is not None:
             params["device"] = device
+        check_model_params(model_name, MODEL_REGISTRY[model_name], params)
+        cutoff_t, valid_t = parse_time(cutoff, "--cutoff"), parse_time(valid_cutoff, "--valid-cutoff")
+        if out.exists() and not out.is_dir():
+            raise DataError(f"--out {out}: is a file, expected a directory to write the model to")
+        if out.is_dir() and any(out.iterdir()) and not (out / "config.json").exists():
+            raise DataError(f"--out {out}: exists and is not a model directory (no config.json); choose a new "
+                            "--out or empty it")
+        # write into a fresh sibling directory, then swap it in: a model written over an earlier one
+        # keeps none of the earlier files, and a failed run leaves the earlier model as it was
+        out = out.parent / f".{out.name}.partial-{os.getpid()}"
         dist = distributed.setup(params.get("device", "auto"))
         if dist.enabled and not dist.is_main:
             torch.distributed.barrier()   # let the main rank ingest (and cache) the data first
-        split, used = load_split(data, store, protocol, cutoff, valid_cutoff, cache_dir)
+        split, used = load_split(data, store, protocol, cutoff_t and str(cutoff_t), valid_t and str(valid_t),
+                                 cache_dir)
         companions = [c.strip() for c in stage_companions.split(",") if c.strip()]
         unknown = sorted(set(companions) - set(MODEL_REGISTRY))
         if unknown:
@@ -207,13 +222,42 @@ def train_cmd(
             if selection:
                 metrics["refit"] = {"trained_on": "train_full", "valid_from": "the validation-stopped fit", **selection}
             mpath.write_text(json.dumps(metrics, indent=2, default=float))
+            replace_dir(out, final_out)
             shown = {k: round(v, 4) for k, v in (test or val).items() if "@" in k or k == "mrr"}
-            console.log(f"saved {out} (trained {train_seconds:.0f}s); {'test' if test else 'valid'}: {shown}")
+            console.log(f"saved {final_out} (trained {train_seconds:.0f}s); {'test' if test else 'valid'}: {shown}")
         del model, valid_model
         distributed.cleanup()
     except DataError as e:
         console.print(f"[red]error:[/red] {e}", markup=True, highlight=False)
         raise typer.Exit(code=2) from None
+    finally:
+        if out != final_out and out.exists():   # a run that failed before the swap
+            shutil.rmtree(out, ignore_errors=True)
+
+
+def check_model_params(name: str, cls, params: dict) -> None:
+    """Settings the model's constructor does not take are an error naming them (the transformer
+    checks its own, with types, in its configs)."""
+    sig = inspect.signature(cls.__init__)
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values()):
+        return
+    known = sorted(p for p in sig.parameters if p not in ("self", "seed"))
+    unknown = sorted(set(params) - set(known))
+    if unknown:
+        extra = " (--device is for the models that train with torch)" if "device" in unknown else ""
+        raise DataError(f"{name}: unknown setting(s) {unknown}; known: {known}{extra}")
+
+
+def replace_dir(new: Path, final: Path) -> None:
+    """Move the directory ``new`` to ``final``, replacing a model directory there."""
+    if final.exists():
+        old = final.parent / f".{final.name}.old-{os.getpid()}"
+        final.rename(old)
+        new.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        new.rename(final)
 
 
 def save_item_values(split, horizon_days: float, seed: int, out: Path) -> None:

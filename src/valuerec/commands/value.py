@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from valuerec.commands.lifecycle import parse_time
 from valuerec.data.schema import DataError
 
 console = Console(stderr=True)
@@ -149,7 +150,7 @@ def value_cmd(
     as_of: Optional[str] = typer.Option(None, "--as-of", help="Predict as of this time (default: just after the last event)"),
     as_json: bool = typer.Option(False, "--json", help="Print JSON records"),
     out: Optional[Path] = typer.Option(None, "--out", help="Write all predictions to FILE.csv or FILE.parquet"),
-    top: int = typer.Option(20, "--top", help="Rows to print (highest expected value first)"),
+    top: int = typer.Option(20, "--top", min=1, help="Rows to print (highest expected value first)"),
 ) -> None:
     """Predict each customer's value over the model's horizon, p(buy), churn probability and an 80% interval."""
     from valuerec.data.store import EventStore
@@ -164,7 +165,7 @@ def value_cmd(
             events = st.events()
         if len(events) == 0:
             raise DataError(f"{store}: the store has no events")
-        t = pd.Timestamp(as_of) if as_of else pd.Timestamp(events["timestamp"].max()) + pd.Timedelta(seconds=1)
+        t = parse_time(as_of, "--as-of") if as_of else pd.Timestamp(events["timestamp"].max()) + pd.Timedelta(seconds=1)
         df = predict_population(m, events, t, list(user) if user else None)
     except DataError as e:
         _fail(e)

@@ -40,6 +40,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from valuerec.data.dataset import Catalogue, Sequences
+from valuerec.configcheck import check_types, require
 from valuerec.data.schema import EVENT_TYPES, DataError
 from valuerec.models.base import Recommender, register
 from valuerec.models.value_heads import (ValueHeads, cutoff_grid, n_query_features, purchase_mask, rfm_inputs,
@@ -128,6 +129,25 @@ class TransformerConfig:
     text_dim: int = 0
 
     def __post_init__(self) -> None:
+        check_types(self, "transformer config")
+        c = self
+        require("transformer config", {
+            "d_model": (c.d_model, c.d_model >= 1, ">= 1"), "n_heads": (c.n_heads, c.n_heads >= 1, ">= 1"),
+            "max_len": (c.max_len, c.max_len >= 1, ">= 1"), "n_layers": (c.n_layers, c.n_layers >= 0, ">= 0"),
+            "mlp_ratio": (c.mlp_ratio, c.mlp_ratio >= 1, ">= 1"),
+            "dropout": (c.dropout, 0.0 <= c.dropout < 1.0, "in [0, 1)"),
+            "attn_dropout": (c.attn_dropout, 0.0 <= c.attn_dropout < 1.0, "in [0, 1)"),
+            "label_smoothing": (c.label_smoothing, 0.0 <= c.label_smoothing < 1.0, "in [0, 1)"),
+            "n_negatives": (c.n_negatives, c.n_negatives >= 1, ">= 1"),
+            "target_window_days": (c.target_window_days, c.target_window_days > 0, "> 0 days"),
+            "horizon_days": (c.horizon_days, c.horizon_days > 0, "> 0 days"),
+            "value_step_days": (c.value_step_days, c.value_step_days > 0, "> 0 days"),
+            "value_max_cuts": (c.value_max_cuts, c.value_max_cuts >= 1, ">= 1"),
+            "value_hidden": (c.value_hidden, c.value_hidden >= 0, ">= 0"),
+            "value_weight": (c.value_weight, c.value_weight >= 0, ">= 0"),
+            "churn_weight": (c.churn_weight, c.churn_weight >= 0, ">= 0"),
+            "next_item_weight": (c.next_item_weight, c.next_item_weight >= 0, ">= 0"),
+        })
         if self.d_model % self.n_heads:
             raise DataError(f"transformer config: d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
         if self.loss not in ("ce", "sampled"):

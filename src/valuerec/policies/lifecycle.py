@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, fields
 import numpy as np
 import pandas as pd
 
+from valuerec.configcheck import check_types
 from valuerec.data.dataset import Sequences
 from valuerec.data.schema import DataError, event_type_code
 
@@ -50,6 +51,7 @@ class LifecycleConfig:
 
     def __post_init__(self) -> None:
         self.purchase_types = tuple(self.purchase_types)
+        check_types(self, "lifecycle config")
         if self.horizon_days <= 0:
             raise DataError(f"lifecycle config: horizon_days must be > 0, got {self.horizon_days}")
         if not 0.0 <= self.churn_threshold <= 1.0:

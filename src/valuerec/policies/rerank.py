@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from valuerec.configcheck import check_values
 from valuerec.data.dataset import Catalogue, Sequences
 from valuerec.data.schema import DataError, event_type_code
 from valuerec.models.base import apply_exclusions
@@ -427,7 +428,7 @@ def make_policy(name: str, **params) -> Policy:
     unknown = sorted(set(params) - known)
     if unknown:
         raise DataError(f"policy {name!r}: unknown parameter(s) {unknown}; known: {sorted(known)}")
-    return cls(**params)
+    return cls(**check_values(cls, params, f"policy {name!r}"))
 
 
 # -- running a policy ---------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import contextlib
 import logging
 import math
 import sys
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from valuerec.configcheck import check_types
 from valuerec.data.schema import DataError
 from valuerec.training import checkpoint as ckpt
 from valuerec.training import distributed as dist_utils
@@ -58,6 +60,9 @@ class TrainConfig:
     progress: bool = True            # rich progress bar (main rank, interactive terminals)
 
     def __post_init__(self) -> None:
+        check_types(self, "train config")
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
+            raise DataError(f"train config: device={self.device!r}, expected auto, cpu, cuda, cuda:N or mps")
         if self.schedule not in ("constant", "cosine"):
             raise DataError(f"train config: schedule={self.schedule!r}, expected 'constant' or 'cosine'")
         if not 0.0 <= self.ema_decay < 1.0:

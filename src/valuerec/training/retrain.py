@@ -117,6 +117,11 @@ def _score_on(model: Recommender, task: EvalTask, catalogue: Catalogue) -> dict:
 def retrain(model_dir: str | Path, store_path: str | Path, out_root: str | Path, holdout_days: float = 14.0,
             epochs: int = 5, metric: str = "ndcg@20", tolerance: float = 0.0, seed: int = 0) -> RetrainReport:
     t0 = time.perf_counter()
+    if metric not in PICKED or metric == "users":
+        raise DataError(f"retrain: metric {metric!r} is not measured; choose one of "
+                        f"{[m for m in PICKED if m != 'users']}")
+    if not (np.isfinite(holdout_days) and holdout_days > 0):
+        raise DataError(f"retrain: holdout_days={holdout_days}, must be > 0 days")
     base = load_model(model_dir)
     with EventStore(store_path, read_only=True) as st:
         events, items = st.events(), st.items()
@@ -163,5 +168,8 @@ def retrain(model_dir: str | Path, store_path: str | Path, out_root: str | Path,
     return report
 
 
+PICKED = ("ndcg@10", "ndcg@20", "recall@20", "hr@20", "revenue@20", "mrr", "users")
+
+
 def _pick(m: dict) -> dict:
-    return {k: float(v) for k, v in m.items() if k in ("ndcg@10", "ndcg@20", "recall@20", "hr@20", "revenue@20", "mrr", "users")}
+    return {k: float(v) for k, v in m.items() if k in PICKED}

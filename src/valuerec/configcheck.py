@@ -1,0 +1,74 @@
+"""Type checks for the typed configs (``TransformerConfig``, ``TrainConfig``, policy and lifecycle
+settings): a value read from ``--config`` or JSON that has the wrong type gets a ``DataError`` naming
+the field, instead of a ``TypeError`` deep inside torch or a comparison."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import fields
+
+from valuerec.data.schema import DataError
+
+
+def _kind(value) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return f"the string {value!r}"
+    return f"a {type(value).__name__}"
+
+
+def check_values(cls, values: dict, what: str) -> dict:
+    """``values`` (field name -> value, for fields of the dataclass ``cls``) checked and normalised
+    against the fields' annotations; returns the normalised copy.
+
+    ``int`` fields take integers (a whole float such as 50.0 becomes 50); ``float`` fields take finite
+    numbers; ``bool`` fields take booleans; ``str`` fields take strings; ``X | None`` also takes None and
+    ``float | str`` a number or a string. Other annotations are not checked."""
+    out = dict(values)
+    for f in fields(cls):
+        if f.name not in out:
+            continue
+        parts = set(str(f.type).replace(" ", "").split("|"))
+        v = out[f.name]
+        if v is None and "None" in parts:
+            continue
+        if isinstance(v, str) and "str" in parts:
+            continue
+        if "bool" in parts:
+            if not isinstance(v, bool):
+                raise DataError(f"{what}: {f.name}={v!r}, expected true or false (got {_kind(v)})")
+            continue
+        number = isinstance(v, (int, float)) and not isinstance(v, bool)
+        if "int" in parts:
+            if number and math.isfinite(float(v)) and float(v).is_integer():
+                out[f.name] = int(v)
+                continue
+            raise DataError(f"{what}: {f.name}={v!r}, expected a whole number (got {_kind(v)})")
+        if "float" in parts:
+            if number and math.isfinite(float(v)):
+                out[f.name] = float(v)
+                continue
+            raise DataError(f"{what}: {f.name}={v!r}, expected a finite number (got {_kind(v)})")
+        if parts == {"str"}:
+            raise DataError(f"{what}: {f.name}={v!r}, expected a string (got {_kind(v)})")
+    return out
+
+
+def check_types(obj, what: str) -> None:
+    """``check_values`` on the fields of the dataclass instance ``obj``, normalising them in place."""
+    vals = check_values(type(obj), {f.name: getattr(obj, f.name) for f in fields(obj)}, what)
+    for k, v in vals.items():
+        if getattr(obj, k) is not v:
+            object.__setattr__(obj, k, v)
+
+
+def require(what: str, checks: dict[str, tuple[object, bool, str]]) -> None:
+    """``checks``: field name -> (value, holds, what it must be); the first that fails is a DataError."""
+    for name, (value, holds, must) in checks.items():
+        if not holds:
+            raise DataError(f"{what}: {name}={value!r}, must be {must}")

@@ -1,0 +1,103 @@
+"""Wrong settings get a DataError naming the setting (not a TypeError from deep inside), and a model
+written over an earlier one keeps none of its files."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from valuerec.cli import app
+from valuerec.data.schema import DataError
+from valuerec.models.transformer import _split_kwargs
+from valuerec.policies.lifecycle import LifecycleConfig
+from valuerec.policies.rerank import make_policy
+
+runner = CliRunner()
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("d_model", "abc", "d_model='abc', expected a whole number"),
+    ("d_model", 0, "d_model=0, must be >= 1"),
+    ("n_heads", 0, "n_heads=0, must be >= 1"),
+    ("max_len", 1.5, "max_len=1.5, expected a whole number"),
+    ("dropout", 2, "dropout=2.0, must be in [0, 1)"),
+    ("value_weight", "nan", "value_weight='nan', expected a finite number"),
+    ("horizon_days", -5, "horizon_days=-5.0, must be > 0"),
+    ("use_text", 1, "use_text=1, expected true or false"),
+    ("lr", "abc", "train config: lr='abc', expected a finite number"),
+    ("device", "tpu", "device='tpu', expected auto, cpu, cuda, cuda:N or mps"),
+])
+def test_transformer_settings_are_checked(key, value, message):
+    with pytest.raises(DataError) as e:
+        _split_kwargs({key: value})
+    assert message in str(e.value)
+
+
+def test_whole_floats_become_ints_and_good_settings_pass():
+    mc, tc = _split_kwargs({"max_len": 50.0, "d_model": 32, "n_heads": 2, "dropout": 0, "device": "cuda:1",
+                            "cooc_weight": "auto", "lr": 1})
+    assert mc.max_len == 50 and isinstance(mc.max_len, int) and isinstance(mc.dropout, float)
+    assert tc.device == "cuda:1" and tc.lr == 1.0 and mc.cooc_weight == "auto"
+
+
+def test_policy_and_lifecycle_settings_are_checked():
+    with pytest.raises(DataError, match=r"policy 'value_aware': w='abc', expected a finite number"):
+        make_policy("value_aware", w="abc")
+    assert make_policy("value_aware", w=1).w == 1.0
+    with pytest.raises(DataError, match=r"lifecycle config: churn_threshold='abc'"):
+        LifecycleConfig.from_dict({"churn_threshold": "abc"})
+    with pytest.raises(DataError, match=r"advocate_value_threshold=\[1\]"):
+        LifecycleConfig.from_dict({"advocate_value_threshold": [1]})
+    assert LifecycleConfig.from_dict({"advocate_value_threshold": None}).advocate_value_threshold is None
+
+
+def test_train_command_names_bad_settings_dates_and_outputs(cli_setup):
+    tmp, store = cli_setup
+    base = ["train", "--store", str(store), "--model", "popularity"]
+    r = runner.invoke(app, base + ["--out", str(tmp / "m"), "--config", "foo=1"])
+    assert r.exit_code == 2 and "popularity: unknown setting(s) ['foo']" in r.output
+    r = runner.invoke(app, base + ["--out", str(tmp / "m"), "--device", "cpu"])
+    assert r.exit_code == 2 and "unknown setting(s) ['device']" in r.output and "--device is for" in r.output
+    r = runner.invoke(app, base + ["--out", str(tmp / "m"), "--cutoff", "notadate", "--valid-cutoff", "2011-03-01"])
+    assert r.exit_code == 2 and "--cutoff 'notadate': not a date" in r.output
+    (tmp / "afile").write_text("x")
+    r = runner.invoke(app, base + ["--out", str(tmp / "afile")])
+    assert r.exit_code == 2 and "is a file" in r.output and (tmp / "afile").read_text() == "x"
+    (tmp / "notes").mkdir()
+    (tmp / "notes" / "keep.txt").write_text("mine")
+    r = runner.invoke(app, base + ["--out", str(tmp / "notes")])
+    assert r.exit_code == 2 and "not a model directory" in r.output and (tmp / "notes" / "keep.txt").exists()
+    assert not any(p.name.startswith(".m.partial") or p.name.startswith(".notes.partial") for p in tmp.iterdir())
+
+
+def test_train_over_an_earlier_model_replaces_it_whole(cli_setup):
+    tmp, store = cli_setup
+    out, ref = tmp / "m", tmp / "ref"
+    for model, where in (("itemknn", out), ("popularity", ref)):
+        r = runner.invoke(app, ["train", "--store", str(store), "--model", model, "--out", str(where)])
+        assert r.exit_code == 0, r.output
+    knn_only = {p.name for p in out.iterdir()} - {p.name for p in ref.iterdir()}
+    assert knn_only   # item-kNN writes files a popularity model does not
+    r = runner.invoke(app, ["train", "--store", str(store), "--model", "popularity", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert json.loads((out / "config.json").read_text())["model"] == "popularity"
+    assert {p.name for p in out.iterdir()} == {p.name for p in ref.iterdir()}   # nothing of item-kNN's left
+    assert not any(".partial" in p.name or ".old" in p.name for p in tmp.iterdir())
+
+
+def test_recommend_value_and_retrain_name_bad_options(cli_setup):
+    tmp, store = cli_setup
+    r = runner.invoke(app, ["recommend", "--model", str(tmp / "pop"), "--store", str(store), "--user", "u1",
+                            "--policy", "value_aware", "--policy-params", "notjson"])
+    assert r.exit_code == 2 and "--policy-params 'notjson': not valid JSON" in r.output
+    r = runner.invoke(app, ["recommend", "--model", str(tmp / "pop"), "--store", str(store), "--user", "u1",
+                            "--policy", "value_aware", "--policy-params", '{"w": "abc"}'])
+    assert r.exit_code == 2 and "w='abc', expected a finite number" in r.output
+    r = runner.invoke(app, ["value", "--model", str(tmp / "pop"), "--store", str(store), "--top", "0"])
+    assert r.exit_code == 2 and "--top" in r.output
+    r = runner.invoke(app, ["retrain", "--model", str(tmp / "pop"), "--store", str(store), "--out", str(tmp / "v"),
+                            "--metric", "bogus"])
+    assert r.exit_code == 2 and "metric 'bogus' is not measured" in r.output and not (tmp / "v").exists()
+    r = runner.invoke(app, ["retrain", "--model", str(tmp / "pop"), "--store", str(store), "--out", str(tmp / "v"),
+                            "--holdout-days", "-5"])
+    assert r.exit_code == 2 and "holdout_days=-5.0, must be > 0" in r.output
