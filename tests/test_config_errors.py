@@ -101,3 +101,61 @@ def test_recommend_value_and_retrain_name_bad_options(cli_setup):
     r = runner.invoke(app, ["retrain", "--model", str(tmp / "pop"), "--store", str(store), "--out", str(tmp / "v"),
                             "--holdout-days", "-5"])
     assert r.exit_code == 2 and "holdout_days=-5.0, must be > 0" in r.output
+
+
+def _add_events(store, rows):
+    import pandas as pd
+
+    from valuerec.data.store import EventStore
+    ev = pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp", "event_type", "value"])
+    ev["quantity"] = 1.0
+    with EventStore(store) as st:
+        st.add_events(ev)
+
+
+def test_histories_the_model_cannot_use_are_said_so(cli_setup):
+    import pandas as pd
+    tmp, store = cli_setup
+    r = runner.invoke(app, ["train", "--store", str(store), "--model", "itemknn", "--out", str(tmp / "knn")])
+    assert r.exit_code == 0, r.output
+    t = pd.Timestamp("2011-07-01")
+    _add_events(store, [("u9", "new1", t, "purchase", 3.0), ("u9", "new2", t, "purchase", 4.0)])
+    r = runner.invoke(app, ["recommend", "--model", str(tmp / "knn"), "--store", str(store), "--user", "u9",
+                            "--json", "-k", "3"])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout)
+    assert "none of the user's events is an item the model knows" in res["note"]
+    assert "most popular" in res["note"] and res["history_items_in_catalogue"] == 0
+    scores = [it["score"] for it in res["items"]]
+    assert len(scores) == 3 and scores == sorted(scores, reverse=True) and scores[0] >= 4   # event counts
+    r = runner.invoke(app, ["recommend", "--model", str(tmp / "knn"), "--store", str(store), "--user", "u1",
+                            "--history-types", "nosuchtype"])
+    assert r.exit_code == 2 and "no events of type(s) ['nosuchtype']" in r.output and "'purchase'" in r.output
+    r = runner.invoke(app, ["explain", "--model", str(tmp / "knn"), "--store", str(store), "--user", "u9"])
+    assert r.exit_code == 2 and "none of their 2 event(s) is an item in the model's catalogue" in r.output
+
+
+def test_value_only_store_errors_say_what_to_do(tmp_path):
+    import pandas as pd
+    store = tmp_path / "pay.duckdb"
+    t = pd.Timestamp("2011-01-01")
+    _add_events(store, [(f"c{i}", None, t + pd.Timedelta(days=i), "interaction", 5.0) for i in range(5)])
+    r = runner.invoke(app, ["train", "--store", str(store), "--model", "itemknn", "--out", str(tmp_path / "m"),
+                            "--cutoff", "2011-01-05", "--valid-cutoff", "2011-01-03"])
+    assert r.exit_code == 2 and "no events with an item_id" in r.output and not (tmp_path / "m").exists()
+    from valuerec.commands.value import predict_population
+    from valuerec.data.store import EventStore
+    with EventStore(store, read_only=True) as st:
+        events = st.events()
+    with pytest.raises(DataError, match=r"events are of type\(s\) \['interaction'\].*--event-type purchase"):
+        predict_population(None, events, pd.Timestamp("2011-02-01"))
+    with pytest.raises(DataError, match=r"25 unknown user\(s\): \['x0', .*'x19'\] and 5 more"):
+        predict_population(None, events, pd.Timestamp("2011-02-01"), [f"x{i}" for i in range(25)])
+
+
+def test_lifecycle_since_after_at_names_dates(cli_setup):
+    tmp, store = cli_setup
+    r = runner.invoke(app, ["lifecycle", "--model", str(tmp / "pop"), "--store", str(store),
+                            "--since", "2011-06-01", "--at", "2011-03-01"])
+    out = " ".join(r.output.split())   # the console wraps long lines
+    assert r.exit_code == 2 and "first date 2011-06-01" in out and "before the second 2011-03-01" in out

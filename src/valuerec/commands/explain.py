@@ -45,7 +45,12 @@ def explain_user(model: Path, store: Path, user: str, target: str | None = None,
         else:
             raise DataError(f"--target {target!r}: expected item:ID, item, value or churn")
         # The recommender sees item events only; the explanation lists those events.
+        n_all = len(h.items[0])
         h = h.item_only()
+        if len(h.items[0]) == 0:
+            raise DataError(f"user {user!r}: none of their {n_all} event(s) is an item in the model's catalogue, so "
+                            "no event influences an item's score (items added after the model was trained are "
+                            "unknown to it; retrain, or explain --target value with a value model)")
         fn, tname = item_target(rec, item), f"score of item {cat.item_ids[item]}"
         described = {"kind": "item", "item_id": str(cat.item_ids[item]),
                      "text": cat.text[item] if cat.text is not None else None}

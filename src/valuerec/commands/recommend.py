@@ -43,7 +43,11 @@ def recommend_for_user(model_dir: str | Path, store: str | Path, user: str, k: i
         events = st.user_events(str(user))
         time_range = st.time_range()
     if history_types:
-        events = events[events["event_type"].isin(history_types)]
+        kept = events[events["event_type"].isin(history_types)]
+        if len(events) and not len(kept):
+            raise DataError(f"user {user!r} has no events of type(s) {sorted(history_types)}; their events are of "
+                            f"type(s) {sorted(events['event_type'].unique())}")
+        events = kept
     note = None
     if len(events) == 0:
         if not fallback:
@@ -73,6 +77,21 @@ def recommend_for_user(model_dir: str | Path, store: str | Path, user: str, k: i
         idx, scores = idx[:, keep], scores[:, keep]
     else:
         idx, scores = model.recommend(hist, k=k, exclude="history" if exclude_history else None)
+        finite = scores[0][np.isfinite(scores[0])]
+        if len(known) == 0 and len(finite) and float(finite.max()) == float(finite.min()):
+            # the model has nothing to go on (no item of the history in its catalogue, and it scores
+            # every item alike): the store's most popular items, as the service's new-user fallback
+            with EventStore(store, read_only=True) as st:
+                counts = st.events("item_id IS NOT NULL")["item_id"].astype(str).value_counts()
+            cidx = cat.lookup(list(counts.index), unknown="skip")
+            ok = cidx >= 0
+            idx = cidx[ok][None, :k]
+            scores = counts.to_numpy(np.float64)[ok][None, :k]
+            why = ("none of the user's events is an item the model knows" if len(events) else
+                   "unknown user")
+            note = f"{why}: the model scores every item alike, so these are the store's most popular items"
+        elif len(known) == 0 and len(events):
+            note = "none of the user's events is an item the model knows: recommendations for an empty history"
     items = []
     for rank, (i, s) in enumerate(zip(idx[0], scores[0]), start=1):
         if not math.isfinite(float(s)):

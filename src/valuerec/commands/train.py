@@ -177,6 +177,10 @@ def train_cmd(
         if purchase_stage and "valid_cutoff" not in split.info:
             raise DataError(f"--purchase-stage learns from the validation window of a cut-off split; the {used!r} "
                             "split has none (use --protocol r2 or cutoff)")
+        if len(split.catalogue) == 0 and not (model_name == "transformer" and params.get("next_item_weight") == 0):
+            raise DataError(f"the data have no events with an item_id: {model_name} ranks items and has nothing "
+                            "to learn from (a value-only transformer trains without items: --config "
+                            "next_item_weight=0 with value_weight or churn_weight > 0)")
         if dist.enabled and dist.is_main:
             torch.distributed.barrier()
         if dist.is_main:

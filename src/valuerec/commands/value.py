@@ -113,6 +113,20 @@ def load_any_value_model(path: Path):
     return model
 
 
+def _some(ids: list[str], n: int = 20) -> str:
+    """The first ``n`` ids, then how many more."""
+    return str(ids[:n]) + (f" and {len(ids) - n} more" if len(ids) > n else "")
+
+
+def _type_hint(events: pd.DataFrame) -> str:
+    """When the events hold no purchase at all: which types they have and how to ingest purchases."""
+    if len(events) == 0 or (events["event_type"] == "purchase").any():
+        return ""
+    types = sorted(events["event_type"].astype(str).unique())
+    return (f" (the store's events are of type(s) {types}; value models count 'purchase' events: ingest a "
+            "transaction log with --event-col naming its event-type column, or --event-type purchase)")
+
+
 def predict_population(model, events: pd.DataFrame, as_of: pd.Timestamp, users: list[str] | None = None) -> pd.DataFrame:
     """Predictions for ``users`` (default: everyone with a purchase before ``as_of``)."""
     from valuerec.data.dataset import catalogue_from, sequences_from
@@ -120,17 +134,19 @@ def predict_population(model, events: pd.DataFrame, as_of: pd.Timestamp, users: 
     before = events[events["timestamp"] < as_of]
     buyers = set(before.loc[before["event_type"] == "purchase", "user_id"].astype(str))
     if users:
-        missing = [u for u in users if u not in set(events["user_id"].astype(str))]
+        known = set(events["user_id"].astype(str))
+        missing = [u for u in users if u not in known]
         if missing:
-            raise DataError(f"unknown user(s) {missing}")
+            raise DataError(f"{len(missing)} unknown user(s): {_some(missing)}")
         none = [u for u in users if u not in buyers]
         if none:
-            raise DataError(f"user(s) {none} have no purchase before {as_of}; value models need at least one")
+            raise DataError(f"{len(none)} user(s) have no purchase before {as_of}: {_some(none)}; value models need "
+                            f"at least one{_type_hint(before)}")
         pop = np.asarray(users, dtype=object)
     else:
         pop = np.array(sorted(buyers), dtype=object)
         if not len(pop):
-            raise DataError(f"no customer has a purchase before {as_of}")
+            raise DataError(f"no customer has a purchase before {as_of}{_type_hint(before)}")
     cat = getattr(model, "catalogue_", None) or catalogue_from(before, None)
     hist = sequences_from(before, cat, users=pop, unknown_items="keep")
     pred = model.predict_value(hist, np.full(len(pop), int(as_of.value // 10**9), dtype=np.int64))

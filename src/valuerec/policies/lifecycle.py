@@ -247,7 +247,9 @@ def transition_matrix(histories: Sequences, date_a: float, date_b: float, value_
     """Counts of users moving from stage at ``date_a`` (rows) to stage at ``date_b`` (columns),
     over all users in ``histories``; every stage appears in both axes."""
     if not date_a < date_b:
-        raise DataError(f"transition matrix: first date {date_a} must be before the second {date_b}")
+        when = (lambda t: pd.Timestamp(float(t), unit="s"))
+        raise DataError(f"transition matrix: the first date {when(date_a)} must be before the second {when(date_b)} "
+                        "(lifecycle: --since before --at)")
     a = stages_at(histories, date_a, value_fn, config)["stage"].to_numpy()
     b = stages_at(histories, date_b, value_fn, config)["stage"].to_numpy()
     m = pd.crosstab(pd.Categorical(a, categories=STAGES), pd.Categorical(b, categories=STAGES), dropna=False)
