@@ -159,3 +159,12 @@ def test_lifecycle_since_after_at_names_dates(cli_setup):
                             "--since", "2011-06-01", "--at", "2011-03-01"])
     out = " ".join(r.output.split())   # the console wraps long lines
     assert r.exit_code == 2 and "first date 2011-06-01" in out and "before the second 2011-03-01" in out
+
+
+def test_report_names_a_missing_results_directory_and_negative_examples(cli_setup):
+    tmp, store = cli_setup
+    base = ["report", "--model", str(tmp / "pop"), "--store", str(store), "--out", str(tmp / "r.html")]
+    r = runner.invoke(app, base + ["--results", str(tmp / "nosuch")])
+    assert r.exit_code == 2 and "--results directory" in r.output and not (tmp / "r.html").exists()
+    r = runner.invoke(app, base + ["--examples", "-3"])
+    assert r.exit_code == 2 and "--examples" in r.output

@@ -11,19 +11,25 @@ from rich.console import Console
 console = Console(stderr=True)
 
 
+DEFAULT_RESULTS = Path("benchmarks/results")
+
+
 def report_cmd(
     model: Path = typer.Option(..., "--model", help="Model directory"),
     store: Path = typer.Option(..., "--store", help="DuckDB event store"),
-    results: Optional[Path] = typer.Option(Path("benchmarks/results"), "--results", help="Directory of result JSON files"),
+    results: Optional[Path] = typer.Option(DEFAULT_RESULTS, "--results", help="Directory of result JSON files"),
     out: Path = typer.Option(Path("report.html"), "--out"),
-    examples: int = typer.Option(3, "--examples", help="Example users to show"),
+    examples: int = typer.Option(3, "--examples", min=0, help="Example users to show"),
 ) -> None:
     """Write the HTML report (opens offline; interactive charts; readable in print)."""
     from valuerec.data.schema import DataError
     from valuerec.report.build import build_inputs
     from valuerec.report.html import write_report
 
-    for p, what in ((model, "model directory"), (store, "store")):
+    checks = [(model, "model directory"), (store, "store")]
+    if results is not None and results != DEFAULT_RESULTS:   # the default may be absent (outside a checkout)
+        checks.append((results, "--results directory"))
+    for p, what in checks:
         if not p.exists():
             console.print(f"[red]error:[/red] {what} {p} does not exist")
             raise typer.Exit(code=2)
