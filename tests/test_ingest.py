@@ -79,6 +79,40 @@ def test_parquet_and_jsonl(tmp_path, store):
     assert store.count_events() == 4
 
 
+def test_timezone_offsets_stored_as_naive_utc(tmp_path, store):
+    """Offsets are converted to UTC and a time without one is taken as UTC, like the HTTP service."""
+    from valuerec.data.validate import validate_event_records
+
+    stamps = ["2011-01-01T10:00:00+05:00", "2011-01-01T10:00:00Z", "2011-01-01 10:00:00"]
+    want = [pd.Timestamp("2011-01-01 05:00:00"), pd.Timestamp("2011-01-01 10:00:00"),
+            pd.Timestamp("2011-01-01 10:00:00")]
+    ingest(store, write(tmp_path, "same.csv", "user_id,item_id,timestamp\nu0,a,2011-01-01T10:00:00+05:00\n"))
+    ingest(store, write(tmp_path, "tz.csv", "user_id,item_id,timestamp\n"
+                        + "".join(f"u{i},a,{t}\n" for i, t in enumerate(stamps))))
+    (tmp_path / "tz.jsonl").write_text("".join(json.dumps({"user_id": f"j{i}", "item_id": "a", "timestamp": t}) + "\n"
+                                               for i, t in enumerate(stamps)))
+    ingest(store, tmp_path / "tz.jsonl")
+    pd.DataFrame({"user_id": ["p0", "p1"], "item_id": ["a", "a"],
+                  "timestamp": pd.to_datetime(["2011-01-01 10:00", "2011-07-01 10:00"]).tz_localize("Europe/Berlin")}
+                 ).to_parquet(tmp_path / "tz.parquet")
+    ingest(store, tmp_path / "tz.parquet")
+    ev = store.events().set_index("user_id")["timestamp"]
+    assert [ev[f"u{i}"] for i in range(3)] == want
+    assert [ev[f"j{i}"] for i in range(3)] == want
+    assert list(ev[["p0", "p1"]]) == [pd.Timestamp("2011-01-01 09:00"), pd.Timestamp("2011-07-01 08:00")]
+    assert ev["u0"] == validate_event_records([{"user_id": "x", "timestamp": stamps[0]}])["timestamp"][0]
+
+
+def test_timezone_offsets_via_cli_train_data_path(tmp_path):
+    from valuerec.evaluation.protocols import cached_store
+
+    p = write(tmp_path, "tz.csv", "user_id,item_id,timestamp\nu1,a,2011-01-01T10:00:00+05:00\n"
+                                  "u1,b,2011-01-02T10:00:00+05:00\n")
+    db, _ = cached_store(p, "csv", tmp_path / "cache")
+    with EventStore(db, read_only=True) as st:
+        assert st.time_range() == (pd.Timestamp("2011-01-01 05:00"), pd.Timestamp("2011-01-02 05:00"))
+
+
 def test_value_only_data(tmp_path, store):
     p = write(tmp_path, "v.csv", "customer,date,amount\nc1,2024-01-01,10\nc1,2024-02-01,5\n")
     ingest(store, p, cmap=ColumnMap(user="customer", time="date", value="amount"))

@@ -108,17 +108,23 @@ class _Problems:
 
 
 def parse_timestamps(raw: pd.Series, time_format: str | None) -> pd.Series:
+    """Naive UTC timestamps, as the HTTP service stores them: a time with an offset (``+05:00``,
+    ``Z``) is converted to UTC, a time without one is taken as UTC."""
     s = raw.astype("string").str.strip()
     if time_format in ("unix", "unix_s"):
         return pd.to_datetime(pd.to_numeric(s, errors="coerce"), unit="s", errors="coerce")
     if time_format == "unix_ms":
         return pd.to_datetime(pd.to_numeric(s, errors="coerce"), unit="ms", errors="coerce")
     if time_format:
-        return pd.to_datetime(s, format=time_format, errors="coerce")
+        return _naive_utc(pd.to_datetime(s, format=time_format, errors="coerce", utc=True))
     try:
-        return pd.to_datetime(s, format="ISO8601", errors="coerce", utc=False)
+        return _naive_utc(pd.to_datetime(s, format="ISO8601", errors="coerce", utc=True))
     except (ValueError, TypeError):
-        return pd.to_datetime(s, errors="coerce", format="mixed")
+        return _naive_utc(pd.to_datetime(s, errors="coerce", format="mixed", utc=True))
+
+
+def _naive_utc(ts: pd.Series) -> pd.Series:
+    return ts.dt.tz_convert("UTC").dt.tz_localize(None) if ts.dt.tz is not None else ts
 
 
 def _numeric(raw: pd.Series) -> pd.Series:
