@@ -131,6 +131,10 @@ def test_value_only_data(tmp_path, store):
     ("header_only.csv", "user_id,item_id,timestamp\n", ["no rows"]),
     ("delim.csv", "user_id;item_id;timestamp\nu1;a;2024-01-01\n", ["delimiter ';'", "--sep"]),
     ("emptyuser.csv", "user_id,item_id,timestamp\n,a,2024-01-01\n", ["line 2", "'user_id'", "empty user id"]),
+    ("events.csv", "user_id,item_id,timestamp\nu1,a,2011-01-01\nu1,b,2999-01-01\n",
+     ["events.csv, line 3, field 'timestamp': 2999-01-01 is in the future"]),
+    ("old.csv", "user_id,item_id,timestamp\nu1,a,1800-01-01\n",
+     ["old.csv, line 2, field 'timestamp': 1800-01-01 is before 1900-01-01"]),
 ])
 def test_bad_input_clear_error_store_untouched(tmp_path, store, name, text, fragments):
     ingest(store, write(tmp_path, "good.csv", GOOD))
@@ -141,6 +145,23 @@ def test_bad_input_clear_error_store_untouched(tmp_path, store, name, text, frag
     for f in fragments:
         assert f in msg, (f, msg)
     pd.testing.assert_frame_equal(store.events(), before)
+
+
+def test_future_unix_ms_rejected_and_tomorrow_kept(tmp_path, store):
+    now_ms = int(pd.Timestamp.now(tz="UTC").timestamp() * 1000)
+    p = write(tmp_path, "ms.csv", f"user_id,item_id,timestamp\nu1,a,{now_ms + 12 * 3600_000}\nu2,b,99999999999999\n")
+    with pytest.raises(DataError, match=r"ms.csv, line 3, field 'timestamp': 99999999999999 is in the future \(5138-"):
+        ingest(store, p, cmap=ColumnMap(time_format="unix_ms"))
+    assert store.count_events() == 0
+    ok = write(tmp_path, "ok.csv", f"user_id,item_id,timestamp\nu1,a,{now_ms + 12 * 3600_000}\nu2,b,1000\n")
+    assert ingest(store, ok, cmap=ColumnMap(time_format="unix_ms")).added == 2   # half a day ahead; 1970
+
+
+def test_bundled_demo_data_passes_the_time_checks():
+    from valuerec.demo import demo_data_path
+
+    events, _, _ = read_online_retail(demo_data_path())
+    assert events["timestamp"].min().year == 2010 and events["timestamp"].max().year == 2011
 
 
 def test_error_list_is_capped_with_count(tmp_path, store):

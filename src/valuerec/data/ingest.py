@@ -127,6 +127,20 @@ def _naive_utc(ts: pd.Series) -> pd.Series:
     return ts.dt.tz_convert("UTC").dt.tz_localize(None) if ts.dt.tz is not None else ts
 
 
+# A time more than a day past the clock, or before 1900, is almost always a wrong year or unit.
+EARLIEST_TIME = pd.Timestamp("1900-01-01")
+FUTURE_SLACK = pd.Timedelta(days=1)
+
+
+def _check_time_range(problems: _Problems, ts: pd.Series, lines: np.ndarray, fld: str, raw: pd.Series) -> None:
+    """Flag parsed timestamps in the future (beyond a day of slack) or before 1900."""
+    latest = pd.Timestamp.now(tz="UTC").tz_localize(None) + FUTURE_SLACK
+    for mask, why in ((ts > latest, "is in the future ({t} UTC, more than 1 day after the current clock)"),
+                      (ts < EARLIEST_TIME, "is before 1900-01-01 ({t} UTC; implausible, wrong year or unit?)")):
+        for i in np.flatnonzero(mask.fillna(False).to_numpy()):
+            problems.add(lines[i], fld, f"{raw.iloc[i]} " + why.format(t=ts.iloc[i]))
+
+
 def _numeric(raw: pd.Series) -> pd.Series:
     return pd.to_numeric(raw.astype("string").str.strip(), errors="coerce")
 
@@ -214,6 +228,7 @@ def read_events(path: str | Path, cmap: ColumnMap | None = None, sep: str | None
     ts = parse_timestamps(raw_t, cmap.time_format)
     fmt = cmap.time_format or "ISO 8601 (e.g. 2011-09-09 08:26:00); set --time-format"
     problems.add_mask(ts.isna().to_numpy(), lines, src["timestamp"], raw_t, f"unparseable date, expected {fmt}")
+    _check_time_range(problems, ts, lines, src["timestamp"], raw_t)
     out["timestamp"] = ts
 
     for fld, default in (("value", 0.0), ("quantity", 1.0)):
@@ -303,6 +318,7 @@ def read_online_retail(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, In
     price = _numeric(df["UnitPrice"])
     ts = pd.to_datetime(df["InvoiceDate"], format="%Y-%m-%d %H:%M:%S", errors="coerce")
     problems.add_mask(ts.isna().to_numpy(), lines, "InvoiceDate", df["InvoiceDate"], "unparseable date, expected YYYY-MM-DD HH:MM:SS")
+    _check_time_range(problems, ts, lines, "InvoiceDate", df["InvoiceDate"])
     problems.add_mask(qty.isna().to_numpy(), lines, "Quantity", df["Quantity"], "not a number")
     problems.add_mask(price.isna().to_numpy(), lines, "UnitPrice", df["UnitPrice"], "not a number")
     problems.raise_if_any()
