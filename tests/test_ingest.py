@@ -164,6 +164,26 @@ def test_bundled_demo_data_passes_the_time_checks():
     assert events["timestamp"].min().year == 2010 and events["timestamp"].max().year == 2011
 
 
+def test_unreadable_files_clear_error_store_untouched(tmp_path, store):
+    ingest(store, write(tmp_path, "good.csv", GOOD))
+    latin = tmp_path / "latin1.csv"
+    latin.write_bytes(b"user_id,item_id,timestamp\nu1,a,2024-01-01\nu\xff2,b,2024-01-02\n")
+    with pytest.raises(DataError, match=r"latin1.csv, line 3: not UTF-8 \(byte 0xff at column 2\)"):
+        ingest(store, latin)
+    (tmp_path / "seq.txt").write_bytes(b"1 5 6\n2 \xfe 7\n")
+    with pytest.raises(DataError, match=r"seq.txt, line 2: not UTF-8 \(byte 0xfe"):
+        ingest(store, tmp_path / "seq.txt")
+    (tmp_path / "fake.parquet").write_text(GOOD)
+    with pytest.raises(DataError, match=r"fake.parquet: not a Parquet file \("):
+        ingest(store, tmp_path / "fake.parquet")
+    (tmp_path / "adir").mkdir()
+    with pytest.raises(DataError, match=r"adir: is a directory"):
+        ingest(store, tmp_path / "adir")
+    with pytest.raises(DataError, match=r"latin1.csv, line 3: not UTF-8"):
+        ingest(store, write(tmp_path, "e.csv", GOOD), items_path=latin)
+    assert store.count_events() == 3
+
+
 def test_error_list_is_capped_with_count(tmp_path, store):
     rows = "".join(f"u{i},a,bad{i}\n" for i in range(30))
     with pytest.raises(DataError) as e:

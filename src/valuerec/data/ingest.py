@@ -11,6 +11,7 @@ validated, and then ``EventStore.add_events`` writes it in one transaction.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import hmac
 import json
@@ -145,14 +146,43 @@ def _numeric(raw: pd.Series) -> pd.Series:
     return pd.to_numeric(raw.astype("string").str.strip(), errors="coerce")
 
 
+def _not_utf8(path: Path, err: UnicodeDecodeError) -> DataError:
+    """The first line of ``path`` that is not UTF-8, as a DataError naming the line and the byte."""
+    try:
+        with (gzip.open if path.name.lower().endswith(".gz") else open)(path, "rb") as f:
+            for ln, line in enumerate(f, start=1):
+                try:
+                    line.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    return DataError(f"{path}, line {ln}: not UTF-8 (byte 0x{line[e.start]:02x} at column "
+                                     f"{e.start + 1}); save the file as UTF-8")
+    except OSError:
+        pass
+    return DataError(f"{path}: not UTF-8 (byte 0x{err.object[err.start]:02x}: {err.reason}); save the file as UTF-8")
+
+
 # -- generic adapter --------------------------------------------------------------------------------
 def _read_table(path: Path, sep: str | None, no_header: bool, columns: list[str] | None) -> tuple[pd.DataFrame, int]:
     """Read a file as strings. Returns the frame and the line number of its first data row."""
+    if not path.exists():
+        raise DataError(f"{path}: no such file")
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory, expected a file")
+    try:
+        return _read_table_utf8(path, sep, no_header, columns)
+    except UnicodeDecodeError as e:
+        raise _not_utf8(path, e) from None
+
+
+def _read_table_utf8(path: Path, sep: str | None, no_header: bool, columns: list[str] | None) -> tuple[pd.DataFrame, int]:
     name = path.name.lower()
     if path.stat().st_size == 0:
         raise DataError(f"{path}: the file is empty (no header, no rows)")
     if name.endswith((".parquet", ".pq")):
-        df = pd.read_parquet(path)
+        try:
+            df = pd.read_parquet(path)
+        except (ValueError, OSError) as e:   # pyarrow's ArrowInvalid is a ValueError
+            raise DataError(f"{path}: not a Parquet file ({e})") from None
         return df.astype(object).where(df.notna(), None), 1
     if name.endswith((".jsonl", ".ndjson", ".jsonl.gz", ".ndjson.gz")):
         try:
@@ -307,7 +337,10 @@ def read_online_retail(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, In
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such file")
-    df = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+    except UnicodeDecodeError as e:
+        raise _not_utf8(path, e) from None
     missing = [c for c in ONLINE_RETAIL_COLUMNS if c not in df.columns]
     if missing:
         raise DataError(f"{path}: not an Online Retail file, missing column(s) {missing}")
@@ -367,17 +400,20 @@ def read_s3rec(path: str | Path, attributes: str | Path | None = None) -> tuple[
         raise DataError(f"{path}: no such file")
     users, items, pos = [], [], []
     problems = _Problems(str(path))
-    with open(path) as f:
-        for ln, line in enumerate(f, start=1):
-            parts = line.split()
-            if not parts:
-                continue
-            if len(parts) < 2:
-                problems.add(ln, "items", "a user with no items")
-                continue
-            users.extend([parts[0]] * (len(parts) - 1))
-            items.extend(parts[1:])
-            pos.extend(range(len(parts) - 1))
+    try:
+        with open(path, encoding="utf-8") as f:
+            for ln, line in enumerate(f, start=1):
+                parts = line.split()
+                if not parts:
+                    continue
+                if len(parts) < 2:
+                    problems.add(ln, "items", "a user with no items")
+                    continue
+                users.extend([parts[0]] * (len(parts) - 1))
+                items.extend(parts[1:])
+                pos.extend(range(len(parts) - 1))
+    except UnicodeDecodeError as e:
+        raise _not_utf8(path, e) from None
     if not users and not problems.count:
         raise DataError(f"{path}: the file is empty")
     problems.raise_if_any()
@@ -412,6 +448,8 @@ def ingest(store: EventStore, path: str | Path, fmt: str = "auto", cmap: ColumnM
            pseudonymise_key: bytes | None = None) -> IngestReport:
     """Validate a whole file, then write it to the store in one transaction."""
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory, expected a file")
     if fmt == "auto":
         fmt = detect_format(path)
     if fmt == "online-retail":
@@ -446,7 +484,7 @@ def detect_format(path: Path) -> str:
             header = []
         return "online-retail" if all(c in header for c in ONLINE_RETAIL_COLUMNS[:7]) else "csv"
     if name.endswith(".txt"):
-        with open(path) as f:
+        with open(path, errors="replace") as f:
             first = f.readline().split()
         if len(first) >= 2 and all(tok.isdigit() for tok in first):
             return "s3rec"
