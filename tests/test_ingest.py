@@ -209,6 +209,62 @@ def test_cli_bad_file_exits_nonzero(tmp_path):
         assert st.count_events() == 0
 
 
+def test_cli_failed_ingest_leaves_no_new_store(tmp_path):
+    from valuerec.evaluation.protocols import cached_store
+
+    bad = write(tmp_path, "bad.csv", "user_id,item_id,timestamp\nu1,a,yesterday\n")
+    db = tmp_path / "new.duckdb"
+    res = CliRunner().invoke(app, ["ingest", str(bad), "--store", str(db)])
+    assert res.exit_code == 2 and "unparseable date" in res.output
+    assert not db.exists() and not (tmp_path / "new.duckdb.wal").exists()
+    with pytest.raises(DataError):
+        cached_store(bad, "csv", tmp_path / "cache")
+    assert list((tmp_path / "cache").iterdir()) == []
+    res = CliRunner().invoke(app, ["ingest", str(write(tmp_path, "good.csv", GOOD)), "--store", str(db)])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(app, ["ingest", str(bad), "--store", str(db)])   # an existing store stays
+    assert res.exit_code == 2
+    with EventStore(db) as st:
+        assert st.count_events() == 3
+
+
+def test_cli_bad_store_paths(tmp_path):
+    good = write(tmp_path, "good.csv", GOOD)
+    (tmp_path / "dir.duckdb").mkdir()
+    res = CliRunner().invoke(app, ["ingest", str(good), "--store", str(tmp_path / "dir.duckdb")])
+    assert res.exit_code == 2 and "--store" in res.output and "is a directory" in res.output, res.output
+    fake = write(tmp_path, "fake.duckdb", "not a database\n")
+    res = CliRunner().invoke(app, ["ingest", str(good), "--store", str(fake)])
+    assert res.exit_code == 2 and "not a DuckDB store" in res.output, res.output
+    assert fake.read_text() == "not a database\n"
+    res = CliRunner().invoke(app, ["ingest", str(tmp_path), "--store", str(tmp_path / "s.duckdb")])
+    assert res.exit_code == 2 and "is a directory, expected a file" in res.output, res.output
+
+
+def test_store_locked_by_another_process(tmp_path):
+    import subprocess
+    import sys
+
+    db = tmp_path / "locked.duckdb"
+    with EventStore(db) as st:
+        ingest(st, write(tmp_path, "good.csv", GOOD))
+    holder = subprocess.Popen([sys.executable, "-c", "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); "
+                               "print('ready', flush=True); time.sleep(60)", str(db)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        with pytest.raises(DataError, match=rf"locked.duckdb is in use by another process \(PID {holder.pid}\), "
+                                            "e.g. a running valuerec serve; stop it or use its HTTP API"):
+            EventStore(db)
+        res = CliRunner().invoke(app, ["ingest", str(write(tmp_path, "more.csv", GOOD)), "--store", str(db)])
+        assert res.exit_code == 2 and "in use by another process" in res.output, res.output
+    finally:
+        holder.kill()
+        holder.wait()
+    assert db.exists()
+    with EventStore(db, read_only=True) as st:
+        assert st.count_events() == 3
+
+
 def test_pseudonymisation_is_keyed_and_stable():
     s = pd.Series(["alice", "bob", "alice"])
     a = pseudonymise(s, b"k" * 32)
