@@ -135,6 +135,12 @@ def test_value_only_data(tmp_path, store):
      ["events.csv, line 3, field 'timestamp': 2999-01-01 is in the future"]),
     ("old.csv", "user_id,item_id,timestamp\nu1,a,1800-01-01\n",
      ["old.csv, line 2, field 'timestamp': 1800-01-01 is before 1900-01-01"]),
+    ("ragged.csv", "user_id,item_id,timestamp\nu1,a,2024-01-01\nu2,b,2024-01-02,extra\n",
+     ["ragged.csv, line 3 has 4 fields, the header has 3"]),
+    ("trailing.csv", "user_id,item_id,timestamp,value\nu1,a,2024-01-01,5,\nu2,b,2024-01-02,3,\n",
+     ["trailing.csv, line 2 has 5 fields, the header has 4"]),
+    ("dupcol.csv", "user_id,item_id,timestamp,timestamp\nu1,a,2024-01-01,2024-01-02\n",
+     ["dupcol.csv: the header names 'timestamp' twice (columns 3 and 4)"]),
 ])
 def test_bad_input_clear_error_store_untouched(tmp_path, store, name, text, fragments):
     ingest(store, write(tmp_path, "good.csv", GOOD))
@@ -182,6 +188,20 @@ def test_unreadable_files_clear_error_store_untouched(tmp_path, store):
     with pytest.raises(DataError, match=r"latin1.csv, line 3: not UTF-8"):
         ingest(store, write(tmp_path, "e.csv", GOOD), items_path=latin)
     assert store.count_events() == 3
+
+
+def test_headerless_ragged_rows_and_bad_time_format(tmp_path, store):
+    p = write(tmp_path, "h.txt", "1 10 1700000000\n2 11 1700000100 extra\n")
+    cols = ["user_id", "item_id", "timestamp"]
+    with pytest.raises(DataError, match=r"h.txt, line 2: 4 fields, expected 3"):
+        ingest(store, p, fmt="csv", no_header=True, columns=cols, cmap=ColumnMap(time_format="unix"))
+    with pytest.raises(DataError, match=r"h.txt, line 2: 4 fields, expected 3"):
+        ingest(store, p, fmt="csv", no_header=True, columns=cols, sep=" ", cmap=ColumnMap(time_format="unix"))
+    with pytest.raises(DataError, match=r"--columns names 'item_id' twice"):
+        ingest(store, p, fmt="csv", no_header=True, columns=["user_id", "item_id", "item_id"])
+    with pytest.raises(DataError, match=r"^--time-format '%Q': .*bad directive"):
+        ingest(store, write(tmp_path, "e.csv", GOOD), cmap=ColumnMap(time_format="%Q"))
+    assert store.count_events() == 0
 
 
 def test_error_list_is_capped_with_count(tmp_path, store):

@@ -16,6 +16,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -117,7 +118,10 @@ def parse_timestamps(raw: pd.Series, time_format: str | None) -> pd.Series:
     if time_format == "unix_ms":
         return pd.to_datetime(pd.to_numeric(s, errors="coerce"), unit="ms", errors="coerce")
     if time_format:
-        return _naive_utc(pd.to_datetime(s, format=time_format, errors="coerce", utc=True))
+        try:
+            return _naive_utc(pd.to_datetime(s, format=time_format, errors="coerce", utc=True))
+        except ValueError as e:
+            raise DataError(f"--time-format {time_format!r}: {e}") from None
     try:
         return _naive_utc(pd.to_datetime(s, format="ISO8601", errors="coerce", utc=True))
     except (ValueError, TypeError):
@@ -193,16 +197,44 @@ def _read_table_utf8(path: Path, sep: str | None, no_header: bool, columns: list
     if no_header:
         if not columns:
             raise DataError(f"{path}: --no-header needs --columns a,b,c naming each column")
-        df = pd.read_csv(path, sep=sep or r"\s+", header=None, names=columns, dtype=str,
-                         keep_default_na=False, na_values=[""], engine="python" if sep is None else "c")
+        _no_repeats(columns, "--columns names")
+        try:
+            df = pd.read_csv(path, sep=sep or r"\s+", header=None, names=columns, dtype=str,
+                             keep_default_na=False, na_values=[""], engine="python" if sep is None else "c")
+        except pd.errors.ParserError as e:
+            m = _TOO_MANY_FIELDS.search(str(e))
+            if m:
+                raise DataError(f"{path}, line {m[2]}: {m[3]} fields, expected {m[1]} (the names in --columns)") from None
+            raise DataError(f"{path}: cannot parse as delimited text with separator {sep or 'whitespace'!r}: {e}") from None
         return df, 1
+    # The header is read as a row, so a row with more fields than the header is an error rather than
+    # silently shifting every column (pandas takes an extra first field as the index).
     try:
-        df = pd.read_csv(path, sep=sep or ",", dtype=str, keep_default_na=False, na_values=[""])
+        df = pd.read_csv(path, sep=sep or ",", header=None, dtype=str, keep_default_na=False, na_values=[""])
     except pd.errors.EmptyDataError:
         raise DataError(f"{path}: the file is empty (no header, no rows)") from None
     except pd.errors.ParserError as e:
+        m = _TOO_MANY_FIELDS.search(str(e))
+        if m:
+            raise DataError(f"{path}, line {m[2]} has {m[3]} fields, the header has {m[1]} "
+                            "(a trailing delimiter, or a value that needs quotes?)") from None
         raise DataError(f"{path}: cannot parse as delimited text with separator {sep or ','!r}: {e}") from None
+    header = [f"Unnamed: {i}" if h is None or h != h else str(h) for i, h in enumerate(df.iloc[0])]
+    _no_repeats(header, f"{path}: the header names")
+    df = df.iloc[1:].reset_index(drop=True)
+    df.columns = header
     return df, 2
+
+
+_TOO_MANY_FIELDS = re.compile(r"Expected (\d+) fields in line (\d+), saw (\d+)")
+
+
+def _no_repeats(names: list[str], what: str) -> None:
+    seen: dict[str, int] = {}
+    for i, n in enumerate(names, start=1):
+        if n in seen:
+            raise DataError(f"{what} {n!r} twice (columns {seen[n]} and {i}); rename or drop one")
+        seen[n] = i
 
 
 def read_events(path: str | Path, cmap: ColumnMap | None = None, sep: str | None = None,
