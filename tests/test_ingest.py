@@ -220,6 +220,17 @@ def test_negative_item_price_rejected(tmp_path, store):
     assert store.count_events() == 0
 
 
+def test_empty_or_repeated_item_id_in_item_table_rejected(tmp_path, store):
+    ingest(store, write(tmp_path, "good.csv", GOOD))
+    items = write(tmp_path, "items.csv", "item_id,text,price\na,Mug,2.5\n,Cup,1\n")
+    with pytest.raises(DataError, match=r"items.csv, line 3, field 'item_id': empty"):
+        ingest(store, write(tmp_path, "e.csv", GOOD.replace("u1", "u9")), items_path=items)
+    items = write(tmp_path, "items2.csv", "item_id,text,price\na,Mug,2.5\nb,Cup,1\na,Big mug,3\n")
+    with pytest.raises(DataError, match=r"items2.csv, line 4, field 'item_id': item id 'a' repeats line 2"):
+        ingest(store, write(tmp_path, "e.csv", GOOD.replace("u1", "u9")), items_path=items)
+    assert store.count_events() == 3 and len(store.items()) == 0
+
+
 def test_cli_bad_file_exits_nonzero(tmp_path):
     p = write(tmp_path, "bad.csv", "user_id,item_id,timestamp\nu1,a,yesterday\n")
     res = CliRunner().invoke(app, ["ingest", str(p), "--store", str(tmp_path / "s.duckdb")])

@@ -333,7 +333,15 @@ def read_items(path: str | Path, item_col: str = "item_id", text_col: str = "tex
         raise DataError(f"{path}: missing column '{item_col}' (for item_id); the file has {sorted(map(str, df.columns))}")
     problems = _Problems(str(path))
     lines = np.arange(len(df)) + first_line
-    out = pd.DataFrame({"item_id": df[item_col].astype(str).str.strip()})
+    ids = df[item_col].astype("string").str.strip()
+    empty = (ids.isna() | (ids == "")).to_numpy()
+    problems.add_mask(empty, lines, item_col, df[item_col], "empty item id")
+    repeated = ids.duplicated(keep="first").to_numpy() & ~empty
+    first_line = dict(zip(ids[~empty & ~repeated], lines[~empty & ~repeated]))
+    for i in np.flatnonzero(repeated):
+        problems.add(lines[i], item_col, f"item id {ids.iloc[i]!r} repeats line {first_line[ids.iloc[i]]}; "
+                                         "give each item one row")
+    out = pd.DataFrame({"item_id": ids.astype(object)})
     out["text"] = df[text_col] if text_col in df.columns else None
     if price_col in df.columns:
         raw = df[price_col]
