@@ -204,6 +204,35 @@ def test_headerless_ragged_rows_and_bad_time_format(tmp_path, store):
     assert store.count_events() == 0
 
 
+def test_two_fields_mapped_to_one_column_rejected(tmp_path, store):
+    p = write(tmp_path, "e.csv", GOOD)
+    with pytest.raises(DataError, match=r"e.csv: --user-col and --item-col both name 'item_id'"):
+        ingest(store, p, cmap=ColumnMap(user="item_id"))
+    with pytest.raises(DataError, match=r"--time-col and --value-col both name 'value'"):
+        ingest(store, p, cmap=ColumnMap(time="value"))
+    assert store.count_events() == 0
+
+
+def test_jsonl_ids_must_be_strings_or_numbers(tmp_path, store):
+    rows = [{"user_id": "u1", "item_id": "a", "timestamp": "2024-01-01"},
+            {"user_id": {"a": 1}, "item_id": "a", "timestamp": "2024-01-01"},
+            {"user_id": "u3", "item_id": ["x"], "timestamp": "2024-01-01"},
+            {"user_id": True, "item_id": "b", "timestamp": "2024-01-01"},
+            {"user_id": 7, "item_id": 1.5, "timestamp": "2024-01-01"}]
+    (tmp_path / "t.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(DataError) as e:
+        ingest(store, tmp_path / "t.jsonl")
+    msg = str(e.value)
+    assert e.value.n_problems == 3, msg
+    for frag in ["t.jsonl, line 2, field 'user_id': expected a string or number, got an object",
+                 "t.jsonl, line 3, field 'item_id': expected a string or number, got a list",
+                 "t.jsonl, line 4, field 'user_id': expected a string or number, got a boolean"]:
+        assert frag in msg, (frag, msg)
+    (tmp_path / "ok.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:1] + rows[4:]))
+    ingest(store, tmp_path / "ok.jsonl")
+    assert sorted(store.events()["user_id"]) == ["7", "u1"]
+
+
 def test_error_list_is_capped_with_count(tmp_path, store):
     rows = "".join(f"u{i},a,bad{i}\n" for i in range(30))
     with pytest.raises(DataError) as e:

@@ -146,6 +146,19 @@ def _check_time_range(problems: _Problems, ts: pd.Series, lines: np.ndarray, fld
             problems.add(lines[i], fld, f"{raw.iloc[i]} " + why.format(t=ts.iloc[i]))
 
 
+def _check_scalars(problems: _Problems, raw: pd.Series, lines: np.ndarray, fld: str) -> None:
+    """Flag JSON objects, lists and booleans (JSONL, Parquet) where an id or a name is expected."""
+    if pd.api.types.is_bool_dtype(raw):
+        kinds = pd.Series("a boolean", index=raw.index)
+    elif raw.dtype == object:
+        kinds = raw.map(lambda v: "an object" if isinstance(v, dict) else "a list" if isinstance(v, (list, tuple, np.ndarray))
+                        else "a boolean" if isinstance(v, (bool, np.bool_)) else None)
+    else:
+        return
+    for i in np.flatnonzero(kinds.notna().to_numpy()):
+        problems.add(lines[i], fld, f"expected a string or number, got {kinds.iloc[i]} ({raw.iloc[i]!r})")
+
+
 def _numeric(raw: pd.Series) -> pd.Series:
     return pd.to_numeric(raw.astype("string").str.strip(), errors="coerce")
 
@@ -272,8 +285,22 @@ def read_events(path: str | Path, cmap: ColumnMap | None = None, sep: str | None
                         f"{sorted(present)}.{hint} Map columns with --user-col/--item-col/--time-col/"
                         f"--value-col/--event-col/--quantity-col.")
 
+    options = {"user_id": "--user-col", "item_id": "--item-col", "timestamp": "--time-col", "value": "--value-col",
+               "event_type": "--event-col", "quantity": "--quantity-col", "event_id": "--event-id-col"}
+    by_col: dict[str, list[str]] = {}
+    for f, col in src.items():
+        if col in present:
+            by_col.setdefault(col, []).append(options[f])
+    for col, opts in by_col.items():
+        if len(opts) > 1:
+            raise DataError(f"{path}: {' and '.join(opts)} {'both' if len(opts) == 2 else 'all'} name {col!r}; "
+                            "map each field to its own column")
+
     lines = np.arange(len(df)) + first_line
     problems = _Problems(str(path))
+    for fld in ("user_id", "item_id", "event_type", "event_id"):
+        if src[fld] in present:
+            _check_scalars(problems, df[src[fld]], lines, src[fld])
     out = pd.DataFrame(index=df.index)
 
     user = df[src["user_id"]].astype("string").str.strip()
@@ -333,6 +360,7 @@ def read_items(path: str | Path, item_col: str = "item_id", text_col: str = "tex
         raise DataError(f"{path}: missing column '{item_col}' (for item_id); the file has {sorted(map(str, df.columns))}")
     problems = _Problems(str(path))
     lines = np.arange(len(df)) + first_line
+    _check_scalars(problems, df[item_col], lines, item_col)
     ids = df[item_col].astype("string").str.strip()
     empty = (ids.isna() | (ids == "")).to_numpy()
     problems.add_mask(empty, lines, item_col, df[item_col], "empty item id")
