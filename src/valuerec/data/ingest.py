@@ -151,7 +151,8 @@ def _check_scalars(problems: _Problems, raw: pd.Series, lines: np.ndarray, fld: 
     if pd.api.types.is_bool_dtype(raw):
         kinds = pd.Series("a boolean", index=raw.index)
     elif raw.dtype == object:
-        kinds = raw.map(lambda v: "an object" if isinstance(v, dict) else "a list" if isinstance(v, (list, tuple, np.ndarray))
+        kinds = raw.map(lambda v: "an object" if isinstance(v, dict)
+                        else "a list" if isinstance(v, (list, tuple, np.ndarray))
                         else "a boolean" if isinstance(v, (bool, np.bool_)) else None)
     else:
         return
@@ -218,7 +219,8 @@ def _read_table_utf8(path: Path, sep: str | None, no_header: bool, columns: list
             m = _TOO_MANY_FIELDS.search(str(e))
             if m:
                 raise DataError(f"{path}, line {m[2]}: {m[3]} fields, expected {m[1]} (the names in --columns)") from None
-            raise DataError(f"{path}: cannot parse as delimited text with separator {sep or 'whitespace'!r}: {e}") from None
+            raise DataError(f"{path}: cannot parse as delimited text with separator "
+                            f"{sep or 'whitespace'!r}: {e}") from None
         return df, 1
     # The header is read as a row, so a row with more fields than the header is an error rather than
     # silently shifting every column (pandas takes an extra first field as the index).
