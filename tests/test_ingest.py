@@ -79,6 +79,40 @@ def test_parquet_and_jsonl(tmp_path, store):
     assert store.count_events() == 4
 
 
+def test_timezone_offsets_stored_as_naive_utc(tmp_path, store):
+    """Offsets are converted to UTC and a time without one is taken as UTC, like the HTTP service."""
+    from valuerec.data.validate import validate_event_records
+
+    stamps = ["2011-01-01T10:00:00+05:00", "2011-01-01T10:00:00Z", "2011-01-01 10:00:00"]
+    want = [pd.Timestamp("2011-01-01 05:00:00"), pd.Timestamp("2011-01-01 10:00:00"),
+            pd.Timestamp("2011-01-01 10:00:00")]
+    ingest(store, write(tmp_path, "same.csv", "user_id,item_id,timestamp\nu0,a,2011-01-01T10:00:00+05:00\n"))
+    ingest(store, write(tmp_path, "tz.csv", "user_id,item_id,timestamp\n"
+                        + "".join(f"u{i},a,{t}\n" for i, t in enumerate(stamps))))
+    (tmp_path / "tz.jsonl").write_text("".join(json.dumps({"user_id": f"j{i}", "item_id": "a", "timestamp": t}) + "\n"
+                                               for i, t in enumerate(stamps)))
+    ingest(store, tmp_path / "tz.jsonl")
+    pd.DataFrame({"user_id": ["p0", "p1"], "item_id": ["a", "a"],
+                  "timestamp": pd.to_datetime(["2011-01-01 10:00", "2011-07-01 10:00"]).tz_localize("Europe/Berlin")}
+                 ).to_parquet(tmp_path / "tz.parquet")
+    ingest(store, tmp_path / "tz.parquet")
+    ev = store.events().set_index("user_id")["timestamp"]
+    assert [ev[f"u{i}"] for i in range(3)] == want
+    assert [ev[f"j{i}"] for i in range(3)] == want
+    assert list(ev[["p0", "p1"]]) == [pd.Timestamp("2011-01-01 09:00"), pd.Timestamp("2011-07-01 08:00")]
+    assert ev["u0"] == validate_event_records([{"user_id": "x", "timestamp": stamps[0]}])["timestamp"][0]
+
+
+def test_timezone_offsets_via_cli_train_data_path(tmp_path):
+    from valuerec.evaluation.protocols import cached_store
+
+    p = write(tmp_path, "tz.csv", "user_id,item_id,timestamp\nu1,a,2011-01-01T10:00:00+05:00\n"
+                                  "u1,b,2011-01-02T10:00:00+05:00\n")
+    db, _ = cached_store(p, "csv", tmp_path / "cache")
+    with EventStore(db, read_only=True) as st:
+        assert st.time_range() == (pd.Timestamp("2011-01-01 05:00"), pd.Timestamp("2011-01-02 05:00"))
+
+
 def test_value_only_data(tmp_path, store):
     p = write(tmp_path, "v.csv", "customer,date,amount\nc1,2024-01-01,10\nc1,2024-02-01,5\n")
     ingest(store, p, cmap=ColumnMap(user="customer", time="date", value="amount"))
@@ -97,6 +131,16 @@ def test_value_only_data(tmp_path, store):
     ("header_only.csv", "user_id,item_id,timestamp\n", ["no rows"]),
     ("delim.csv", "user_id;item_id;timestamp\nu1;a;2024-01-01\n", ["delimiter ';'", "--sep"]),
     ("emptyuser.csv", "user_id,item_id,timestamp\n,a,2024-01-01\n", ["line 2", "'user_id'", "empty user id"]),
+    ("events.csv", "user_id,item_id,timestamp\nu1,a,2011-01-01\nu1,b,2999-01-01\n",
+     ["events.csv, line 3, field 'timestamp': 2999-01-01 is in the future"]),
+    ("old.csv", "user_id,item_id,timestamp\nu1,a,1800-01-01\n",
+     ["old.csv, line 2, field 'timestamp': 1800-01-01 is before 1900-01-01"]),
+    ("ragged.csv", "user_id,item_id,timestamp\nu1,a,2024-01-01\nu2,b,2024-01-02,extra\n",
+     ["ragged.csv, line 3 has 4 fields, the header has 3"]),
+    ("trailing.csv", "user_id,item_id,timestamp,value\nu1,a,2024-01-01,5,\nu2,b,2024-01-02,3,\n",
+     ["trailing.csv, line 2 has 5 fields, the header has 4"]),
+    ("dupcol.csv", "user_id,item_id,timestamp,timestamp\nu1,a,2024-01-01,2024-01-02\n",
+     ["dupcol.csv: the header names 'timestamp' twice (columns 3 and 4)"]),
 ])
 def test_bad_input_clear_error_store_untouched(tmp_path, store, name, text, fragments):
     ingest(store, write(tmp_path, "good.csv", GOOD))
@@ -107,6 +151,86 @@ def test_bad_input_clear_error_store_untouched(tmp_path, store, name, text, frag
     for f in fragments:
         assert f in msg, (f, msg)
     pd.testing.assert_frame_equal(store.events(), before)
+
+
+def test_future_unix_ms_rejected_and_tomorrow_kept(tmp_path, store):
+    now_ms = int(pd.Timestamp.now(tz="UTC").timestamp() * 1000)
+    p = write(tmp_path, "ms.csv", f"user_id,item_id,timestamp\nu1,a,{now_ms + 12 * 3600_000}\nu2,b,99999999999999\n")
+    with pytest.raises(DataError, match=r"ms.csv, line 3, field 'timestamp': 99999999999999 is in the future \(5138-"):
+        ingest(store, p, cmap=ColumnMap(time_format="unix_ms"))
+    assert store.count_events() == 0
+    ok = write(tmp_path, "ok.csv", f"user_id,item_id,timestamp\nu1,a,{now_ms + 12 * 3600_000}\nu2,b,1000\n")
+    assert ingest(store, ok, cmap=ColumnMap(time_format="unix_ms")).added == 2   # half a day ahead; 1970
+
+
+def test_bundled_demo_data_passes_the_time_checks():
+    from valuerec.demo import demo_data_path
+
+    events, _, _ = read_online_retail(demo_data_path())
+    assert events["timestamp"].min().year == 2010 and events["timestamp"].max().year == 2011
+
+
+def test_unreadable_files_clear_error_store_untouched(tmp_path, store):
+    ingest(store, write(tmp_path, "good.csv", GOOD))
+    latin = tmp_path / "latin1.csv"
+    latin.write_bytes(b"user_id,item_id,timestamp\nu1,a,2024-01-01\nu\xff2,b,2024-01-02\n")
+    with pytest.raises(DataError, match=r"latin1.csv, line 3: not UTF-8 \(byte 0xff at column 2\)"):
+        ingest(store, latin)
+    (tmp_path / "seq.txt").write_bytes(b"1 5 6\n2 \xfe 7\n")
+    with pytest.raises(DataError, match=r"seq.txt, line 2: not UTF-8 \(byte 0xfe"):
+        ingest(store, tmp_path / "seq.txt")
+    (tmp_path / "fake.parquet").write_text(GOOD)
+    with pytest.raises(DataError, match=r"fake.parquet: not a Parquet file \("):
+        ingest(store, tmp_path / "fake.parquet")
+    (tmp_path / "adir").mkdir()
+    with pytest.raises(DataError, match=r"adir: is a directory"):
+        ingest(store, tmp_path / "adir")
+    with pytest.raises(DataError, match=r"latin1.csv, line 3: not UTF-8"):
+        ingest(store, write(tmp_path, "e.csv", GOOD), items_path=latin)
+    assert store.count_events() == 3
+
+
+def test_headerless_ragged_rows_and_bad_time_format(tmp_path, store):
+    p = write(tmp_path, "h.txt", "1 10 1700000000\n2 11 1700000100 extra\n")
+    cols = ["user_id", "item_id", "timestamp"]
+    with pytest.raises(DataError, match=r"h.txt, line 2: 4 fields, expected 3"):
+        ingest(store, p, fmt="csv", no_header=True, columns=cols, cmap=ColumnMap(time_format="unix"))
+    with pytest.raises(DataError, match=r"h.txt, line 2: 4 fields, expected 3"):
+        ingest(store, p, fmt="csv", no_header=True, columns=cols, sep=" ", cmap=ColumnMap(time_format="unix"))
+    with pytest.raises(DataError, match=r"--columns names 'item_id' twice"):
+        ingest(store, p, fmt="csv", no_header=True, columns=["user_id", "item_id", "item_id"])
+    with pytest.raises(DataError, match=r"^--time-format '%Q': .*bad directive"):
+        ingest(store, write(tmp_path, "e.csv", GOOD), cmap=ColumnMap(time_format="%Q"))
+    assert store.count_events() == 0
+
+
+def test_two_fields_mapped_to_one_column_rejected(tmp_path, store):
+    p = write(tmp_path, "e.csv", GOOD)
+    with pytest.raises(DataError, match=r"e.csv: --user-col and --item-col both name 'item_id'"):
+        ingest(store, p, cmap=ColumnMap(user="item_id"))
+    with pytest.raises(DataError, match=r"--time-col and --value-col both name 'value'"):
+        ingest(store, p, cmap=ColumnMap(time="value"))
+    assert store.count_events() == 0
+
+
+def test_jsonl_ids_must_be_strings_or_numbers(tmp_path, store):
+    rows = [{"user_id": "u1", "item_id": "a", "timestamp": "2024-01-01"},
+            {"user_id": {"a": 1}, "item_id": "a", "timestamp": "2024-01-01"},
+            {"user_id": "u3", "item_id": ["x"], "timestamp": "2024-01-01"},
+            {"user_id": True, "item_id": "b", "timestamp": "2024-01-01"},
+            {"user_id": 7, "item_id": 1.5, "timestamp": "2024-01-01"}]
+    (tmp_path / "t.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(DataError) as e:
+        ingest(store, tmp_path / "t.jsonl")
+    msg = str(e.value)
+    assert e.value.n_problems == 3, msg
+    for frag in ["t.jsonl, line 2, field 'user_id': expected a string or number, got an object",
+                 "t.jsonl, line 3, field 'item_id': expected a string or number, got a list",
+                 "t.jsonl, line 4, field 'user_id': expected a string or number, got a boolean"]:
+        assert frag in msg, (frag, msg)
+    (tmp_path / "ok.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:1] + rows[4:]))
+    ingest(store, tmp_path / "ok.jsonl")
+    assert sorted(store.events()["user_id"]) == ["7", "u1"]
 
 
 def test_error_list_is_capped_with_count(tmp_path, store):
@@ -125,6 +249,17 @@ def test_negative_item_price_rejected(tmp_path, store):
     assert store.count_events() == 0
 
 
+def test_empty_or_repeated_item_id_in_item_table_rejected(tmp_path, store):
+    ingest(store, write(tmp_path, "good.csv", GOOD))
+    items = write(tmp_path, "items.csv", "item_id,text,price\na,Mug,2.5\n,Cup,1\n")
+    with pytest.raises(DataError, match=r"items.csv, line 3, field 'item_id': empty"):
+        ingest(store, write(tmp_path, "e.csv", GOOD.replace("u1", "u9")), items_path=items)
+    items = write(tmp_path, "items2.csv", "item_id,text,price\na,Mug,2.5\nb,Cup,1\na,Big mug,3\n")
+    with pytest.raises(DataError, match=r"items2.csv, line 4, field 'item_id': item id 'a' repeats line 2"):
+        ingest(store, write(tmp_path, "e.csv", GOOD.replace("u1", "u9")), items_path=items)
+    assert store.count_events() == 3 and len(store.items()) == 0
+
+
 def test_cli_bad_file_exits_nonzero(tmp_path):
     p = write(tmp_path, "bad.csv", "user_id,item_id,timestamp\nu1,a,yesterday\n")
     res = CliRunner().invoke(app, ["ingest", str(p), "--store", str(tmp_path / "s.duckdb")])
@@ -132,6 +267,62 @@ def test_cli_bad_file_exits_nonzero(tmp_path):
     assert "unparseable date" in res.output
     with EventStore(tmp_path / "s.duckdb") as st:
         assert st.count_events() == 0
+
+
+def test_cli_failed_ingest_leaves_no_new_store(tmp_path):
+    from valuerec.evaluation.protocols import cached_store
+
+    bad = write(tmp_path, "bad.csv", "user_id,item_id,timestamp\nu1,a,yesterday\n")
+    db = tmp_path / "new.duckdb"
+    res = CliRunner().invoke(app, ["ingest", str(bad), "--store", str(db)])
+    assert res.exit_code == 2 and "unparseable date" in res.output
+    assert not db.exists() and not (tmp_path / "new.duckdb.wal").exists()
+    with pytest.raises(DataError):
+        cached_store(bad, "csv", tmp_path / "cache")
+    assert list((tmp_path / "cache").iterdir()) == []
+    res = CliRunner().invoke(app, ["ingest", str(write(tmp_path, "good.csv", GOOD)), "--store", str(db)])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(app, ["ingest", str(bad), "--store", str(db)])   # an existing store stays
+    assert res.exit_code == 2
+    with EventStore(db) as st:
+        assert st.count_events() == 3
+
+
+def test_cli_bad_store_paths(tmp_path):
+    good = write(tmp_path, "good.csv", GOOD)
+    (tmp_path / "dir.duckdb").mkdir()
+    res = CliRunner().invoke(app, ["ingest", str(good), "--store", str(tmp_path / "dir.duckdb")])
+    assert res.exit_code == 2 and "--store" in res.output and "is a directory" in res.output, res.output
+    fake = write(tmp_path, "fake.duckdb", "not a database\n")
+    res = CliRunner().invoke(app, ["ingest", str(good), "--store", str(fake)])
+    assert res.exit_code == 2 and "not a DuckDB store" in res.output, res.output
+    assert fake.read_text() == "not a database\n"
+    res = CliRunner().invoke(app, ["ingest", str(tmp_path), "--store", str(tmp_path / "s.duckdb")])
+    assert res.exit_code == 2 and "is a directory, expected a file" in res.output, res.output
+
+
+def test_store_locked_by_another_process(tmp_path):
+    import subprocess
+    import sys
+
+    db = tmp_path / "locked.duckdb"
+    with EventStore(db) as st:
+        ingest(st, write(tmp_path, "good.csv", GOOD))
+    holder = subprocess.Popen([sys.executable, "-c", "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); "
+                               "print('ready', flush=True); time.sleep(60)", str(db)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        with pytest.raises(DataError, match=rf"locked.duckdb is in use by another process \(PID {holder.pid}\), "
+                                            "e.g. a running valuerec serve; stop it or use its HTTP API"):
+            EventStore(db)
+        res = CliRunner().invoke(app, ["ingest", str(write(tmp_path, "more.csv", GOOD)), "--store", str(db)])
+        assert res.exit_code == 2 and "in use by another process" in res.output, res.output
+    finally:
+        holder.kill()
+        holder.wait()
+    assert db.exists()
+    with EventStore(db, read_only=True) as st:
+        assert st.count_events() == 3
 
 
 def test_pseudonymisation_is_keyed_and_stable():

@@ -40,7 +40,11 @@ def ingest_cmd(
     """Validate a file and add its events to the store (one transaction: all or nothing)."""
     cmap = ColumnMap(user=user_col, item=item_col, time=time_col, value=value_col, event=event_col,
                      quantity=quantity_col, event_id=event_id_col, time_format=time_format)
+    # A failed ingest writes nothing: files it created (a new store, its WAL) are removed again.
+    new_files = [p for p in (store, store.with_name(store.name + ".wal")) if not p.exists()]
     try:
+        if store.is_dir():
+            raise DataError(f"--store {store}: is a directory, expected a DuckDB store file")
         key = load_pseudonymisation_key(str(key_file) if key_file else None) if pseudonymise else None
         with EventStore(store) as st:
             with console.status(f"ingesting {path} ..."):
@@ -48,8 +52,12 @@ def ingest_cmd(
                                 columns=columns.split(",") if columns else None, attributes=attributes,
                                 items_path=items, pseudonymise_key=key)
             summary = st.summary()
-    except DataError as e:
-        console.print(f"[red]error:[/red] {e}", markup=True, highlight=False)
+    except BaseException as e:
+        for p in new_files:
+            p.unlink(missing_ok=True)
+        if not isinstance(e, DataError):
+            raise
+        console.print(f"[red]error:[/red] {e}", markup=True, highlight=False, soft_wrap=True)
         raise typer.Exit(code=2) from None
     if as_json:
         print(json.dumps({"report": report.as_dict(), "store": summary}, indent=2))

@@ -11,10 +11,12 @@ validated, and then ``EventStore.add_events`` writes it in one transaction.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import hmac
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -108,31 +110,97 @@ class _Problems:
 
 
 def parse_timestamps(raw: pd.Series, time_format: str | None) -> pd.Series:
+    """Naive UTC timestamps, as the HTTP service stores them: a time with an offset (``+05:00``,
+    ``Z``) is converted to UTC, a time without one is taken as UTC."""
     s = raw.astype("string").str.strip()
     if time_format in ("unix", "unix_s"):
         return pd.to_datetime(pd.to_numeric(s, errors="coerce"), unit="s", errors="coerce")
     if time_format == "unix_ms":
         return pd.to_datetime(pd.to_numeric(s, errors="coerce"), unit="ms", errors="coerce")
     if time_format:
-        return pd.to_datetime(s, format=time_format, errors="coerce")
+        try:
+            return _naive_utc(pd.to_datetime(s, format=time_format, errors="coerce", utc=True))
+        except ValueError as e:
+            raise DataError(f"--time-format {time_format!r}: {e}") from None
     try:
-        return pd.to_datetime(s, format="ISO8601", errors="coerce", utc=False)
+        return _naive_utc(pd.to_datetime(s, format="ISO8601", errors="coerce", utc=True))
     except (ValueError, TypeError):
-        return pd.to_datetime(s, errors="coerce", format="mixed")
+        return _naive_utc(pd.to_datetime(s, errors="coerce", format="mixed", utc=True))
+
+
+def _naive_utc(ts: pd.Series) -> pd.Series:
+    return ts.dt.tz_convert("UTC").dt.tz_localize(None) if ts.dt.tz is not None else ts
+
+
+# A time more than a day past the clock, or before 1900, is almost always a wrong year or unit.
+EARLIEST_TIME = pd.Timestamp("1900-01-01")
+FUTURE_SLACK = pd.Timedelta(days=1)
+
+
+def _check_time_range(problems: _Problems, ts: pd.Series, lines: np.ndarray, fld: str, raw: pd.Series) -> None:
+    """Flag parsed timestamps in the future (beyond a day of slack) or before 1900."""
+    latest = pd.Timestamp.now(tz="UTC").tz_localize(None) + FUTURE_SLACK
+    for mask, why in ((ts > latest, "is in the future ({t} UTC, more than 1 day after the current clock)"),
+                      (ts < EARLIEST_TIME, "is before 1900-01-01 ({t} UTC; implausible, wrong year or unit?)")):
+        for i in np.flatnonzero(mask.fillna(False).to_numpy()):
+            problems.add(lines[i], fld, f"{raw.iloc[i]} " + why.format(t=ts.iloc[i]))
+
+
+def _check_scalars(problems: _Problems, raw: pd.Series, lines: np.ndarray, fld: str) -> None:
+    """Flag JSON objects, lists and booleans (JSONL, Parquet) where an id or a name is expected."""
+    if pd.api.types.is_bool_dtype(raw):
+        kinds = pd.Series("a boolean", index=raw.index)
+    elif raw.dtype == object:
+        kinds = raw.map(lambda v: "an object" if isinstance(v, dict)
+                        else "a list" if isinstance(v, (list, tuple, np.ndarray))
+                        else "a boolean" if isinstance(v, (bool, np.bool_)) else None)
+    else:
+        return
+    for i in np.flatnonzero(kinds.notna().to_numpy()):
+        problems.add(lines[i], fld, f"expected a string or number, got {kinds.iloc[i]} ({raw.iloc[i]!r})")
 
 
 def _numeric(raw: pd.Series) -> pd.Series:
     return pd.to_numeric(raw.astype("string").str.strip(), errors="coerce")
 
 
+def _not_utf8(path: Path, err: UnicodeDecodeError) -> DataError:
+    """The first line of ``path`` that is not UTF-8, as a DataError naming the line and the byte."""
+    try:
+        with (gzip.open if path.name.lower().endswith(".gz") else open)(path, "rb") as f:
+            for ln, line in enumerate(f, start=1):
+                try:
+                    line.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    return DataError(f"{path}, line {ln}: not UTF-8 (byte 0x{line[e.start]:02x} at column "
+                                     f"{e.start + 1}); save the file as UTF-8")
+    except OSError:
+        pass
+    return DataError(f"{path}: not UTF-8 (byte 0x{err.object[err.start]:02x}: {err.reason}); save the file as UTF-8")
+
+
 # -- generic adapter --------------------------------------------------------------------------------
 def _read_table(path: Path, sep: str | None, no_header: bool, columns: list[str] | None) -> tuple[pd.DataFrame, int]:
     """Read a file as strings. Returns the frame and the line number of its first data row."""
+    if not path.exists():
+        raise DataError(f"{path}: no such file")
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory, expected a file")
+    try:
+        return _read_table_utf8(path, sep, no_header, columns)
+    except UnicodeDecodeError as e:
+        raise _not_utf8(path, e) from None
+
+
+def _read_table_utf8(path: Path, sep: str | None, no_header: bool, columns: list[str] | None) -> tuple[pd.DataFrame, int]:
     name = path.name.lower()
     if path.stat().st_size == 0:
         raise DataError(f"{path}: the file is empty (no header, no rows)")
     if name.endswith((".parquet", ".pq")):
-        df = pd.read_parquet(path)
+        try:
+            df = pd.read_parquet(path)
+        except (ValueError, OSError) as e:   # pyarrow's ArrowInvalid is a ValueError
+            raise DataError(f"{path}: not a Parquet file ({e})") from None
         return df.astype(object).where(df.notna(), None), 1
     if name.endswith((".jsonl", ".ndjson", ".jsonl.gz", ".ndjson.gz")):
         try:
@@ -143,16 +211,45 @@ def _read_table(path: Path, sep: str | None, no_header: bool, columns: list[str]
     if no_header:
         if not columns:
             raise DataError(f"{path}: --no-header needs --columns a,b,c naming each column")
-        df = pd.read_csv(path, sep=sep or r"\s+", header=None, names=columns, dtype=str,
-                         keep_default_na=False, na_values=[""], engine="python" if sep is None else "c")
+        _no_repeats(columns, "--columns names")
+        try:
+            df = pd.read_csv(path, sep=sep or r"\s+", header=None, names=columns, dtype=str,
+                             keep_default_na=False, na_values=[""], engine="python" if sep is None else "c")
+        except pd.errors.ParserError as e:
+            m = _TOO_MANY_FIELDS.search(str(e))
+            if m:
+                raise DataError(f"{path}, line {m[2]}: {m[3]} fields, expected {m[1]} (the names in --columns)") from None
+            raise DataError(f"{path}: cannot parse as delimited text with separator "
+                            f"{sep or 'whitespace'!r}: {e}") from None
         return df, 1
+    # The header is read as a row, so a row with more fields than the header is an error rather than
+    # silently shifting every column (pandas takes an extra first field as the index).
     try:
-        df = pd.read_csv(path, sep=sep or ",", dtype=str, keep_default_na=False, na_values=[""])
+        df = pd.read_csv(path, sep=sep or ",", header=None, dtype=str, keep_default_na=False, na_values=[""])
     except pd.errors.EmptyDataError:
         raise DataError(f"{path}: the file is empty (no header, no rows)") from None
     except pd.errors.ParserError as e:
+        m = _TOO_MANY_FIELDS.search(str(e))
+        if m:
+            raise DataError(f"{path}, line {m[2]} has {m[3]} fields, the header has {m[1]} "
+                            "(a trailing delimiter, or a value that needs quotes?)") from None
         raise DataError(f"{path}: cannot parse as delimited text with separator {sep or ','!r}: {e}") from None
+    header = [f"Unnamed: {i}" if h is None or h != h else str(h) for i, h in enumerate(df.iloc[0])]
+    _no_repeats(header, f"{path}: the header names")
+    df = df.iloc[1:].reset_index(drop=True)
+    df.columns = header
     return df, 2
+
+
+_TOO_MANY_FIELDS = re.compile(r"Expected (\d+) fields in line (\d+), saw (\d+)")
+
+
+def _no_repeats(names: list[str], what: str) -> None:
+    seen: dict[str, int] = {}
+    for i, n in enumerate(names, start=1):
+        if n in seen:
+            raise DataError(f"{what} {n!r} twice (columns {seen[n]} and {i}); rename or drop one")
+        seen[n] = i
 
 
 def read_events(path: str | Path, cmap: ColumnMap | None = None, sep: str | None = None,
@@ -190,8 +287,22 @@ def read_events(path: str | Path, cmap: ColumnMap | None = None, sep: str | None
                         f"{sorted(present)}.{hint} Map columns with --user-col/--item-col/--time-col/"
                         f"--value-col/--event-col/--quantity-col.")
 
+    options = {"user_id": "--user-col", "item_id": "--item-col", "timestamp": "--time-col", "value": "--value-col",
+               "event_type": "--event-col", "quantity": "--quantity-col", "event_id": "--event-id-col"}
+    by_col: dict[str, list[str]] = {}
+    for f, col in src.items():
+        if col in present:
+            by_col.setdefault(col, []).append(options[f])
+    for col, opts in by_col.items():
+        if len(opts) > 1:
+            raise DataError(f"{path}: {' and '.join(opts)} {'both' if len(opts) == 2 else 'all'} name {col!r}; "
+                            "map each field to its own column")
+
     lines = np.arange(len(df)) + first_line
     problems = _Problems(str(path))
+    for fld in ("user_id", "item_id", "event_type", "event_id"):
+        if src[fld] in present:
+            _check_scalars(problems, df[src[fld]], lines, src[fld])
     out = pd.DataFrame(index=df.index)
 
     user = df[src["user_id"]].astype("string").str.strip()
@@ -208,6 +319,7 @@ def read_events(path: str | Path, cmap: ColumnMap | None = None, sep: str | None
     ts = parse_timestamps(raw_t, cmap.time_format)
     fmt = cmap.time_format or "ISO 8601 (e.g. 2011-09-09 08:26:00); set --time-format"
     problems.add_mask(ts.isna().to_numpy(), lines, src["timestamp"], raw_t, f"unparseable date, expected {fmt}")
+    _check_time_range(problems, ts, lines, src["timestamp"], raw_t)
     out["timestamp"] = ts
 
     for fld, default in (("value", 0.0), ("quantity", 1.0)):
@@ -250,7 +362,16 @@ def read_items(path: str | Path, item_col: str = "item_id", text_col: str = "tex
         raise DataError(f"{path}: missing column '{item_col}' (for item_id); the file has {sorted(map(str, df.columns))}")
     problems = _Problems(str(path))
     lines = np.arange(len(df)) + first_line
-    out = pd.DataFrame({"item_id": df[item_col].astype(str).str.strip()})
+    _check_scalars(problems, df[item_col], lines, item_col)
+    ids = df[item_col].astype("string").str.strip()
+    empty = (ids.isna() | (ids == "")).to_numpy()
+    problems.add_mask(empty, lines, item_col, df[item_col], "empty item id")
+    repeated = ids.duplicated(keep="first").to_numpy() & ~empty
+    first_line = dict(zip(ids[~empty & ~repeated], lines[~empty & ~repeated]))
+    for i in np.flatnonzero(repeated):
+        problems.add(lines[i], item_col, f"item id {ids.iloc[i]!r} repeats line {first_line[ids.iloc[i]]}; "
+                                         "give each item one row")
+    out = pd.DataFrame({"item_id": ids.astype(object)})
     out["text"] = df[text_col] if text_col in df.columns else None
     if price_col in df.columns:
         raw = df[price_col]
@@ -286,7 +407,10 @@ def read_online_retail(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, In
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such file")
-    df = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+    except UnicodeDecodeError as e:
+        raise _not_utf8(path, e) from None
     missing = [c for c in ONLINE_RETAIL_COLUMNS if c not in df.columns]
     if missing:
         raise DataError(f"{path}: not an Online Retail file, missing column(s) {missing}")
@@ -297,6 +421,7 @@ def read_online_retail(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, In
     price = _numeric(df["UnitPrice"])
     ts = pd.to_datetime(df["InvoiceDate"], format="%Y-%m-%d %H:%M:%S", errors="coerce")
     problems.add_mask(ts.isna().to_numpy(), lines, "InvoiceDate", df["InvoiceDate"], "unparseable date, expected YYYY-MM-DD HH:MM:SS")
+    _check_time_range(problems, ts, lines, "InvoiceDate", df["InvoiceDate"])
     problems.add_mask(qty.isna().to_numpy(), lines, "Quantity", df["Quantity"], "not a number")
     problems.add_mask(price.isna().to_numpy(), lines, "UnitPrice", df["UnitPrice"], "not a number")
     problems.raise_if_any()
@@ -345,17 +470,20 @@ def read_s3rec(path: str | Path, attributes: str | Path | None = None) -> tuple[
         raise DataError(f"{path}: no such file")
     users, items, pos = [], [], []
     problems = _Problems(str(path))
-    with open(path) as f:
-        for ln, line in enumerate(f, start=1):
-            parts = line.split()
-            if not parts:
-                continue
-            if len(parts) < 2:
-                problems.add(ln, "items", "a user with no items")
-                continue
-            users.extend([parts[0]] * (len(parts) - 1))
-            items.extend(parts[1:])
-            pos.extend(range(len(parts) - 1))
+    try:
+        with open(path, encoding="utf-8") as f:
+            for ln, line in enumerate(f, start=1):
+                parts = line.split()
+                if not parts:
+                    continue
+                if len(parts) < 2:
+                    problems.add(ln, "items", "a user with no items")
+                    continue
+                users.extend([parts[0]] * (len(parts) - 1))
+                items.extend(parts[1:])
+                pos.extend(range(len(parts) - 1))
+    except UnicodeDecodeError as e:
+        raise _not_utf8(path, e) from None
     if not users and not problems.count:
         raise DataError(f"{path}: the file is empty")
     problems.raise_if_any()
@@ -390,6 +518,8 @@ def ingest(store: EventStore, path: str | Path, fmt: str = "auto", cmap: ColumnM
            pseudonymise_key: bytes | None = None) -> IngestReport:
     """Validate a whole file, then write it to the store in one transaction."""
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory, expected a file")
     if fmt == "auto":
         fmt = detect_format(path)
     if fmt == "online-retail":
@@ -424,7 +554,7 @@ def detect_format(path: Path) -> str:
             header = []
         return "online-retail" if all(c in header for c in ONLINE_RETAIL_COLUMNS[:7]) else "csv"
     if name.endswith(".txt"):
-        with open(path) as f:
+        with open(path, errors="replace") as f:
             first = f.readline().split()
         if len(first) >= 2 and all(tok.isdigit() for tok in first):
             return "s3rec"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +72,20 @@ def row_event_id(user_id: str, item_id: str | None, ts: pd.Timestamp, event_type
     return hashlib.blake2b(key.encode(), digest_size=12).hexdigest()
 
 
+def store_open_error(path: str | Path, err: Exception) -> DataError | None:
+    """DuckDB's error opening ``path`` as a one-line DataError saying what is wrong; None if unknown."""
+    msg = str(err)
+    if Path(path).is_dir():
+        return DataError(f"{path}: is a directory, not a DuckDB store")
+    if "Could not set lock" in msg:
+        pid = re.search(r"\(PID (\d+)\)", msg)
+        return DataError(f"{path} is in use by another process{f' (PID {pid.group(1)})' if pid else ''}, "
+                         "e.g. a running valuerec serve; stop it or use its HTTP API")
+    if "not a valid DuckDB database file" in msg:
+        return DataError(f"{path}: not a DuckDB store (the file exists but is not a DuckDB database)")
+    return None
+
+
 class StoredEvent(NamedTuple):
     """An event as the store committed it (``seq``: its arrival number)."""
 
@@ -96,7 +111,13 @@ class EventStore:
         self.path = str(path)
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self.con = duckdb.connect(self.path, read_only=read_only)
+        try:
+            self.con = duckdb.connect(self.path, read_only=read_only)
+        except duckdb.Error as e:
+            mapped = store_open_error(self.path, e)
+            if mapped is None:
+                raise
+            raise mapped from None
         self._lock = threading.RLock()
         if not read_only:
             self.con.execute(_SCHEMA)

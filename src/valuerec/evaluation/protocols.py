@@ -96,8 +96,13 @@ def cached_store(path: Path, fmt: str, cache_dir: str | Path = DEFAULT_CACHE,
             tmp.unlink()
         if console:
             console.log(f"ingesting {path} -> {store_path}")
-        with EventStore(tmp) as st:
-            ingest(st, path, fmt=fmt, attributes=attributes)
+        try:
+            with EventStore(tmp) as st:
+                ingest(st, path, fmt=fmt, attributes=attributes)
+        except BaseException:   # a failed ingest leaves no store behind
+            for p in (tmp, tmp.with_name(tmp.name + ".wal")):
+                p.unlink(missing_ok=True)
+            raise
         tmp.replace(store_path)
     return store_path, sha
 
