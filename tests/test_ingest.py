@@ -412,3 +412,19 @@ def test_row_write_path_matches_the_frame_path(tmp_path):
         many = validate_event_rows([{"user_id": f"m{i}", "timestamp": 1.6e9 + i} for i in range(600)])
         stored, dups = a.add_event_rows(many, chunk=256)
         assert len(stored) == 600 and dups == 0 and a.count_events() == 603
+
+
+def test_event_type_for_rows_that_name_none(tmp_path):
+    p = tmp_path / "payments.csv"
+    p.write_text("customer,date,amount\nc1,2011-01-02,5.5\nc2,2011-01-03,7\n")
+    store = tmp_path / "s.duckdb"
+    res = CliRunner().invoke(app, ["ingest", str(p), "--store", str(store), "--user-col", "customer",
+                                   "--time-col", "date", "--value-col", "amount", "--event-type", "purchase"])
+    assert res.exit_code == 0, res.output
+    with EventStore(store, read_only=True) as st:
+        ev = st.events()
+    assert list(ev["event_type"]) == ["purchase", "purchase"] and ev["item_id"].isna().all()
+    bad = CliRunner().invoke(app, ["ingest", str(p), "--store", str(tmp_path / "b.duckdb"), "--user-col", "customer",
+                                   "--time-col", "date", "--value-col", "amount", "--event-type", "buy"])
+    assert bad.exit_code == 2 and "--event-type 'buy': expected one of" in bad.output
+    assert not (tmp_path / "b.duckdb").exists()

@@ -25,6 +25,8 @@ def ingest_cmd(
     time_col: Optional[str] = typer.Option(None, "--time-col"),
     value_col: Optional[str] = typer.Option(None, "--value-col"),
     event_col: Optional[str] = typer.Option(None, "--event-col"),
+    event_type: Optional[str] = typer.Option(None, "--event-type", help="Type of the events whose row names none "
+                                             "(default interaction), e.g. purchase for a transaction log"),
     quantity_col: Optional[str] = typer.Option(None, "--quantity-col"),
     event_id_col: Optional[str] = typer.Option(None, "--event-id-col"),
     time_format: Optional[str] = typer.Option(None, "--time-format", help="strftime format, 'unix' or 'unix_ms'"),
@@ -50,7 +52,7 @@ def ingest_cmd(
             with console.status(f"ingesting {path} ..."):
                 report = ingest(st, path, fmt=fmt, cmap=cmap, sep=sep, no_header=no_header,
                                 columns=columns.split(",") if columns else None, attributes=attributes,
-                                items_path=items, pseudonymise_key=key)
+                                items_path=items, pseudonymise_key=key, event_type=event_type)
             summary = st.summary()
     except BaseException as e:
         for p in new_files:

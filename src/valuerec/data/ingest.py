@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from valuerec.data.schema import DEFAULT_EVENT_TYPE, DataError
+from valuerec.data.schema import DEFAULT_EVENT_TYPE, EVENT_TYPES, DataError
 from valuerec.data.store import EventStore
 
 MAX_PROBLEMS_SHOWN = 20
@@ -515,19 +515,26 @@ def find_attributes_file(path: str | Path) -> Path | None:
 def ingest(store: EventStore, path: str | Path, fmt: str = "auto", cmap: ColumnMap | None = None,
            sep: str | None = None, no_header: bool = False, columns: list[str] | None = None,
            attributes: str | Path | None = None, items_path: str | Path | None = None,
-           pseudonymise_key: bytes | None = None) -> IngestReport:
-    """Validate a whole file, then write it to the store in one transaction."""
+           pseudonymise_key: bytes | None = None, event_type: str | None = None) -> IngestReport:
+    """Validate a whole file, then write it to the store in one transaction. ``event_type``: the type of
+    events whose row names none (default 'interaction'), e.g. 'purchase' for a transaction log."""
     path = Path(path)
+    if event_type is not None and event_type not in EVENT_TYPES:
+        raise DataError(f"--event-type {event_type!r}: expected one of {EVENT_TYPES}")
     if path.is_dir():
         raise DataError(f"{path}: is a directory, expected a file")
     if fmt == "auto":
         fmt = detect_format(path)
+    if event_type is not None and fmt in ("online-retail", "s3rec"):
+        raise DataError(f"--event-type is for generic event files (csv, parquet, jsonl); the {fmt} format sets "
+                        "its own event types")
     if fmt == "online-retail":
         events, items, report = read_online_retail(path)
     elif fmt == "s3rec":
         events, items, report = read_s3rec(path, attributes or find_attributes_file(path))
     elif fmt in ("csv", "parquet", "jsonl", "events"):
-        events, items, report = read_events(path, cmap, sep=sep, no_header=no_header, columns=columns)
+        events, items, report = read_events(path, cmap, sep=sep, no_header=no_header, columns=columns,
+                                            default_event_type=event_type or DEFAULT_EVENT_TYPE)
     else:
         raise DataError(f"{path}: unknown format {fmt!r} (auto, csv, parquet, jsonl, online-retail, s3rec)")
     if items_path is not None:
