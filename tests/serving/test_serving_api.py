@@ -156,6 +156,24 @@ def test_not_json_is_422(client):
     assert r.status_code == 422
 
 
+@pytest.mark.parametrize("raw", ["NaN", "Infinity", "-Infinity", "1e999"])
+def test_non_finite_json_numbers_are_422_not_500(client, raw):
+    body = ('{"events":[{"user_id":"nan-user","item_id":"i1","timestamp":"2011-12-10","value":%s}]}' % raw).encode()
+    r = client.post("/v1/events", content=body, headers={**auth(WRITE_KEY), "content-type": "application/json"})
+    assert r.status_code == 422, r.text
+    assert "events[0].value: must be a finite number" in r.json()["message"]
+    assert recs(client, "nan-user")["history_length"] == 0
+
+
+@pytest.mark.parametrize("ctype", ["application/json", "text/plain", None])
+@pytest.mark.parametrize("body", [b'\xff\xfe{"events":[]}', b'{"events":[{"user_id":"u\xff","timestamp":1.7e9}]}'])
+def test_a_body_that_is_not_utf8_is_422(client, body, ctype):
+    headers = {**auth(WRITE_KEY), **({"content-type": ctype} if ctype else {})}
+    r = client.post("/v1/events", content=body, headers=headers)
+    assert r.status_code == 422, r.text
+    assert "not UTF-8 JSON" in r.json()["message"]
+
+
 def test_unknown_item_is_404(client):
     r = client.get("/v1/items/no-such-item/similar", headers=auth(READ_KEY))
     assert r.status_code == 404 and "no-such-item" in r.json()["detail"]
