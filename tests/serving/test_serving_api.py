@@ -133,6 +133,12 @@ def test_openapi_documents_every_route(client):
     ({"user_id": "u0", "item_id": "i1", "timestamp": "2024-02-01", "value": -5}, "value", "negative"),
     ({"user_id": "u0", "item_id": "i1", "timestamp": "2024-02-01", "quantity": "lots"}, "quantity", "valid number"),
     ({"user_id": "u0", "timestamp": "2024-02-01", "colour": "red"}, "colour", "Extra inputs"),
+    ({"user_id": "u0", "item_id": "i1", "timestamp": True}, "events[0].timestamp",
+     "expected an ISO 8601 string or unix seconds, got a boolean"),
+    ({"user_id": "u0", "item_id": "i1", "timestamp": "2024-02-01", "value": True}, "events[0].value",
+     "expected a number, got a boolean"),
+    ({"user_id": "u0", "item_id": "i1", "timestamp": "2024-02-01", "quantity": False}, "events[0].quantity",
+     "expected a number, got a boolean"),
 ])
 def test_malformed_events_are_422_naming_the_field(client, event, field, words):
     r = client.post("/v1/events", json={"events": [event]}, headers=auth(WRITE_KEY))

@@ -92,6 +92,20 @@ class EventIn(BaseModel):
                                  description="Client id for idempotency: an event_id the store already holds is "
                                              "skipped (counted as duplicate). Without one, the content hash is used.")
 
+    @field_validator("timestamp", mode="before")
+    @classmethod
+    def _no_bool_time(cls, v: Any) -> Any:
+        if isinstance(v, bool):     # JSON true would otherwise pass as 1.0 unix seconds
+            raise ValueError("expected an ISO 8601 string or unix seconds, got a boolean")
+        return v
+
+    @field_validator("value", "quantity", mode="before")
+    @classmethod
+    def _no_bool_number(cls, v: Any) -> Any:
+        if isinstance(v, bool):
+            raise ValueError("expected a number, got a boolean")
+        return v
+
     @field_validator("value", "quantity")
     @classmethod
     def _non_negative(cls, v: float) -> float:
