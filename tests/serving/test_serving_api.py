@@ -139,6 +139,8 @@ def test_openapi_documents_every_route(client):
      "expected a number, got a boolean"),
     ({"user_id": "u0", "item_id": "i1", "timestamp": "2024-02-01", "quantity": False}, "events[0].quantity",
      "expected a number, got a boolean"),
+    ({"user_id": "u0", "item_id": "i1", "timestamp": "2099-06-01"}, "events[0].timestamp",
+     "2099-06-01T00:00:00 is in the future (more than 24 h after the server clock)"),
 ])
 def test_malformed_events_are_422_naming_the_field(client, event, field, words):
     r = client.post("/v1/events", json={"events": [event]}, headers=auth(WRITE_KEY))
@@ -146,6 +148,17 @@ def test_malformed_events_are_422_naming_the_field(client, event, field, words):
     body = r.json()
     assert field in body["message"] and words in body["message"], body
     assert client.get("/healthz").status_code == 200
+
+
+def test_a_future_event_is_rejected_and_does_not_move_the_default_as_of(client):
+    before = client.get("/v1/users/u0/stage", headers=auth(READ_KEY)).json()
+    r = client.post("/v1/events", headers=auth(WRITE_KEY), json={"events": [
+        {"user_id": "future-user", "item_id": "i1", "timestamp": "2024-02-01T00:00:00"},
+        {"user_id": "future-user", "item_id": "i2", "timestamp": 4.1e9}]})
+    assert r.status_code == 422 and "events[1].timestamp: 2099-12-03T16:53:20 is in the future" in r.json()["message"], r.text
+    assert recs(client, "future-user")["history_length"] == 0                    # nothing of the batch stored
+    after = client.get("/v1/users/u0/stage", headers=auth(READ_KEY)).json()
+    assert after.get("as_of") == before.get("as_of")
 
 
 def test_a_bad_event_rejects_the_whole_batch(client, served):

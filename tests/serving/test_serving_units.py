@@ -160,3 +160,11 @@ def test_group_commit_counts_and_cached_histories_match_the_store(tmp_path, env)
             assert list(cached.times) == list(s.times[0]), u
     finally:
         state.close()
+
+
+def test_future_tolerance_setting():
+    base = {"VALUEREC_STORE": "s", "VALUEREC_MODEL_DIR": "m", "VALUEREC_API_KEYS": API_KEYS}
+    assert Settings.from_env(base).max_future_h == 24.0
+    assert Settings.from_env({**base, "VALUEREC_MAX_FUTURE_H": "0.5"}).max_future_h == 0.5
+    with pytest.raises(DataError, match="VALUEREC_MAX_FUTURE_H"):
+        Settings.from_env({**base, "VALUEREC_MAX_FUTURE_H": "-1"})

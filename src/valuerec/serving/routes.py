@@ -14,9 +14,11 @@ No ``from __future__ import annotations`` here: FastAPI must see the parameter t
 import asyncio
 from typing import Annotated, Literal
 
+import pandas as pd
 from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
+from valuerec.data.schema import DataError
 from valuerec.data.validate import validate_event_rows
 from valuerec.serving.auth import require
 from valuerec.serving.deps import get_state
@@ -56,6 +58,16 @@ async def _answer(in_memory: bool, fn, *args):
 def _resolve(fut: asyncio.Future) -> None:
     if not fut.done():
         fut.set_result(None)
+
+
+def _reject_future(rows, hours: float) -> None:
+    """422 for events more than ``hours`` past the server clock: one would move the store's newest
+    event, the default "as of" time, and make every other customer look lapsed."""
+    latest = pd.Timestamp.now(tz="UTC").tz_localize(None) + pd.Timedelta(hours=hours)
+    late = [f"events[{n}].timestamp: {r.timestamp.isoformat()} is in the future "
+            f"(more than {hours:g} h after the server clock)" for n, r in enumerate(rows) if r.timestamp > latest]
+    if late:
+        raise DataError(f"events: {len(late)} problem(s); nothing was written", late[:20], len(late))
 
 
 def make_router(settings: Settings) -> APIRouter:
@@ -131,6 +143,8 @@ def make_router(settings: Settings) -> APIRouter:
             description=f"Add a batch of events (at most {settings.max_batch}, body at most "
                         f"{settings.max_body_bytes} bytes). They are validated like file ingest and stored in one "
                         "transaction before the response; the next recommendation for their users reflects them. "
+                        f"Timestamps more than {settings.max_future_h:g} h past the server clock are rejected "
+                        "($VALUEREC_MAX_FUTURE_H). "
                         "Events whose event_id is already stored are skipped (idempotent re-sends).")
     async def post_events(batch: EventBatch, request: Request, state: State) -> EventsResponse:
         n = len(batch.events)
@@ -140,6 +154,7 @@ def make_router(settings: Settings) -> APIRouter:
         records = [e.model_dump() for e in batch.events]
         rows = (validate_event_rows(records, source="events") if n <= 64 else
                 await run_in_threadpool(validate_event_rows, records, "events"))
+        _reject_future(rows, settings.max_future_h)
         loop = asyncio.get_running_loop()
         committed = loop.create_future()
         slot = state.submit_rows(rows, lambda: loop.call_soon_threadsafe(_resolve, committed))
