@@ -402,6 +402,26 @@ def test_reload_swaps_the_model_without_failing_requests(client, served):
     assert client.get("/healthz").json()["model"]["version"] == "v1"
 
 
+def test_bad_query_parameters_point_at_the_query(client, served):
+    r = client.get("/v1/users/u0/stage", params={"as_of": "yesterday-ish"}, headers=auth(READ_KEY))
+    if r.status_code != 501:      # lifecycle module present
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", "as_of"], r.text
+        assert "query.as_of: unparseable date 'yesterday-ish'" in r.json()["message"]
+    # a policy the loaded model cannot answer (v2, popularity, has no purchase stage): 501 like other
+    # answers the model cannot give
+    r = client.post("/v1/admin/reload", json={"path": str(served["models"] / "v2")}, headers=auth(ADMIN_KEY))
+    assert r.status_code == 200, r.text
+    try:
+        r = client.get("/v1/users/u0/recommendations", params={"policy": "expected_revenue"}, headers=auth(READ_KEY))
+        assert r.status_code == 501, r.text
+        detail = r.json()["detail"]
+        assert detail.startswith("policy=expected_revenue: model 'popularity' (v2) cannot answer it")
+        assert "purchase model" in detail
+    finally:
+        r = client.post("/v1/admin/reload", json={"path": str(served["models"] / "v1")}, headers=auth(ADMIN_KEY))
+        assert r.status_code == 200, r.text
+
+
 def test_accepted_events_are_in_the_store(served, client):
     """What the API acknowledged is in the store file, once. Reading the file needs the server
     stopped (DuckDB locks it), so this runs last in the module."""

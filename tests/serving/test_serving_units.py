@@ -73,6 +73,7 @@ def test_value_for_an_unknown_user_and_a_bad_as_of(value_client):
     assert body["known_user"] is False and body["value"]["expected_value"] == 0.0
     r = c.get("/v1/users/u0/value", params={"as_of": "yesterday-ish"}, headers=auth(READ_KEY))
     assert r.status_code == 422 and "as_of" in r.json()["message"]
+    assert r.json()["detail"][0]["loc"] == ["query", "as_of"]
 
 
 def test_api_keys_parse_with_scopes_and_admin_implies_all():

@@ -178,7 +178,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(DataError)
     async def on_data_error(request: Request, exc: DataError):
         lines = exc.problems or [str(exc)]
-        return _validation_response([{"loc": ["body"], "msg": line, "type": "value_error"} for line in lines])
+        loc = list(getattr(exc, "loc", ("body",)))    # QueryError: ("query", name)
+        return _validation_response([{"loc": loc, "msg": line, "type": "value_error"} for line in lines])
 
     @app.exception_handler(NotAvailable)
     async def on_not_available(request: Request, exc: NotAvailable):

@@ -80,7 +80,7 @@ def make_router(settings: Settings) -> APIRouter:
     read, write, admin = Depends(require("read")), Depends(require("write")), Depends(require("admin"))
 
     @r.get("/v1/users/{user_id}/recommendations", response_model=RecommendationsResponse, tags=["users"],
-           dependencies=[read], responses=_err(401, 403))
+           dependencies=[read], responses=_err(401, 403, 501))
     async def recommendations(user_id: UserId, state: State, k: K = 10,
                         policy: Annotated[Policy, Query(
                             description="auto: the model for users with history, popular items for new users; "
@@ -90,7 +90,8 @@ def make_router(settings: Settings) -> APIRouter:
                         )] = "auto",
                         exclude_history: Annotated[bool, Query(description="Leave out items the user already had")
                                                    ] = True) -> RecommendationsResponse:
-        """Top-k items for a user from their history in the store (new events count at once)."""
+        """Top-k items for a user from their history in the store (new events count at once); 501 for a
+        policy the loaded model cannot answer (e.g. expected_revenue without a purchase stage)."""
         out = await _answer(state.in_memory(user_id), state.recommend, user_id, k, policy, exclude_history)
         return RecommendationsResponse(user_id=user_id, policy=out["policy"], model=_model(out["runtime"]), k=k,
                                        history_length=out["history_length"], items=out["items"])

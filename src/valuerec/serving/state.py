@@ -46,6 +46,14 @@ class NotFound(Exception):
     """HTTP 404."""
 
 
+class QueryError(DataError):
+    """A bad query parameter: HTTP 422 located at ("query", name)."""
+
+    def __init__(self, param: str, message: str):
+        super().__init__(message)
+        self.loc = ("query", param)
+
+
 @dataclass
 class UserHistory:
     """One user's events in time order; ``items`` are catalogue indices, -1 where the item is unknown
@@ -525,11 +533,14 @@ class ServiceState:
         popularity[pop_idx] = pop_counts
         t = self.as_of(None)
         value_model = rt.model if rt.hooks.get("value") is not None else None
-        with torch.no_grad():
-            top, sc = apply_policy(policy, rt.model, seqs, k=k, exclude="history" if exclude_history else None,
-                                   as_of=self._unix(t), value_model=value_model, item_popularity=popularity,
-                                   item_vectors=rt.item_vectors, item_value=rt.item_value,
-                                   purchase_model=rt.purchase_model)
+        try:
+            with torch.no_grad():
+                top, sc = apply_policy(policy, rt.model, seqs, k=k, exclude="history" if exclude_history else None,
+                                       as_of=self._unix(t), value_model=value_model, item_popularity=popularity,
+                                       item_vectors=rt.item_vectors, item_value=rt.item_value,
+                                       purchase_model=rt.purchase_model)
+        except DataError as e:   # the policy needs a part this model lacks (purchase stage, value head, prices)
+            raise NotAvailable(f"policy={policy}: model '{rt.name}' ({rt.version}) cannot answer it: {e}") from None
         ok = top[0] >= 0
         return {"runtime": rt, "policy": policy, "items": self.describe_items(rt, top[0][ok], sc[0][ok]),
                 "history_length": int(len(h.items))}
@@ -553,9 +564,9 @@ class ServiceState:
             try:
                 t = pd.Timestamp(as_of)
             except (ValueError, TypeError, OverflowError):
-                raise DataError(f"as_of: unparseable date {as_of!r}, expected ISO 8601") from None
+                raise QueryError("as_of", f"unparseable date {as_of!r}, expected ISO 8601") from None
             if t is pd.NaT:
-                raise DataError(f"as_of: unparseable date {as_of!r}, expected ISO 8601")
+                raise QueryError("as_of", f"unparseable date {as_of!r}, expected ISO 8601")
             return t.tz_convert("UTC").tz_localize(None) if t.tzinfo is not None else t
         return self._max_time if self._max_time is not None else pd.Timestamp.utcnow().tz_localize(None)
 
