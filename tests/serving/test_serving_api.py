@@ -96,6 +96,19 @@ def test_stage_from_lifecycle_rules(client):
     assert body["features"]["n_purchases"] == 6 and body["reason"].startswith("retained")
 
 
+def test_stage_history_length_counts_only_events_up_to_as_of(client):
+    lengths = {}
+    for as_of in ("1990-01-01", "2024-01-01T02:30:00", None):     # u0's six events: 2024-01-01 00:00 .. 05:00
+        r = client.get("/v1/users/u0/stage", params={"as_of": as_of} if as_of else {}, headers=auth(READ_KEY))
+        if r.status_code == 501:
+            pytest.skip("lifecycle module not available")
+        assert r.status_code == 200, r.text
+        lengths[as_of] = (r.json()["history_length"], r.json()["features"]["n_events"])
+    assert lengths["1990-01-01"] == (0, 0)
+    assert lengths["2024-01-01T02:30:00"] == (3, 3)
+    assert lengths[None][0] == 6
+
+
 def test_explain_lists_events_by_influence(client):
     r = client.get("/v1/users/u0/explain", params={"top": 3}, headers=auth(READ_KEY))
     if r.status_code == 501:

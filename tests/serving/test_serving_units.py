@@ -67,6 +67,16 @@ def test_value_endpoint_uses_predict_value_and_adds_the_stage(value_client):
         assert body["stage"] == "retained" and body["stage_reason"].startswith("retained")
 
 
+def test_value_before_a_users_first_event_knows_no_history(value_client):
+    c, _ = value_client
+    body = c.get("/v1/users/u0/value", params={"as_of": "1990-01-01"}, headers=auth(READ_KEY)).json()
+    assert body["known_user"] is False and body["history_length"] == 0, body
+    if body["stage"] is not None:
+        assert body["stage"] == "new"
+    body = c.get("/v1/users/u0/value", headers=auth(READ_KEY)).json()
+    assert body["known_user"] is True and body["history_length"] == 6
+
+
 def test_value_for_an_unknown_user_and_a_bad_as_of(value_client):
     c, _ = value_client
     body = c.get("/v1/users/nobody/value", headers=auth(READ_KEY)).json()

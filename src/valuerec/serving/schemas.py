@@ -38,8 +38,8 @@ class ValueResponse(BaseModel):
     user_id: str
     as_of: str = Field(description="Prediction time (ISO 8601)")
     model: ModelInfo
-    known_user: bool
-    history_length: int
+    known_user: bool = Field(description="Whether the user has events at or before as_of")
+    history_length: int = Field(description="Events of this user at or before as_of")
     value: dict[str, Any] = Field(description="The model's value prediction, e.g. expected revenue over its horizon, "
                                               "p(buy), churn probability")
     stage: str | None = Field(None, description="Lifecycle stage, when lifecycle rules are available")
@@ -50,7 +50,7 @@ class StageResponse(BaseModel):
     user_id: str
     as_of: str
     model: ModelInfo
-    history_length: int
+    history_length: int = Field(description="Events of this user at or before as_of")
     stage: str = Field(description="new, activated, retained, expanding, advocate, at-risk or lapsed")
     reason: str = Field(description="The rule that assigned the stage, with its numbers")
     features: dict[str, Any] = Field(description="The numbers the rules used (recency, tenure, spend, ...)")

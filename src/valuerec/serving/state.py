@@ -612,9 +612,10 @@ class ServiceState:
         seqs = h.sequences(user_id, item_only=False)
         value, raw = self._value_row(rt, seqs, t)
         stage = self._stage_row(rt, seqs, t, raw)
+        n = _events_until(h, t)
         return {"runtime": rt, "as_of": t, "value": value, "stage": None if stage is None else stage.get("stage"),
                 "stage_reason": None if stage is None else stage.get("reason"),
-                "history_length": int(len(h.items)), "known_user": len(h.items) > 0}
+                "history_length": n, "known_user": n > 0}
 
     def stage(self, user_id: str, as_of: str | None) -> dict:
         rt = self.runtime
@@ -628,7 +629,7 @@ class ServiceState:
         row = self._stage_row(rt, seqs, t, raw)
         features = {k: v for k, v in row.items() if k not in ("user_id", "stage", "rule", "reason")}
         return {"runtime": rt, "as_of": t, "stage": str(row["stage"]), "reason": str(row.get("reason")),
-                "features": features, "value": value, "history_length": int(len(h.items))}
+                "features": features, "value": value, "history_length": _events_until(h, t)}
 
     def explain(self, user_id: str, target: str | None, as_of: str | None, top: int) -> dict:
         """Occlusion influence of each of the user's events on a target: an item's score (default: the
@@ -715,6 +716,11 @@ class ServiceState:
 
 
 _EPOCH = datetime.datetime(1970, 1, 1)
+
+
+def _events_until(h: UserHistory, t: pd.Timestamp) -> int:
+    """How many of the history's events are at or before ``t`` (what an answer "as of t" can know)."""
+    return int(np.searchsorted(h.times, t.value // 10**9, side="right"))
 
 
 def _merge(h: UserHistory, new: list[StoredEvent] | None, catalogue: Catalogue, gen: int) -> UserHistory:
