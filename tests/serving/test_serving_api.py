@@ -316,9 +316,17 @@ def test_same_event_id_twice_is_stored_once(client):
     ev = {"user_id": "idem-user", "item_id": "i12", "timestamp": "2024-02-02T10:00:00", "event_id": "client-1"}
     r1 = client.post("/v1/events", json={"events": [ev]}, headers=auth(WRITE_KEY)).json()
     r2 = client.post("/v1/events", json={"events": [ev, {**ev, "item_id": "i13"}]}, headers=auth(WRITE_KEY)).json()
-    assert (r1["accepted"], r1["duplicates"]) == (1, 0)
-    assert (r2["received"], r2["accepted"], r2["duplicates"]) == (2, 0, 2)   # same id, even with other content
-    assert recs(client, "idem-user")["history_length"] == 1
+    assert (r1["accepted"], r1["duplicates"], r1["conflicts"]) == (1, 0, 0)
+    # the identical re-send is a duplicate; the same id with other content is a conflict, named
+    assert (r2["received"], r2["accepted"], r2["duplicates"], r2["conflicts"]) == (2, 0, 1, 1)
+    assert r2["conflicting_event_ids"] == ["client-1"]
+    # within one batch too: the first is stored, the second with other content is a conflict
+    r3 = client.post("/v1/events", headers=auth(WRITE_KEY), json={"events": [
+        {**ev, "event_id": "client-2"}, {**ev, "event_id": "client-2", "value": 3.0}]}).json()
+    assert (r3["accepted"], r3["duplicates"], r3["conflicts"], r3["conflicting_event_ids"]) == (1, 0, 1, ["client-2"])
+    assert recs(client, "idem-user")["history_length"] == 2
+    # nothing stored changed: the seen items are still i12 (twice), not i13
+    assert "i13" in ids(recs(client, "idem-user", k=30, exclude_history="true"))
 
 
 def test_next_recommendation_reflects_a_new_event(client):
@@ -450,3 +458,7 @@ def test_accepted_events_are_in_the_store(served, client):
     row = got.iloc[0]
     assert (row["item_id"], row["event_type"], row["value"], row["quantity"]) == ("i7", "purchase", 9.5, 2.0)
     assert str(row["timestamp"]) == "2024-03-01 12:00:00"
+    with EventStore(served["store"], read_only=True) as st:     # conflicting re-sends changed nothing stored
+        idem = st.events("user_id = 'idem-user'")
+    assert sorted(idem["event_id"]) == ["client-1", "client-2"]
+    assert set(idem["item_id"]) == {"i12"} and set(idem["value"]) == {0.0}

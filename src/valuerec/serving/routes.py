@@ -146,7 +146,9 @@ def make_router(settings: Settings) -> APIRouter:
                         "transaction before the response; the next recommendation for their users reflects them. "
                         f"Timestamps more than {settings.max_future_h:g} h past the server clock are rejected "
                         "($VALUEREC_MAX_FUTURE_H). "
-                        "Events whose event_id is already stored are skipped (idempotent re-sends).")
+                        "Events whose event_id is already stored are skipped: counted as duplicates when their "
+                        "content is the same (idempotent re-sends), as conflicts (ids listed) when it differs; "
+                        "the stored event is kept either way.")
     async def post_events(batch: EventBatch, request: Request, state: State) -> EventsResponse:
         n = len(batch.events)
         if n > settings.max_batch:
@@ -163,11 +165,14 @@ def make_router(settings: Settings) -> APIRouter:
             await asyncio.wait_for(asyncio.shield(committed), timeout=settings.write_timeout_s)
         except TimeoutError:
             raise TimeoutError("the event store did not commit within the time limit") from None
-        added, dups = state.write_result(slot)
+        added, dups, conflicts = state.write_result(slot)
         metrics = request.app.state.metrics
         metrics.events.labels(outcome="accepted").inc(added)
         metrics.events.labels(outcome="duplicate").inc(dups)
-        return EventsResponse(received=n, accepted=added, duplicates=dups)
+        if conflicts:
+            metrics.events.labels(outcome="conflict").inc(len(conflicts))
+        return EventsResponse(received=n, accepted=added, duplicates=dups, conflicts=len(conflicts),
+                              conflicting_event_ids=list(dict.fromkeys(conflicts))[:20])
 
     @r.delete("/v1/users/{user_id}", response_model=DeleteUserResponse, tags=["users"], dependencies=[write],
               responses=_err(401, 403))

@@ -90,7 +90,8 @@ class EventIn(BaseModel):
     quantity: float = Field(1.0, json_schema_extra={"minimum": 0}, description=">= 0")
     event_id: str | None = Field(None, min_length=1, max_length=256,
                                  description="Client id for idempotency: an event_id the store already holds is "
-                                             "skipped (counted as duplicate). Without one, the content hash is used.")
+                                             "skipped (a duplicate when the content is the same, a conflict when "
+                                             "it differs). Without one, the content hash is used.")
 
     @field_validator("timestamp", mode="before")
     @classmethod
@@ -125,7 +126,12 @@ class EventBatch(BaseModel):
 class EventsResponse(BaseModel):
     received: int
     accepted: int = Field(description="Events newly stored")
-    duplicates: int = Field(description="Events skipped because their event_id (or content) was already stored")
+    duplicates: int = Field(description="Events skipped because the same event (same event_id and content) was "
+                                        "already stored: idempotent re-sends")
+    conflicts: int = Field(0, description="Events skipped because their event_id was already stored with other "
+                                          "content; the stored event is kept unchanged")
+    conflicting_event_ids: list[str] = Field(default_factory=list,
+                                             description="The event ids of those conflicts (the first 20)")
 
 
 class DeleteUserResponse(BaseModel):

@@ -367,15 +367,17 @@ class ServiceState:
                 rt.histories.popitem(last=False)
                 rt.complete = False
 
-    def add_events(self, events: pd.DataFrame, timeout: float = 60.0) -> tuple[int, int]:
-        """Store a validated event frame; returns (accepted, duplicates) once it is committed."""
+    def add_events(self, events: pd.DataFrame, timeout: float = 60.0) -> tuple[int, int, list[str]]:
+        """Store a validated event frame; returns (accepted, duplicates, conflicting event ids) once it
+        is committed (see ``_write_group``)."""
         cols = [events[c].tolist() if c in events.columns else [None] * len(events) for c in EVENT_COLUMNS]
         rows = [EventRow(eid, u, None if i is None or i != i else i, pd.Timestamp(t), et, v, q)
                 for eid, u, i, t, et, v, q in zip(*cols)]
         return self.add_rows(rows, timeout)
 
-    def add_rows(self, rows: list[EventRow], timeout: float = 60.0) -> tuple[int, int]:
-        """Store validated rows (blocking); returns (accepted, duplicates) once they are committed."""
+    def add_rows(self, rows: list[EventRow], timeout: float = 60.0) -> tuple[int, int, list[str]]:
+        """Store validated rows (blocking); returns (accepted, duplicates, conflicting event ids) once
+        they are committed."""
         done = threading.Event()
         slot = self.submit_rows(rows, done.set)
         if not done.wait(timeout):
@@ -384,7 +386,8 @@ class ServiceState:
 
     def submit_rows(self, rows: list[EventRow], notify: Callable[[], None]) -> dict:
         """Queue validated rows for the writer thread; ``notify()`` is called (on that thread) once
-        they are committed or failed; then ``write_result(slot)`` gives (accepted, duplicates) or raises.
+        they are committed or failed; then ``write_result(slot)`` gives (accepted, duplicates, conflicting
+        event ids) or raises.
 
         Batches from concurrent requests are committed together (group commit)."""
         rows = [r if r.event_id is not None else r._replace(event_id=row_event_id(*r[1:])) for r in rows]
@@ -393,7 +396,7 @@ class ServiceState:
         return slot
 
     @staticmethod
-    def write_result(slot: dict) -> tuple[int, int]:
+    def write_result(slot: dict) -> tuple[int, int, list[str]]:
         if "error" in slot:
             raise slot["error"]
         return slot["result"]
@@ -430,13 +433,22 @@ class ServiceState:
                 except Exception:  # noqa: BLE001 - e.g. the request's event loop is gone
                     log.warning("could not notify a writer of its result", exc_info=True)
 
-    def _write_group(self, batches: list[list[EventRow]]) -> list[tuple[int, int]]:
+    def _write_group(self, batches: list[list[EventRow]]) -> list[tuple[int, int, list[str]]]:
         """One transaction for several batches; then fold the newly stored events into the cached
-        histories of their users (so the next request needs no store read)."""
+        histories of their users (so the next request needs no store read).
+
+        Per batch: (accepted, duplicates, conflicts). An event whose id is already stored is skipped
+        either way; it is a duplicate when the stored event has the same content (an idempotent
+        re-send), a conflict (its id listed) when the content differs. The stored event never changes."""
         rt = self.runtime
         rows = [r for b in batches for r in b]
         with self._store_lock:
             stored, _ = self.store.add_event_rows(rows)
+            held = {}       # what the store holds for the ids it skipped, to tell re-sends from conflicts
+            if len(stored) < len(rows):
+                held = {g[0]: g[1:] for g in self.store.con.execute(
+                    "SELECT event_id, user_id, item_id, ts, event_type, value, quantity FROM events "
+                    "WHERE event_id IN (SELECT unnest(?::VARCHAR[]))", [list({r.event_id for r in rows})]).fetchall()}
             if stored:
                 self._last_seq = max(self._last_seq, stored[-1].seq)
             t = pd.Timestamp(max(r.timestamp for r in rows))
@@ -465,12 +477,16 @@ class ServiceState:
         fresh = {e.event_id for e in stored}
         out = []
         for b in batches:
-            added = 0
+            added, dups, conflicts = 0, 0, []
             for r in b:
                 if r.event_id in fresh:
                     fresh.discard(r.event_id)
                     added += 1
-            out.append((added, len(b) - added))
+                elif _same_event(held.get(r.event_id), r):
+                    dups += 1
+                else:
+                    conflicts.append(r.event_id)
+            out.append((added, dups, conflicts))
         return out
 
     def delete_user(self, user_id: str) -> int:
@@ -716,6 +732,14 @@ class ServiceState:
 
 
 _EPOCH = datetime.datetime(1970, 1, 1)
+
+
+def _same_event(held: tuple | None, r: EventRow) -> bool:
+    """Whether a stored event (user_id, item_id, ts, event_type, value, quantity) has ``r``'s content."""
+    if held is None:
+        return True
+    return (held[0], held[1], pd.Timestamp(held[2]), held[3], float(held[4]), float(held[5])) == (
+        r.user_id, r.item_id, pd.Timestamp(r.timestamp).floor("us"), r.event_type, float(r.value), float(r.quantity))
 
 
 def _events_until(h: UserHistory, t: pd.Timestamp) -> int:
