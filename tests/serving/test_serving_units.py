@@ -180,3 +180,32 @@ def test_future_tolerance_setting():
     assert Settings.from_env({**base, "VALUEREC_MAX_FUTURE_H": "0.5"}).max_future_h == 0.5
     with pytest.raises(DataError, match="VALUEREC_MAX_FUTURE_H"):
         Settings.from_env({**base, "VALUEREC_MAX_FUTURE_H": "-1"})
+
+
+@pytest.mark.parametrize("case", ["port", "empty-models-root", "not-a-store"])
+def test_serve_refuses_bad_arguments_with_one_line(tmp_path, case):
+    """`valuerec serve` checks its port, models root and store before starting: exit 2 and one line,
+    no traceback (a port over 65535 used to be taken modulo 65536)."""
+    import os
+    import subprocess
+    import sys
+
+    fx = build_fixture(tmp_path)
+    args = {"port": ["--store", str(fx["store"]), "--model", str(fx["models"] / "v1"), "--port", "99999"],
+            "empty-models-root": ["--store", str(fx["store"]), "--models-root", str(tmp_path / "empty")],
+            "not-a-store": ["--store", str(tmp_path / "notes.txt"), "--model", str(fx["models"] / "v1"),
+                            "--port", "1"]}[case]
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "notes.txt").write_text("not a DuckDB file\n")
+    env = {**os.environ, "VALUEREC_API_KEYS": API_KEYS, "COLUMNS": "200"}
+    try:
+        p = subprocess.run([sys.executable, "-m", "valuerec.cli", "serve", *args], env=env, capture_output=True,
+                           text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the server started instead of refusing the arguments")
+    out = p.stdout + p.stderr
+    assert p.returncode == 2, out
+    assert "Traceback" not in out and "startup failed" not in out, out
+    want = {"port": "65535", "empty-models-root": "no model directory (with config.json) inside",
+            "not-a-store": "cannot open the event store"}[case]
+    assert want in out, out
