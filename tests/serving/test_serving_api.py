@@ -96,6 +96,19 @@ def test_stage_from_lifecycle_rules(client):
     assert body["features"]["n_purchases"] == 6 and body["reason"].startswith("retained")
 
 
+def test_stage_history_length_counts_only_events_up_to_as_of(client):
+    lengths = {}
+    for as_of in ("1990-01-01", "2024-01-01T02:30:00", None):     # u0's six events: 2024-01-01 00:00 .. 05:00
+        r = client.get("/v1/users/u0/stage", params={"as_of": as_of} if as_of else {}, headers=auth(READ_KEY))
+        if r.status_code == 501:
+            pytest.skip("lifecycle module not available")
+        assert r.status_code == 200, r.text
+        lengths[as_of] = (r.json()["history_length"], r.json()["features"]["n_events"])
+    assert lengths["1990-01-01"] == (0, 0)
+    assert lengths["2024-01-01T02:30:00"] == (3, 3)
+    assert lengths[None][0] == 6
+
+
 def test_explain_lists_events_by_influence(client):
     r = client.get("/v1/users/u0/explain", params={"top": 3}, headers=auth(READ_KEY))
     if r.status_code == 501:
@@ -133,6 +146,14 @@ def test_openapi_documents_every_route(client):
     ({"user_id": "u0", "item_id": "i1", "timestamp": "2024-02-01", "value": -5}, "value", "negative"),
     ({"user_id": "u0", "item_id": "i1", "timestamp": "2024-02-01", "quantity": "lots"}, "quantity", "valid number"),
     ({"user_id": "u0", "timestamp": "2024-02-01", "colour": "red"}, "colour", "Extra inputs"),
+    ({"user_id": "u0", "item_id": "i1", "timestamp": True}, "events[0].timestamp",
+     "expected an ISO 8601 string or unix seconds, got a boolean"),
+    ({"user_id": "u0", "item_id": "i1", "timestamp": "2024-02-01", "value": True}, "events[0].value",
+     "expected a number, got a boolean"),
+    ({"user_id": "u0", "item_id": "i1", "timestamp": "2024-02-01", "quantity": False}, "events[0].quantity",
+     "expected a number, got a boolean"),
+    ({"user_id": "u0", "item_id": "i1", "timestamp": "2099-06-01"}, "events[0].timestamp",
+     "2099-06-01T00:00:00 is in the future (more than 24 h after the server clock)"),
 ])
 def test_malformed_events_are_422_naming_the_field(client, event, field, words):
     r = client.post("/v1/events", json={"events": [event]}, headers=auth(WRITE_KEY))
@@ -140,6 +161,17 @@ def test_malformed_events_are_422_naming_the_field(client, event, field, words):
     body = r.json()
     assert field in body["message"] and words in body["message"], body
     assert client.get("/healthz").status_code == 200
+
+
+def test_a_future_event_is_rejected_and_does_not_move_the_default_as_of(client):
+    before = client.get("/v1/users/u0/stage", headers=auth(READ_KEY)).json()
+    r = client.post("/v1/events", headers=auth(WRITE_KEY), json={"events": [
+        {"user_id": "future-user", "item_id": "i1", "timestamp": "2024-02-01T00:00:00"},
+        {"user_id": "future-user", "item_id": "i2", "timestamp": 4.1e9}]})
+    assert r.status_code == 422 and "events[1].timestamp: 2099-12-03T16:53:20 is in the future" in r.json()["message"], r.text
+    assert recs(client, "future-user")["history_length"] == 0                    # nothing of the batch stored
+    after = client.get("/v1/users/u0/stage", headers=auth(READ_KEY)).json()
+    assert after.get("as_of") == before.get("as_of")
 
 
 def test_a_bad_event_rejects_the_whole_batch(client, served):
@@ -154,6 +186,24 @@ def test_a_bad_event_rejects_the_whole_batch(client, served):
 def test_not_json_is_422(client):
     r = client.post("/v1/events", content=b"{not json", headers={**auth(WRITE_KEY), "content-type": "application/json"})
     assert r.status_code == 422
+
+
+@pytest.mark.parametrize("raw", ["NaN", "Infinity", "-Infinity", "1e999"])
+def test_non_finite_json_numbers_are_422_not_500(client, raw):
+    body = ('{"events":[{"user_id":"nan-user","item_id":"i1","timestamp":"2011-12-10","value":%s}]}' % raw).encode()
+    r = client.post("/v1/events", content=body, headers={**auth(WRITE_KEY), "content-type": "application/json"})
+    assert r.status_code == 422, r.text
+    assert "events[0].value: must be a finite number" in r.json()["message"]
+    assert recs(client, "nan-user")["history_length"] == 0
+
+
+@pytest.mark.parametrize("ctype", ["application/json", "text/plain", None])
+@pytest.mark.parametrize("body", [b'\xff\xfe{"events":[]}', b'{"events":[{"user_id":"u\xff","timestamp":1.7e9}]}'])
+def test_a_body_that_is_not_utf8_is_422(client, body, ctype):
+    headers = {**auth(WRITE_KEY), **({"content-type": ctype} if ctype else {})}
+    r = client.post("/v1/events", content=body, headers=headers)
+    assert r.status_code == 422, r.text
+    assert "not UTF-8 JSON" in r.json()["message"]
 
 
 def test_unknown_item_is_404(client):
@@ -266,9 +316,17 @@ def test_same_event_id_twice_is_stored_once(client):
     ev = {"user_id": "idem-user", "item_id": "i12", "timestamp": "2024-02-02T10:00:00", "event_id": "client-1"}
     r1 = client.post("/v1/events", json={"events": [ev]}, headers=auth(WRITE_KEY)).json()
     r2 = client.post("/v1/events", json={"events": [ev, {**ev, "item_id": "i13"}]}, headers=auth(WRITE_KEY)).json()
-    assert (r1["accepted"], r1["duplicates"]) == (1, 0)
-    assert (r2["received"], r2["accepted"], r2["duplicates"]) == (2, 0, 2)   # same id, even with other content
-    assert recs(client, "idem-user")["history_length"] == 1
+    assert (r1["accepted"], r1["duplicates"], r1["conflicts"]) == (1, 0, 0)
+    # the identical re-send is a duplicate; the same id with other content is a conflict, named
+    assert (r2["received"], r2["accepted"], r2["duplicates"], r2["conflicts"]) == (2, 0, 1, 1)
+    assert r2["conflicting_event_ids"] == ["client-1"]
+    # within one batch too: the first is stored, the second with other content is a conflict
+    r3 = client.post("/v1/events", headers=auth(WRITE_KEY), json={"events": [
+        {**ev, "event_id": "client-2"}, {**ev, "event_id": "client-2", "value": 3.0}]}).json()
+    assert (r3["accepted"], r3["duplicates"], r3["conflicts"], r3["conflicting_event_ids"]) == (1, 0, 1, ["client-2"])
+    assert recs(client, "idem-user")["history_length"] == 2
+    # nothing stored changed: the seen items are still i12 (twice), not i13
+    assert "i13" in ids(recs(client, "idem-user", k=30, exclude_history="true"))
 
 
 def test_next_recommendation_reflects_a_new_event(client):
@@ -365,6 +423,26 @@ def test_reload_swaps_the_model_without_failing_requests(client, served):
     assert client.get("/healthz").json()["model"]["version"] == "v1"
 
 
+def test_bad_query_parameters_point_at_the_query(client, served):
+    r = client.get("/v1/users/u0/stage", params={"as_of": "yesterday-ish"}, headers=auth(READ_KEY))
+    if r.status_code != 501:      # lifecycle module present
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", "as_of"], r.text
+        assert "query.as_of: unparseable date 'yesterday-ish'" in r.json()["message"]
+    # a policy the loaded model cannot answer (v2, popularity, has no purchase stage): 501 like other
+    # answers the model cannot give
+    r = client.post("/v1/admin/reload", json={"path": str(served["models"] / "v2")}, headers=auth(ADMIN_KEY))
+    assert r.status_code == 200, r.text
+    try:
+        r = client.get("/v1/users/u0/recommendations", params={"policy": "expected_revenue"}, headers=auth(READ_KEY))
+        assert r.status_code == 501, r.text
+        detail = r.json()["detail"]
+        assert detail.startswith("policy=expected_revenue: model 'popularity' (v2) cannot answer it")
+        assert "purchase model" in detail
+    finally:
+        r = client.post("/v1/admin/reload", json={"path": str(served["models"] / "v1")}, headers=auth(ADMIN_KEY))
+        assert r.status_code == 200, r.text
+
+
 def test_accepted_events_are_in_the_store(served, client):
     """What the API acknowledged is in the store file, once. Reading the file needs the server
     stopped (DuckDB locks it), so this runs last in the module."""
@@ -380,3 +458,7 @@ def test_accepted_events_are_in_the_store(served, client):
     row = got.iloc[0]
     assert (row["item_id"], row["event_type"], row["value"], row["quantity"]) == ("i7", "purchase", 9.5, 2.0)
     assert str(row["timestamp"]) == "2024-03-01 12:00:00"
+    with EventStore(served["store"], read_only=True) as st:     # conflicting re-sends changed nothing stored
+        idem = st.events("user_id = 'idem-user'")
+    assert sorted(idem["event_id"]) == ["client-1", "client-2"]
+    assert set(idem["item_id"]) == {"i12"} and set(idem["value"]) == {0.0}

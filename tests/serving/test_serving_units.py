@@ -67,12 +67,23 @@ def test_value_endpoint_uses_predict_value_and_adds_the_stage(value_client):
         assert body["stage"] == "retained" and body["stage_reason"].startswith("retained")
 
 
+def test_value_before_a_users_first_event_knows_no_history(value_client):
+    c, _ = value_client
+    body = c.get("/v1/users/u0/value", params={"as_of": "1990-01-01"}, headers=auth(READ_KEY)).json()
+    assert body["known_user"] is False and body["history_length"] == 0, body
+    if body["stage"] is not None:
+        assert body["stage"] == "new"
+    body = c.get("/v1/users/u0/value", headers=auth(READ_KEY)).json()
+    assert body["known_user"] is True and body["history_length"] == 6
+
+
 def test_value_for_an_unknown_user_and_a_bad_as_of(value_client):
     c, _ = value_client
     body = c.get("/v1/users/nobody/value", headers=auth(READ_KEY)).json()
     assert body["known_user"] is False and body["value"]["expected_value"] == 0.0
     r = c.get("/v1/users/u0/value", params={"as_of": "yesterday-ish"}, headers=auth(READ_KEY))
     assert r.status_code == 422 and "as_of" in r.json()["message"]
+    assert r.json()["detail"][0]["loc"] == ["query", "as_of"]
 
 
 def test_api_keys_parse_with_scopes_and_admin_implies_all():
@@ -150,7 +161,8 @@ def test_group_commit_counts_and_cached_histories_match_the_store(tmp_path, env)
             t.start()
         for t in threads:
             t.join()
-        assert sum(a for a, _ in results) == 25 and sum(d for _, d in results) == 40 - 25
+        # ids repeat with other content: each repeat is a conflict, never a second stored event
+        assert sum(a for a, _, _ in results) == 25 and sum(d + len(c) for _, d, c in results) == 40 - 25
         rt = state.runtime
         for u in [f"u{i}" for i in range(8)]:
             cached = state.history(rt, u)
@@ -160,3 +172,40 @@ def test_group_commit_counts_and_cached_histories_match_the_store(tmp_path, env)
             assert list(cached.times) == list(s.times[0]), u
     finally:
         state.close()
+
+
+def test_future_tolerance_setting():
+    base = {"VALUEREC_STORE": "s", "VALUEREC_MODEL_DIR": "m", "VALUEREC_API_KEYS": API_KEYS}
+    assert Settings.from_env(base).max_future_h == 24.0
+    assert Settings.from_env({**base, "VALUEREC_MAX_FUTURE_H": "0.5"}).max_future_h == 0.5
+    with pytest.raises(DataError, match="VALUEREC_MAX_FUTURE_H"):
+        Settings.from_env({**base, "VALUEREC_MAX_FUTURE_H": "-1"})
+
+
+@pytest.mark.parametrize("case", ["port", "empty-models-root", "not-a-store"])
+def test_serve_refuses_bad_arguments_with_one_line(tmp_path, case):
+    """`valuerec serve` checks its port, models root and store before starting: exit 2 and one line,
+    no traceback (a port over 65535 used to be taken modulo 65536)."""
+    import os
+    import subprocess
+    import sys
+
+    fx = build_fixture(tmp_path)
+    args = {"port": ["--store", str(fx["store"]), "--model", str(fx["models"] / "v1"), "--port", "99999"],
+            "empty-models-root": ["--store", str(fx["store"]), "--models-root", str(tmp_path / "empty")],
+            "not-a-store": ["--store", str(tmp_path / "notes.txt"), "--model", str(fx["models"] / "v1"),
+                            "--port", "1"]}[case]
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "notes.txt").write_text("not a DuckDB file\n")
+    env = {**os.environ, "VALUEREC_API_KEYS": API_KEYS, "COLUMNS": "200"}
+    try:
+        p = subprocess.run([sys.executable, "-m", "valuerec.cli", "serve", *args], env=env, capture_output=True,
+                           text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the server started instead of refusing the arguments")
+    out = p.stdout + p.stderr
+    assert p.returncode == 2, out
+    assert "Traceback" not in out and "startup failed" not in out, out
+    want = {"port": "65535", "empty-models-root": "no model directory (with config.json) inside",
+            "not-a-store": "cannot open the event store"}[case]
+    assert want in out, out

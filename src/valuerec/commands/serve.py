@@ -23,7 +23,7 @@ def serve_cmd(
                                                help="Directory of versioned model dirs; without --model the newest "
                                                     "is served, and POST /v1/admin/reload picks the newest"),
     host: str = typer.Option("127.0.0.1", "--host"),
-    port: int = typer.Option(8000, "--port"),
+    port: int = typer.Option(8000, "--port", min=1, max=65535, help="TCP port, 1..65535"),
     no_auth: bool = typer.Option(False, "--no-auth", help="Serve without API keys (local experiments only)"),
     access_log: bool = typer.Option(False, "--access-log", help="Log every request"),
 ) -> None:
@@ -34,8 +34,10 @@ def serve_cmd(
     """
     import uvicorn
 
+    from valuerec.data.store import EventStore
     from valuerec.serving.app import create_app
     from valuerec.serving.settings import Settings
+    from valuerec.serving.state import newest_model_dir
 
     env = dict(os.environ)
     if model is not None:
@@ -49,8 +51,17 @@ def serve_cmd(
         settings = Settings.from_env(env)
         if settings.model_dir is not None and not (settings.model_dir / "config.json").exists():
             raise DataError(f"{settings.model_dir}: not a model directory (no config.json)")
+        if settings.model_dir is None:
+            newest_model_dir(settings.models_root)      # a DataError when there is none to serve
+        # Open the store once here, so a file that is not a DuckDB store (or is locked by another
+        # process) is a one-line error rather than a traceback from the server's start-up.
+        try:
+            EventStore(settings.store).close()
+        except Exception as e:  # noqa: BLE001 - duckdb's IO / lock errors
+            why = " ".join(str(e).split())
+            raise DataError(f"--store {settings.store}: cannot open the event store ({why})") from None
     except DataError as e:
-        console.print(f"[red]error:[/red] {e}", highlight=False)
+        console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=2) from None
     if host not in ("127.0.0.1", "localhost", "::1") and settings.auth_disabled:
         console.print("[red]error:[/red] --no-auth is only allowed on a loopback host")

@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 
 from valuerec import __version__ as _pkg_version
 from valuerec.data.schema import DataError
@@ -76,9 +79,37 @@ async def _send_413(send, limit: int) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+def _where(loc) -> str:
+    """("body", "events", 0, "value") -> "events[0].value"; ("query", "k") -> "query.k"."""
+    parts = list(loc)[1:] if len(loc) > 1 and loc[0] == "body" else list(loc)
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else ("." if out else "") + str(p)
+    return out
+
+
+def _scalar(v) -> bool:
+    """Whether ``v`` can be echoed back as strict JSON (no NaN / Infinity, no bytes or objects)."""
+    return v is None or isinstance(v, (str, int)) or (isinstance(v, float) and math.isfinite(v))
+
+
+def _not_utf8(body: bytes) -> dict | None:
+    try:
+        body.decode("utf-8")
+        return None
+    except UnicodeDecodeError as e:
+        return {"loc": ["body"], "type": "json_invalid",
+                "msg": f"request body is not UTF-8 JSON (byte 0x{body[e.start]:02x} at position {e.start})"}
+
+
 def _validation_response(errors: list[dict]) -> JSONResponse:
-    message = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in errors)
-    return JSONResponse(status_code=422, content={"detail": jsonable_encoder(errors), "message": message})
+    message = "; ".join(f"{_where(e.get('loc', ()))}: {e.get('msg')}" for e in errors)
+    try:
+        return JSONResponse(status_code=422, content={"detail": jsonable_encoder(errors), "message": message})
+    except (TypeError, ValueError, UnicodeError):   # something not JSON-able slipped in: answer without it
+        plain = [{"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg")), "type": str(e.get("type"))}
+                 for e in errors]
+        return JSONResponse(status_code=422, content={"detail": plain, "message": message})
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -108,11 +139,37 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def on_validation_error(request: Request, exc: RequestValidationError):
-        errors = [{k: v for k, v in e.items() if k in ("loc", "msg", "type", "input", "ctx")} for e in exc.errors()]
-        for e in errors:  # the raw input can be a whole body; keep messages short
-            if isinstance(e.get("input"), (dict, list)):
-                e.pop("input")
+        errors = []
+        for raw in exc.errors():
+            e = {k: v for k, v in raw.items() if k in ("loc", "msg", "type", "input", "ctx")}
+            e["loc"] = list(e.get("loc", ()))
+            if isinstance(e.get("msg"), str) and e["msg"].startswith("Value error, "):
+                e["msg"] = e["msg"][len("Value error, "):]
+            got = e.pop("input", None)
+            if isinstance(got, (bytes, bytearray)):
+                # A body not sent as JSON (no JSON content type) reaches validation as raw bytes.
+                bad = _not_utf8(bytes(got))
+                if bad is not None:
+                    return _validation_response([bad])
+                e["msg"] = f"{e.get('msg')} (the body was not read as JSON: send it with Content-Type: application/json)"
+            elif _scalar(got):     # never the whole body, NaN / Infinity or other objects: keep it JSON
+                e["input"] = got
+            if isinstance(e.get("ctx"), dict):
+                e["ctx"] = {k: v if _scalar(v) else str(v) for k, v in e["ctx"].items()}
+            errors.append(e)
         return _validation_response(errors)
+
+    @app.exception_handler(HTTPException)
+    async def on_http_error(request: Request, exc: HTTPException):
+        # FastAPI answers a JSON body it cannot decode with a bare 400; say why when it is the encoding.
+        if exc.status_code == 400 and isinstance(exc.__cause__, UnicodeDecodeError):
+            try:
+                bad = _not_utf8(await request.body())
+            except Exception:  # noqa: BLE001 - the body is gone: say it without the position
+                bad = None
+            return _validation_response([bad or {"loc": ["body"], "type": "json_invalid",
+                                                 "msg": f"request body is not UTF-8 JSON ({exc.__cause__})"}])
+        return await http_exception_handler(request, exc)
 
     @app.exception_handler(InputError)
     async def on_input_error(request: Request, exc: InputError):
@@ -121,7 +178,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(DataError)
     async def on_data_error(request: Request, exc: DataError):
         lines = exc.problems or [str(exc)]
-        return _validation_response([{"loc": ["body"], "msg": line, "type": "value_error"} for line in lines])
+        loc = list(getattr(exc, "loc", ("body",)))    # QueryError: ("query", name)
+        return _validation_response([{"loc": loc, "msg": line, "type": "value_error"} for line in lines])
 
     @app.exception_handler(NotAvailable)
     async def on_not_available(request: Request, exc: NotAvailable):

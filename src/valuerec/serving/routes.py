@@ -14,9 +14,11 @@ No ``from __future__ import annotations`` here: FastAPI must see the parameter t
 import asyncio
 from typing import Annotated, Literal
 
+import pandas as pd
 from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
+from valuerec.data.schema import DataError
 from valuerec.data.validate import validate_event_rows
 from valuerec.serving.auth import require
 from valuerec.serving.deps import get_state
@@ -58,6 +60,16 @@ def _resolve(fut: asyncio.Future) -> None:
         fut.set_result(None)
 
 
+def _reject_future(rows, hours: float) -> None:
+    """422 for events more than ``hours`` past the server clock: one would move the store's newest
+    event, the default "as of" time, and make every other customer look lapsed."""
+    latest = pd.Timestamp.now(tz="UTC").tz_localize(None) + pd.Timedelta(hours=hours)
+    late = [f"events[{n}].timestamp: {r.timestamp.isoformat()} is in the future "
+            f"(more than {hours:g} h after the server clock)" for n, r in enumerate(rows) if r.timestamp > latest]
+    if late:
+        raise DataError(f"events: {len(late)} problem(s); nothing was written", late[:20], len(late))
+
+
 def make_router(settings: Settings) -> APIRouter:
     r = APIRouter()
     UserId = Annotated[str, Path(min_length=1, max_length=256, description="User id as stored")]
@@ -68,7 +80,7 @@ def make_router(settings: Settings) -> APIRouter:
     read, write, admin = Depends(require("read")), Depends(require("write")), Depends(require("admin"))
 
     @r.get("/v1/users/{user_id}/recommendations", response_model=RecommendationsResponse, tags=["users"],
-           dependencies=[read], responses=_err(401, 403))
+           dependencies=[read], responses=_err(401, 403, 501))
     async def recommendations(user_id: UserId, state: State, k: K = 10,
                         policy: Annotated[Policy, Query(
                             description="auto: the model for users with history, popular items for new users; "
@@ -78,7 +90,8 @@ def make_router(settings: Settings) -> APIRouter:
                         )] = "auto",
                         exclude_history: Annotated[bool, Query(description="Leave out items the user already had")
                                                    ] = True) -> RecommendationsResponse:
-        """Top-k items for a user from their history in the store (new events count at once)."""
+        """Top-k items for a user from their history in the store (new events count at once); 501 for a
+        policy the loaded model cannot answer (e.g. expected_revenue without a purchase stage)."""
         out = await _answer(state.in_memory(user_id), state.recommend, user_id, k, policy, exclude_history)
         return RecommendationsResponse(user_id=user_id, policy=out["policy"], model=_model(out["runtime"]), k=k,
                                        history_length=out["history_length"], items=out["items"])
@@ -131,7 +144,11 @@ def make_router(settings: Settings) -> APIRouter:
             description=f"Add a batch of events (at most {settings.max_batch}, body at most "
                         f"{settings.max_body_bytes} bytes). They are validated like file ingest and stored in one "
                         "transaction before the response; the next recommendation for their users reflects them. "
-                        "Events whose event_id is already stored are skipped (idempotent re-sends).")
+                        f"Timestamps more than {settings.max_future_h:g} h past the server clock are rejected "
+                        "($VALUEREC_MAX_FUTURE_H). "
+                        "Events whose event_id is already stored are skipped: counted as duplicates when their "
+                        "content is the same (idempotent re-sends), as conflicts (ids listed) when it differs; "
+                        "the stored event is kept either way.")
     async def post_events(batch: EventBatch, request: Request, state: State) -> EventsResponse:
         n = len(batch.events)
         if n > settings.max_batch:
@@ -140,6 +157,7 @@ def make_router(settings: Settings) -> APIRouter:
         records = [e.model_dump() for e in batch.events]
         rows = (validate_event_rows(records, source="events") if n <= 64 else
                 await run_in_threadpool(validate_event_rows, records, "events"))
+        _reject_future(rows, settings.max_future_h)
         loop = asyncio.get_running_loop()
         committed = loop.create_future()
         slot = state.submit_rows(rows, lambda: loop.call_soon_threadsafe(_resolve, committed))
@@ -147,11 +165,14 @@ def make_router(settings: Settings) -> APIRouter:
             await asyncio.wait_for(asyncio.shield(committed), timeout=settings.write_timeout_s)
         except TimeoutError:
             raise TimeoutError("the event store did not commit within the time limit") from None
-        added, dups = state.write_result(slot)
+        added, dups, conflicts = state.write_result(slot)
         metrics = request.app.state.metrics
         metrics.events.labels(outcome="accepted").inc(added)
         metrics.events.labels(outcome="duplicate").inc(dups)
-        return EventsResponse(received=n, accepted=added, duplicates=dups)
+        if conflicts:
+            metrics.events.labels(outcome="conflict").inc(len(conflicts))
+        return EventsResponse(received=n, accepted=added, duplicates=dups, conflicts=len(conflicts),
+                              conflicting_event_ids=list(dict.fromkeys(conflicts))[:20])
 
     @r.delete("/v1/users/{user_id}", response_model=DeleteUserResponse, tags=["users"], dependencies=[write],
               responses=_err(401, 403))

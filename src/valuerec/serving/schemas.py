@@ -38,8 +38,8 @@ class ValueResponse(BaseModel):
     user_id: str
     as_of: str = Field(description="Prediction time (ISO 8601)")
     model: ModelInfo
-    known_user: bool
-    history_length: int
+    known_user: bool = Field(description="Whether the user has events at or before as_of")
+    history_length: int = Field(description="Events of this user at or before as_of")
     value: dict[str, Any] = Field(description="The model's value prediction, e.g. expected revenue over its horizon, "
                                               "p(buy), churn probability")
     stage: str | None = Field(None, description="Lifecycle stage, when lifecycle rules are available")
@@ -50,7 +50,7 @@ class StageResponse(BaseModel):
     user_id: str
     as_of: str
     model: ModelInfo
-    history_length: int
+    history_length: int = Field(description="Events of this user at or before as_of")
     stage: str = Field(description="new, activated, retained, expanding, advocate, at-risk or lapsed")
     reason: str = Field(description="The rule that assigned the stage, with its numbers")
     features: dict[str, Any] = Field(description="The numbers the rules used (recency, tenure, spend, ...)")
@@ -90,7 +90,22 @@ class EventIn(BaseModel):
     quantity: float = Field(1.0, json_schema_extra={"minimum": 0}, description=">= 0")
     event_id: str | None = Field(None, min_length=1, max_length=256,
                                  description="Client id for idempotency: an event_id the store already holds is "
-                                             "skipped (counted as duplicate). Without one, the content hash is used.")
+                                             "skipped (a duplicate when the content is the same, a conflict when "
+                                             "it differs). Without one, the content hash is used.")
+
+    @field_validator("timestamp", mode="before")
+    @classmethod
+    def _no_bool_time(cls, v: Any) -> Any:
+        if isinstance(v, bool):     # JSON true would otherwise pass as 1.0 unix seconds
+            raise ValueError("expected an ISO 8601 string or unix seconds, got a boolean")
+        return v
+
+    @field_validator("value", "quantity", mode="before")
+    @classmethod
+    def _no_bool_number(cls, v: Any) -> Any:
+        if isinstance(v, bool):
+            raise ValueError("expected a number, got a boolean")
+        return v
 
     @field_validator("value", "quantity")
     @classmethod
@@ -111,7 +126,12 @@ class EventBatch(BaseModel):
 class EventsResponse(BaseModel):
     received: int
     accepted: int = Field(description="Events newly stored")
-    duplicates: int = Field(description="Events skipped because their event_id (or content) was already stored")
+    duplicates: int = Field(description="Events skipped because the same event (same event_id and content) was "
+                                        "already stored: idempotent re-sends")
+    conflicts: int = Field(0, description="Events skipped because their event_id was already stored with other "
+                                          "content; the stored event is kept unchanged")
+    conflicting_event_ids: list[str] = Field(default_factory=list,
+                                             description="The event ids of those conflicts (the first 20)")
 
 
 class DeleteUserResponse(BaseModel):

@@ -84,6 +84,7 @@ class Settings:
     preload_max_events: int = 5_000_000    # load every history at start-up when the store is this small
     popular_ttl_s: float = 30.0            # how often the new-user fallback re-counts popularity
     write_timeout_s: float = 60.0          # POST /v1/events answers 503 when the store has not committed by then
+    max_future_h: float = 24.0             # POST /v1/events rejects events this far past the server clock
     gil_switch_ms: float = 0.5             # Python's thread switch interval in the server (default 5 ms)
     torch_threads: int = 1
     duckdb_threads: int = 1                # the store's query threads (the service is mostly point reads/writes)
@@ -114,6 +115,7 @@ class Settings:
             preload_max_events=_int(env, "VALUEREC_PRELOAD_MAX_EVENTS", 5_000_000, lo=0),
             popular_ttl_s=_float(env, "VALUEREC_POPULAR_TTL_S", 30.0),
             write_timeout_s=_float(env, "VALUEREC_WRITE_TIMEOUT_S", 60.0),
+            max_future_h=_float(env, "VALUEREC_MAX_FUTURE_H", 24.0),
             gil_switch_ms=_float(env, "VALUEREC_GIL_SWITCH_MS", 0.5),
             torch_threads=_int(env, "VALUEREC_TORCH_THREADS", 1),
             duckdb_threads=_int(env, "VALUEREC_DUCKDB_THREADS", 1),
@@ -130,6 +132,8 @@ class Settings:
                             "(or valuerec serve --model DIR / --models-root DIR)")
         if not 0.01 <= self.gil_switch_ms <= 100:
             raise DataError(f"$VALUEREC_GIL_SWITCH_MS={self.gil_switch_ms}: expected 0.01..100 milliseconds")
+        if not self.max_future_h >= 0:
+            raise DataError(f"$VALUEREC_MAX_FUTURE_H={self.max_future_h}: expected hours >= 0")
         if not self.api_keys and not self.auth_disabled:
             raise DataError("no API keys: set $VALUEREC_API_KEYS ('key:read,write;key2:admin') or "
                             "$VALUEREC_API_KEYS_FILE; $VALUEREC_AUTH_DISABLED=1 turns auth off for local use")

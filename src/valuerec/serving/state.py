@@ -46,6 +46,14 @@ class NotFound(Exception):
     """HTTP 404."""
 
 
+class QueryError(DataError):
+    """A bad query parameter: HTTP 422 located at ("query", name)."""
+
+    def __init__(self, param: str, message: str):
+        super().__init__(message)
+        self.loc = ("query", param)
+
+
 @dataclass
 class UserHistory:
     """One user's events in time order; ``items`` are catalogue indices, -1 where the item is unknown
@@ -359,15 +367,17 @@ class ServiceState:
                 rt.histories.popitem(last=False)
                 rt.complete = False
 
-    def add_events(self, events: pd.DataFrame, timeout: float = 60.0) -> tuple[int, int]:
-        """Store a validated event frame; returns (accepted, duplicates) once it is committed."""
+    def add_events(self, events: pd.DataFrame, timeout: float = 60.0) -> tuple[int, int, list[str]]:
+        """Store a validated event frame; returns (accepted, duplicates, conflicting event ids) once it
+        is committed (see ``_write_group``)."""
         cols = [events[c].tolist() if c in events.columns else [None] * len(events) for c in EVENT_COLUMNS]
         rows = [EventRow(eid, u, None if i is None or i != i else i, pd.Timestamp(t), et, v, q)
                 for eid, u, i, t, et, v, q in zip(*cols)]
         return self.add_rows(rows, timeout)
 
-    def add_rows(self, rows: list[EventRow], timeout: float = 60.0) -> tuple[int, int]:
-        """Store validated rows (blocking); returns (accepted, duplicates) once they are committed."""
+    def add_rows(self, rows: list[EventRow], timeout: float = 60.0) -> tuple[int, int, list[str]]:
+        """Store validated rows (blocking); returns (accepted, duplicates, conflicting event ids) once
+        they are committed."""
         done = threading.Event()
         slot = self.submit_rows(rows, done.set)
         if not done.wait(timeout):
@@ -376,7 +386,8 @@ class ServiceState:
 
     def submit_rows(self, rows: list[EventRow], notify: Callable[[], None]) -> dict:
         """Queue validated rows for the writer thread; ``notify()`` is called (on that thread) once
-        they are committed or failed; then ``write_result(slot)`` gives (accepted, duplicates) or raises.
+        they are committed or failed; then ``write_result(slot)`` gives (accepted, duplicates, conflicting
+        event ids) or raises.
 
         Batches from concurrent requests are committed together (group commit)."""
         rows = [r if r.event_id is not None else r._replace(event_id=row_event_id(*r[1:])) for r in rows]
@@ -385,7 +396,7 @@ class ServiceState:
         return slot
 
     @staticmethod
-    def write_result(slot: dict) -> tuple[int, int]:
+    def write_result(slot: dict) -> tuple[int, int, list[str]]:
         if "error" in slot:
             raise slot["error"]
         return slot["result"]
@@ -422,13 +433,22 @@ class ServiceState:
                 except Exception:  # noqa: BLE001 - e.g. the request's event loop is gone
                     log.warning("could not notify a writer of its result", exc_info=True)
 
-    def _write_group(self, batches: list[list[EventRow]]) -> list[tuple[int, int]]:
+    def _write_group(self, batches: list[list[EventRow]]) -> list[tuple[int, int, list[str]]]:
         """One transaction for several batches; then fold the newly stored events into the cached
-        histories of their users (so the next request needs no store read)."""
+        histories of their users (so the next request needs no store read).
+
+        Per batch: (accepted, duplicates, conflicts). An event whose id is already stored is skipped
+        either way; it is a duplicate when the stored event has the same content (an idempotent
+        re-send), a conflict (its id listed) when the content differs. The stored event never changes."""
         rt = self.runtime
         rows = [r for b in batches for r in b]
         with self._store_lock:
             stored, _ = self.store.add_event_rows(rows)
+            held = {}       # what the store holds for the ids it skipped, to tell re-sends from conflicts
+            if len(stored) < len(rows):
+                held = {g[0]: g[1:] for g in self.store.con.execute(
+                    "SELECT event_id, user_id, item_id, ts, event_type, value, quantity FROM events "
+                    "WHERE event_id IN (SELECT unnest(?::VARCHAR[]))", [list({r.event_id for r in rows})]).fetchall()}
             if stored:
                 self._last_seq = max(self._last_seq, stored[-1].seq)
             t = pd.Timestamp(max(r.timestamp for r in rows))
@@ -457,12 +477,16 @@ class ServiceState:
         fresh = {e.event_id for e in stored}
         out = []
         for b in batches:
-            added = 0
+            added, dups, conflicts = 0, 0, []
             for r in b:
                 if r.event_id in fresh:
                     fresh.discard(r.event_id)
                     added += 1
-            out.append((added, len(b) - added))
+                elif _same_event(held.get(r.event_id), r):
+                    dups += 1
+                else:
+                    conflicts.append(r.event_id)
+            out.append((added, dups, conflicts))
         return out
 
     def delete_user(self, user_id: str) -> int:
@@ -525,11 +549,14 @@ class ServiceState:
         popularity[pop_idx] = pop_counts
         t = self.as_of(None)
         value_model = rt.model if rt.hooks.get("value") is not None else None
-        with torch.no_grad():
-            top, sc = apply_policy(policy, rt.model, seqs, k=k, exclude="history" if exclude_history else None,
-                                   as_of=self._unix(t), value_model=value_model, item_popularity=popularity,
-                                   item_vectors=rt.item_vectors, item_value=rt.item_value,
-                                   purchase_model=rt.purchase_model)
+        try:
+            with torch.no_grad():
+                top, sc = apply_policy(policy, rt.model, seqs, k=k, exclude="history" if exclude_history else None,
+                                       as_of=self._unix(t), value_model=value_model, item_popularity=popularity,
+                                       item_vectors=rt.item_vectors, item_value=rt.item_value,
+                                       purchase_model=rt.purchase_model)
+        except DataError as e:   # the policy needs a part this model lacks (purchase stage, value head, prices)
+            raise NotAvailable(f"policy={policy}: model '{rt.name}' ({rt.version}) cannot answer it: {e}") from None
         ok = top[0] >= 0
         return {"runtime": rt, "policy": policy, "items": self.describe_items(rt, top[0][ok], sc[0][ok]),
                 "history_length": int(len(h.items))}
@@ -553,9 +580,9 @@ class ServiceState:
             try:
                 t = pd.Timestamp(as_of)
             except (ValueError, TypeError, OverflowError):
-                raise DataError(f"as_of: unparseable date {as_of!r}, expected ISO 8601") from None
+                raise QueryError("as_of", f"unparseable date {as_of!r}, expected ISO 8601") from None
             if t is pd.NaT:
-                raise DataError(f"as_of: unparseable date {as_of!r}, expected ISO 8601")
+                raise QueryError("as_of", f"unparseable date {as_of!r}, expected ISO 8601")
             return t.tz_convert("UTC").tz_localize(None) if t.tzinfo is not None else t
         return self._max_time if self._max_time is not None else pd.Timestamp.utcnow().tz_localize(None)
 
@@ -601,9 +628,10 @@ class ServiceState:
         seqs = h.sequences(user_id, item_only=False)
         value, raw = self._value_row(rt, seqs, t)
         stage = self._stage_row(rt, seqs, t, raw)
+        n = _events_until(h, t)
         return {"runtime": rt, "as_of": t, "value": value, "stage": None if stage is None else stage.get("stage"),
                 "stage_reason": None if stage is None else stage.get("reason"),
-                "history_length": int(len(h.items)), "known_user": len(h.items) > 0}
+                "history_length": n, "known_user": n > 0}
 
     def stage(self, user_id: str, as_of: str | None) -> dict:
         rt = self.runtime
@@ -617,7 +645,7 @@ class ServiceState:
         row = self._stage_row(rt, seqs, t, raw)
         features = {k: v for k, v in row.items() if k not in ("user_id", "stage", "rule", "reason")}
         return {"runtime": rt, "as_of": t, "stage": str(row["stage"]), "reason": str(row.get("reason")),
-                "features": features, "value": value, "history_length": int(len(h.items))}
+                "features": features, "value": value, "history_length": _events_until(h, t)}
 
     def explain(self, user_id: str, target: str | None, as_of: str | None, top: int) -> dict:
         """Occlusion influence of each of the user's events on a target: an item's score (default: the
@@ -704,6 +732,19 @@ class ServiceState:
 
 
 _EPOCH = datetime.datetime(1970, 1, 1)
+
+
+def _same_event(held: tuple | None, r: EventRow) -> bool:
+    """Whether a stored event (user_id, item_id, ts, event_type, value, quantity) has ``r``'s content."""
+    if held is None:
+        return True
+    return (held[0], held[1], pd.Timestamp(held[2]), held[3], float(held[4]), float(held[5])) == (
+        r.user_id, r.item_id, pd.Timestamp(r.timestamp).floor("us"), r.event_type, float(r.value), float(r.quantity))
+
+
+def _events_until(h: UserHistory, t: pd.Timestamp) -> int:
+    """How many of the history's events are at or before ``t`` (what an answer "as of t" can know)."""
+    return int(np.searchsorted(h.times, t.value // 10**9, side="right"))
 
 
 def _merge(h: UserHistory, new: list[StoredEvent] | None, catalogue: Catalogue, gen: int) -> UserHistory:
