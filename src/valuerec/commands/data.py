@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
+from valuerec.commands.errors import print_error
 from valuerec.data.ingest import ColumnMap, ingest, load_pseudonymisation_key
 from valuerec.data.schema import DataError
 from valuerec.data.store import EventStore
@@ -59,7 +60,7 @@ def ingest_cmd(
             p.unlink(missing_ok=True)
         if not isinstance(e, DataError):
             raise
-        console.print(f"[red]error:[/red] {e}", markup=True, highlight=False, soft_wrap=True)
+        print_error(console, e)
         raise typer.Exit(code=2) from None
     if as_json:
         print(json.dumps({"report": report.as_dict(), "store": summary}, indent=2))
@@ -74,7 +75,7 @@ def ingest_cmd(
 def store_info_cmd(store: Path = typer.Argument(..., help="DuckDB event store")) -> None:
     """Print what a store holds."""
     if not store.exists():
-        console.print(f"[red]error:[/red] {store}: no such store")
+        print_error(console, f"{store}: no such store")
         raise typer.Exit(code=2)
     with EventStore(store, read_only=True) as st:
         print(json.dumps(st.summary(), indent=2))

@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from valuerec.commands.errors import cell, print_error
 from valuerec.commands.lifecycle import load_context
 from valuerec.data.schema import DataError
 
@@ -100,7 +101,7 @@ def explain_cmd(
         with console.status("explaining ..."):
             res = explain_user(model, store, user, target, top, value_model, at, gradient, max_events)
     except DataError as e:
-        console.print(f"[red]error:[/red] {e}", highlight=False)
+        print_error(console, e)
         raise typer.Exit(code=2) from None
     if as_json:
         print(json.dumps(res, indent=2, default=str))
@@ -108,13 +109,13 @@ def explain_cmd(
     tg = res["target"]
     title = (f"user {res['user']}: {tg['name']} = {tg['value']:.4f} ({res['model']}, "
              f"{res['events_total']} events, {res['events_occluded']} occluded, as of {res['as_of']})")
-    t = Table(title=title)
+    t = Table(title=cell(title))
     cols = ["#", "item", "text", "time", "type", "effect"] + (["grad x input"] if "gradient_agreement" in res else [])
     for c in cols:
         t.add_column(c, justify="right" if c in ("#", "effect", "grad x input") else "left")
     for e in res["events"]:
-        row = [str(e["position"]), str(e.get("item_id") or ""), str(e.get("text") or ""), str(e.get("time") or ""),
-               str(e.get("event_type") or ""), f"{e['effect']:+.4f}"]
+        row = [str(e["position"]), cell(e.get("item_id") or ""), cell(e.get("text") or ""), cell(e.get("time") or ""),
+               cell(e.get("event_type") or ""), f"{e['effect']:+.4f}"]
         if "gradient_agreement" in res:
             row.append(f"{e['gradient_x_input']:+.4f}")
         t.add_row(*row)

@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from valuerec.commands.errors import print_error
 from valuerec.data.dataset import Catalogue, Sequences, catalogue_from, sequences_from
 from valuerec.data.schema import DataError
 from valuerec.data.store import EventStore
@@ -71,6 +72,8 @@ def load_context(model: Path, store: Path, value_model: Path | None = None, at: 
         if rng is None:
             raise DataError(f"{store}: the store has no events")
         at_ts = parse_time(at) if at is not None else rng[1] + pd.Timedelta(seconds=1)
+        if at_ts <= rng[0]:
+            raise DataError(f"--at {at_ts}: no event is before it (the store's events run from {rng[0]} to {rng[1]})")
         if users is None:
             events = st.events("ts < ?", [at_ts.to_pydatetime()])
         else:
@@ -136,16 +139,16 @@ def lifecycle_cmd(
 ) -> None:
     """Assign every user a lifecycle stage (new, activated, retained, expanding, advocate, at-risk, lapsed)."""
     try:
-        cfg = json.loads(config) if config else None
+        try:
+            cfg = json.loads(config) if config else None
+        except json.JSONDecodeError as e:
+            raise DataError(f"--config is not valid JSON: {e}") from None
         if cfg is not None and not isinstance(cfg, dict):
             raise DataError("--config must be a JSON object")
         with console.status("assigning stages ..."):
             res = lifecycle_report(model, store, value_model, at, since, cfg)
-    except json.JSONDecodeError as e:
-        console.print(f"[red]error:[/red] --config is not valid JSON: {e}", highlight=False)
-        raise typer.Exit(code=2) from None
     except DataError as e:
-        console.print(f"[red]error:[/red] {e}", highlight=False)
+        print_error(console, e)
         raise typer.Exit(code=2) from None
     if as_json:
         print(json.dumps(res, indent=2, default=str))

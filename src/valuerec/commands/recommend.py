@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from valuerec.commands.errors import cell, print_error
 from valuerec.data.dataset import Sequences, sequences_from
 from valuerec.data.schema import DataError
 from valuerec.data.store import EventStore
@@ -129,18 +130,18 @@ def recommend_cmd(
         pp = parse_policy_params(policy_params)
         res = recommend_for_user(model, store, user, k, exclude_history, fallback, types, policy, pp)
     except DataError as e:
-        console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        print_error(console, e)
         raise typer.Exit(code=2) from None
     if as_json:
         print(json.dumps(res, indent=2))
         return
     if res["note"]:
-        console.print(f"[yellow]note:[/yellow] {res['note']}")
-    t = Table(title=f"{res['model']} for user {res['user']} ({res['history_events']} events)")
+        console.print(f"[yellow]note:[/yellow] {cell(res['note'])}")
+    t = Table(title=cell(f"{res['model']} for user {res['user']} ({res['history_events']} events)"))
     for c in ("rank", "item", "score", "text", "price"):
         t.add_column(c, justify="right" if c in ("rank", "score", "price") else "left")
     for it in res["items"]:
-        t.add_row(str(it["rank"]), it["item_id"], f"{it['score']:.4f}", it["text"] or "",
+        t.add_row(str(it["rank"]), cell(it["item_id"]), f"{it['score']:.4f}", cell(it["text"] or ""),
                   "" if it["price"] is None else f"{it['price']:.2f}")
     Console().print(t)
 

@@ -8,6 +8,8 @@ from typing import Optional
 import typer
 from rich.console import Console
 
+from valuerec.commands.errors import print_error
+
 console = Console(stderr=True)
 
 
@@ -31,14 +33,14 @@ def report_cmd(
         checks.append((results, "--results directory"))
     for p, what in checks:
         if not p.exists():
-            console.print(f"[red]error:[/red] {what} {p} does not exist")
+            print_error(console, f"{what} {p} does not exist")
             raise typer.Exit(code=2)
     try:
         with console.status("building the report ..."):
             inputs = build_inputs(model, store, results if results and results.exists() else None, n_examples=examples)
             path = write_report(inputs, out)
     except DataError as e:
-        console.print(f"[red]error:[/red] {e}")
+        print_error(console, e)
         raise typer.Exit(code=2) from None
     console.print(f"report written to {path.resolve()}")
 

@@ -9,6 +9,8 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from valuerec.commands.errors import print_error
+
 console = Console(stderr=True)
 
 
@@ -28,12 +30,12 @@ def retrain_cmd(
 
     for p, what in ((model, "model directory"), (store, "store")):
         if not p.exists():
-            console.print(f"[red]error:[/red] {what} {p} does not exist")
+            print_error(console, f"{what} {p} does not exist")
             raise typer.Exit(code=2)
     try:
         rep = retrain(model, store, out, holdout_days=holdout_days, epochs=epochs, metric=metric, tolerance=tolerance)
     except DataError as e:
-        console.print(f"[red]error:[/red] {e}")
+        print_error(console, e)
         raise typer.Exit(code=2) from None
     if as_json:
         print(json.dumps(asdict(rep), indent=2, default=str))

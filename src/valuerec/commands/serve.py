@@ -10,6 +10,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
+from valuerec.commands.errors import print_error
 from valuerec.data.schema import DataError
 
 console = Console(stderr=True)
@@ -61,7 +62,7 @@ def serve_cmd(
             why = " ".join(str(e).split())
             raise DataError(f"--store {settings.store}: cannot open the event store ({why})") from None
     except DataError as e:
-        console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        print_error(console, e)
         raise typer.Exit(code=2) from None
     if host not in ("127.0.0.1", "localhost", "::1") and settings.auth_disabled:
         console.print("[red]error:[/red] --no-auth is only allowed on a loopback host")

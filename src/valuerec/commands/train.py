@@ -22,6 +22,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
+from valuerec.commands.errors import print_error
 from valuerec.commands.lifecycle import parse_time
 from valuerec.data.schema import DataError
 
@@ -232,7 +233,7 @@ def train_cmd(
         del model, valid_model
         distributed.cleanup()
     except DataError as e:
-        console.print(f"[red]error:[/red] {e}", markup=True, highlight=False)
+        print_error(console, e)
         raise typer.Exit(code=2) from None
     finally:
         if out != final_out and out.exists():   # a run that failed before the swap

@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from valuerec.commands.errors import cell, print_error
 from valuerec.commands.lifecycle import parse_time
 from valuerec.data.schema import DataError
 
@@ -41,7 +42,7 @@ def _threads(n: int) -> None:
 
 
 def _fail(e: Exception) -> None:
-    console.print(f"[red]error:[/red] {e}", highlight=False)
+    print_error(console, e)
     raise typer.Exit(code=2) from None
 
 
@@ -197,7 +198,7 @@ def value_cmd(
         for c in ("user_id", "expected_value", "p_buy", "churn_prob", "lower", "upper"):
             tab.add_column(c, justify="left" if c == "user_id" else "right")
         for r in shown.itertuples():
-            tab.add_row(str(r.user_id), f"{r.expected_value:,.2f}", f"{r.p_buy:.3f}", f"{r.churn_prob:.3f}",
+            tab.add_row(cell(r.user_id), f"{r.expected_value:,.2f}", f"{r.p_buy:.3f}", f"{r.churn_prob:.3f}",
                         f"{r.lower:,.2f}", f"{r.upper:,.2f}")
         Console().print(tab)
 

@@ -71,8 +71,10 @@ def holdout_task(events: pd.DataFrame, catalogue: Catalogue, start: pd.Timestamp
     before, after = events[events["timestamp"] < start], events[events["timestamp"] >= start]
     users = np.array(sorted(set(before["user_id"]) & set(after["user_id"])), dtype=object)
     if len(users) == 0:
-        raise DataError(f"retrain: no user is active both before and after {start}; "
-                        "nothing to evaluate on (use a longer --holdout-days)")
+        fix = ("a shorter --holdout-days: it reaches back to or before the first event" if before.empty else
+               "a longer --holdout-days")
+        raise DataError(f"retrain: no user is active both before and after {start}; nothing to evaluate on "
+                        f"(use {fix})")
     inputs = sequences_from(before, catalogue, users=users)
     groups = {u: g for u, g in after[after["item_id"].notna()].groupby("user_id")}
     targets, revenue, total = [], [], []
@@ -122,6 +124,12 @@ def retrain(model_dir: str | Path, store_path: str | Path, out_root: str | Path,
                         f"{[m for m in PICKED if m != 'users']}")
     if not (np.isfinite(holdout_days) and holdout_days > 0):
         raise DataError(f"retrain: holdout_days={holdout_days}, must be > 0 days")
+    if not np.isfinite(tolerance):   # negative: the candidate must beat the current model by that much
+        raise DataError(f"retrain: tolerance={tolerance}, must be a finite number")
+    if epochs < 1:
+        raise DataError(f"retrain: epochs={epochs}, must be >= 1")
+    if Path(out_root).exists() and not Path(out_root).is_dir():
+        raise DataError(f"retrain: --out {out_root} is a file; give the directory that holds the versions")
     base = load_model(model_dir)
     with EventStore(store_path, read_only=True) as st:
         events, items = st.events(), st.items()
@@ -161,9 +169,9 @@ def retrain(model_dir: str | Path, store_path: str | Path, out_root: str | Path,
         tmp = out_root / f".v{n:04d}.tmp"
         final.save(tmp)
         report.seconds = time.perf_counter() - t0
+        report.version_dir = str(vdir)
         (tmp / "retrain.json").write_text(json.dumps(asdict(report), indent=2, default=str))
         tmp.rename(vdir)  # appears whole or not at all: the service never loads half a model
-        report.version_dir = str(vdir)
     report.seconds = time.perf_counter() - t0
     return report
 

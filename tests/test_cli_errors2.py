@@ -1,0 +1,66 @@
+"""User data with console-markup brackets is shown literally, and more options are checked up front."""
+
+import json
+
+import pandas as pd
+from typer.testing import CliRunner
+
+from valuerec.cli import app
+from valuerec.data.store import EventStore
+
+runner = CliRunner()
+
+
+def test_ids_with_brackets_are_shown_literally(cli_setup):
+    tmp, store = cli_setup
+    r = runner.invoke(app, ["recommend", "--model", str(tmp / "pop"), "--store", str(store), "--user", "[/]"])
+    assert r.exit_code == 2 and "user '[/]' has no events" in r.output
+    r = runner.invoke(app, ["recommend", "--model", str(tmp / "pop"), "--store", str(store), "--user", "[bold]x"])
+    assert r.exit_code == 2 and "'[bold]x'" in r.output
+    ev = pd.DataFrame({"user_id": ["[b]vip"], "item_id": ["i0"], "timestamp": [pd.Timestamp("2011-07-01")],
+                       "event_type": ["purchase"], "value": [4.0], "quantity": [1.0]})
+    with EventStore(store) as st:
+        st.add_events(ev)
+    r = runner.invoke(app, ["recommend", "--model", str(tmp / "pop"), "--store", str(store), "--user", "[b]vip"])
+    assert r.exit_code == 0, r.output
+    assert "[b]vip" in r.output
+
+
+def test_lifecycle_blames_the_right_json_and_dates_before_the_data(cli_setup):
+    tmp, store = cli_setup
+    bad = tmp / "badmodel"
+    bad.mkdir()
+    (bad / "config.json").write_text("{not json")
+    r = runner.invoke(app, ["lifecycle", "--model", str(bad), "--store", str(store)])
+    assert r.exit_code != 0 and "--config is not valid JSON" not in r.output
+    r = runner.invoke(app, ["lifecycle", "--model", str(tmp / "pop"), "--store", str(store), "--config", "{x"])
+    assert r.exit_code == 2 and "--config is not valid JSON" in r.output
+    r = runner.invoke(app, ["lifecycle", "--model", str(tmp / "pop"), "--store", str(store), "--at", "2005-01-01"])
+    out = " ".join(r.output.split())
+    assert r.exit_code == 2 and "no event is before it" in out and "2011-01-01" in out
+
+
+def test_retrain_checks_out_tolerance_and_epochs_first(cli_setup):
+    tmp, store = cli_setup
+    (tmp / "afile").write_text("x")
+    base = ["retrain", "--model", str(tmp / "pop"), "--store", str(store)]
+    r = runner.invoke(app, base + ["--out", str(tmp / "afile")])
+    assert r.exit_code == 2 and "is a file" in r.output
+    for opt, val, msg in (("--tolerance", "nan", "tolerance=nan"), ("--tolerance", "inf", "tolerance=inf"),
+                          ("--epochs", "0", "epochs=0")):
+        r = runner.invoke(app, base + ["--out", str(tmp / "v"), opt, val])
+        assert r.exit_code == 2 and msg in r.output, (opt, val, r.output)
+    r = runner.invoke(app, base + ["--out", str(tmp / "v"), "--holdout-days", "5000"])
+    assert r.exit_code == 2 and "shorter --holdout-days" in " ".join(r.output.split())
+    assert not (tmp / "v").exists()
+
+
+def test_retrain_json_names_its_version(cli_setup):
+    tmp, store = cli_setup
+    r = runner.invoke(app, ["retrain", "--model", str(tmp / "pop"), "--store", str(store), "--out", str(tmp / "v"),
+                            "--holdout-days", "60", "--tolerance", "1", "--json"])
+    assert r.exit_code == 0, r.output
+    rep = json.loads(r.stdout)
+    assert rep["accepted"] and rep["version_dir"].endswith("v0001")
+    saved = json.loads((tmp / "v" / "v0001" / "retrain.json").read_text())
+    assert saved["version_dir"] == rep["version_dir"]
