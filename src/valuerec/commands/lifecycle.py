@@ -35,14 +35,10 @@ class Loaded:
 
 def _load_dir(path: Path):
     """A saved recommender or value model, by the kind in its config.json."""
-    cfg = path / "config.json"
-    if not cfg.exists():
-        raise DataError(f"{path}: not a saved model (no config.json)")
-    meta = json.loads(cfg.read_text())
-    if meta.get("kind") == "value":
+    from valuerec.models.base import load_model, read_model_config
+    if read_model_config(path).get("kind") == "value":
         from valuerec.models.value_baselines import load_value_model
         return None, load_value_model(path)
-    from valuerec.models.base import load_model
     m = load_model(path)
     return m, (m if hasattr(m, "predict_value") else None)
 

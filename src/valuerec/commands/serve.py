@@ -50,10 +50,11 @@ def serve_cmd(
         env["VALUEREC_AUTH_DISABLED"] = "1"
     try:
         settings = Settings.from_env(env)
-        if settings.model_dir is not None and not (settings.model_dir / "config.json").exists():
-            raise DataError(f"{settings.model_dir}: not a model directory (no config.json)")
-        if settings.model_dir is None:
-            newest_model_dir(settings.models_root)      # a DataError when there is none to serve
+        from valuerec.models.base import load_model
+
+        # Load the model once here (newest_model_dir: a DataError when the root has none), so a missing
+        # or damaged model directory is a one-line error rather than a traceback from the server's start-up.
+        load_model(settings.model_dir or newest_model_dir(settings.models_root))
         # Open the store once here, so a file that is not a DuckDB store (or is locked by another
         # process) is a one-line error rather than a traceback from the server's start-up.
         try:

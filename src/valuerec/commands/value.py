@@ -101,12 +101,10 @@ def load_any_value_model(path: Path):
     (e.g. the behaviour transformer, loaded through ``models.base.load_model``)."""
     from valuerec.models.value_baselines import ValueModel
 
-    cfg = path / "config.json"
-    if not cfg.exists():
-        raise DataError(f"{path}: not a model directory (no config.json)")
-    if json.loads(cfg.read_text()).get("kind") == "value":
+    from valuerec.models.base import load_model, read_model_config
+
+    if read_model_config(path).get("kind") == "value":
         return ValueModel.load(path)
-    from valuerec.models.base import load_model
 
     model = load_model(path)
     if not hasattr(model, "predict_value"):

@@ -86,22 +86,22 @@ def pseudonymise(user_ids: pd.Series, key: bytes) -> pd.Series:
 
 # -- validation helpers -----------------------------------------------------------------------------
 class _Problems:
-    def __init__(self, path: str):
-        self.path = path
+    def __init__(self, path: str, unit: str = "line"):
+        self.path, self.unit = path, unit
         self.items: list[str] = []
         self.count = 0
 
     def add(self, line: int | str, fld: str, reason: str) -> None:
         self.count += 1
         if len(self.items) < MAX_PROBLEMS_SHOWN:
-            self.items.append(f"{self.path}, line {line}, field '{fld}': {reason}")
+            self.items.append(f"{self.path}, {self.unit} {line}, field '{fld}': {reason}")
 
     def add_mask(self, mask: np.ndarray, lines: np.ndarray, fld: str, values: pd.Series, reason: str) -> None:
         idx = np.flatnonzero(mask)
         self.count += len(idx)
         room = MAX_PROBLEMS_SHOWN - len(self.items)
         for i in idx[: max(room, 0)]:
-            self.items.append(f"{self.path}, line {lines[i]}, field '{fld}': {reason} (got {values.iloc[i]!r})")
+            self.items.append(f"{self.path}, {self.unit} {lines[i]}, field '{fld}': {reason} (got {values.iloc[i]!r})")
 
     def raise_if_any(self) -> None:
         if self.count:
@@ -161,6 +161,8 @@ def _check_scalars(problems: _Problems, raw: pd.Series, lines: np.ndarray, fld: 
 
 
 def _numeric(raw: pd.Series) -> pd.Series:
+    if pd.api.types.is_numeric_dtype(raw) and not pd.api.types.is_bool_dtype(raw):
+        return raw.astype(float)
     return pd.to_numeric(raw.astype("string").str.strip(), errors="coerce")
 
 
@@ -298,8 +300,45 @@ def read_events(path: str | Path, cmap: ColumnMap | None = None, sep: str | None
             raise DataError(f"{path}: {' and '.join(opts)} {'both' if len(opts) == 2 else 'all'} name {col!r}; "
                             "map each field to its own column")
 
-    lines = np.arange(len(df)) + first_line
     problems = _Problems(str(path))
+    fmt = cmap.time_format or "ISO 8601 (e.g. 2011-09-09 08:26:00); set --time-format"
+    out = _check_rows(df, src, np.arange(len(df)) + first_line, problems, cmap.time_format, fmt, default_event_type)
+    problems.raise_if_any()
+    out = out.astype({"user_id": object, "item_id": object, "event_type": object, "event_id": object})
+    report.events = len(out)
+    return out.reset_index(drop=True), pd.DataFrame(columns=["item_id", "text", "attributes", "price"]), report
+
+
+def check_event_frame(events: pd.DataFrame, source: str = "events") -> pd.DataFrame:
+    """An event frame given to ``EventStore.add_events``, checked with the rules of file ingest: one
+    DataError naming the column and row index of each problem (the first 20, then a count).
+
+    Timestamps must be datetimes (an offset is converted to naive UTC) or ISO 8601 strings; event
+    types are stripped and lower-cased, and empty ones get the default type."""
+    t = events["timestamp"]
+    if pd.api.types.is_numeric_dtype(t) or pd.api.types.is_timedelta64_dtype(t):
+        raise DataError(f"{source}: column 'timestamp' holds {t.dtype} numbers, not dates; convert them first, "
+                        "e.g. pd.to_datetime(x, unit='s') for unix seconds")
+    problems = _Problems(source, unit="row")
+    lines = events.index.to_numpy()
+    for fld in ("user_id", "item_id", "event_id"):      # e.g. ids read as floats next to NaN
+        if fld in events.columns:
+            whole = events[fld].map(lambda v: isinstance(v, (float, np.floating)) and float(v).is_integer())
+            problems.add_mask(whole.to_numpy(dtype=bool), lines, fld, events[fld],
+                              "a whole-number float is stored as text with '.0' (17293.0 -> '17293.0', not "
+                              "'17293'); give ids as strings or integers")
+    src = {f: f for f in ["user_id", "item_id", "timestamp", "value", "event_type", "quantity", "event_id"]}
+    out = _check_rows(events, src, lines, problems, None,
+                      "a datetime or an ISO 8601 string (e.g. 2011-09-09 08:26:00)", DEFAULT_EVENT_TYPE)
+    problems.raise_if_any()
+    return out.astype({"user_id": object, "item_id": object, "event_type": object, "event_id": object})
+
+
+def _check_rows(df: pd.DataFrame, src: dict[str, str], lines: np.ndarray, problems: _Problems,
+                time_format: str | None, expected_time: str, default_event_type: str) -> pd.DataFrame:
+    """The per-row checks of event data (``src``: schema field -> column); adds to ``problems`` and
+    returns the normalised events in the schema."""
+    present = set(map(str, df.columns))
     for fld in ("user_id", "item_id", "event_type", "event_id"):
         if src[fld] in present:
             _check_scalars(problems, df[src[fld]], lines, src[fld])
@@ -316,9 +355,11 @@ def read_events(path: str | Path, cmap: ColumnMap | None = None, sep: str | None
         out["item_id"] = None  # value-only data: a plain transaction log
 
     raw_t = df[src["timestamp"]]
-    ts = parse_timestamps(raw_t, cmap.time_format)
-    fmt = cmap.time_format or "ISO 8601 (e.g. 2011-09-09 08:26:00); set --time-format"
-    problems.add_mask(ts.isna().to_numpy(), lines, src["timestamp"], raw_t, f"unparseable date, expected {fmt}")
+    if pd.api.types.is_datetime64_any_dtype(raw_t):
+        ts = _naive_utc(raw_t)
+    else:
+        ts = parse_timestamps(raw_t, time_format)
+    problems.add_mask(ts.isna().to_numpy(), lines, src["timestamp"], raw_t, f"unparseable date, expected {expected_time}")
     _check_time_range(problems, ts, lines, src["timestamp"], raw_t)
     out["timestamp"] = ts
 
@@ -346,11 +387,7 @@ def read_events(path: str | Path, cmap: ColumnMap | None = None, sep: str | None
         out["event_id"] = eid.where(eid != "", None)
     else:
         out["event_id"] = None
-
-    problems.raise_if_any()
-    out = out.astype({"user_id": object, "item_id": object, "event_type": object, "event_id": object})
-    report.events = len(out)
-    return out.reset_index(drop=True), pd.DataFrame(columns=["item_id", "text", "attributes", "price"]), report
+    return out
 
 
 def read_items(path: str | Path, item_col: str = "item_id", text_col: str = "text",
@@ -543,7 +580,7 @@ def ingest(store: EventStore, path: str | Path, fmt: str = "auto", cmap: ColumnM
         events["user_id"] = pseudonymise(events["user_id"], pseudonymise_key)
         if "event_id" in events and events["event_id"].notna().any() and fmt == "s3rec":
             events["event_id"] = events["user_id"] + ":" + events["event_id"].str.split(":").str[-1]
-    res = store.add_events(events, items, source=str(path), sha256=file_sha256(path))
+    res = store.add_events(events, items, source=str(path), sha256=file_sha256(path), checked=True)
     report.added, report.duplicates = res.added, res.duplicates
     return report
 

@@ -138,16 +138,26 @@ class EventStore:
 
     # -- writes ---------------------------------------------------------------------------------
     def add_events(self, events: pd.DataFrame, items: pd.DataFrame | None = None,
-                   source: str | None = None, sha256: str | None = None) -> WriteResult:
-        """Append validated events (schema columns) and upsert items, in one transaction.
+                   source: str | None = None, sha256: str | None = None, *, checked: bool = False) -> WriteResult:
+        """Append events (schema columns) and upsert items, in one transaction.
+
+        The events are checked with the rules of file ingest (``ingest.check_event_frame``): timestamps
+        must be datetimes or ISO 8601 strings (numbers are refused: convert unix seconds with
+        ``pd.to_datetime(x, unit='s')``), values and quantities finite and not negative, ids not empty or
+        floats; event types are stripped and lower-cased. Any bad row is one DataError naming the column
+        and row index, and nothing is written. ``checked=True`` skips the checks for a frame that has
+        already passed them (ingest's adapters).
 
         Events whose ``event_id`` is already stored, or repeated within the batch, are dropped and
         counted as duplicates. A missing ``event_id`` is filled with the event's content hash.
         """
-        ev = events.copy()
-        missing = [c for c in EVENT_COLUMNS if c not in ev.columns and c != "event_id"]
+        missing = [c for c in EVENT_COLUMNS if c not in events.columns and c != "event_id"]
         if missing:
             raise DataError(f"events are missing column(s) {missing}")
+        if not checked:
+            from valuerec.data.ingest import check_event_frame   # ingest imports this module
+            events = check_event_frame(events)
+        ev = events.copy()
         if "event_id" not in ev.columns:
             ev["event_id"] = None
         no_id = ev["event_id"].isna()
@@ -220,7 +230,7 @@ class EventStore:
         if not self._has_pk:    # an old store without the key: the DataFrame path's anti-join keeps it idempotent
             df = pd.DataFrame(todo, columns=EVENT_COLUMNS)
             with self._lock:
-                res = self.add_events(df)
+                res = self.add_events(df, checked=True)
                 if res.added:
                     got = self.con.execute(
                         "SELECT event_id, user_id, item_id, ts, event_type, value, seq FROM events "
@@ -249,6 +259,12 @@ class EventStore:
         return stored, len(rows) - len(stored)
 
     def _upsert_items(self, items: pd.DataFrame) -> None:
+        if "item_id" not in items.columns:
+            raise DataError(f"items: missing column 'item_id'; the frame has {sorted(map(str, items.columns))}")
+        empty = np.flatnonzero((items["item_id"].isna() | (items["item_id"].astype(str).str.strip() == "")).to_numpy())
+        if len(empty):
+            raise DataError(f"items: {len(empty)} row(s) with an empty item_id (rows {items.index[empty[:20]].tolist()}"
+                            f"{' ...' if len(empty) > 20 else ''}); nothing was written")
         it = items.copy()
         for c in ITEM_COLUMNS:
             if c not in it.columns:

@@ -9,6 +9,8 @@ directory of config JSON, arrays (safetensors / npy / parquet) and id maps: no p
 from __future__ import annotations
 
 import json
+import re
+from contextlib import contextmanager
 from pathlib import Path
 from typing import ClassVar
 
@@ -16,6 +18,7 @@ import numpy as np
 import torch
 
 from valuerec.data.dataset import Catalogue, Sequences
+from valuerec.data.schema import DataError
 
 MODEL_REGISTRY: dict[str, type["Recommender"]] = {}
 
@@ -87,11 +90,20 @@ class Recommender:
     @classmethod
     def load(cls, path: str | Path) -> "Recommender":
         path = Path(path)
-        meta = json.loads((path / "config.json").read_text())
-        target = MODEL_REGISTRY[meta["model"]] if cls is Recommender else cls
-        obj = target(**meta["config"])
-        obj.catalogue_ = Catalogue.load(path)
-        obj._load_state(path)
+        meta = read_model_config(path)
+        with loading(path):
+            target = cls
+            if cls is Recommender:
+                name = meta.get("model")
+                if meta.get("kind") == "value":
+                    raise DataError(f"{path}: holds the value model {name!r}; load it with "
+                                    "valuerec.models.value_baselines.load_value_model")
+                if name not in MODEL_REGISTRY:
+                    raise damaged(path, f"unknown model {name!r} (known: {sorted(MODEL_REGISTRY)})")
+                target = MODEL_REGISTRY[name]
+            obj = construct(path, target, meta)
+            obj.catalogue_ = Catalogue.load(path)
+            obj._load_state(path)
         return obj
 
     def _load_state(self, path: Path) -> None:
@@ -111,7 +123,72 @@ def apply_exclusions(scores: torch.Tensor, exclude: list[np.ndarray]) -> torch.T
     return scores
 
 
+# -- loading a saved model directory: every failure is a one-line DataError naming it ---------------
+def read_model_config(path: Path) -> dict:
+    """``path/config.json`` as a dict; a DataError when it is missing, not JSON or not an object."""
+    cfg = Path(path) / "config.json"
+    if not cfg.is_file():
+        raise DataError(f"{path}: not a model directory (no config.json)")
+    try:
+        meta = json.loads(cfg.read_text())
+    except (OSError, ValueError) as e:      # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise damaged(path, "config.json is not valid JSON", e) from None
+    if not isinstance(meta, dict):
+        raise damaged(path, f"config.json holds a JSON {type(meta).__name__}, not an object")
+    return meta
+
+
+def construct(path: Path, target: type, meta: dict):
+    """``target(**meta['config'])``; settings the class does not take are a DataError."""
+    config = meta.get("config", {})
+    if not isinstance(config, dict):
+        raise damaged(path, "config.json's 'config' is not an object")
+    try:
+        return target(**config)
+    except (TypeError, DataError) as e:
+        raise damaged(path, f"config.json's settings do not fit model {getattr(target, 'name', target.__name__)!r}",
+                      e) from None
+
+
+def damaged(path: Path, what: str, err: BaseException | None = None) -> DataError:
+    """``PATH: model directory is damaged: WHAT (the original error, on one line)``."""
+    why = f" ({type(err).__name__}: {' '.join(str(err).split())[:300]})" if err is not None else ""
+    return DataError(f"{path}: model directory is damaged: {what}{why}")
+
+
+def _file_read(path: Path, err: BaseException) -> str | None:
+    """The file of ``path`` a failed read was reading: a local naming it in the innermost frame that has one."""
+    found, tb = None, err.__traceback__
+    while tb is not None:
+        for v in list(tb.tb_frame.f_locals.values()):
+            if isinstance(v, (str, Path)) and Path(v).parent == Path(path) and Path(v).name:
+                found = Path(v).name
+        tb = tb.tb_next
+    return found
+
+
+@contextmanager
+def loading(path: Path):
+    """Turn any failure reading a model directory into ``damaged(...)``; DataErrors pass unchanged."""
+    try:
+        yield
+    except DataError:
+        raise
+    except FileNotFoundError as e:
+        name = Path(e.filename).name if e.filename else _file_read(path, e)
+        if name is None:     # pyarrow and safetensors put the path in the message only
+            named = re.search(re.escape(str(path)) + r"/([^/\s:'\"]+)", str(e))
+            name = named[1] if named else "?"
+        raise damaged(path, f"missing file {name}", e) from e
+    except Exception as e:  # noqa: BLE001 - a truncated or edited file fails in many libraries' own ways
+        if isinstance(e, RuntimeError) and "state_dict" in str(e):
+            raise damaged(path, "weights do not match config.json", e) from e
+        name = _file_read(path, e)
+        raise damaged(path, f"cannot read {name}" if name else "cannot read its files", e) from e
+
+
 def load_model(path: str | Path) -> Recommender:
-    """Load any saved model by the name in its config.json."""
+    """Load any saved model by the name in its config.json. A missing or damaged directory is a
+    DataError naming it and what is wrong."""
     import valuerec.models  # noqa: F401  (registers every model)
     return Recommender.load(path)

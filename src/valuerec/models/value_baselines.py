@@ -128,23 +128,23 @@ class ValueModel:
 
     @classmethod
     def load(cls, path: str | Path) -> "ValueModel":
+        from valuerec.models.base import construct, damaged, loading, read_model_config
+
         path = Path(path)
-        cfg = path / "config.json"
-        if not cfg.exists():
-            raise DataError(f"{path}: not a model directory (no config.json)")
-        meta = json.loads(cfg.read_text())
+        meta = read_model_config(path)
         if meta.get("kind") != "value" and cls is ValueModel:
             raise DataError(f"{path}: holds a {meta.get('model')!r} model, not a value model")
-        target = cls
-        if cls is ValueModel:
-            if meta["model"] not in VALUE_MODEL_REGISTRY:
-                raise DataError(f"{path}: unknown value model {meta['model']!r} "
-                                f"(known: {sorted(VALUE_MODEL_REGISTRY)})")
-            target = VALUE_MODEL_REGISTRY[meta["model"]]
-        obj = target(**meta["config"])
-        obj.horizon_days_ = float(meta["horizon_days"])
-        obj.fitted_as_of_ = int(meta["fitted_as_of"])
-        obj._load(path, meta.get("state", {}))
+        with loading(path):
+            target = cls
+            if cls is ValueModel:
+                if meta.get("model") not in VALUE_MODEL_REGISTRY:
+                    raise damaged(path, f"unknown value model {meta.get('model')!r} "
+                                        f"(known: {sorted(VALUE_MODEL_REGISTRY)})")
+                target = VALUE_MODEL_REGISTRY[meta["model"]]
+            obj = construct(path, target, meta)
+            obj.horizon_days_ = float(meta["horizon_days"])
+            obj.fitted_as_of_ = int(meta["fitted_as_of"])
+            obj._load(path, meta.get("state", {}))
         return obj
 
     def _load(self, path: Path, state: dict) -> None:

@@ -1,0 +1,97 @@
+"""EventStore.add_events as a library call: the rows are checked with the rules of file ingest, a bad
+frame is one DataError naming column and row, and nothing is written."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from valuerec.data.schema import DataError
+from valuerec.data.store import EventStore
+
+T = pd.Timestamp("2011-01-01 10:00")
+
+
+def frame(n=3, **cols) -> pd.DataFrame:
+    df = pd.DataFrame({"user_id": [f"u{i}" for i in range(n)], "item_id": [f"i{i}" for i in range(n)],
+                       "timestamp": [T + pd.Timedelta(hours=i) for i in range(n)],
+                       "event_type": ["purchase"] * n, "value": [5.0] * n, "quantity": [1.0] * n})
+    for c, v in cols.items():
+        df[c] = pd.Series(v, dtype=object) if isinstance(v, list) else v
+    return df
+
+
+@pytest.fixture
+def store(tmp_path):
+    with EventStore(tmp_path / "s.duckdb") as st:
+        st.add_events(frame(2))
+        yield st
+
+
+def refused(store, events, match, items=None):
+    before = store.events()
+    with pytest.raises(DataError, match=match) as e:
+        store.add_events(events, items)
+    pd.testing.assert_frame_equal(store.events(), before)       # nothing written, nothing lost
+    return str(e.value)
+
+
+@pytest.mark.parametrize("col, bad, match", [
+    ("value", [5.0, -50.0, 1.0], r"events, row 1, field 'value': negative"),
+    ("value", [5.0, np.inf, 1.0], r"events, row 1, field 'value': infinite"),
+    ("value", [5.0, np.nan, 1.0], r"events, row 1, field 'value': not a number"),
+    ("value", [5.0, "abc", 1.0], r"events, row 1, field 'value': not a number \(NaN or empty\) \(got 'abc'\)"),
+    ("quantity", [1.0, 1.0, -1.0], r"events, row 2, field 'quantity': negative"),
+    ("user_id", ["u0", None, "u2"], r"events, row 1, field 'user_id': empty user id"),
+    ("user_id", [17293.0, 1.0, 2.0], r"events, row 0, field 'user_id': a whole-number float is stored as text with '.0' .*\(got 17293.0\)"),
+    ("user_id", ["u0", 17293.0, "u2"], r"events, row 1, field 'user_id': a whole-number float"),
+    ("timestamp", [T, pd.NaT, T], r"events, row 1, field 'timestamp': unparseable date"),
+    ("timestamp", [T, "notadate", T], r"events, row 1, field 'timestamp': unparseable date, expected a datetime or an ISO"),
+    ("timestamp", [T, pd.Timestamp("2300-01-01"), T], r"events, row 1, field 'timestamp': .* is in the future"),
+])
+def test_bad_rows_are_one_error_naming_column_and_row(store, col, bad, match):
+    msg = refused(store, frame(**{col: bad}), match)
+    assert msg.split("\n")[0].endswith("problem(s); nothing was written")
+
+
+def test_numeric_timestamps_are_refused_with_a_hint(store):
+    ev = frame(timestamp=np.array([1.3e9, 1.3e9 + 60, 1.3e9 + 120]))
+    refused(store, ev, r"column 'timestamp' holds float64 numbers, not dates; .*pd.to_datetime\(x, unit='s'\)")
+    ev = frame(timestamp=np.array([1300000000, 1300000060, 1300000120]))
+    refused(store, ev, r"holds int64 numbers")
+    assert store.time_range()[0] == T                   # the store's start did not move to 1970
+
+
+def test_problems_are_listed_up_to_20_then_counted(store):
+    ev = frame(30, value=[-1.0] * 30)
+    ev.index = ev.index + 100
+    msg = refused(store, ev, r"events: 30 problem\(s\)")
+    assert "events, row 100, field 'value'" in msg and "row 119" in msg and "row 120" not in msg
+    assert "... and 10 more problem(s)" in msg
+
+
+def test_types_and_times_are_normalised_as_ingest_does(store):
+    ev = frame(user_id=["a", "b", "c"], event_type=["PURCHASE ", " View", None],
+               timestamp=pd.Series(pd.date_range("2011-01-01 12:00", periods=3, freq="h", tz="Europe/Paris")))
+    store.add_events(ev)
+    got = store.events("user_id IN ('a', 'b', 'c')")
+    assert list(got["event_type"]) == ["purchase", "view", "interaction"]
+    assert list(got["timestamp"]) == list(pd.date_range("2011-01-01 11:00", periods=3, freq="h"))   # naive UTC
+    again = frame(1, user_id=["a"], timestamp=["2011-01-01T12:00:00+01:00"], event_type=["purchase"])
+    assert store.add_events(again).duplicates == 1       # the same event, given as an ISO string with an offset
+
+
+def test_integer_ids_and_missing_event_ids_still_work(store):
+    ev = frame(2, user_id=pd.Series([17293, 17294]), item_id=pd.Series([1, 2]))
+    assert store.add_events(ev).added == 2
+    assert {"17293", "17294"} <= set(store.events()["user_id"])
+
+
+def test_items_without_item_id_are_refused(store):
+    refused(store, frame(1), r"items: missing column 'item_id'", items=pd.DataFrame({"text": ["a mug"]}))
+    refused(store, frame(1), r"items: 1 row\(s\) with an empty item_id \(rows \[1\]\)",
+            items=pd.DataFrame({"item_id": ["i0", None], "text": ["a", "b"]}))
+    with pytest.raises(DataError, match="missing column 'item_id'"):
+        store.add_items(pd.DataFrame({"text": ["a mug"]}))
+    assert len(store.items()) == 0
