@@ -22,6 +22,7 @@ def report_cmd(
     examples: int = typer.Option(3, "--examples", min=0, help="Example users to show"),
 ) -> None:
     """Write the HTML report (opens offline; interactive charts; readable in print)."""
+    from valuerec.commands.bench import check_out_file
     from valuerec.data.schema import DataError
     from valuerec.report.build import build_inputs
     from valuerec.report.html import write_report
@@ -34,6 +35,7 @@ def report_cmd(
             console.print(f"[red]error:[/red] {what} {p} does not exist")
             raise typer.Exit(code=2)
     try:
+        check_out_file(out)
         with console.status("building the report ..."):
             inputs = build_inputs(model, store, results if results and results.exists() else None, n_examples=examples)
             path = write_report(inputs, out)
