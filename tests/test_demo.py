@@ -6,7 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from valuerec.cli import app
+from valuerec.data.schema import DataError
 from valuerec.demo import run_demo
 
 from browser_support import needs_chromium, report_page
@@ -57,3 +60,24 @@ def test_demo_report_in_browser_matches_result_files(demo):
         assert checked >= 8
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "demo_report.png"), full_page=True)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--epochs", "-1"], "--epochs"),
+    (["--epochs", "0"], "--epochs"),
+    (["--seed", "-1"], "--seed"),
+    (["--out", "{d}/afile"], "--out {d}/afile: is a file; give a directory"),
+])
+def test_demo_bad_settings_fail_before_any_work(tmp_path, extra, message):
+    (tmp_path / "afile").write_text("x")
+    out = ["--out", str(tmp_path / "demo")] if "--out" not in extra else []
+    res = CliRunner().invoke(app, ["demo", "--quick"] + out + [e.format(d=tmp_path) for e in extra])
+    said = " ".join(res.output.replace("│", " ").split())
+    assert res.exit_code == 2 and message.format(d=tmp_path) in said, res.output
+    assert not (tmp_path / "demo").exists()
+
+
+def test_run_demo_checks_epochs_first(tmp_path):
+    with pytest.raises(DataError, match="epochs=-1"):
+        run_demo(tmp_path / "demo", epochs=-1, quick=True)
+    assert not (tmp_path / "demo").exists()

@@ -285,3 +285,47 @@ def test_run_value_bench_checks_expected_figures(store_path, events, tmp_path):
     chk = json.loads((tmp_path / "r.json").read_text())["checks"]
     assert chk["population"]["measured"] == pop
     assert chk["past_spend_gini"]["measured"] == pytest.approx(res["models"]["past_spend"]["metrics"]["gini"])
+
+
+def test_cli_bench_value_bad_settings_fail_before_any_fit(store_path, tmp_path):
+    from valuerec.cli import app
+
+    runner = CliRunner()
+    (tmp_path / "afile").write_text("x")
+    base = ["bench", "value", "--store", str(store_path), "--cutoff", "2021-07-01", "--val-cutoff", "2021-04-01",
+            "--models", "past_spend"]
+    for extra, message in [
+        (["--cutoff", "nope"], "--cutoff 'nope': not a date/time"),
+        (["--val-cutoff", "2021-13-45"], "--val-cutoff '2021-13-45': not a date/time"),
+        (["--out", str(tmp_path)], "is a directory; give a file path"),
+        (["--save-models", str(tmp_path / "afile")], "--save-models"),
+        (["--models", ""], "no value models given"),
+        (["--threads", "-1"], "--threads"),
+        (["--val-cutoff", "2020-06-09"], "validation cutoff (--val-cutoff) 2020-06-09 00:00:00 lies outside"),
+    ]:
+        r = runner.invoke(app, base + extra)
+        text = " ".join(r.output.replace("│", " ").split())
+        assert r.exit_code == 2 and message in text, (extra, r.output)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+def test_validation_window_message_without_a_horizon():
+    """No --horizon-days: the validation window runs to the test cut-off; when the data before the
+    test cut-off stop short of it, the message says so (not 'horizon of N days ... omit the horizon')."""
+    days = [*range(0, 100, 2), *range(130, 200, 2)]
+    ev = pd.DataFrame({"user_id": [f"u{d % 5}" for d in days], "item_id": "i1",
+                       "timestamp": [START + pd.Timedelta(days=d) for d in days], "event_type": "purchase",
+                       "value": 10.0, "quantity": 1.0})
+    with pytest.raises(DataError, match="the validation window .*up to the test cutoff") as e:
+        build_tasks(ev, None, START + pd.Timedelta(days=125), START + pd.Timedelta(days=50))
+    assert "omit the horizon" not in str(e.value)
+
+
+def test_short_test_holdout_is_warned_about(store_path, events):
+    from valuerec.cli import app
+
+    cutoff = pd.Timestamp(events["timestamp"].max()) - pd.Timedelta(days=2)
+    r = CliRunner().invoke(app, ["bench", "value", "--store", str(store_path), "--cutoff", str(cutoff),
+                                 "--val-cutoff", "2021-04-01", "--models", "past_spend", "--seeds", "1"])
+    assert r.exit_code == 0, r.output
+    assert "warning: the test holdout is only" in " ".join(r.output.split())

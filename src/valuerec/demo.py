@@ -25,6 +25,7 @@ from rich.table import Table
 
 from valuerec.data.dataset import sequences_from
 from valuerec.data.ingest import file_sha256, ingest
+from valuerec.data.schema import DataError
 from valuerec.data.splits import cutoff_split
 from valuerec.data.store import EventStore
 from valuerec.evaluation.protocols import R2, run_protocol
@@ -73,6 +74,13 @@ def make_value_factory(value_params: dict):
 def run_demo(out: Path, epochs: int | None = None, seed: int = 0, quick: bool = False) -> dict:
     """Run the demo into ``out``; returns a summary (also written to ``out/demo_summary.json``)."""
     t_start = time.perf_counter()
+    if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1):
+        raise DataError(f"epochs={epochs!r}: must be a whole number >= 1")
+    if not isinstance(seed, int) or seed < 0:
+        raise DataError(f"seed={seed!r}: must be a whole number >= 0")
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"--out {out}: is a file; give a directory for the demo's store, models and report")
     out.mkdir(parents=True, exist_ok=True)
     results_dir = out / "results"
     results_dir.mkdir(exist_ok=True)

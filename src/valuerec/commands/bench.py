@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
+import tempfile
 from pathlib import Path
 from typing import Optional
 
@@ -35,6 +37,9 @@ REFIT_HELP = ("Early-stopping models (the transformer): after choosing the epoch
 def _parse_params(params: str | None) -> dict | None:
     if not params:
         return None
+    if not os.path.exists(params) and not params.lstrip().startswith("{") and (
+            params.endswith(".json") or os.sep in params):
+        raise typer.BadParameter(f"--params {params}: no such file (give a JSON object or a JSON file)")
     text = Path(params).read_text() if os.path.exists(params) else params
     try:
         obj = json.loads(text)
@@ -50,8 +55,10 @@ def _models(models: str) -> list[str]:
     from valuerec.models.base import MODEL_REGISTRY
     from valuerec.evaluation.protocols import model_base
     names = [m.strip() for m in models.split(",") if m.strip()]
+    if not names:
+        raise typer.BadParameter(f"no models given; registered: {', '.join(sorted(MODEL_REGISTRY))}")
     unknown = [m for m in names if model_base(m) not in MODEL_REGISTRY]
-    if unknown or not names:
+    if unknown:
         raise typer.BadParameter(f"unknown model(s) {unknown}; registered: {', '.join(sorted(MODEL_REGISTRY))}")
     return names
 
@@ -59,6 +66,84 @@ def _models(models: str) -> list[str]:
 def _setup_threads(threads: int) -> None:
     import torch
     torch.set_num_threads(threads)
+
+
+def check_out_file(out: Path | None, what: str = "--out") -> None:
+    """A result file written at the end of a run: refused before any work when it names a directory
+    or its folder cannot be created or written."""
+    if out is None:
+        return
+    out = Path(out)
+    if out.is_dir():
+        raise DataError(f"{what} {out}: is a directory; give a file path")
+    _check_writable_dir(out.parent, what, out)
+
+
+def check_out_dir(out: Path | None, what: str) -> None:
+    """A directory written at the end of a run (e.g. saved models): refused before any work when it
+    is a file or cannot be created or written."""
+    if out is None:
+        return
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{what} {out}: is a file; give a directory")
+    _check_writable_dir(out, what, out)
+
+
+def _check_writable_dir(folder: Path, what: str, shown: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".valuerec-write-check-"):
+            pass
+    except OSError as e:
+        raise DataError(f"{what} {shown}: cannot write to {folder} ({e.strerror or e})") from None
+
+
+def check_device(device: str) -> None:
+    """Where evaluation ranks: cpu, cuda, cuda:N or mps, and available in this torch."""
+    import torch
+    if not re.fullmatch(r"cpu|mps|cuda(:\d+)?", device):
+        raise DataError(f"--device {device!r}: expected cpu, cuda, cuda:N or mps")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise DataError(f"--device {device}: CUDA is not available (this torch sees no GPU)")
+        n = int(device.partition(":")[2] or 0)
+        if n >= torch.cuda.device_count():
+            raise DataError(f"--device {device}: there are only {torch.cuda.device_count()} CUDA device(s)")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise DataError("--device mps: MPS is not available")
+
+
+def check_params(models: list[str], params: dict | None, tune: bool, peers: dict | None = None) -> None:
+    """Every model's --params before anything runs: entries for models not in the run, empty grids,
+    settings a model does not take or of the wrong type (each configuration of the grid is built)."""
+    import valuerec.models  # noqa: F401
+    from valuerec.evaluation.protocols import expand_grid, model_base
+    from valuerec.models.base import MODEL_REGISTRY, check_model_params
+    params = params or {}
+    allowed = set(models) | {f"peer:{p}" for p in (peers or {})}
+    extra = sorted(set(params) - allowed)
+    unknown = [m for m in extra if model_base(m) not in MODEL_REGISTRY]
+    if unknown:
+        raise DataError(f"--params names model(s) {unknown} not in this run; its models: {', '.join(sorted(allowed))}")
+    if extra:   # registered models of a params file shared by several runs (e.g. parts): said, not an error
+        console.print(f"[yellow]warning:[/yellow] --params entries for {extra} are ignored: not in this run "
+                      f"(its models: {', '.join(sorted(allowed))})", highlight=False, soft_wrap=True)
+    for name in models:
+        for key, v in (params.get(name) or {}).items():
+            if isinstance(v, list) and not v:
+                raise DataError(f"--params {name}: {key} is an empty grid (a list is the values to try; give at "
+                                "least one)")
+        cls = MODEL_REGISTRY[model_base(name)]
+        for cfg in expand_grid(model_base(name), params.get(name), tune):
+            try:
+                check_model_params(name, cls, cfg)
+            except DataError as e:
+                raise DataError(f"--params {e}") from None
+            try:
+                cls(seed=0, **cfg)
+            except (TypeError, ValueError) as e:
+                raise DataError(f"--params {name}: {e}") from None
 
 
 @bench_app.command("r1")
@@ -72,9 +157,9 @@ def r1_cmd(
     attributes: Optional[Path] = typer.Option(None, "--attributes", help="item2attributes JSON (optional)"),
     cache_dir: Path = typer.Option(Path("runs/stores"), "--cache-dir", help="Where the ingested DuckDB store is cached"),
     tune: bool = typer.Option(True, "--tune/--no-tune", help="Search the default validation grid"),
-    batch_size: int = typer.Option(512, "--batch-size"),
-    device: str = typer.Option("cpu", "--device", help="Where evaluation ranks (cpu, cuda)"),
-    threads: int = typer.Option(1, "--threads", help="torch threads"),
+    batch_size: int = typer.Option(512, "--batch-size", min=1),
+    device: str = typer.Option("cpu", "--device", help="Where evaluation ranks (cpu, cuda, cuda:N, mps)"),
+    threads: int = typer.Option(1, "--threads", min=1, help="torch threads"),
     refit: Optional[bool] = typer.Option(None, "--refit/--no-refit", help=REFIT_HELP),
     peer: Optional[list[str]] = typer.Option(
         None, "--peer", help="NAME=PYTHON: also run the peer implementation benchmarks/peers/NAME.py with that "
@@ -91,7 +176,13 @@ def r1_cmd(
             if not sep or not name or not python:
                 raise DataError(f"--peer {spec!r}: expected NAME=PYTHON")
             peers[name] = python
-        run_r1(data, _models(models), list(range(first_seed, first_seed + seeds)), out, _parse_params(params), attributes, cache_dir, tune,
+        names, hyper = _models(models), _parse_params(params)
+        check_params(names, hyper, tune, peers)
+        check_device(device)
+        check_out_file(out)
+        if attributes is not None and not attributes.is_file():
+            raise DataError(f"--attributes {attributes}: no such file")
+        run_r1(data, names, list(range(first_seed, first_seed + seeds)), out, hyper, attributes, cache_dir, tune,
                batch_size, device, console=console, peers=peers, refit_full=refit)
     except DataError as e:
         console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
@@ -110,16 +201,24 @@ def r2_cmd(
     tune: bool = typer.Option(True, "--tune/--no-tune"),
     cutoff: str = typer.Option("2011-09-09", "--cutoff"),
     valid_cutoff: str = typer.Option("2011-06-09", "--valid-cutoff"),
-    batch_size: int = typer.Option(512, "--batch-size"),
-    device: str = typer.Option("cpu", "--device"),
-    threads: int = typer.Option(1, "--threads"),
+    batch_size: int = typer.Option(512, "--batch-size", min=1),
+    device: str = typer.Option("cpu", "--device", help="Where evaluation ranks (cpu, cuda, cuda:N, mps)"),
+    threads: int = typer.Option(1, "--threads", min=1, help="torch threads"),
     refit: Optional[bool] = typer.Option(None, "--refit/--no-refit", help=REFIT_HELP),
 ) -> None:
     """R2: next purchases after a cutoff (Online Retail)."""
     from valuerec.evaluation.protocols import run_r2
     _setup_threads(threads)
+    from valuerec.commands.lifecycle import parse_time
     try:
-        run_r2(data, _models(models), list(range(first_seed, first_seed + seeds)), out, _parse_params(params), cache_dir, tune, batch_size, device,
+        names, hyper = _models(models), _parse_params(params)
+        check_params(names, hyper, tune)
+        check_device(device)
+        check_out_file(out)
+        cutoff_t, valid_t = parse_time(cutoff, "--cutoff"), parse_time(valid_cutoff, "--valid-cutoff")
+        if valid_t >= cutoff_t:
+            raise DataError(f"--valid-cutoff {valid_cutoff} must be before --cutoff {cutoff}")
+        run_r2(data, names, list(range(first_seed, first_seed + seeds)), out, hyper, cache_dir, tune, batch_size, device,
                console=console, cutoff=cutoff, valid_cutoff=valid_cutoff, refit_full=refit)
     except DataError as e:
         console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
@@ -142,6 +241,9 @@ def choose_cmd(
     best mean validation score over its seeds is copied under --as, with every candidate's figures."""
     from valuerec.evaluation.results import choose_variant, read_result, results_table, write_result
     try:
+        if not as_name.strip():
+            raise DataError("--as: give the chosen model's name (it is empty)")
+        check_out_file(out)
         chosen = choose_variant(read_result(result_path), [m.strip() for m in among.split(",") if m.strip()],
                                 as_name, metric)
     except DataError as e:
@@ -168,6 +270,7 @@ def merge_cmd(
     in several parts gets its seeds pooled and its mean / std recomputed over all of them."""
     from valuerec.evaluation.results import merge_results, read_result, results_table, write_result
     try:
+        check_out_file(out)
         merged = merge_results([read_result(p) for p in inputs], [str(p) for p in inputs], across_commits)
     except DataError as e:
         console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)

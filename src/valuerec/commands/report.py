@@ -24,6 +24,7 @@ def report_cmd(
     examples: int = typer.Option(3, "--examples", min=0, help="Example users to show"),
 ) -> None:
     """Write the HTML report (opens offline; interactive charts; readable in print)."""
+    from valuerec.commands.bench import check_out_file
     from valuerec.data.schema import DataError
     from valuerec.report.build import build_inputs
     from valuerec.report.html import write_report
@@ -36,6 +37,7 @@ def report_cmd(
             print_error(console, f"{what} {p} does not exist")
             raise typer.Exit(code=2)
     try:
+        check_out_file(out)
         with console.status("building the report ..."):
             inputs = build_inputs(model, store, results if results and results.exists() else None, n_examples=examples)
             path = write_report(inputs, out)

@@ -11,7 +11,6 @@ metrics.json (per-epoch training curves, the validation metrics of the kept weig
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import shutil
@@ -25,6 +24,7 @@ from rich.console import Console
 from valuerec.commands.errors import print_error
 from valuerec.commands.lifecycle import parse_time
 from valuerec.data.schema import DataError
+from valuerec.models.base import check_model_params  # noqa: F401  (also imported from here)
 
 console = Console(stderr=True)
 
@@ -238,19 +238,6 @@ def train_cmd(
     finally:
         if out != final_out and out.exists():   # a run that failed before the swap
             shutil.rmtree(out, ignore_errors=True)
-
-
-def check_model_params(name: str, cls, params: dict) -> None:
-    """Settings the model's constructor does not take are an error naming them (the transformer
-    checks its own, with types, in its configs)."""
-    sig = inspect.signature(cls.__init__)
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values()):
-        return
-    known = sorted(p for p in sig.parameters if p not in ("self", "seed"))
-    unknown = sorted(set(params) - set(known))
-    if unknown:
-        extra = " (--device is for the models that train with torch)" if "device" in unknown else ""
-        raise DataError(f"{name}: unknown setting(s) {unknown}; known: {known}{extra}")
 
 
 def replace_dir(new: Path, final: Path) -> None:

@@ -29,8 +29,10 @@ def _value_models(models: str) -> list[str]:
     from valuerec.models.value_baselines import VALUE_MODEL_REGISTRY
 
     names = [m.strip() for m in models.split(",") if m.strip()]
+    if not names:
+        raise typer.BadParameter(f"no value models given; known: {', '.join(sorted(VALUE_MODEL_REGISTRY))}")
     unknown = [m for m in names if m not in VALUE_MODEL_REGISTRY]
-    if unknown or not names:
+    if unknown:
         raise typer.BadParameter(f"unknown value model(s) {unknown}; known: {', '.join(sorted(VALUE_MODEL_REGISTRY))}")
     return names
 
@@ -56,14 +58,19 @@ def bench_value_cmd(
     models: str = typer.Option("past_spend,bgnbd_gg,lightgbm,ziln_mlp,transformer", "--models", help=MODELS_HELP),
     seeds: int = typer.Option(3, "--seeds", min=1, help="Seeds for stochastic models (deterministic ones run once)"),
     save_models: Optional[Path] = typer.Option(None, "--save-models", help="Save each final model (seed 0) under DIR/<name>"),
-    threads: int = typer.Option(1, "--threads"),
+    threads: int = typer.Option(1, "--threads", min=1, help="torch threads"),
 ) -> None:
     """Customer value and churn after a cut-off, on any store (the V1 protocol, parameterised)."""
+    from valuerec.commands.bench import check_out_dir, check_out_file
     from valuerec.evaluation.value_protocol import run_value_bench
 
     _threads(threads)
     try:
-        run_value_bench(store, cutoff, val_cutoff, horizon_days, _value_models(models), seeds, out,
+        names = _value_models(models)
+        cutoff, val_cutoff = str(parse_time(cutoff, "--cutoff")), str(parse_time(val_cutoff, "--val-cutoff"))
+        check_out_file(out)
+        check_out_dir(save_models, "--save-models")
+        run_value_bench(store, cutoff, val_cutoff, horizon_days, names, seeds, out,
                         meta={"dataset": store.stem, "protocol": "value-cutoff"}, save_dir=save_models,
                         console=console)
     except DataError as e:
@@ -78,17 +85,21 @@ def bench_v1_cmd(
     seeds: int = typer.Option(3, "--seeds", min=1),
     cache_dir: Path = typer.Option(Path("runs/stores"), "--cache-dir", help="Where the ingested store is cached"),
     save_models: Optional[Path] = typer.Option(Path("runs/v1/models"), "--save-models"),
-    threads: int = typer.Option(1, "--threads"),
+    threads: int = typer.Option(1, "--threads", min=1, help="torch threads"),
 ) -> None:
     """V1: customer value and churn after 2011-09-09 (Online Retail), validation cut-off 2011-06-09."""
+    from valuerec.commands.bench import check_out_dir, check_out_file
     from valuerec.evaluation.protocols import cached_store, resolve_online_retail_data
     from valuerec.evaluation.value_protocol import V1_CUTOFF, V1_EXPECT, V1_VAL_CUTOFF, run_value_bench
 
     _threads(threads)
     try:
+        names = _value_models(models)
+        check_out_file(out)
+        check_out_dir(save_models, "--save-models")
         path = resolve_online_retail_data(data)
         store_path, sha = cached_store(path, "online-retail", cache_dir, None, console)
-        run_value_bench(store_path, V1_CUTOFF, V1_VAL_CUTOFF, None, _value_models(models), seeds, out,
+        run_value_bench(store_path, V1_CUTOFF, V1_VAL_CUTOFF, None, names, seeds, out,
                         meta={"dataset": "online-retail", "protocol": "V1", "data_sha256": sha, "data_path": str(path),
                               "past_spend_gini": 0.634},
                         save_dir=save_models, console=console, expect=V1_EXPECT)

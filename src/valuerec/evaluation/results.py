@@ -82,6 +82,9 @@ def write_result(path: str | Path, result: dict) -> Path:
     if missing:
         raise ValueError(f"result is missing key(s) {missing}")
     path = Path(path)
+    if path.is_dir():
+        from valuerec.data.schema import DataError
+        raise DataError(f"{path}: is a directory; give a file path for the result")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(result, indent=2, default=_json_default) + "\n")

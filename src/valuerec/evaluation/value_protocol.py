@@ -37,6 +37,7 @@ from valuerec.models.value_baselines import VALUE_MODEL_REGISTRY, ValueModel
 log = logging.getLogger(__name__)
 DEFAULT_MODELS = ("past_spend", "bgnbd_gg", "lightgbm", "ziln_mlp", "transformer")
 SCALAR_SKIP = ("decile_table",)
+MIN_HOLDOUT_DAYS = 7   # a shorter holdout is warned about
 
 
 @dataclass
@@ -82,7 +83,18 @@ def build_tasks(events, items, cutoff, val_cutoff, horizon_days: float | None = 
         raise DataError(f"validation window {vc} + {val_h:g} days ends {val_end}, after the test cutoff "
                         f"{test.window.cutoff}; use an earlier --val-cutoff or a shorter horizon")
     # Validation sees nothing from the test holdout: its data end at the test cut-off.
-    valid = build_value_task(events[events["timestamp"] < test.window.cutoff], items, vc, val_h, "valid")
+    before = events[events["timestamp"] < test.window.cutoff]
+    lo, hi = pd.Timestamp(before["timestamp"].min()), pd.Timestamp(before["timestamp"].max())
+    if not lo < vc <= hi:
+        raise DataError(f"validation cutoff (--val-cutoff) {vc} lies outside the data before the test cutoff "
+                        f"({lo} to {hi}): it needs events before it (history) and after it (holdout)")
+    if val_end - DAY > hi:   # the data must reach into the window's last day (as holdout_window checks)
+        raise DataError(f"the validation window ({vc} + {val_h:g} days"
+                        + (", up to the test cutoff" if horizon_days is None else "")
+                        + f") ends {val_end}, but the data before the test cutoff end {hi}: "
+                        + ("use a test cutoff nearer those last events, or give --horizon-days"
+                           if horizon_days is None else "use an earlier --val-cutoff or a shorter horizon"))
+    valid = build_value_task(before, items, vc, val_h, "valid")
     return valid, test
 
 
@@ -139,6 +151,10 @@ def run_value_benchmark(events: pd.DataFrame, items: pd.DataFrame | None, cutoff
         console.print(f"[bold]{task.name}[/bold]: cutoff {i['cutoff']}, holdout to {i['end']} "
                       f"({i['horizon_days']:.2f} days); population {i['population']:,}, "
                       f"{100 * i['zero_spend_share']:.1f}% spend nothing after it")
+        if i["horizon_days"] < MIN_HOLDOUT_DAYS:
+            console.print(f"[yellow]warning:[/yellow] the {task.name} holdout is only {i['horizon_days']:.2f} "
+                          f"days (under {MIN_HOLDOUT_DAYS}): value and churn over so short a window say little; "
+                          "use an earlier cutoff", highlight=False)
     for key, want in (expect or {}).items():
         got = test.info()[key]
         if (round(got, 3) if isinstance(want, float) else got) != want:
