@@ -13,6 +13,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
+from valuerec.commands.errors import print_error
 from valuerec.data.schema import DataError
 
 # Logs and the final table go to stderr; when that is a file or pipe, keep the table unwrapped.
@@ -185,7 +186,7 @@ def r1_cmd(
         run_r1(data, names, list(range(first_seed, first_seed + seeds)), out, hyper, attributes, cache_dir, tune,
                batch_size, device, console=console, peers=peers, refit_full=refit)
     except DataError as e:
-        console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        print_error(console, e)
         raise typer.Exit(code=2) from None
 
 
@@ -221,7 +222,7 @@ def r2_cmd(
         run_r2(data, names, list(range(first_seed, first_seed + seeds)), out, hyper, cache_dir, tune, batch_size, device,
                console=console, cutoff=cutoff, valid_cutoff=valid_cutoff, refit_full=refit)
     except DataError as e:
-        console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        print_error(console, e)
         raise typer.Exit(code=2) from None
 
 
@@ -247,7 +248,7 @@ def choose_cmd(
         chosen = choose_variant(read_result(result_path), [m.strip() for m in among.split(",") if m.strip()],
                                 as_name, metric)
     except DataError as e:
-        console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        print_error(console, e)
         raise typer.Exit(code=2) from None
     write_result(out, chosen)
     c = chosen["models"][as_name]["choice"]
@@ -273,7 +274,7 @@ def merge_cmd(
         check_out_file(out)
         merged = merge_results([read_result(p) for p in inputs], [str(p) for p in inputs], across_commits)
     except DataError as e:
-        console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        print_error(console, e)
         raise typer.Exit(code=2) from None
     write_result(out, merged)
     console.print(results_table(merged, merged.get("metric_names")))

@@ -8,6 +8,8 @@ from typing import Optional
 import typer
 from rich.console import Console
 
+from valuerec.commands.errors import print_error
+
 console = Console(stderr=True)
 
 
@@ -25,7 +27,7 @@ def demo_cmd(
     try:
         run_demo(out, epochs=epochs, seed=seed, quick=quick)
     except DataError as e:
-        console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        print_error(console, e)
         raise typer.Exit(code=2) from None
 
 
