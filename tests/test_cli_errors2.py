@@ -64,3 +64,25 @@ def test_retrain_json_names_its_version(cli_setup):
     assert rep["accepted"] and rep["version_dir"].endswith("v0001")
     saved = json.loads((tmp / "v" / "v0001" / "retrain.json").read_text())
     assert saved["version_dir"] == rep["version_dir"]
+
+
+def test_a_store_of_other_items_is_said_so(cli_setup, tmp_path):
+    tmp, store = cli_setup
+    r = runner.invoke(app, ["train", "--store", str(store), "--model", "itemknn", "--out", str(tmp / "knn")])
+    assert r.exit_code == 0, r.output
+    other = tmp_path / "other.duckdb"
+    t = pd.Timestamp("2011-03-01")
+    ev = pd.DataFrame({"user_id": ["x1", "x1", "x2"], "item_id": ["zz1", "zz2", "zz1"],
+                       "timestamp": [t, t + pd.Timedelta(days=3), t + pd.Timedelta(days=5)],
+                       "event_type": ["purchase"] * 3, "value": [2.0, 3.0, 4.0], "quantity": [1.0] * 3})
+    with EventStore(other) as st:
+        st.add_events(ev)
+    r = runner.invoke(app, ["recommend", "--model", str(tmp / "knn"), "--store", str(other), "--user", "x1", "--json"])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout)
+    assert res["items"] == [] and "none of the store's items is in the model's catalogue" in res["note"]
+    r = runner.invoke(app, ["lifecycle", "--model", str(tmp / "pop"), "--store", str(other), "--json"])
+    assert r.exit_code == 0, r.output
+    assert "none of the store's 2 items is in the model's catalogue of 3" in json.loads(r.stdout)["note"]
+    r = runner.invoke(app, ["lifecycle", "--model", str(tmp / "pop"), "--store", str(store), "--json"])
+    assert json.loads(r.stdout)["note"] is None

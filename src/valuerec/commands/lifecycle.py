@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from valuerec.commands.errors import print_error
+from valuerec.commands.errors import catalogue_overlap_note, print_error
 from valuerec.data.dataset import Catalogue, Sequences, catalogue_from, sequences_from
 from valuerec.data.schema import DataError
 from valuerec.data.store import EventStore
@@ -31,6 +31,7 @@ class Loaded:
     histories: Sequences         # all requested users, events before as_of
     as_of: int                   # unix seconds
     model_name: str
+    item_ids: tuple = ()         # the distinct item ids of those events (as stored)
 
 
 def _load_dir(path: Path):
@@ -85,7 +86,8 @@ def load_context(model: Path, store: Path, value_model: Path | None = None, at: 
     hist = sequences_from(events, cat, users=uid, unknown_items="keep")
     name = getattr(rec, "name", None) or getattr(vm, "name", "model")
     return Loaded(recommender=rec, value_model=vm, catalogue=cat, histories=hist,
-                  as_of=int(at_ts.value // 10**9), model_name=str(name))
+                  as_of=int(at_ts.value // 10**9), model_name=str(name),
+                  item_ids=tuple(events["item_id"].dropna().astype(str).unique()))
 
 
 def lifecycle_report(model: Path, store: Path, value_model: Path | None = None, at: str | None = None,
@@ -106,6 +108,9 @@ def lifecycle_report(model: Path, store: Path, value_model: Path | None = None, 
         cfg.purchase_types = tuple(EVENT_TYPES[c] for c in sorted(present) if 0 <= c < len(EVENT_TYPES))
         note = (f"the store has no events of type {asked}; counting every event "
                 f"({', '.join(cfg.purchase_types)}) as a purchase")
+    overlap = catalogue_overlap_note(getattr(ctx.recommender or vm, "catalogue_", None), ctx.item_ids)
+    if overlap:
+        note = overlap if note is None else f"{note}; {overlap}"
     pred = predict_value_safe(vm, ctx.histories, ctx.as_of) if vm is not None else None
     df = assign_stages(ctx.histories, ctx.as_of, pred, cfg)
     out = {"as_of": str(pd.Timestamp(ctx.as_of, unit="s")), "model": ctx.model_name,

@@ -91,6 +91,9 @@ def recommend_for_user(model_dir: str | Path, store: str | Path, user: str, k: i
             why = ("none of the user's events is an item the model knows" if len(events) else
                    "unknown user")
             note = f"{why}: the model scores every item alike, so these are the store's most popular items"
+            if not ok.any():
+                note = (f"{why}, and none of the store's items is in the model's catalogue: nothing to "
+                        "recommend (is this the store the model was trained on?)")
         elif len(known) == 0 and len(events):
             note = "none of the user's events is an item the model knows: recommendations for an empty history"
     items = []

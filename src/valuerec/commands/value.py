@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from valuerec.commands.errors import cell, print_error
+from valuerec.commands.errors import catalogue_overlap_note, cell, print_error
 from valuerec.commands.lifecycle import parse_time
 from valuerec.data.schema import DataError
 
@@ -193,6 +193,9 @@ def value_cmd(
             raise DataError(f"{store}: the store has no events")
         t = parse_time(as_of, "--as-of") if as_of else pd.Timestamp(events["timestamp"].max()) + pd.Timedelta(seconds=1)
         df = predict_population(m, events, t, list(user) if user else None)
+        overlap = catalogue_overlap_note(getattr(m, "catalogue_", None), events["item_id"].dropna().unique())
+        if overlap:
+            console.print(f"[yellow]note:[/yellow] {cell(overlap)}", highlight=False)
     except DataError as e:
         _fail(e)
     if out is not None:
