@@ -86,3 +86,25 @@ def test_a_store_of_other_items_is_said_so(cli_setup, tmp_path):
     assert "none of the store's 2 items is in the model's catalogue of 3" in json.loads(r.stdout)["note"]
     r = runner.invoke(app, ["lifecycle", "--model", str(tmp / "pop"), "--store", str(store), "--json"])
     assert json.loads(r.stdout)["note"] is None
+
+
+def test_explain_value_names_items_added_after_training(cli_setup):
+    from valuerec.commands.explain import explain_user
+    from valuerec.commands.lifecycle import load_context
+    tmp, store = cli_setup
+    t = pd.Timestamp("2011-07-25")
+    ev = pd.DataFrame({"user_id": ["u1"], "item_id": ["brand_new"], "timestamp": [t], "event_type": ["purchase"],
+                       "value": [9.0], "quantity": [1.0]})
+    with EventStore(store) as st:
+        st.add_events(ev)
+    ctx = load_context(tmp / "pop", store, users=["u1"])
+    stored = ctx.stored_items["u1"]
+    assert len(stored) == len(ctx.histories.items[0]) == 11 and stored[-1] == "brand_new"
+    assert ctx.histories.items[0][-1] == -1     # the model's catalogue does not hold it
+    # the explanation lists it under its stored id, marked as outside the catalogue
+    from valuerec.explain.influence import explain_events
+    df = explain_events(ctx.histories, [0.0] * 11, ctx.catalogue, top=None, stored_item_ids=stored)
+    row = df[df["position"] == 10].iloc[0]
+    assert row["item_id"] == "brand_new" and not row["in_catalogue"]
+    assert df[df["position"] == 0].iloc[0]["in_catalogue"]
+    assert callable(explain_user)

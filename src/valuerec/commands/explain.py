@@ -64,7 +64,8 @@ def explain_user(model: Path, store: Path, user: str, target: str | None = None,
     else:
         raise DataError(f"--target {target!r}: expected item:ID, item, value or churn")
     full, infl = occlusion(fn, h, last=max_events)
-    events = explain_events(h, infl[0], cat, top=top)
+    stored = (ctx.stored_items or {}).get(str(user)) if not described["kind"] == "item" else None
+    events = explain_events(h, infl[0], cat, top=top, stored_item_ids=stored)
     out = {"user": str(user), "model": ctx.model_name, "as_of": str(pd.Timestamp(ctx.as_of, unit="s")),
            "target": {**described, "name": tname, "value": float(full[0])}, "method": "occlusion",
            "events_total": int(len(h.items[0])),

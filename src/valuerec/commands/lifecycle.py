@@ -32,6 +32,7 @@ class Loaded:
     as_of: int                   # unix seconds
     model_name: str
     item_ids: tuple = ()         # the distinct item ids of those events (as stored)
+    stored_items: dict | None = None  # user -> item id of each history event as stored (listed users only)
 
 
 def _load_dir(path: Path):
@@ -87,7 +88,25 @@ def load_context(model: Path, store: Path, value_model: Path | None = None, at: 
     name = getattr(rec, "name", None) or getattr(vm, "name", "model")
     return Loaded(recommender=rec, value_model=vm, catalogue=cat, histories=hist,
                   as_of=int(at_ts.value // 10**9), model_name=str(name),
-                  item_ids=tuple(events["item_id"].dropna().astype(str).unique()))
+                  item_ids=tuple(events["item_id"].dropna().astype(str).unique()),
+                  stored_items=_stored_items(events, hist) if users is not None else None)
+
+
+def _stored_items(events: pd.DataFrame, hist: Sequences) -> dict:
+    """Each listed user's item ids as stored, in history order (the histories keep every event and
+    sort them as the store does; a user whose times disagree is left out rather than misaligned)."""
+    out = {}
+    ev = events.assign(user_id=events["user_id"].astype(str)).sort_values(["user_id", "timestamp", "seq"],
+                                                                          kind="stable")
+    groups = dict(tuple(ev.groupby("user_id", sort=False)))
+    for u, t in zip(hist.user_ids, hist.times or []):
+        g = groups.get(str(u))
+        if g is None:
+            continue
+        times = g["timestamp"].astype("datetime64[s]").astype("int64").to_numpy()
+        if len(times) == len(t) and np.array_equal(times, np.asarray(t, dtype=np.int64)):
+            out[str(u)] = list(g["item_id"])
+    return out
 
 
 def lifecycle_report(model: Path, store: Path, value_model: Path | None = None, at: str | None = None,

@@ -114,12 +114,21 @@ def occlusion(target_fn: TargetFn, histories: Sequences, users=None, batch_size:
 
 # -- explanations -------------------------------------------------------------------------------------
 def explain_events(history: Sequences, influence: np.ndarray, catalogue: Catalogue | None = None,
-                   top: int | None = 10) -> pd.DataFrame:
-    """The events of one user (row 0 of ``history``) with their effect, largest |effect| first."""
+                   top: int | None = 10, stored_item_ids: list | None = None) -> pd.DataFrame:
+    """The events of one user (row 0 of ``history``) with their effect, largest |effect| first.
+
+    ``stored_item_ids`` (one per event, as stored) names the items the model's catalogue does not hold
+    (added after training), which the history marks -1; ``in_catalogue`` then says which those are."""
     items = history.items[0]
     df = pd.DataFrame({"position": np.arange(len(items)), "item_index": items})
     if catalogue is not None:
-        df["item_id"] = [str(catalogue.item_ids[i]) if i >= 0 else None for i in items]
+        ids = [str(catalogue.item_ids[i]) if i >= 0 else None for i in items]
+        if stored_item_ids is not None and len(stored_item_ids) == len(items):
+            ids = [cid if cid is not None else (None if s is None or s != s else str(s))
+                   for cid, s in zip(ids, stored_item_ids)]
+        df["item_id"] = ids
+        if stored_item_ids is not None and len(stored_item_ids) == len(items):
+            df["in_catalogue"] = items >= 0
         df["text"] = ([catalogue.text[i] if i >= 0 else None for i in items]
                       if catalogue.text is not None else None)
     if history.times is not None:
