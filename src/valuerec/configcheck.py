@@ -22,40 +22,44 @@ def _kind(value) -> str:
     return f"a {type(value).__name__}"
 
 
+def check_value(name: str, annotation, value, what: str):
+    """``value`` checked against the type ``annotation`` (a type or its string form); returns it
+    normalised, or raises a DataError naming ``name``.
+
+    ``int`` takes integers (a whole float such as 50.0 becomes 50); ``float`` takes finite numbers;
+    ``bool`` takes booleans; ``str`` takes strings; ``X | None`` also takes None and ``float | str`` a
+    number or a string. Other annotations are not checked."""
+    parts = set(str(getattr(annotation, "__name__", annotation)).replace(" ", "").split("|"))
+    v = value
+    if v is None and "None" in parts:
+        return v
+    if isinstance(v, str) and "str" in parts:
+        return v
+    if "bool" in parts:
+        if not isinstance(v, bool):
+            raise DataError(f"{what}: {name}={v!r}, expected true or false (got {_kind(v)})")
+        return v
+    number = isinstance(v, (int, float)) and not isinstance(v, bool)
+    if "int" in parts:
+        if number and math.isfinite(float(v)) and float(v).is_integer():
+            return int(v)
+        raise DataError(f"{what}: {name}={v!r}, expected a whole number (got {_kind(v)})")
+    if "float" in parts:
+        if number and math.isfinite(float(v)):
+            return float(v)
+        raise DataError(f"{what}: {name}={v!r}, expected a finite number (got {_kind(v)})")
+    if parts == {"str"}:
+        raise DataError(f"{what}: {name}={v!r}, expected a string (got {_kind(v)})")
+    return v
+
+
 def check_values(cls, values: dict, what: str) -> dict:
     """``values`` (field name -> value, for fields of the dataclass ``cls``) checked and normalised
-    against the fields' annotations; returns the normalised copy.
-
-    ``int`` fields take integers (a whole float such as 50.0 becomes 50); ``float`` fields take finite
-    numbers; ``bool`` fields take booleans; ``str`` fields take strings; ``X | None`` also takes None and
-    ``float | str`` a number or a string. Other annotations are not checked."""
+    against the fields' annotations (``check_value``); returns the normalised copy."""
     out = dict(values)
     for f in fields(cls):
-        if f.name not in out:
-            continue
-        parts = set(str(f.type).replace(" ", "").split("|"))
-        v = out[f.name]
-        if v is None and "None" in parts:
-            continue
-        if isinstance(v, str) and "str" in parts:
-            continue
-        if "bool" in parts:
-            if not isinstance(v, bool):
-                raise DataError(f"{what}: {f.name}={v!r}, expected true or false (got {_kind(v)})")
-            continue
-        number = isinstance(v, (int, float)) and not isinstance(v, bool)
-        if "int" in parts:
-            if number and math.isfinite(float(v)) and float(v).is_integer():
-                out[f.name] = int(v)
-                continue
-            raise DataError(f"{what}: {f.name}={v!r}, expected a whole number (got {_kind(v)})")
-        if "float" in parts:
-            if number and math.isfinite(float(v)):
-                out[f.name] = float(v)
-                continue
-            raise DataError(f"{what}: {f.name}={v!r}, expected a finite number (got {_kind(v)})")
-        if parts == {"str"}:
-            raise DataError(f"{what}: {f.name}={v!r}, expected a string (got {_kind(v)})")
+        if f.name in out:
+            out[f.name] = check_value(f.name, f.type, out[f.name], what)
     return out
 
 

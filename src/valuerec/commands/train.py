@@ -24,7 +24,7 @@ from rich.console import Console
 from valuerec.commands.errors import print_error
 from valuerec.commands.lifecycle import parse_time
 from valuerec.data.schema import DataError
-from valuerec.models.base import check_model_params  # noqa: F401  (also imported from here)
+from valuerec.models.base import check_model_params
 
 console = Console(stderr=True)
 

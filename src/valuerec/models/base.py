@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import math
 import re
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
+from valuerec.configcheck import check_value
 from valuerec.data.dataset import Catalogue, Sequences
 from valuerec.data.schema import DataError
 
@@ -29,8 +29,6 @@ def check_model_params(name: str, cls, params: dict) -> None:
     """Settings the model's constructor does not take are an error naming them, and so is a value whose
     type is not the one the constructor's annotation gives (int, float, bool, str); the transformer
     checks its own, with types, in its configs."""
-    from valuerec.data.schema import DataError
-
     sig = inspect.signature(cls.__init__)
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values()):
         return
@@ -40,15 +38,7 @@ def check_model_params(name: str, cls, params: dict) -> None:
         extra = " (--device is for the models that train with torch)" if "device" in unknown else ""
         raise DataError(f"{name}: unknown setting(s) {unknown}; known: {known}{extra}")
     for key, v in params.items():
-        want = str(sig.parameters[key].annotation).replace(" ", "")
-        number = isinstance(v, (int, float)) and not isinstance(v, bool)
-        ok = {"int": number and math.isfinite(float(v)) and float(v).is_integer(),
-              "float": number and math.isfinite(float(v)),
-              "bool": isinstance(v, bool), "str": isinstance(v, str)}.get(want, True)
-        if not ok:
-            kind = {"int": "a whole number", "float": "a finite number", "bool": "true or false",
-                    "str": "a string"}[want]
-            raise DataError(f"{name}: {key}={v!r}, expected {kind}")
+        check_value(key, sig.parameters[key].annotation, v, name)
 
 
 def register(name: str):
