@@ -85,6 +85,18 @@ def fit_predict_lgb(task, seed: int, offset: bool) -> np.ndarray:
     return out
 
 
+def load_v1_tasks(data) -> tuple[dict, str]:
+    """V1's validation and test tasks from the Online Retail file (ingested once into a cached store),
+    and the data's sha256."""
+    from valuerec.data.store import EventStore
+
+    path = resolve_online_retail_data(data)
+    store, sha = cached_store(path, "online-retail", cache_dir=REPO / "runs" / "stores")
+    with EventStore(store, read_only=True) as st:
+        events, items = st.events(), st.items()
+    return dict(zip(("valid", "test"), build_tasks(events, items, V1_CUTOFF, V1_VAL_CUTOFF))), sha
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "online-retail"))
@@ -92,13 +104,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "v1_btyd_probe.json")
     args = ap.parse_args(argv)
     started, t_start = now_iso(), time.perf_counter()
-    from valuerec.data.store import EventStore
-
-    path = resolve_online_retail_data(args.data)
-    store, sha = cached_store(path, "online-retail", cache_dir=REPO / "runs" / "stores")
-    with EventStore(store, read_only=True) as st:
-        events, items = st.events(), st.items()
-    tasks = dict(zip(("valid", "test"), build_tasks(events, items, V1_CUTOFF, V1_VAL_CUTOFF)))
+    tasks, sha = load_v1_tasks(args.data)
     per: dict[str, dict[str, list[dict]]] = {}
     fitted = {}
     for name, task in tasks.items():

@@ -25,10 +25,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from valuerec.evaluation.protocols import cached_store, resolve_online_retail_data
-from valuerec.evaluation.results import command_line, device_info, git_commit, now_iso, write_result
-from valuerec.evaluation.value_protocol import V1_CUTOFF, V1_VAL_CUTOFF, build_tasks, evaluate_predictions
-from valuerec.models.transformer_value import TransformerValue
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from v1_btyd_probe import load_v1_tasks  # noqa: E402
+
+from valuerec.evaluation.results import command_line, device_info, git_commit, now_iso, write_result  # noqa: E402
+from valuerec.evaluation.value_protocol import evaluate_predictions  # noqa: E402
+from valuerec.models.transformer_value import TransformerValue  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 METRICS = ("gini", "spearman", "decile_mape", "auc")
@@ -50,13 +52,7 @@ def main(argv=None) -> int:
         ap.error("--seeds must be >= 1")
     torch.set_num_threads(1)
     started, t_start = now_iso(), time.perf_counter()
-    from valuerec.data.store import EventStore
-
-    path = resolve_online_retail_data(args.data)
-    store, sha = cached_store(path, "online-retail", cache_dir=REPO / "runs" / "stores")
-    with EventStore(store, read_only=True) as st:
-        events, items = st.events(), st.items()
-    tasks = dict(zip(("valid", "test"), build_tasks(events, items, V1_CUTOFF, V1_VAL_CUTOFF)))
+    tasks, sha = load_v1_tasks(args.data)
     models = {}
     for name in names:
         params = {**TransformerValue.chosen, **VARIANTS[name]}
