@@ -83,7 +83,7 @@ def recommend_for_user(model_dir: str | Path, store: str | Path, user: str, k: i
             # the model has nothing to go on (no item of the history in its catalogue, and it scores
             # every item alike): the store's most popular items, as the service's new-user fallback
             with EventStore(store, read_only=True) as st:
-                counts = st.events("item_id IS NOT NULL")["item_id"].astype(str).value_counts()
+                counts = st.item_counts()
             cidx = cat.lookup(list(counts.index), unknown="skip")
             ok = cidx >= 0
             idx = cidx[ok][None, :k]

@@ -330,6 +330,13 @@ class EventStore:
         with self._lock:
             return self.con.execute(sql, params or []).fetchdf()
 
+    def item_counts(self) -> pd.Series:
+        """Events per item id, most first (ties by id): the store's popularity."""
+        with self._lock:
+            rows = self.con.execute("SELECT item_id, count(*) AS n FROM events WHERE item_id IS NOT NULL "
+                                    "GROUP BY item_id ORDER BY n DESC, item_id").fetchall()
+        return pd.Series([r[1] for r in rows], index=[str(r[0]) for r in rows], dtype=np.int64)
+
     def user_events(self, user_id: str) -> pd.DataFrame:
         return self.events("user_id = ?", [user_id])
 
