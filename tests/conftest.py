@@ -45,3 +45,22 @@ def cli_setup(tmp_path):
     cat = catalogue_from(events, items)
     Popularity().fit(sequences_from(events, cat), cat).save(tmp_path / "pop")
     return tmp_path, store
+
+
+@pytest.fixture
+def cli_setup_grown(cli_setup):
+    """``cli_setup`` after the popularity model was saved: u1 and u2 bought again (new events to retrain on)."""
+    import pandas as pd
+
+    from valuerec.data.store import EventStore
+
+    tmp, store = cli_setup
+    t = pd.Timestamp("2011-01-01")
+    ev = pd.DataFrame([("u1", "i2", t + pd.Timedelta(days=205), "purchase", 12.0),
+                       ("u2", "i0", t + pd.Timedelta(days=207), "purchase", 6.0),
+                       ("u1", "i1", t + pd.Timedelta(days=210), "purchase", 8.0)],
+                      columns=["user_id", "item_id", "timestamp", "event_type", "value"])
+    ev["quantity"] = 1.0
+    with EventStore(store) as st:
+        st.add_events(ev)
+    return tmp, store

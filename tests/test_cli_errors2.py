@@ -40,8 +40,8 @@ def test_lifecycle_blames_the_right_json_and_dates_before_the_data(cli_setup):
     assert r.exit_code == 2 and "no event is before it" in out and "2011-01-01" in out
 
 
-def test_retrain_checks_out_tolerance_and_epochs_first(cli_setup):
-    tmp, store = cli_setup
+def test_retrain_checks_out_tolerance_and_epochs_first(cli_setup_grown):
+    tmp, store = cli_setup_grown
     (tmp / "afile").write_text("x")
     base = ["retrain", "--model", str(tmp / "pop"), "--store", str(store)]
     r = runner.invoke(app, base + ["--out", str(tmp / "afile")])
@@ -55,8 +55,8 @@ def test_retrain_checks_out_tolerance_and_epochs_first(cli_setup):
     assert not (tmp / "v").exists()
 
 
-def test_retrain_json_names_its_version(cli_setup):
-    tmp, store = cli_setup
+def test_retrain_json_names_its_version(cli_setup_grown):
+    tmp, store = cli_setup_grown
     r = runner.invoke(app, ["retrain", "--model", str(tmp / "pop"), "--store", str(store), "--out", str(tmp / "v"),
                             "--holdout-days", "60", "--tolerance", "1", "--json"])
     assert r.exit_code == 0, r.output
@@ -108,3 +108,15 @@ def test_explain_value_names_items_added_after_training(cli_setup):
     assert row["item_id"] == "brand_new" and not row["in_catalogue"]
     assert df[df["position"] == 0].iloc[0]["in_catalogue"]
     assert callable(explain_user)
+
+
+def test_retrain_with_no_new_events_says_so(cli_setup):
+    tmp, store = cli_setup    # the popularity model learned from every event of the store
+    r = runner.invoke(app, ["retrain", "--model", str(tmp / "pop"), "--store", str(store), "--out", str(tmp / "v")])
+    assert r.exit_code == 0, r.output
+    assert "nothing new" in r.output and "nothing was trained or written" in " ".join(r.output.split())
+    assert not (tmp / "v").exists()
+    r = runner.invoke(app, ["retrain", "--model", str(tmp / "pop"), "--store", str(store), "--out", str(tmp / "v"),
+                            "--json"])
+    rep = json.loads(r.stdout)
+    assert not rep["accepted"] and rep["notes"][0].startswith("nothing new")

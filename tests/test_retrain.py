@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 
 from valuerec.data.dataset import catalogue_from, sequences_from
+from valuerec.data.schema import DataError
 from valuerec.data.store import EventStore
 from valuerec.models import load_model
 from valuerec.models.transformer import BehaviourTransformer
@@ -58,12 +59,61 @@ def test_retrain_transformer_accepts_and_versions(tmp_path):
 
 def test_retrain_rejects_a_worse_candidate(tmp_path):
     ev = cyclic_events(20, 12)
-    cat = catalogue_from(ev, None)
+    seen = ev[ev["timestamp"] < T0 + pd.Timedelta(days=10)]
+    cat = catalogue_from(seen, None)
     from valuerec.models.popularity import Popularity
-    Popularity().fit(sequences_from(ev, cat), cat).save(tmp_path / "pop")
+    Popularity().fit(sequences_from(seen, cat), cat).save(tmp_path / "pop")
     with EventStore(tmp_path / "s.duckdb") as st:
         st.add_events(ev)
     # an impossible bar: the candidate must beat the base by 1.0 NDCG
     rep = retrain(tmp_path / "pop", tmp_path / "s.duckdb", tmp_path / "versions", holdout_days=2, tolerance=-1.0)
     assert not rep.accepted and rep.version_dir is None
     assert not (tmp_path / "versions").exists() or not any((tmp_path / "versions").iterdir())
+
+
+def _pop_and_store(tmp_path, model_days, store_days):
+    from valuerec.models.popularity import Popularity
+    seen = cyclic_events(10, model_days)
+    cat = catalogue_from(seen, None)
+    Popularity().fit(sequences_from(seen, cat), cat).save(tmp_path / "pop")
+    with EventStore(tmp_path / "s.duckdb") as st:
+        st.add_events(cyclic_events(10, store_days))
+    return tmp_path / "pop", tmp_path / "s.duckdb"
+
+
+def test_a_saved_model_records_the_events_it_learned_from(tmp_path):
+    model, _ = _pop_and_store(tmp_path, 5, 5)
+    span = load_model(model).trained_on_
+    last = cyclic_events(10, 5)["timestamp"].max()
+    assert span == {"from": T0.isoformat(), "until": last.isoformat(), "events": 50}
+
+
+def test_retrain_with_nothing_new_trains_and_writes_nothing(tmp_path):
+    model, store = _pop_and_store(tmp_path, 8, 8)
+    rep = retrain(model, store, tmp_path / "versions", holdout_days=2)
+    assert not rep.accepted and rep.version_dir is None and rep.base == {} and rep.candidate == {}
+    assert rep.notes and rep.notes[0].startswith("nothing new") and rep.model_data_until == rep.store_until
+    assert not (tmp_path / "versions").exists()
+
+
+def test_retrain_refuses_a_store_that_ends_before_the_model(tmp_path):
+    model, store = _pop_and_store(tmp_path, 8, 6)
+    with pytest.raises(DataError, match=r"ends at 2024-01-06 04:00:00, before the events the model .* learned "
+                                        r"from \(up to 2024-01-08 04:00:00\)"):
+        retrain(model, store, tmp_path / "versions", holdout_days=2)
+    assert not (tmp_path / "versions").exists()
+
+
+def test_retrain_says_when_the_holdout_reaches_into_the_models_data(tmp_path):
+    model, store = _pop_and_store(tmp_path, 8, 10)
+    rep = retrain(model, store, tmp_path / "versions", holdout_days=4)
+    # the store ends on 2024-01-10 04:00 and the model's data on 2024-01-08 04:00: 4 days back reach
+    # into what the model learned from
+    held = cyclic_events(10, 10)
+    start = held["timestamp"].max() - pd.Timedelta(days=4)
+    seen = int(((held["timestamp"] >= start) & (held["timestamp"] < T0 + pd.Timedelta(days=8))).sum())
+    assert seen > 0
+    assert any(f"learned from {seen} of the held-out events" in n and "--holdout-days below 2 holds" in n
+               for n in rep.notes), rep.notes
+    clean = retrain(model, store, tmp_path / "versions", holdout_days=1.9, tolerance=1.0)
+    assert not any("held-out" in n for n in clean.notes) and clean.holdout_users == 10

@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from valuerec.commands.errors import print_error
+from valuerec.commands.errors import cell, print_error
 
 console = Console(stderr=True)
 
@@ -39,6 +39,10 @@ def retrain_cmd(
         raise typer.Exit(code=2) from None
     if as_json:
         print(json.dumps(asdict(rep), indent=2, default=str))
+        return
+    for note in rep.notes:
+        console.print(f"[yellow]note[/yellow]: {cell(note)}")
+    if not rep.base:   # nothing new to learn from: no comparison was made
         return
     console.print(f"held out: {rep.holdout_users} users active since {rep.holdout_from}; {rep.new_items} new items")
     console.print(f"current  {metric} = {rep.base[metric]:.4f}")

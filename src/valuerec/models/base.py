@@ -8,6 +8,7 @@ directory of config JSON, arrays (safetensors / npy / parquet) and id maps: no p
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import re
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
+import pandas as pd
 import torch
 
 from valuerec.configcheck import check_value
@@ -42,17 +44,44 @@ def check_model_params(name: str, cls, params: dict) -> None:
 
 
 def register(name: str):
+    """Register a model class under ``name``. Its ``fit`` also records the span of the histories it
+    learned from (``trained_on_``, saved in config.json), which ``retrain`` compares with the store."""
     def deco(cls):
         cls.name = name
+        if "fit" in cls.__dict__ and not getattr(cls.__dict__["fit"], "_records_span", False):
+            cls.fit = _recording_span(cls.__dict__["fit"])
         MODEL_REGISTRY[name] = cls
         return cls
     return deco
+
+
+def data_span(train: Sequences) -> dict | None:
+    """``{"from", "until", "events"}`` of a set of histories (UTC ISO times), or None without times."""
+    if train.times is None:
+        return None
+    times = [t for t in train.times if len(t)]
+    if not times:
+        return None
+    lo, hi = min(int(t.min()) for t in times), max(int(t.max()) for t in times)
+    iso = (lambda s: pd.Timestamp(s, unit="s").isoformat())
+    return {"from": iso(lo), "until": iso(hi), "events": int(sum(len(t) for t in times))}
+
+
+def _recording_span(fit):
+    @functools.wraps(fit)
+    def wrapped(self, train, catalogue, *args, **kwargs):
+        out = fit(self, train, catalogue, *args, **kwargs)
+        self.trained_on_ = data_span(train)
+        return out
+    wrapped._records_span = True
+    return wrapped
 
 
 class Recommender:
     name: ClassVar[str] = "base"
 
     catalogue_: Catalogue
+    trained_on_: dict | None = None   # span of the histories fit() learned from (see register)
 
     def fit(self, train: Sequences, catalogue: Catalogue, valid=None) -> "Recommender":
         raise NotImplementedError
@@ -98,7 +127,10 @@ class Recommender:
     def save(self, path: str | Path) -> None:
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        (path / "config.json").write_text(json.dumps({"model": self.name, "config": self.config()}, indent=2))
+        meta = {"model": self.name, "config": self.config()}
+        if getattr(self, "trained_on_", None):
+            meta["trained_on"] = self.trained_on_
+        (path / "config.json").write_text(json.dumps(meta, indent=2))
         self.catalogue_.save(path)
         self._save_state(path)
 
@@ -120,6 +152,7 @@ class Recommender:
                     raise damaged(path, f"unknown model {name!r} (known: {sorted(MODEL_REGISTRY)})")
                 target = MODEL_REGISTRY[name]
             obj = construct(path, target, meta)
+            obj.trained_on_ = meta.get("trained_on") if isinstance(meta.get("trained_on"), dict) else None
             obj.catalogue_ = Catalogue.load(path)
             obj._load_state(path)
         return obj

@@ -42,6 +42,9 @@ class RetrainReport:
     accepted: bool = False
     version_dir: str | None = None
     seconds: float = 0.0
+    model_data_until: str | None = None   # the last event the current model learned from, when it says
+    store_until: str | None = None
+    notes: list = field(default_factory=list)
 
 
 def grow_catalogue(old: Catalogue, events: pd.DataFrame, items: pd.DataFrame) -> Catalogue:
@@ -138,10 +141,29 @@ def retrain(model_dir: str | Path, store_path: str | Path, out_root: str | Path,
     end = events["timestamp"].max()
     start = end - pd.Timedelta(days=holdout_days)
     item_events = events[events["item_id"].notna()]
+    until = _model_data_until(base)
+    if until is not None and end.floor("s") < until:
+        raise DataError(f"retrain: the store {store_path} ends at {end}, before the events the model {model_dir} "
+                        f"learned from (up to {until}); is it the store the model was trained on?")
+    if until is not None and end.floor("s") == until:
+        return RetrainReport(base_model=str(model_dir), holdout_from=str(start), holdout_users=0, new_items=0,
+                             metric=metric, model_data_until=str(until), store_until=str(end),
+                             notes=[f"nothing new: the store's last event ({end}) is the last one the model "
+                                    f"learned from; nothing was trained or written"],
+                             seconds=time.perf_counter() - t0)
     cat = grow_catalogue(base.catalogue_, item_events, items)
     task = holdout_task(item_events, cat, start)
     report = RetrainReport(base_model=str(model_dir), holdout_from=str(start), holdout_users=len(task),
-                           new_items=len(cat) - len(base.catalogue_), metric=metric)
+                           new_items=len(cat) - len(base.catalogue_), metric=metric,
+                           model_data_until=None if until is None else str(until), store_until=str(end))
+    if until is None:
+        report.notes.append("the model does not record the events it learned from (saved by an older valuerec), "
+                            "so whether the held-out events are new to it is not checked")
+    elif start.floor("s") <= until:
+        seen = int(((item_events["timestamp"] >= start) & (item_events["timestamp"].dt.floor("s") <= until)).sum())
+        report.notes.append(f"the held-out window starts at {start}, before the model's data end ({until}): the "
+                            f"current model learned from {seen} of the held-out events, which favours it; a "
+                            f"--holdout-days below {_days(end - until)} holds out only new events")
     log.info("retrain: %d held-out users after %s, %d new items", len(task), start, report.new_items)
     report.base = _pick(_score_on(base, task, cat))
 
@@ -174,6 +196,19 @@ def retrain(model_dir: str | Path, store_path: str | Path, out_root: str | Path,
         tmp.rename(vdir)  # appears whole or not at all: the service never loads half a model
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def _model_data_until(model: Recommender) -> pd.Timestamp | None:
+    """The last event time the model learned from (to the second), if its directory records it."""
+    span = getattr(model, "trained_on_", None) or {}
+    try:
+        return pd.Timestamp(span["until"]).floor("s") if span.get("until") else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _days(delta: pd.Timedelta) -> str:
+    return f"{delta / pd.Timedelta(days=1):.3g}"
 
 
 PICKED = ("ndcg@10", "ndcg@20", "recall@20", "hr@20", "revenue@20", "mrr", "users")
