@@ -122,6 +122,18 @@ def test_explain_lists_events_by_influence(client):
     assert r.json()["target"] == ids(recs(client, "u0", k=1))[0]
 
 
+def test_explain_reads_only_the_events_before_as_of(client):
+    r = client.get("/v1/users/u0/explain", params={"top": 10, "as_of": "2024-01-01T02:30:00"}, headers=auth(READ_KEY))
+    if r.status_code == 501:
+        pytest.skip("explain module not available")
+    assert r.status_code == 200, r.text
+    events = r.json()["explanation"]["events"]
+    assert len(events) == 3           # u0's events at 00:00, 01:00 and 02:00, not the three after
+    assert sorted(e["time"] for e in events) == ["2024-01-01 00:00:00", "2024-01-01 01:00:00", "2024-01-01 02:00:00"]
+    r = client.get("/v1/users/u0/explain", params={"as_of": "1990-01-01"}, headers=auth(READ_KEY))
+    assert r.status_code == 404 and "no events before 1990-01-01" in r.text
+
+
 def test_metrics_count_requests_per_route(client):
     client.get("/v1/users/u0/recommendations", headers=auth(READ_KEY))
     r = client.get("/metrics")

@@ -659,6 +659,10 @@ class ServiceState:
         if h is None:
             raise NotFound(f"user {user_id!r} has no events to explain")
         t = self.as_of(as_of)
+        # what the target knows as of t: the events before it (as the models' as_of and the CLI read it)
+        h = _until(h, t)
+        if not len(h.items):
+            raise NotFound(f"user {user_id!r} has no events before {t.isoformat()}")
         if target in ("value", "churn"):
             if rt.hooks.get("value") is None:
                 raise NotAvailable(f"target {target!r} needs a value head; model '{rt.name}' has no predict_value")
@@ -668,7 +672,7 @@ class ServiceState:
         else:
             seqs = h.sequences(user_id, item_only=True)
             if not len(seqs.items[0]):
-                raise NotFound(f"user {user_id!r} has no events with items the model knows")
+                raise NotFound(f"user {user_id!r} has no events before {t.isoformat()} with items the model knows")
             if target is None:
                 with torch.no_grad():
                     top_i, _ = rt.model.recommend(seqs, k=1, exclude="history")
@@ -743,8 +747,16 @@ def _same_event(held: tuple | None, r: EventRow) -> bool:
 
 
 def _events_until(h: UserHistory, t: pd.Timestamp) -> int:
-    """How many of the history's events are at or before ``t`` (what an answer "as of t" can know)."""
-    return int(np.searchsorted(h.times, t.value // 10**9, side="right"))
+    """How many of the history's events are before ``t`` (what an answer "as of t" can know: the models
+    read the events strictly before their as_of)."""
+    return int(np.searchsorted(h.times.astype(np.float64), t.value / 1e9, side="left"))
+
+
+def _until(h: UserHistory, t: pd.Timestamp) -> UserHistory:
+    """``h`` cut to its events before ``t``."""
+    n = _events_until(h, t)
+    return h if n == len(h.items) else UserHistory(h.items[:n], h.times[:n], h.event_types[:n], h.values[:n],
+                                                   gen=h.gen)
 
 
 def _merge(h: UserHistory, new: list[StoredEvent] | None, catalogue: Catalogue, gen: int) -> UserHistory:
