@@ -141,6 +141,13 @@ def test_value_only_data(tmp_path, store):
      ["trailing.csv, line 2 has 5 fields, the header has 4"]),
     ("dupcol.csv", "user_id,item_id,timestamp,timestamp\nu1,a,2024-01-01,2024-01-02\n",
      ["dupcol.csv: the header names 'timestamp' twice (columns 3 and 4)"]),
+    ("unix.csv", "user_id,item_id,timestamp\nu1,a,1700000000\nu2,b,1700000000123\n",
+     ["unix.csv, line 2, field 'timestamp': a number, not a date; if it is Unix time, pass --time-format unix "
+      "(seconds) (got '1700000000')", "line 3, field 'timestamp': a number, not a date; if it is Unix time, pass "
+      "--time-format unix_ms (milliseconds)"]),
+    ("unix.jsonl", '{"user_id": "u1", "item_id": "a", "timestamp": 1700000000}\n',
+     ["unix.jsonl, line 1, field 'timestamp': a number, not a date; if it is Unix time, pass --time-format unix "
+      "(seconds) (got 1700000000)"]),
 ])
 def test_bad_input_clear_error_store_untouched(tmp_path, store, name, text, fragments):
     ingest(store, write(tmp_path, "good.csv", GOOD))

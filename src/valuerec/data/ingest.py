@@ -101,7 +101,9 @@ class _Problems:
         self.count += len(idx)
         room = MAX_PROBLEMS_SHOWN - len(self.items)
         for i in idx[: max(room, 0)]:
-            self.items.append(f"{self.path}, {self.unit} {lines[i]}, field '{fld}': {reason} (got {values.iloc[i]!r})")
+            v = values.iloc[i]
+            v = v.item() if isinstance(v, np.generic) else v     # 17, not np.int64(17)
+            self.items.append(f"{self.path}, {self.unit} {lines[i]}, field '{fld}': {reason} (got {v!r})")
 
     def raise_if_any(self) -> None:
         if self.count:
@@ -359,7 +361,17 @@ def _check_rows(df: pd.DataFrame, src: dict[str, str], lines: np.ndarray, proble
         ts = _naive_utc(raw_t)
     else:
         ts = parse_timestamps(raw_t, time_format)
-    problems.add_mask(ts.isna().to_numpy(), lines, src["timestamp"], raw_t, f"unparseable date, expected {expected_time}")
+    bad = ts.isna().to_numpy().copy()
+    if time_format is None and bad.any():
+        # whole numbers where dates were expected: most likely Unix time, which needs saying
+        num = pd.to_numeric(raw_t.astype("string").str.strip(), errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+        unix = bad & np.isfinite(num)
+        for mask, unit in ((unix & (np.abs(num) < 1e11), "unix"), (unix & (np.abs(num) >= 1e11), "unix_ms")):
+            problems.add_mask(mask, lines, src["timestamp"], raw_t,
+                              f"a number, not a date; if it is Unix time, pass --time-format {unit} "
+                              f"({'seconds' if unit == 'unix' else 'milliseconds'})")
+        bad &= ~unix
+    problems.add_mask(bad, lines, src["timestamp"], raw_t, f"unparseable date, expected {expected_time}")
     _check_time_range(problems, ts, lines, src["timestamp"], raw_t)
     out["timestamp"] = ts
 
