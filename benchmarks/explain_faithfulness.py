@@ -5,7 +5,9 @@ leave-one-out histories in one batch); then |target(full) - target(without the 3
 events)| vs the mean of |target(full) - target(without 3 random events)| over 5 draws. Averaged over
 users. A faithful explanation moves the target more (issue floor: top3 >= 2 x random3). "Most
 influential" is reported both ways: the 3 largest positive influences (headline: the events that
-raised the target) and the 3 largest |influence| (``rank_abs``).
+raised the target) and the 3 largest |influence| (``rank_abs``). ``greedy`` deletes instead the 3 events
+``valuerec explain --greedy 3`` lists: chosen one at a time, each the event that, with those chosen
+before it, lowers the target most (occlusion scores every event alone).
 
 - R1 (Amazon Beauty, leave-one-out test inputs): target = the recommender's score of its own top
   item (history excluded). Recommenders: a saved model (``--r1-model-dir``, e.g. one from
@@ -35,9 +37,20 @@ from rich.table import Table
 
 from valuerec.evaluation.protocols import cached_store, load_split_r1
 from valuerec.evaluation.results import command_line, device_info, git_commit, now_iso, write_result
-from valuerec.explain.influence import churn_target, faithfulness, item_target, occlusion, value_target
+from valuerec.explain.influence import (churn_target, faithfulness, greedy_deletion, item_target, occlusion,
+                                        value_target)
 
 console = Console(stderr=True)
+
+
+def greedy_entry(args, fn, sub, lens, edges) -> dict:
+    """The deletion test for the greedy set of 3 (same users, same random draws as the headline)."""
+    t0 = time.perf_counter()
+    _, chosen, _ = greedy_deletion(fn, sub, k=3, batch_size=args.batch_size)
+    seconds = time.perf_counter() - t0
+    res = faithfulness(fn, sub, k=3, n_random=args.n_random, seed=args.seed, batch_size=args.batch_size,
+                       orders=chosen)
+    return {**res.as_dict(), "by_history_length": by_length(res, lens, edges=edges), "seconds": seconds}
 
 
 RANKING = ("headline: the 3 events with the largest positive occlusion influence (those that raised the target: "
@@ -107,6 +120,7 @@ def run_r1(args, split, meta, name, model, train_s, desc) -> dict:
     lens = sub.lengths()[np.array([len(x) > 3 for x in sub.items])]
     out = {**res.as_dict(), "ranking": RANKING, "by_history_length": by_length(res, lens),
            "rank_abs": {**res_abs.as_dict(), "by_history_length": by_length(res_abs, lens)},
+           "greedy": greedy_entry(args, fn, sub, lens, (4, 7, 11, 21)),
            "model": name, "model_description": desc,
            "target": "score of the model's top item (history excluded)",
            "population_with_more_than_3_events": pool, "occlusion_seconds": occ_s, "train_seconds": train_s,
@@ -167,6 +181,7 @@ def run_v1(args) -> dict:
         d["ranking"] = RANKING
         d["by_history_length"] = by_length(res, lens, edges=(4, 11, 31, 101))
         d["rank_abs"] = {**res_abs.as_dict(), "by_history_length": by_length(res_abs, lens, edges=(4, 11, 31, 101))}
+        d["greedy"] = greedy_entry(args, fn, sub, lens, (4, 11, 31, 101))
         d["seconds"] = time.perf_counter() - t0
         if name == "value":
             out.update(d)
@@ -213,6 +228,9 @@ def main(argv=None) -> int:
             result["models"][f"r1:{name}"] = {"metrics": {k: d[k] for k in ("top3", "random3", "ratio")},
                                               "seeds": [args.seed], "train_seconds": train_s,
                                               "eval_seconds": d["occlusion_seconds"], "params": {}}
+            result["models"][f"r1:{name}+greedy"] = {"metrics": {k: d["greedy"][k] for k in ("top3", "random3", "ratio")},
+                                                     "seeds": [args.seed], "train_seconds": train_s,
+                                                     "eval_seconds": d["greedy"]["seconds"], "params": {}}
         # The headline R1 entry: the first model asked for (the transformer when trained or given).
         result["r1"] = next(iter(result["r1_models"].values()))
     if "v1" not in skip:
@@ -221,19 +239,22 @@ def main(argv=None) -> int:
         result["models"][f"v1:{result['v1']['model']}"] = {"metrics": {k: result["v1"][k] for k in ("top3", "random3", "ratio")},
                                                            "seeds": [args.seed], "train_seconds": result["v1"]["train_seconds"],
                                                            "eval_seconds": result["v1"]["seconds"], "params": {}}
+        g = result["v1"]["greedy"]
+        result["models"][f"v1:{result['v1']['model']}+greedy"] = {
+            "metrics": {k: g[k] for k in ("top3", "random3", "ratio")}, "seeds": [args.seed],
+            "train_seconds": result["v1"]["train_seconds"], "eval_seconds": g["seconds"], "params": {}}
     result["data_sha256"] = {p: result[p]["data_sha256"] for p in ("r1", "v1") if p in result}
     path = write_result(args.out, result)
     t = Table(title="faithfulness: |target change| deleting 3 events")
-    for c in ("part", "model", "users", "top3", "random3", "ratio"):
+    for c in ("part, events deleted", "model", "users", "top3", "random3", "ratio"):
         t.add_column(c)
     rows = [(f"r1", d) for d in result.get("r1_models", {}).values()] + ([("v1", result["v1"])] if "v1" in result else [])
-    for part, d in rows:
-        if True:
-            t.add_row(part, d["model"], str(d["users"]), f"{d['top3']:.4g}", f"{d['random3']:.4g}", f"{d['ratio']:.2f}")
     if "v1" in result:
-        d = result["v1"]["churn"]
-        t.add_row("v1 churn", result["v1"]["model"], str(d["users"]), f"{d['top3']:.4g}", f"{d['random3']:.4g}",
-                  f"{d['ratio']:.2f}")
+        rows.append(("v1 churn", {**result["v1"]["churn"], "model": result["v1"]["model"]}))
+    for part, d in rows:
+        for how, e in (("occlusion", d), ("greedy", d["greedy"])):
+            t.add_row(f"{part} {how}", d["model"], str(e["users"]), f"{e['top3']:.4g}", f"{e['random3']:.4g}",
+                      f"{e['ratio']:.2f}")
     Console().print(t)
     for name, d in result.get("r1_models", {}).items():
         if "gradient_x_input" in d:

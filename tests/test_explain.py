@@ -11,7 +11,7 @@ from valuerec.data.dataset import Catalogue, Sequences
 from valuerec.data.schema import DataError
 from valuerec.explain.gradients import attribution_agreement, gradient_x_input
 from valuerec.explain.influence import (churn_target, delete_events, explain_events, faithfulness,
-                                        item_target, occlusion, value_target)
+                                        greedy_deletion, item_target, occlusion, value_target)
 
 runner = CliRunner()
 
@@ -169,6 +169,51 @@ def test_faithfulness_supporting_rank_keeps_deletions_in_one_direction():
         faithfulness(item_target(m, 0), h, rank="largest")
 
 
+class PairBonus(BagOfItems):
+    """BagOfItems on target 0 plus a bonus when items 0 and 1 are both in the history (they only count
+    together): deleting either removes the bonus, so occlusion credits it to both."""
+
+    def score(self, h):
+        out = super().score(h)
+        out[:, 0] += torch.tensor([5.0 * (0 in x and 1 in x) for x in h.items], dtype=torch.float64)
+        return out
+
+
+def test_greedy_deletion_matches_occlusion_when_effects_add_up():
+    W = np.array([[4.0], [-2.0], [3.0], [0.5], [2.0]])
+    m = BagOfItems(W)
+    h = Sequences(items=[np.array([0, 1, 2, 3, 4], np.int64), np.array([3, 2], np.int64)])
+    full, chosen, after = greedy_deletion(item_target(m, 0), h, k=3)
+    assert full.tolist() == [7.5, 3.5]
+    assert chosen[0].tolist() == [0, 2, 4]                       # 4, 3, 2: occlusion's supporting order
+    np.testing.assert_allclose(after[0], [3.5, 0.5, -1.5])       # the target after each deletion
+    assert chosen[1].tolist() == [1, 0] and after[1].tolist() == [0.5, 0.0]   # 2 events: both, in order
+    _, chosen_abs, _ = greedy_deletion(item_target(m, 0), h, k=2, direction="abs")
+    assert chosen_abs[0].tolist() == [0, 2]
+    with pytest.raises(DataError, match="direction="):
+        greedy_deletion(item_target(m, 0), h, direction="largest")
+
+
+def test_greedy_deletion_finds_a_set_occlusion_misses():
+    """Items 0 and 1 earn a bonus of 5 only together. Occlusion gives each 1 + 5 and deletes both;
+    the bonus is gone after the first, so the greedy set deletes item 2 and 3 instead, and moves the
+    target further."""
+    W = np.array([[1.0], [1.0], [3.0], [2.5], [0.1]])
+    m = PairBonus(W)
+    h = Sequences(items=[np.array([4, 0, 1, 2, 3], np.int64)])
+    fn = item_target(m, 0)
+    _, infl = occlusion(fn, h)
+    assert infl[0].tolist() == pytest.approx([0.1, 6.0, 6.0, 3.0, 2.5])
+    full, chosen, after = greedy_deletion(fn, h, k=3)
+    assert chosen[0].tolist() == [1, 3, 4] and full[0] - after[0][-1] == pytest.approx(11.5)
+    by_occlusion = faithfulness(fn, h, k=3, n_random=5, seed=0, influences=infl, rank="supporting")
+    greedy = faithfulness(fn, h, k=3, n_random=5, seed=0, orders=chosen)
+    assert by_occlusion.top == pytest.approx(1 + 1 + 5 + 3) and greedy.top == pytest.approx(11.5)
+    assert greedy.random == by_occlusion.random
+    with pytest.raises(DataError, match="2 orders for 1 users"):
+        faithfulness(fn, h, orders=chosen * 2)
+
+
 def test_transformer_gradient_attribution_aligned_with_history():
     tr = pytest.importorskip("valuerec.models.transformer")
     from valuerec.explain.gradients import transformer_gradient_x_input
@@ -222,3 +267,26 @@ def test_explain_command_lists_events_with_effects(cli_setup):
     r = runner.invoke(app, ["explain", "--model", str(tmp / "pop"), "--store", str(store), "--user", "u1",
                             "--target", "value"])
     assert r.exit_code == 2 and "no value model" in r.output
+
+
+def test_explain_command_greedy_set(cli_setup):
+    tmp, store = cli_setup
+    r = runner.invoke(app, ["train", "--store", str(store), "--model", "itemknn", "--out", str(tmp / "knn")])
+    assert r.exit_code == 0, r.output
+    base = ["explain", "--model", str(tmp / "knn"), "--store", str(store), "--user", "u1", "--target", "item:i1"]
+    r = runner.invoke(app, base + ["--greedy", "2", "--json"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    g = d["greedy"]
+    assert g["k"] == 2 and len(g["events"]) == 2 and g["direction"] == "supporting"
+    assert len({e["position"] for e in g["events"]}) == 2
+    # each step's effect is the drop from the step before; together they are the set's effect
+    assert g["events"][0]["target_after"] == pytest.approx(d["target"]["value"] - g["events"][0]["step_effect"])
+    assert sum(e["step_effect"] for e in g["events"]) == pytest.approx(g["set_effect"])
+    assert g["set_effect"] == pytest.approx(d["target"]["value"] - g["target_without_set"])
+    # the first step is occlusion's most supporting event
+    assert g["events"][0]["step_effect"] == pytest.approx(max(e["effect"] for e in d["events"]))
+    assert "item_id" in g["events"][0] and "time" in g["events"][0]
+    r = runner.invoke(app, base + ["--greedy", "2"])
+    assert r.exit_code == 0 and "together lower it most" in r.output
+    assert "greedy" not in json.loads(runner.invoke(app, base + ["--json"]).stdout)

@@ -21,10 +21,12 @@ console = Console(stderr=True)
 
 def explain_user(model: Path, store: Path, user: str, target: str | None = None, top: int = 10,
                  value_model: Path | None = None, at: str | None = None, gradient: bool = False,
-                 max_events: int | None = 1000) -> dict:
+                 max_events: int | None = 1000, greedy: int = 0) -> dict:
     """Influence of each of ``user``'s events on ``target`` (``item:ID``, ``value`` or ``churn``;
-    default: the model's top recommended item, or value for a value model)."""
-    from valuerec.explain.influence import churn_target, explain_events, item_target, occlusion, value_target
+    default: the model's top recommended item, or value for a value model). ``greedy`` > 0 also
+    gives the set of that many events whose deletion together lowers the target most (greedy)."""
+    from valuerec.explain.influence import (churn_target, explain_events, greedy_deletion, item_target, occlusion,
+                                            value_target)
 
     ctx = load_context(model, store, value_model, at, users=[str(user)])
     h = ctx.histories
@@ -71,6 +73,18 @@ def explain_user(model: Path, store: Path, user: str, target: str | None = None,
            "events_total": int(len(h.items[0])),
            "events_occluded": int(min(len(h.items[0]), max_events or len(h.items[0]))),
            "events": json.loads(events.to_json(orient="records"))}
+    if greedy > 0:
+        _, chosen, after = greedy_deletion(fn, h, k=greedy, last=max_events)
+        every = explain_events(h, infl[0], cat, top=None, stored_item_ids=stored).set_index("position")
+        steps, before = [], float(full[0])
+        for p, v in zip(chosen[0], after[0]):
+            row = json.loads(every.loc[[int(p)]].reset_index().to_json(orient="records"))[0]
+            steps.append({**row, "target_after": float(v), "step_effect": before - float(v)})
+            before = float(v)
+        out["greedy"] = {"k": int(greedy), "direction": "supporting",
+                         "method": "greedy deletion: each step deletes the event that, with those deleted "
+                                   "before it, lowers the target most",
+                         "target_without_set": before, "set_effect": float(full[0]) - before, "events": steps}
     if gradient:
         from valuerec.explain.gradients import attribution_agreement, transformer_gradient_x_input
         if described["kind"] != "item" or not hasattr(rec, "module_"):
@@ -95,12 +109,15 @@ def explain_cmd(
     gradient: bool = typer.Option(False, "--gradient", help="Also gradient x input (transformer, item targets)"),
     max_events: int = typer.Option(1000, "--max-events", min=1,
                                    help="Occlude only the most recent N events (cost grows with N squared)"),
+    greedy: int = typer.Option(0, "--greedy", min=0, max=50,
+                               help="Also the K events whose deletion together lowers the target most, chosen "
+                                    "greedily (each step given the ones before; K passes of the occlusion's cost)"),
     as_json: bool = typer.Option(False, "--json", help="Print JSON"),
 ) -> None:
     """List the past events that moved a user's score most (effect = score with - score without)."""
     try:
         with console.status("explaining ..."):
-            res = explain_user(model, store, user, target, top, value_model, at, gradient, max_events)
+            res = explain_user(model, store, user, target, top, value_model, at, gradient, max_events, greedy)
     except DataError as e:
         print_error(console, e)
         raise typer.Exit(code=2) from None
@@ -121,6 +138,16 @@ def explain_cmd(
             row.append(f"{e['gradient_x_input']:+.4f}")
         t.add_row(*row)
     Console().print(t)
+    if "greedy" in res:
+        g = res["greedy"]
+        t = Table(title=cell(f"the {len(g['events'])} events that together lower it most: {tg['value']:.4f} -> "
+                             f"{g['target_without_set']:.4f} without them (greedy deletion)"))
+        for c in ("step", "#", "item", "text", "time", "type", "step effect"):
+            t.add_column(c, justify="right" if c in ("step", "#", "step effect") else "left")
+        for i, e in enumerate(g["events"], start=1):
+            t.add_row(str(i), str(e["position"]), cell(e.get("item_id") or ""), cell(e.get("text") or ""),
+                      cell(e.get("time") or ""), cell(e.get("event_type") or ""), f"{e['step_effect']:+.4f}")
+        Console().print(t)
 
 
 def register(app: typer.Typer) -> None:

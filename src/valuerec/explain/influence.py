@@ -112,6 +112,52 @@ def occlusion(target_fn: TargetFn, histories: Sequences, users=None, batch_size:
     return full, infl
 
 
+def greedy_deletion(target_fn: TargetFn, histories: Sequences, users=None, k: int = 3,
+                    direction: str = "supporting", batch_size: int = 1024,
+                    last: int | None = None) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
+    """The ``k`` events whose deletion together moves the target most, chosen greedily: step j deletes
+    the event that, with the j - 1 chosen before it, moves the target most. Occlusion scores each event
+    alone; when a history repeats its evidence (the same item twice, close substitutes), deleting one
+    copy barely moves the target and occlusion ranks both low, while this finds the set.
+
+    ``direction``: ``"supporting"`` lowers the target most (the events that raised it: for an item's
+    score, why it is recommended); ``"abs"`` moves it most either way. ``last``: consider only each
+    user's ``last`` most recent events. Cost: ``k`` batched passes over each user's n histories.
+
+    Returns (target of the full history per user, chosen positions per user in the order chosen,
+    target after each step per user). A user with k events or fewer gets all of them (in greedy order)."""
+    if direction not in ("supporting", "abs"):
+        raise DataError(f"greedy_deletion: direction={direction!r}, expected 'supporting' or 'abs'")
+    if k < 1:
+        raise DataError(f"greedy_deletion: k={k}, must be >= 1")
+    users = np.arange(len(histories)) if users is None else np.asarray(users, dtype=np.int64)
+    full = _evaluate_edits(target_fn, histories, users, [np.zeros(0, np.int64)] * len(users), batch_size)
+    chosen = [np.zeros(0, np.int64) for _ in users]
+    after = [np.zeros(0) for _ in users]
+    for _ in range(k):
+        owners, drops, cands = [], [], []
+        for j, u in enumerate(users):
+            n = len(histories.items[u])
+            first = 0 if last is None else max(n - last, 0)
+            c = np.setdiff1d(np.arange(first, n), chosen[j])
+            cands.append(c)
+            owners += [u] * len(c)
+            drops += [np.append(chosen[j], i) for i in c]
+        if not owners:
+            break
+        vals = _evaluate_edits(target_fn, histories, np.asarray(owners, dtype=np.int64), drops, batch_size)
+        pos = 0
+        for j, c in enumerate(cands):
+            if len(c):
+                v = vals[pos:pos + len(c)]
+                moved = full[j] - v if direction == "supporting" else np.abs(full[j] - v)
+                b = int(np.argmax(moved))    # first of equals: the earliest event
+                chosen[j] = np.append(chosen[j], c[b])
+                after[j] = np.append(after[j], v[b])
+            pos += len(c)
+    return full, chosen, after
+
+
 # -- explanations -------------------------------------------------------------------------------------
 def explain_events(history: Sequences, influence: np.ndarray, catalogue: Catalogue | None = None,
                    top: int | None = 10, stored_item_ids: list | None = None) -> pd.DataFrame:
@@ -168,7 +214,7 @@ class FaithfulnessResult:
 
 def faithfulness(target_fn: TargetFn, histories: Sequences, users=None, k: int = 3, n_random: int = 5,
                  seed: int = 0, batch_size: int = 1024, influences: list[np.ndarray] | None = None,
-                 rank: str = "abs") -> FaithfulnessResult:
+                 rank: str = "abs", orders: list[np.ndarray] | None = None) -> FaithfulnessResult:
     """Deletion test: for each user with more than k events, |target(full) - target(without the k
     most influential events)| vs the same for k events drawn at random (mean over ``n_random``
     draws). A faithful explanation moves the target more.
@@ -176,24 +222,39 @@ def faithfulness(target_fn: TargetFn, histories: Sequences, users=None, k: int =
     ``rank``: which events are "most influential". ``"abs"``: largest |influence| in either direction
     (a supporting and an opposing event can cancel when deleted together). ``"supporting"``: largest
     positive influence, the events that raised the target (for an item's score: the reasons it is
-    recommended), deleted together they all push the same way."""
+    recommended), deleted together they all push the same way.
+
+    ``influences`` (from ``occlusion``) and ``orders`` are per user of ``users``, including those with
+    k events or fewer, which the test leaves out.
+    ``orders``: the events to delete, the first k of each user's array (e.g. ``greedy_deletion``'s
+    chosen positions), one per user of ``users``; given, they replace the ranking by influence."""
     if rank not in ("abs", "supporting"):
         raise DataError(f"faithfulness: rank={rank!r}, expected 'abs' or 'supporting'")
     users = np.arange(len(histories)) if users is None else np.asarray(users, dtype=np.int64)
-    users = np.array([u for u in users if len(histories.items[u]) > k], dtype=np.int64)
+    for name, given in (("influences", influences), ("orders", orders)):
+        if given is not None and len(given) != len(users):
+            raise DataError(f"faithfulness: {len(given)} {name} for {len(users)} users")
+    keep = [j for j, u in enumerate(users) if len(histories.items[u]) > k]
+    users = users[keep]
     if len(users) == 0:
         raise DataError(f"faithfulness: no user has more than k={k} events")
-    if influences is None:
-        full, influences = occlusion(target_fn, histories, users, batch_size)
+    full = None
+    if orders is not None:
+        orders = [orders[j] for j in keep]
+    elif influences is not None:
+        influences = [influences[j] for j in keep]
     else:
-        full = None
+        full, influences = occlusion(target_fn, histories, users, batch_size)
     rng = np.random.default_rng(seed)
     owners, drops = [], []
     for j, u in enumerate(users):
         n = len(histories.items[u])
-        infl = np.asarray(influences[j])
         owners += [u] * (2 + n_random)
-        order = np.argsort(-np.abs(infl) if rank == "abs" else -infl, kind="stable")
+        if orders is not None:
+            order = np.asarray(orders[j], dtype=np.int64)
+        else:
+            infl = np.asarray(influences[j])
+            order = np.argsort(-np.abs(infl) if rank == "abs" else -infl, kind="stable")
         drops += [np.zeros(0, np.int64), order[:k]]
         drops += [rng.choice(n, size=k, replace=False) for _ in range(n_random)]
     vals = _evaluate_edits(target_fn, histories, np.asarray(owners, dtype=np.int64), drops, batch_size)
