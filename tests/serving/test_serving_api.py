@@ -134,6 +134,22 @@ def test_explain_reads_only_the_events_before_as_of(client):
     assert r.status_code == 404 and "no events before 1990-01-01" in r.text
 
 
+def test_explain_greedy_set_over_http(client):
+    r = client.get("/v1/users/u0/explain", params={"greedy": 2}, headers=auth(READ_KEY))
+    if r.status_code == 501:
+        pytest.skip("explain module not available")
+    assert r.status_code == 200, r.text
+    ex = r.json()["explanation"]
+    g = ex["greedy"]
+    assert g["k"] == 2 and len(g["events"]) == 2 and ex["events_total"] == ex["events_occluded"] == 6
+    assert g["events"][0]["step_effect"] == pytest.approx(max(e["effect"] for e in ex["events"]))
+    assert sum(e["step_effect"] for e in g["events"]) == pytest.approx(g["set_effect"])
+    assert g["target_without_set"] == pytest.approx(ex["target_score"] - g["set_effect"])
+    assert "greedy" not in client.get("/v1/users/u0/explain", headers=auth(READ_KEY)).json()["explanation"]
+    r = client.get("/v1/users/u0/explain", params={"greedy": 21}, headers=auth(READ_KEY))
+    assert r.status_code == 422 and "greedy" in r.text
+
+
 def test_metrics_count_requests_per_route(client):
     client.get("/v1/users/u0/recommendations", headers=auth(READ_KEY))
     r = client.get("/metrics")

@@ -209,3 +209,25 @@ def test_serve_refuses_bad_arguments_with_one_line(tmp_path, case):
     want = {"port": "65535", "empty-models-root": "no model directory (with config.json) inside",
             "not-a-store": "cannot open the event store"}[case]
     assert want in out, out
+
+
+def test_explain_occludes_only_the_most_recent_events(tmp_path):
+    from valuerec.serving.state import ServiceState
+
+    base = {"VALUEREC_STORE": "s", "VALUEREC_MODEL_DIR": "m", "VALUEREC_API_KEYS": API_KEYS}
+    assert Settings.from_env(base).explain_max_events == 1000
+    with pytest.raises(DataError, match="VALUEREC_EXPLAIN_MAX_EVENTS"):
+        Settings.from_env({**base, "VALUEREC_EXPLAIN_MAX_EVENTS": "0"})
+    fx = build_fixture(tmp_path)
+    settings = Settings.from_env({"VALUEREC_STORE": str(fx["store"]), "VALUEREC_MODEL_DIR": str(fx["models"] / "v1"),
+                                  "VALUEREC_API_KEYS": API_KEYS, "VALUEREC_EXPLAIN_MAX_EVENTS": "4"})
+    state = ServiceState(settings)
+    state.start()
+    try:
+        ex = state.explain("u0", None, None, top=100, greedy=2)["explanation"]
+        assert ex["events_total"] == 6 and ex["events_occluded"] == 4
+        scored = sorted(e["position"] for e in ex["events"] if e["effect"] is not None)
+        assert scored == [2, 3, 4, 5]       # the two oldest events are not occluded: no effect given
+        assert all(e["position"] >= 2 for e in ex["greedy"]["events"])
+    finally:
+        state.close()

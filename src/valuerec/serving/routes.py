@@ -123,10 +123,14 @@ def make_router(settings: Settings) -> APIRouter:
                                                     "'value' or 'churn'; default: the top recommendation")] = None,
                 as_of: AsOf = None,
                 top: Annotated[int, Query(ge=1, le=100, description="How many events to list")] = 10,
+                greedy: Annotated[int, Query(ge=0, le=20, description="Also the set of this many events whose "
+                                             "deletion together lowers the target most (greedy; 0 = off)")] = 0,
                 ) -> ExplainResponse:
         """Which past events drove a score: each event's occlusion influence (the score with the whole
-        history minus the score without that event), largest first."""
-        out = state.explain(user_id, target, as_of, top)
+        history minus the score without that event), largest first; with ``greedy=K``, also the K
+        events that together lower it most. Only the most recent ``$VALUEREC_EXPLAIN_MAX_EVENTS``
+        events (1000) are occluded."""
+        out = state.explain(user_id, target, as_of, top, greedy)
         return ExplainResponse(user_id=user_id, target=out["target"], as_of=out["as_of"].isoformat(),
                                model=_model(out["runtime"]), explanation=out["explanation"])
 

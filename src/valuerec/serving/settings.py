@@ -85,6 +85,7 @@ class Settings:
     popular_ttl_s: float = 30.0            # how often the new-user fallback re-counts popularity
     write_timeout_s: float = 60.0          # POST /v1/events answers 503 when the store has not committed by then
     max_future_h: float = 24.0             # POST /v1/events rejects events this far past the server clock
+    explain_max_events: int = 1000         # /explain occludes a user's most recent events only (cost ~ n^2)
     gil_switch_ms: float = 0.5             # Python's thread switch interval in the server (default 5 ms)
     torch_threads: int = 1
     duckdb_threads: int = 1                # the store's query threads (the service is mostly point reads/writes)
@@ -116,6 +117,7 @@ class Settings:
             popular_ttl_s=_float(env, "VALUEREC_POPULAR_TTL_S", 30.0),
             write_timeout_s=_float(env, "VALUEREC_WRITE_TIMEOUT_S", 60.0),
             max_future_h=_float(env, "VALUEREC_MAX_FUTURE_H", 24.0),
+            explain_max_events=_int(env, "VALUEREC_EXPLAIN_MAX_EVENTS", 1000),
             gil_switch_ms=_float(env, "VALUEREC_GIL_SWITCH_MS", 0.5),
             torch_threads=_int(env, "VALUEREC_TORCH_THREADS", 1),
             duckdb_threads=_int(env, "VALUEREC_DUCKDB_THREADS", 1),

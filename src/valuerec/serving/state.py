@@ -647,9 +647,11 @@ class ServiceState:
         return {"runtime": rt, "as_of": t, "stage": str(row["stage"]), "reason": str(row.get("reason")),
                 "features": features, "value": value, "history_length": _events_until(h, t)}
 
-    def explain(self, user_id: str, target: str | None, as_of: str | None, top: int) -> dict:
+    def explain(self, user_id: str, target: str | None, as_of: str | None, top: int, greedy: int = 0) -> dict:
         """Occlusion influence of each of the user's events on a target: an item's score (default: the
-        top recommendation), or 'value' / 'churn' when the model predicts them."""
+        top recommendation), or 'value' / 'churn' when the model predicts them. Only the most recent
+        ``settings.explain_max_events`` events are occluded. ``greedy`` > 0 adds the set of that many
+        events whose deletion together lowers the target most (``influence.greedy_deletion``)."""
         rt = self.runtime
         inf = rt.hooks.get("explain")
         if inf is None:
@@ -683,14 +685,32 @@ class ServiceState:
                     raise NotFound(f"target {target!r}: not an item of the model's catalogue, nor 'value' / 'churn'")
             fn = inf.item_target(rt.model, [idx])
             kind, target = "item", str(rt.catalogue.item_ids[idx])
+        last = self.settings.explain_max_events
         with torch.no_grad():
-            full, infl = inf.occlusion(fn, seqs)
-        events = inf.explain_events(seqs, infl[0], rt.catalogue, top=top)
-        events = events.drop(columns=[c for c in ("item_index",) if c in events.columns])
-        return {"runtime": rt, "as_of": t, "target": target,
-                "explanation": {"target_kind": kind, "target_score": _plain(full[0]),
-                                "method": "occlusion: score(full history) - score(history without the event)",
-                                "events": [{k: _plain(v) for k, v in r.items()} for r in events.to_dict("records")]}}
+            full, infl = inf.occlusion(fn, seqs, last=last)
+        every = inf.explain_events(seqs, infl[0], rt.catalogue, top=None)
+        every = every.drop(columns=[c for c in ("item_index",) if c in every.columns])
+        rows = (lambda df: [{k: _plain(v) for k, v in r.items()} for r in df.to_dict("records")])
+        n = len(seqs.items[0])
+        explanation = {"target_kind": kind, "target_score": _plain(full[0]),
+                       "method": "occlusion: score(full history) - score(history without the event)",
+                       "events_total": n, "events_occluded": min(n, last),
+                       "events": rows(every.head(top))}
+        if greedy > 0:
+            with torch.no_grad():
+                _, chosen, after = inf.greedy_deletion(fn, seqs, k=greedy, last=last)
+            by_pos = every.set_index("position")
+            steps, before = [], float(full[0])
+            for p, v in zip(chosen[0], after[0]):
+                row = rows(by_pos.loc[[int(p)]].reset_index())[0]
+                steps.append({**row, "target_after": _plain(v), "step_effect": _plain(before - float(v))})
+                before = float(v)
+            explanation["greedy"] = {"k": greedy, "direction": "supporting",
+                                     "method": "greedy deletion: each step deletes the event that, with those "
+                                               "deleted before it, lowers the target most",
+                                     "target_without_set": _plain(before),
+                                     "set_effect": _plain(float(full[0]) - before), "events": steps}
+        return {"runtime": rt, "as_of": t, "target": target, "explanation": explanation}
 
     def similar(self, item_id: str, k: int) -> dict:
         """Nearest items by the model's item similarity (kNN rows, item factors / embeddings);
