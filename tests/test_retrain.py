@@ -86,6 +86,13 @@ def test_a_saved_model_records_the_events_it_learned_from(tmp_path):
     span = load_model(model).trained_on_
     last = cyclic_events(10, 5)["timestamp"].max()
     assert span == {"from": T0.isoformat(), "until": last.isoformat(), "events": 50}
+    # every registered model records it, also those whose fit comes from an unregistered parent
+    from valuerec.models import MODEL_REGISTRY
+    ev = cyclic_events(10, 5)
+    cat = catalogue_from(ev, None)
+    for name in ("als", "bpr", "itemknn", "repeat", "popularity-s3rec"):
+        m = MODEL_REGISTRY[name]().fit(sequences_from(ev, cat), cat)
+        assert m.trained_on_ == span, name
 
 
 def test_retrain_with_nothing_new_trains_and_writes_nothing(tmp_path):

@@ -48,8 +48,8 @@ def register(name: str):
     learned from (``trained_on_``, saved in config.json), which ``retrain`` compares with the store."""
     def deco(cls):
         cls.name = name
-        if "fit" in cls.__dict__ and not getattr(cls.__dict__["fit"], "_records_span", False):
-            cls.fit = _recording_span(cls.__dict__["fit"])
+        if not getattr(cls.fit, "_records_span", False):   # its own fit or an unregistered parent's
+            cls.fit = _recording_span(cls.fit)
         MODEL_REGISTRY[name] = cls
         return cls
     return deco
