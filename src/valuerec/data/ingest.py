@@ -17,6 +17,7 @@ import hmac
 import json
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -184,52 +185,107 @@ def _not_utf8(path: Path, err: UnicodeDecodeError) -> DataError:
 
 
 # -- generic adapter --------------------------------------------------------------------------------
+# Event files are read, checked and written this many rows at a time (all in one transaction), so a
+# file of any size ingests in bounded memory.
+CHUNK_ROWS = 500_000
+
+
 def _read_table(path: Path, sep: str | None, no_header: bool, columns: list[str] | None) -> tuple[pd.DataFrame, int]:
-    """Read a file as strings. Returns the frame and the line number of its first data row."""
+    """Read a whole file as strings. Returns the frame and the line number of its first data row."""
+    parts = list(_iter_table(path, sep, no_header, columns, None))
+    if len(parts) == 1:
+        return parts[0]
+    return pd.concat([f for f, _ in parts], ignore_index=True), parts[0][1]
+
+
+def _iter_table(path: Path, sep: str | None, no_header: bool, columns: list[str] | None,
+                chunk_rows: int | None) -> Iterator[tuple[pd.DataFrame, int]]:
+    """Read a file as strings, ``chunk_rows`` rows at a time (None: all at once). Yields each frame
+    and the line number of its first row; always at least one frame (empty when the file has no rows)."""
     if not path.exists():
         raise DataError(f"{path}: no such file")
     if path.is_dir():
         raise DataError(f"{path}: is a directory, expected a file")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: the file is empty (no header, no rows)")
     try:
-        return _read_table_utf8(path, sep, no_header, columns)
+        yield from _iter_table_utf8(path, sep, no_header, columns, chunk_rows)
     except UnicodeDecodeError as e:
         raise _not_utf8(path, e) from None
 
 
-def _read_table_utf8(path: Path, sep: str | None, no_header: bool, columns: list[str] | None) -> tuple[pd.DataFrame, int]:
+def _chunks(reader) -> Iterator[pd.DataFrame]:
+    """pandas' reader with a chunksize is an iterator of frames; without, one frame."""
+    if isinstance(reader, pd.DataFrame):
+        yield reader
+    else:
+        with reader:
+            yield from reader
+
+
+def _iter_table_utf8(path: Path, sep: str | None, no_header: bool, columns: list[str] | None,
+                     chunk_rows: int | None) -> Iterator[tuple[pd.DataFrame, int]]:
     name = path.name.lower()
-    if path.stat().st_size == 0:
-        raise DataError(f"{path}: the file is empty (no header, no rows)")
     if name.endswith((".parquet", ".pq")):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
         try:
-            df = pd.read_parquet(path)
-        except (ValueError, OSError) as e:   # pyarrow's ArrowInvalid is a ValueError
+            pf = pq.ParquetFile(path)
+            batches = pf.iter_batches(batch_size=chunk_rows or max(pf.metadata.num_rows, 1))
+            line, any_rows = 1, False
+            for batch in batches:
+                df = batch.to_pandas()
+                yield df.astype(object).where(df.notna(), None), line
+                line += len(df)
+                any_rows = True
+            if not any_rows:
+                yield pf.schema_arrow.empty_table().to_pandas(), 1
+        except (ValueError, OSError, pa.ArrowException) as e:   # pyarrow's ArrowInvalid is a ValueError
             raise DataError(f"{path}: not a Parquet file ({e})") from None
-        return df.astype(object).where(df.notna(), None), 1
+        return
     if name.endswith((".jsonl", ".ndjson", ".jsonl.gz", ".ndjson.gz")):
         try:
-            df = pd.read_json(path, lines=True, dtype=False)
+            line = 1
+            for df in _chunks(pd.read_json(path, lines=True, dtype=False, chunksize=chunk_rows)):
+                yield df, line
+                line += len(df)
         except ValueError as e:
             raise DataError(f"{path}: not valid JSON lines ({e})") from None
-        return df, 1
+        return
     if no_header:
         if not columns:
             raise DataError(f"{path}: --no-header needs --columns a,b,c naming each column")
         _no_repeats(columns, "--columns names")
         try:
-            df = pd.read_csv(path, sep=sep or r"\s+", header=None, names=columns, dtype=str,
-                             keep_default_na=False, na_values=[""], engine="python" if sep is None else "c")
+            line = 1
+            for df in _chunks(pd.read_csv(path, sep=sep or r"\s+", header=None, names=columns, dtype=str,
+                                          keep_default_na=False, na_values=[""], chunksize=chunk_rows,
+                                          engine="python" if sep is None else "c")):
+                yield df, line
+                line += len(df)
         except pd.errors.ParserError as e:
             m = _TOO_MANY_FIELDS.search(str(e))
             if m:
                 raise DataError(f"{path}, line {m[2]}: {m[3]} fields, expected {m[1]} (the names in --columns)") from None
             raise DataError(f"{path}: cannot parse as delimited text with separator "
                             f"{sep or 'whitespace'!r}: {e}") from None
-        return df, 1
+        return
     # The header is read as a row, so a row with more fields than the header is an error rather than
     # silently shifting every column (pandas takes an extra first field as the index).
     try:
-        df = pd.read_csv(path, sep=sep or ",", header=None, dtype=str, keep_default_na=False, na_values=[""])
+        header, line = None, 2
+        for df in _chunks(pd.read_csv(path, sep=sep or ",", header=None, dtype=str, keep_default_na=False,
+                                      na_values=[""], chunksize=chunk_rows)):
+            if header is None:
+                header = [f"Unnamed: {i}" if h is None or h != h else str(h) for i, h in enumerate(df.iloc[0])]
+                _no_repeats(header, f"{path}: the header names")
+                df = df.iloc[1:]
+            df = df.reset_index(drop=True)
+            if df.shape[1] < len(header):    # a later chunk whose rows all have fewer fields
+                df = df.reindex(columns=range(len(header)))
+            df.columns = header
+            yield df, line
+            line += len(df)
     except pd.errors.EmptyDataError:
         raise DataError(f"{path}: the file is empty (no header, no rows)") from None
     except pd.errors.ParserError as e:
@@ -238,11 +294,6 @@ def _read_table_utf8(path: Path, sep: str | None, no_header: bool, columns: list
             raise DataError(f"{path}, line {m[2]} has {m[3]} fields, the header has {m[1]} "
                             "(a trailing delimiter, or a value that needs quotes?)") from None
         raise DataError(f"{path}: cannot parse as delimited text with separator {sep or ','!r}: {e}") from None
-    header = [f"Unnamed: {i}" if h is None or h != h else str(h) for i, h in enumerate(df.iloc[0])]
-    _no_repeats(header, f"{path}: the header names")
-    df = df.iloc[1:].reset_index(drop=True)
-    df.columns = header
-    return df, 2
 
 
 _TOO_MANY_FIELDS = re.compile(r"Expected (\d+) fields in line (\d+), saw (\d+)")
@@ -259,22 +310,22 @@ def _no_repeats(names: list[str], what: str) -> None:
 def read_events(path: str | Path, cmap: ColumnMap | None = None, sep: str | None = None,
                 no_header: bool = False, columns: list[str] | None = None,
                 default_event_type: str = DEFAULT_EVENT_TYPE) -> tuple[pd.DataFrame, pd.DataFrame, IngestReport]:
-    """Read and validate a generic event file (CSV, TSV, Parquet, JSONL)."""
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: no such file")
-    cmap = cmap or ColumnMap()
-    df, first_line = _read_table(path, sep, no_header, columns)
-    report = IngestReport(source=str(path), rows_read=len(df))
-    if len(df) == 0:
-        raise DataError(f"{path}: the file has a header but no rows")
+    """Read and validate a whole generic event file (CSV, TSV, Parquet, JSONL)."""
+    report = IngestReport(source=str(path))
+    parts = list(iter_events(path, cmap, sep, no_header, columns, default_event_type, None, report))
+    out = parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)
+    return out.reset_index(drop=True), pd.DataFrame(columns=["item_id", "text", "attributes", "price"]), report
+
+
+def _field_columns(path: Path, present: set[str], cmap: ColumnMap) -> dict[str, str]:
+    """Schema field -> source column, after checking that the required ones are there and that no
+    column is mapped to two fields."""
     src = {
         "user_id": cmap.user or "user_id", "item_id": cmap.item or "item_id",
         "timestamp": cmap.time or "timestamp", "value": cmap.value or "value",
         "event_type": cmap.event or "event_type", "quantity": cmap.quantity or "quantity",
         "event_id": cmap.event_id or "event_id",
     }
-    present = set(map(str, df.columns))
     required = ["user_id", "timestamp"] + (["item_id"] if cmap.item else [])
     explicit = {"value": cmap.value, "event_type": cmap.event, "quantity": cmap.quantity, "event_id": cmap.event_id}
     missing = [f"'{src[f]}' (for {f})" for f in required if src[f] not in present]
@@ -290,7 +341,6 @@ def read_events(path: str | Path, cmap: ColumnMap | None = None, sep: str | None
         raise DataError(f"{path}: missing column(s) {', '.join(missing)}; the file has "
                         f"{sorted(present)}.{hint} Map columns with --user-col/--item-col/--time-col/"
                         f"--value-col/--event-col/--quantity-col.")
-
     options = {"user_id": "--user-col", "item_id": "--item-col", "timestamp": "--time-col", "value": "--value-col",
                "event_type": "--event-col", "quantity": "--quantity-col", "event_id": "--event-id-col"}
     by_col: dict[str, list[str]] = {}
@@ -301,14 +351,48 @@ def read_events(path: str | Path, cmap: ColumnMap | None = None, sep: str | None
         if len(opts) > 1:
             raise DataError(f"{path}: {' and '.join(opts)} {'both' if len(opts) == 2 else 'all'} name {col!r}; "
                             "map each field to its own column")
+    return src
 
+
+def iter_events(path: str | Path, cmap: ColumnMap | None = None, sep: str | None = None,
+                no_header: bool = False, columns: list[str] | None = None,
+                default_event_type: str = DEFAULT_EVENT_TYPE, chunk_rows: int | None = CHUNK_ROWS,
+                report: IngestReport | None = None) -> Iterator[pd.DataFrame]:
+    """Read and validate a generic event file ``chunk_rows`` rows at a time (None: all at once),
+    yielding each chunk's events in the schema. The whole file is checked: after the first problem
+    no more chunks are yielded, the rest is still read to list every problem (the first 20, then a
+    count), and the generator ends with one DataError. Consume it inside a transaction that is
+    rolled back on the error (``EventStore.add_event_stream``), so a bad file writes nothing.
+    ``report`` (optional) is filled with the rows read and events yielded."""
+    path = Path(path)
+    cmap = cmap or ColumnMap()
+    report = report if report is not None else IngestReport(source=str(path))
     problems = _Problems(str(path))
     fmt = cmap.time_format or "ISO 8601 (e.g. 2011-09-09 08:26:00); set --time-format"
-    out = _check_rows(df, src, np.arange(len(df)) + first_line, problems, cmap.time_format, fmt, default_event_type)
+    src, first_cols = None, None
+    for df, first_line in _iter_table(path, sep, no_header, columns, chunk_rows):
+        cols = [str(c) for c in df.columns]
+        if src is None:
+            src, first_cols = _field_columns(path, set(cols), cmap), cols
+        elif cols != first_cols:   # JSON lines: a chunk without some key, or with a new one
+            new = sorted(set(cols) - set(first_cols) & set(src.values()))
+            if new:
+                problems.add(first_line, new[0], "first appears here, after lines without it: give every line "
+                                                 "the same fields (or put a line that has them first)")
+            df = df.reindex(columns=first_cols)
+        if len(df) == 0:
+            continue
+        report.rows_read += len(df)
+        out = _check_rows(df, src, np.arange(len(df)) + first_line, problems, cmap.time_format, fmt,
+                          default_event_type)
+        if problems.count:
+            continue
+        out = out.astype({"user_id": object, "item_id": object, "event_type": object, "event_id": object})
+        report.events += len(out)
+        yield out.reset_index(drop=True)
+    if report.rows_read == 0 and not problems.count:
+        raise DataError(f"{path}: the file has a header but no rows")
     problems.raise_if_any()
-    out = out.astype({"user_id": object, "item_id": object, "event_type": object, "event_id": object})
-    report.events = len(out)
-    return out.reset_index(drop=True), pd.DataFrame(columns=["item_id", "text", "attributes", "price"]), report
 
 
 def check_event_frame(events: pd.DataFrame, source: str = "events") -> pd.DataFrame:
@@ -564,9 +648,12 @@ def find_attributes_file(path: str | Path) -> Path | None:
 def ingest(store: EventStore, path: str | Path, fmt: str = "auto", cmap: ColumnMap | None = None,
            sep: str | None = None, no_header: bool = False, columns: list[str] | None = None,
            attributes: str | Path | None = None, items_path: str | Path | None = None,
-           pseudonymise_key: bytes | None = None, event_type: str | None = None) -> IngestReport:
-    """Validate a whole file, then write it to the store in one transaction. ``event_type``: the type of
-    events whose row names none (default 'interaction'), e.g. 'purchase' for a transaction log."""
+           pseudonymise_key: bytes | None = None, event_type: str | None = None,
+           chunk_rows: int | None = CHUNK_ROWS) -> IngestReport:
+    """Validate a whole file and write it to the store in one transaction: a problem anywhere writes
+    nothing. ``event_type``: the type of events whose row names none (default 'interaction'), e.g.
+    'purchase' for a transaction log. Generic files (CSV, Parquet, JSONL) are read, checked and written
+    ``chunk_rows`` rows at a time inside that transaction, so memory does not grow with the file."""
     path = Path(path)
     if event_type is not None and event_type not in EVENT_TYPES:
         raise DataError(f"--event-type {event_type!r}: expected one of {EVENT_TYPES}")
@@ -582,8 +669,16 @@ def ingest(store: EventStore, path: str | Path, fmt: str = "auto", cmap: ColumnM
     elif fmt == "s3rec":
         events, items, report = read_s3rec(path, attributes or find_attributes_file(path))
     elif fmt in ("csv", "parquet", "jsonl", "events"):
-        events, items, report = read_events(path, cmap, sep=sep, no_header=no_header, columns=columns,
-                                            default_event_type=event_type or DEFAULT_EVENT_TYPE)
+        # read, check and write chunk by chunk in one transaction: bounded memory, still all or nothing
+        items = read_items(items_path) if items_path is not None else None
+        report = IngestReport(source=str(path))
+        chunks = iter_events(path, cmap, sep, no_header, columns, event_type or DEFAULT_EVENT_TYPE,
+                             chunk_rows, report)
+        if pseudonymise_key is not None:
+            chunks = (c.assign(user_id=pseudonymise(c["user_id"], pseudonymise_key)) for c in chunks)
+        res = store.add_event_stream(chunks, items, source=str(path), sha256=file_sha256(path))
+        report.added, report.duplicates = res.added, res.duplicates
+        return report
     else:
         raise DataError(f"{path}: unknown format {fmt!r} (auto, csv, parquet, jsonl, online-retail, s3rec)")
     if items_path is not None:

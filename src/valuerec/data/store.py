@@ -157,6 +157,35 @@ class EventStore:
         if not checked:
             from valuerec.data.ingest import check_event_frame   # ingest imports this module
             events = check_event_frame(events)
+        return self.add_event_stream([events], items, source, sha256)
+
+    def add_event_stream(self, frames, items: pd.DataFrame | None = None, source: str | None = None,
+                         sha256: str | None = None) -> WriteResult:
+        """Append checked event frames (e.g. ``ingest.iter_events``' chunks) and upsert items, all in
+        one transaction: an error from the iterator (a bad row anywhere in a file) rolls back every
+        frame written before it. Duplicates as in ``add_events``, also across frames."""
+        added = n_in = 0
+        with self._lock:
+            self.con.execute("BEGIN TRANSACTION")
+            try:
+                for events in frames:
+                    a, n = self._insert_events(events)
+                    added, n_in = added + a, n_in + n
+                if items is not None and len(items):
+                    self._upsert_items(items)
+                if source is not None:
+                    self.con.execute(
+                        "INSERT INTO ingests (source, sha256, added, duplicates) VALUES (?, ?, ?, ?)",
+                        [source, sha256, added, n_in - added],
+                    ).fetchall()
+                self.con.execute("COMMIT")
+            except BaseException:
+                self.con.execute("ROLLBACK")
+                raise
+        return WriteResult(added=int(added), duplicates=int(n_in - added))
+
+    def _insert_events(self, events: pd.DataFrame) -> tuple[int, int]:
+        """Insert one checked frame inside the caller's transaction: (events added, events given)."""
         ev = events.copy()
         if "event_id" not in ev.columns:
             ev["event_id"] = None
@@ -167,48 +196,35 @@ class EventStore:
         ev = ev[EVENT_COLUMNS]
         n_in = len(ev)
         ev = ev.drop_duplicates("event_id", keep="first")
-        dup_in_batch = n_in - len(ev)
         ev = ev.rename(columns={"timestamp": "ts"})
         ev["ts"] = pd.to_datetime(ev["ts"]).astype("datetime64[us]")
         ev["order_in_batch"] = np.arange(len(ev), dtype=np.int64)
-        with self._lock:
-            self.con.execute("BEGIN TRANSACTION")
-            try:
-                self.con.register("_new_events", ev)
-                if self._has_pk:
-                    # The primary key index finds already-stored ids without scanning the table.
-                    added = self.con.execute(
-                        """
-                        INSERT INTO events
-                        SELECT event_id, user_id, item_id, ts, event_type, value, quantity, nextval('event_seq')
-                        FROM (SELECT * FROM _new_events ORDER BY order_in_batch)
-                        ON CONFLICT DO NOTHING
-                        """
-                    ).fetchall()[0][0]
-                else:
-                    added = self.con.execute(
-                        """
-                        INSERT INTO events
-                        SELECT n.event_id, n.user_id, n.item_id, n.ts, n.event_type, n.value, n.quantity,
-                               nextval('event_seq')
-                        FROM (SELECT * FROM _new_events ORDER BY order_in_batch) n
-                        ANTI JOIN events e ON e.event_id = n.event_id
-                        ORDER BY n.order_in_batch
-                        """
-                    ).fetchall()[0][0]
-                self.con.unregister("_new_events")
-                if items is not None and len(items):
-                    self._upsert_items(items)
-                if source is not None:
-                    self.con.execute(
-                        "INSERT INTO ingests (source, sha256, added, duplicates) VALUES (?, ?, ?, ?)",
-                        [source, sha256, added, dup_in_batch + (len(ev) - added)],
-                    ).fetchall()
-                self.con.execute("COMMIT")
-            except BaseException:
-                self.con.execute("ROLLBACK")
-                raise
-        return WriteResult(added=int(added), duplicates=int(n_in - added))
+        self.con.register("_new_events", ev)
+        try:
+            if self._has_pk:
+                # The primary key index finds already-stored ids without scanning the table.
+                added = self.con.execute(
+                    """
+                    INSERT INTO events
+                    SELECT event_id, user_id, item_id, ts, event_type, value, quantity, nextval('event_seq')
+                    FROM (SELECT * FROM _new_events ORDER BY order_in_batch)
+                    ON CONFLICT DO NOTHING
+                    """
+                ).fetchall()[0][0]
+            else:
+                added = self.con.execute(
+                    """
+                    INSERT INTO events
+                    SELECT n.event_id, n.user_id, n.item_id, n.ts, n.event_type, n.value, n.quantity,
+                           nextval('event_seq')
+                    FROM (SELECT * FROM _new_events ORDER BY order_in_batch) n
+                    ANTI JOIN events e ON e.event_id = n.event_id
+                    ORDER BY n.order_in_batch
+                    """
+                ).fetchall()[0][0]
+        finally:
+            self.con.unregister("_new_events")
+        return int(added), n_in
 
     def add_event_rows(self, rows: Sequence[tuple], chunk: int = 256) -> tuple[list[StoredEvent], int]:
         """Append validated events given as tuples in schema order (event_id, user_id, item_id,
