@@ -95,3 +95,29 @@ def test_items_without_item_id_are_refused(store):
     with pytest.raises(DataError, match="missing column 'item_id'"):
         store.add_items(pd.DataFrame({"text": ["a mug"]}))
     assert len(store.items()) == 0
+
+
+def test_a_write_that_runs_out_of_memory_is_a_clear_error_and_writes_nothing(tmp_path):
+    import numpy as np
+
+    n = 200_000
+    ev = pd.DataFrame({"user_id": [f"u{i % 1000}" for i in range(n)], "item_id": [f"i{i % 500}" for i in range(n)],
+                       "timestamp": pd.Timestamp("2024-01-01") + pd.to_timedelta(np.arange(n), unit="s"),
+                       "event_type": "view", "value": 1.0, "quantity": 1.0})
+    with EventStore(tmp_path / "s.duckdb") as st:
+        st.add_events(ev.head(3))
+        st.con.execute("SET memory_limit='8MB'")
+        with pytest.raises(DataError, match=r"big.csv: the store ran out of memory writing 200,000 events in one "
+                                            r"transaction \(Out of Memory Error.*\); nothing was written. Split the file"):
+            st.add_events(ev, source="big.csv")
+        st.con.execute("SET memory_limit='1GB'")
+        assert st.count_events() == 3
+        st.add_events(ev.head(10))            # the store still works: the failed write left nothing open
+        assert st.count_events() == 10
+
+
+def test_rollback_after_a_commit_that_already_ended_the_transaction(tmp_path):
+    with EventStore(tmp_path / "s.duckdb") as st:
+        st.con.execute("BEGIN TRANSACTION")
+        st.con.execute("COMMIT")
+        st._rollback()                        # no transaction: nothing to do, and no second error

@@ -86,6 +86,12 @@ def store_open_error(path: str | Path, err: Exception) -> DataError | None:
     return None
 
 
+def _out_of_memory(err: BaseException) -> bool:
+    """DuckDB ran out of its memory limit (during a write or at commit)."""
+    return isinstance(err, duckdb.OutOfMemoryException) or (
+        isinstance(err, duckdb.Error) and ("failed to pin block" in str(err) or "Out of Memory" in str(err)))
+
+
 class StoredEvent(NamedTuple):
     """An event as the store committed it (``seq``: its arrival number)."""
 
@@ -137,6 +143,15 @@ class EventStore:
         self.close()
 
     # -- writes ---------------------------------------------------------------------------------
+    def _rollback(self) -> None:
+        """Roll back the open transaction. A COMMIT that failed (e.g. out of memory) has already ended
+        it, and a second error must not hide the first."""
+        try:
+            self.con.execute("ROLLBACK")
+        except duckdb.TransactionException as e:
+            if "no transaction is active" not in str(e):
+                raise
+
     def add_events(self, events: pd.DataFrame, items: pd.DataFrame | None = None,
                    source: str | None = None, sha256: str | None = None, *, checked: bool = False) -> WriteResult:
         """Append events (schema columns) and upsert items, in one transaction.
@@ -169,8 +184,8 @@ class EventStore:
             self.con.execute("BEGIN TRANSACTION")
             try:
                 for events in frames:
-                    a, n = self._insert_events(events)
-                    added, n_in = added + a, n_in + n
+                    n_in += len(events)
+                    added += self._insert_events(events)
                 if items is not None and len(items):
                     self._upsert_items(items)
                 if source is not None:
@@ -179,13 +194,23 @@ class EventStore:
                         [source, sha256, added, n_in - added],
                     ).fetchall()
                 self.con.execute("COMMIT")
-            except BaseException:
-                self.con.execute("ROLLBACK")
+            except BaseException as e:
+                self._rollback()
+                try:
+                    self.con.unregister("_new_events")
+                except duckdb.Error:
+                    pass
+                if _out_of_memory(e):
+                    why = " ".join(str(e).split("Possible solutions")[0].split())
+                    raise DataError(f"{source or 'events'}: the store ran out of memory writing {n_in:,} events in "
+                                    f"one transaction ({why}); nothing was written. "
+                                    "Split the file and ingest the parts one by one (each is all or nothing), "
+                                    "or run on a machine with more memory") from None
                 raise
         return WriteResult(added=int(added), duplicates=int(n_in - added))
 
-    def _insert_events(self, events: pd.DataFrame) -> tuple[int, int]:
-        """Insert one checked frame inside the caller's transaction: (events added, events given)."""
+    def _insert_events(self, events: pd.DataFrame) -> int:
+        """Insert one checked frame inside the caller's transaction; returns how many were added."""
         ev = events.copy()
         if "event_id" not in ev.columns:
             ev["event_id"] = None
@@ -194,7 +219,6 @@ class EventStore:
             ev.loc[no_id, "event_id"] = event_hash(ev.loc[no_id])
         ev["event_id"] = ev["event_id"].astype(str)
         ev = ev[EVENT_COLUMNS]
-        n_in = len(ev)
         ev = ev.drop_duplicates("event_id", keep="first")
         ev = ev.rename(columns={"timestamp": "ts"})
         ev["ts"] = pd.to_datetime(ev["ts"]).astype("datetime64[us]")
@@ -222,9 +246,10 @@ class EventStore:
                     ORDER BY n.order_in_batch
                     """
                 ).fetchall()[0][0]
-        finally:
-            self.con.unregister("_new_events")
-        return int(added), n_in
+        except duckdb.Error:
+            raise           # the transaction is aborted: add_event_stream rolls back, then unregisters
+        self.con.unregister("_new_events")
+        return int(added)
 
     def add_event_rows(self, rows: Sequence[tuple], chunk: int = 256) -> tuple[list[StoredEvent], int]:
         """Append validated events given as tuples in schema order (event_id, user_id, item_id,
@@ -269,7 +294,7 @@ class EventStore:
                         insert(todo[a:a + chunk])
                     self.con.execute("COMMIT")
                 except BaseException:
-                    self.con.execute("ROLLBACK")
+                    self._rollback()
                     raise
         stored.sort(key=lambda e: e.seq)
         return stored, len(rows) - len(stored)
@@ -313,7 +338,7 @@ class EventStore:
                 self._upsert_items(items)
                 self.con.execute("COMMIT")
             except BaseException:
-                self.con.execute("ROLLBACK")
+                self._rollback()
                 raise
 
     def delete_user(self, user_id: str) -> int:
