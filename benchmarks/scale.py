@@ -8,7 +8,8 @@ process so that its peak memory (max RSS) is its own:
   transaction); seconds, events per second, peak memory, store size on disk;
 - train: read the store, build the catalogue and histories, fit the behaviour transformer for one epoch
   with sampled softmax (in-batch negatives, the setting for large catalogues) on one thread; seconds of
-  each step and peak memory;
+  each step and peak memory; then again with ``sparse_item_grads`` (``sparse_*``: lazy Adam on the
+  rows of each batch's items instead of a dense Adam step over the whole item table);
 - recommend: load the saved model, then top-10 for 200 single users one at a time (p50 / p95 latency)
   and for 1,000 users in one batch.
 
@@ -63,7 +64,7 @@ def stage_ingest(d: Path) -> dict:
             "store_mb": size / 1e6, "added": rep.added}
 
 
-def stage_train(d: Path, epochs: int) -> dict:
+def stage_train(d: Path, epochs: int, sparse: bool) -> dict:
     import torch
 
     from valuerec.data.dataset import catalogue_from, sequences_from
@@ -82,13 +83,14 @@ def stage_train(d: Path, epochs: int) -> dict:
     del events
     t0 = time.perf_counter()
     model = BehaviourTransformer(seed=0, epochs=epochs, loss="sampled", negatives="in-batch", use_text=False,
-                                 progress=False, device="cpu", num_threads=1).fit(seqs, cat)
+                                 progress=False, device="cpu", num_threads=1,
+                                 sparse_item_grads=sparse).fit(seqs, cat)
     out["train_s"] = time.perf_counter() - t0
     out["epoch_s"] = out["train_s"] / epochs
-    model.save(d / "model")
+    model.save(d / ("model_sparse" if sparse else "model"))
     out["train_peak_gb"] = peak_gb()
     out["parameters"] = int(sum(p.numel() for p in model.module_.parameters()))
-    return out
+    return {f"sparse_{k}": v for k, v in out.items()} if sparse else out
 
 
 def stage_recommend(d: Path) -> dict:
@@ -141,7 +143,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.stage:
         d = Path(args.dir)
-        res = {"ingest": lambda: stage_ingest(d), "train": lambda: stage_train(d, args.epochs),
+        res = {"ingest": lambda: stage_ingest(d), "train": lambda: stage_train(d, args.epochs, False),
+               "train_sparse": lambda: stage_train(d, args.epochs, True),
                "recommend": lambda: stage_recommend(d)}[args.stage]()
         print(json.dumps(res))
         return 0
@@ -149,9 +152,9 @@ def main(argv=None) -> int:
               "git_commit": git_commit(), "command": command_line(), "device": device_info("cpu"),
               "started_at": now_iso(), "seed": args.seed, "epochs": args.epochs, "models": {},
               "data_sha256": None,   # generated here from the seed, not read from a file
-              "description": "Ingest, one training epoch of the behaviour transformer (sampled softmax, 1 thread) "
-                             "and top-10 recommendation, by log size; each stage in its own process, peak_gb = "
-                             "its max resident memory"}
+              "description": "Ingest, one training epoch of the behaviour transformer (sampled softmax, 1 thread; "
+                             "sparse_* with sparse item gradients) and top-10 recommendation, by log size; each "
+                             "stage in its own process, peak_gb = its max resident memory"}
     for n in [int(x) for x in args.events.split(",")]:
         d = Path(args.work) / f"n{n}"
         shutil.rmtree(d, ignore_errors=True)
@@ -160,7 +163,7 @@ def main(argv=None) -> int:
         info = generate(d / "events.parquet", n, args.items, args.seed)
         print(f"{n:,} events: generated in {time.perf_counter() - t0:.0f}s {info}", file=sys.stderr, flush=True)
         m = dict(info)
-        for stage in ("ingest", "train", "recommend"):
+        for stage in ("ingest", "train", "train_sparse", "recommend"):
             m.update(run_stage(stage, d, ["--epochs", str(args.epochs)]))
             print(f"  {stage}: {m}", file=sys.stderr, flush=True)
         result["models"][f"events={n:,}"] = {"metrics": {k: v for k, v in m.items() if k != "added"},

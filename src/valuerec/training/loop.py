@@ -30,6 +30,7 @@ from valuerec.configcheck import check_types
 from valuerec.data.schema import DataError
 from valuerec.training import checkpoint as ckpt
 from valuerec.training import distributed as dist_utils
+from valuerec.training.optim import LazyAdamW, clip_grad_norm, has_sparse_grads
 
 log = logging.getLogger(__name__)
 
@@ -147,9 +148,13 @@ def train_model(model: nn.Module, n_examples: int, make_batch: Callable[[np.ndar
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         (decay if p.ndim >= 2 and "emb" not in name else no_decay).append(p)
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}],
-                            lr=cfg.lr, betas=(0.9, cfg.beta2))
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    sparse = has_sparse_grads(model)
+    if sparse and dist.enabled:
+        raise DataError("sparse item gradients (sparse_item_grads=true) train in one process; drop the setting "
+                        "to train with several (torchrun)")
+    # sparse item-embedding gradients: lazy Adam on the rows of each batch (large catalogues)
+    opt = (LazyAdamW if sparse else torch.optim.AdamW)(groups, lr=cfg.lr, betas=(0.9, cfg.beta2))
     steps_per_epoch = math.ceil(max(1, n_examples // dist.world_size) / cfg.batch_size)
     total_steps = steps_per_epoch * max(cfg.epochs, 1)
 
@@ -191,7 +196,7 @@ def train_model(model: nn.Module, n_examples: int, make_batch: Callable[[np.ndar
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                    (clip_grad_norm if sparse else torch.nn.utils.clip_grad_norm_)(model.parameters(), cfg.grad_clip)
                 opt.step()
                 step += 1
                 if ema is not None:
