@@ -231,3 +231,36 @@ def test_explain_occludes_only_the_most_recent_events(tmp_path):
         assert all(e["position"] >= 2 for e in ex["greedy"]["events"])
     finally:
         state.close()
+
+
+def test_an_item_index_serves_the_same_recommendations(tmp_path):
+    """$VALUEREC_ANN=on builds an HNSW index of the transformer's item vectors; on this small catalogue
+    it returns the items full scoring returns, and /healthz says which retrieval is in use."""
+    pytest.importorskip("faiss")
+    from valuerec.data.dataset import catalogue_from, sequences_from
+    from valuerec.data.store import EventStore
+    from valuerec.models.transformer import BehaviourTransformer
+    from valuerec.serving.state import ServiceState
+
+    fx = build_fixture(tmp_path)
+    with EventStore(fx["store"], read_only=True) as st:
+        ev, it = st.events(), st.items()
+    cat = catalogue_from(ev, it)
+    BehaviourTransformer(seed=0, d_model=16, n_layers=1, max_len=10, epochs=3, use_text=False,
+                         progress=False).fit(sequences_from(ev, cat), cat).save(tmp_path / "tr")
+    answers = {}
+    for ann in ("off", "on"):
+        settings = Settings.from_env({"VALUEREC_STORE": str(fx["store"]), "VALUEREC_MODEL_DIR": str(tmp_path / "tr"),
+                                      "VALUEREC_API_KEYS": API_KEYS, "VALUEREC_ANN": ann})
+        state = ServiceState(settings)
+        state.start()
+        try:
+            assert state.health()["model"]["retrieval"] == ("index" if ann == "on" else "full")
+            answers[ann] = [[i["item_id"] for i in state.recommend(f"u{u}", 5, "auto", True)["items"]]
+                            for u in range(20)]
+        finally:
+            state.close()
+    assert answers["on"] == answers["off"]
+    with pytest.raises(DataError, match="VALUEREC_ANN"):
+        Settings.from_env({"VALUEREC_STORE": "s", "VALUEREC_MODEL_DIR": "m", "VALUEREC_API_KEYS": API_KEYS,
+                           "VALUEREC_ANN": "maybe"})

@@ -739,6 +739,7 @@ class BehaviourTransformer(Recommender):
 
         torch.manual_seed(self.seed)
         self.cooc_sim_ = None
+        self.ann_ = None        # item vectors change: an index built before would be stale
         if valid is not None and _validation_in_training(train, valid):
             log.warning("transformer: most validation targets are also in the training histories; early stopping "
                         "on them selects on training data. Fit on the training split, or pass a fixed 'epochs' "
@@ -1117,6 +1118,85 @@ class BehaviourTransformer(Recommender):
             return torch.zeros(0, self.n_items), torch.zeros(0, dtype=torch.bool)
         return torch.cat(out), torch.cat(empties)
 
+    # -- retrieval through an index (large catalogues) -------------------------------------------------
+    def build_ann_index(self, exact: bool = False, m: int = 32, ef_construction: int = 128,
+                        ef_search: int = 256, extra: int = 100) -> "BehaviourTransformer":
+        """Index the item vectors (faiss, inner product) so that ``recommend`` retrieves candidates instead
+        of scoring the whole catalogue: HNSW graph search (approximate; ``m``, ``ef_*`` trade speed for
+        recall), or brute force with ``exact=True`` (a check, no faster than plain scoring).
+
+        The network's score of an item is state . item_vector (+ the repeat term for items in the
+        history). So the index's top ``k + excluded + extra`` items by state . vector, together with the
+        user's own items and, with a co-occurrence prior, the items that prior scores, hold the full
+        ranking's top k whenever the index finds the true nearest items; those candidates are scored
+        exactly. With the prior the scores returned leave out the softmax's normaliser (one constant per
+        user): their order, not their level, matches ``score``. ``add_items`` rebuilds the index."""
+        import faiss
+        vec = np.ascontiguousarray(self.module_.encoder.item_table.table().detach().float().cpu().numpy())
+        if exact:
+            index = faiss.IndexFlatIP(vec.shape[1])
+        else:
+            index = faiss.IndexHNSWFlat(vec.shape[1], m, faiss.METRIC_INNER_PRODUCT)
+            index.hnsw.efConstruction = ef_construction
+        index.add(vec)
+        if not exact:
+            index.hnsw.efSearch = ef_search
+        self.ann_, self.ann_extra_ = index, int(extra)
+        self.ann_params_ = dict(exact=exact, m=m, ef_construction=ef_construction, ef_search=ef_search, extra=extra)
+        return self
+
+    def recommend(self, histories: Sequences, k: int = 10, exclude: list[np.ndarray] | str | None = "history",
+                  ) -> tuple[np.ndarray, np.ndarray]:
+        if getattr(self, "ann_", None) is None:
+            return super().recommend(histories, k, exclude)
+        return self._recommend_indexed(histories, k, exclude)
+
+    def _recommend_indexed(self, histories: Sequences, k: int, exclude) -> tuple[np.ndarray, np.ndarray]:
+        cfg, module = self.model_config, self.module_
+        if isinstance(exclude, str) and exclude == "history":
+            exclude = [h[h >= 0] for h in histories.items]
+        B, N = len(histories), self.n_items
+        k = min(k, N)
+        own = [np.asarray(x)[(np.asarray(x) >= 0) & (np.asarray(x) < N)] for x in histories.items]
+        state = self.encode_histories(histories)                            # (B, D)
+        n_ex = max((len(e) for e in exclude), default=0) if exclude is not None else 0
+        _, found = self.ann_.search(np.ascontiguousarray(state.numpy(), dtype=np.float32),
+                                    min(N, k + n_ex + self.ann_extra_))
+        q = None
+        if self.uses_cooc():
+            knn, own_q = self._cooc_parts(histories, cfg.cooc_repeat_share not in ("auto", 0.0))
+            share = cfg.cooc_repeat_share
+            q = (knn if not share else (1.0 - share) * knn + share * own_q).numpy()
+        with torch.no_grad():
+            vectors = module.encoder.item_table.table()
+            gate = module.next_item.repeat_gate(state).squeeze(1) if module.next_item.repeat_gate is not None else None
+        top_i = np.full((B, k), -1, dtype=np.int64)
+        top_s = np.full((B, k), -np.inf, dtype=np.float32)
+        for u in range(B):
+            if len(own[u]) == 0:       # an empty history: the training popularity, as score() gives it
+                cand = torch.arange(N)
+                s = module.next_item.log_pop.detach().float().cpu().clone()
+                if q is not None:   # score() gives log-probabilities when it combines the prior
+                    s = torch.log_softmax(s, dim=0)
+            else:
+                parts = [found[u][found[u] >= 0], own[u]]
+                if q is not None:
+                    parts.append(np.flatnonzero(q[u] > 0))
+                cand = torch.as_tensor(np.unique(np.concatenate(parts)), dtype=torch.long)
+                with torch.no_grad():
+                    s = (vectors[cand] @ state[u]).float()
+                    if gate is not None:
+                        counts = torch.as_tensor(np.bincount(own[u], minlength=N)[cand.numpy()], dtype=torch.float32)
+                        s = s + (gate[u] + module.next_item.repeat_item[cand]) * torch.log1p(counts)
+                if q is not None and q[u].sum() > 0:
+                    s = s + cfg.cooc_weight * torch.log(torch.as_tensor(q[u][cand.numpy()]) + COOC_FLOOR)
+            if exclude is not None and len(exclude[u]):
+                s[torch.as_tensor(np.isin(cand.numpy(), exclude[u]))] = float("-inf")
+            kk = min(k, len(cand))
+            v, j = torch.topk(s, kk)
+            top_i[u, :kk], top_s[u, :kk] = cand[j].numpy(), v.numpy()
+        return top_i, top_s
+
     # -- new items -------------------------------------------------------------------------------
     def add_items(self, items: Catalogue) -> "BehaviourTransformer":
         """Append items the model has never seen (ids not yet in the catalogue), without retraining.
@@ -1164,6 +1244,8 @@ class BehaviourTransformer(Recommender):
         self.module_ = module.eval()
         if getattr(self, "cooc_sim_", None) is not None:   # new items: no co-occurrences yet
             self.cooc_sim_.resize((cfg.n_items, cfg.n_items))
+        if getattr(self, "ann_", None) is not None:
+            self.build_ann_index(**self.ann_params_)
         return self
 
     # -- persistence -----------------------------------------------------------------------------

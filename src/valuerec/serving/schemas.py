@@ -153,6 +153,8 @@ class LoadedModel(BaseModel):
     loaded_at: str
     n_items: int
     capabilities: dict[str, bool]
+    retrieval: str = Field("full", description="How recommendations find their items: 'full' scores the whole "
+                                               "catalogue, 'index' searches an HNSW index of the item vectors")
 
 
 class ReloadResponse(BaseModel):

@@ -86,6 +86,8 @@ class Settings:
     write_timeout_s: float = 60.0          # POST /v1/events answers 503 when the store has not committed by then
     max_future_h: float = 24.0             # POST /v1/events rejects events this far past the server clock
     explain_max_events: int = 1000         # /explain occludes a user's most recent events only (cost ~ n^2)
+    ann: str = "auto"                      # item index for retrieval: auto (catalogues >= ann_min_items), on, off
+    ann_min_items: int = 200_000
     gil_switch_ms: float = 0.5             # Python's thread switch interval in the server (default 5 ms)
     torch_threads: int = 1
     duckdb_threads: int = 1                # the store's query threads (the service is mostly point reads/writes)
@@ -118,6 +120,8 @@ class Settings:
             write_timeout_s=_float(env, "VALUEREC_WRITE_TIMEOUT_S", 60.0),
             max_future_h=_float(env, "VALUEREC_MAX_FUTURE_H", 24.0),
             explain_max_events=_int(env, "VALUEREC_EXPLAIN_MAX_EVENTS", 1000),
+            ann=(env.get("VALUEREC_ANN") or "auto").strip().lower(),
+            ann_min_items=_int(env, "VALUEREC_ANN_MIN_ITEMS", 200_000),
             gil_switch_ms=_float(env, "VALUEREC_GIL_SWITCH_MS", 0.5),
             torch_threads=_int(env, "VALUEREC_TORCH_THREADS", 1),
             duckdb_threads=_int(env, "VALUEREC_DUCKDB_THREADS", 1),
@@ -134,6 +138,8 @@ class Settings:
                             "(or valuerec serve --model DIR / --models-root DIR)")
         if not 0.01 <= self.gil_switch_ms <= 100:
             raise DataError(f"$VALUEREC_GIL_SWITCH_MS={self.gil_switch_ms}: expected 0.01..100 milliseconds")
+        if self.ann not in ("auto", "on", "off"):
+            raise DataError(f"$VALUEREC_ANN={self.ann!r}: expected auto, on or off")
         if not self.max_future_h >= 0:
             raise DataError(f"$VALUEREC_MAX_FUTURE_H={self.max_future_h}: expected hours >= 0")
         if not self.api_keys and not self.auth_disabled:

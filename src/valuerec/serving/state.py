@@ -120,7 +120,8 @@ class Runtime:
         return {"name": self.name, "version": self.version, "path": str(self.path),
                 "loaded_at": pd.Timestamp(self.loaded_at, unit="s").isoformat() + "Z",
                 "n_items": len(self.catalogue),
-                "capabilities": {k: v is not None for k, v in self.hooks.items()}}
+                "capabilities": {k: v is not None for k, v in self.hooks.items()},
+                "retrieval": "index" if getattr(self.model, "ann_", None) is not None else "full"}
 
 
 def find_hooks(model: Recommender) -> dict[str, Callable | None]:
@@ -270,10 +271,32 @@ class ServiceState:
             rt.item_vectors = item_vectors_of(model)
         except Exception:  # noqa: BLE001 - similarity then falls back to store co-occurrence
             log.warning("model %s: cannot read item vectors; /similar uses co-occurrence", path, exc_info=True)
+        self._index(rt)
         self._preload(rt)
         log.info("loaded model %s from %s in %.2fs (%d histories preloaded)", rt.name, path, time.time() - t0,
                  len(rt.histories))
         return rt
+
+    def _index(self, rt: Runtime) -> None:
+        """Build the item index recommendations retrieve from ($VALUEREC_ANN: 'auto' for catalogues of
+        $VALUEREC_ANN_MIN_ITEMS items or more, 'on', 'off'), when the model can use one."""
+        s, build = self.settings, getattr(rt.model, "build_ann_index", None)
+        want = s.ann == "on" or (s.ann == "auto" and len(rt.catalogue) >= s.ann_min_items)
+        if not want or build is None:
+            if s.ann == "on" and build is None:
+                log.warning("$VALUEREC_ANN=on: model %s has no item index; it scores the whole catalogue", rt.name)
+            return
+        try:
+            import faiss  # noqa: F401
+        except ImportError:
+            if s.ann == "on":
+                raise DataError("$VALUEREC_ANN=on needs faiss: pip install 'valuerec[ann]' (faiss-cpu)") from None
+            log.warning("%d items but faiss is not installed: recommendations score the whole catalogue "
+                        "(pip install 'valuerec[ann]')", len(rt.catalogue))
+            return
+        t0 = time.time()
+        build()
+        log.info("item index (HNSW) over %d items built in %.1fs", len(rt.catalogue), time.time() - t0)
 
     def _preload(self, rt: Runtime) -> None:
         """Read every history once when the store is small enough (saves a store read per first request)."""
