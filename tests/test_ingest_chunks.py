@@ -120,3 +120,21 @@ def _p(tmp_path, name, text):
     p = tmp_path / name
     p.write_text(text)
     return p
+
+
+def test_cli_chunk_rows(tmp_path):
+    from typer.testing import CliRunner
+
+    from valuerec.cli import app
+    rows = list(ROWS)
+    rows[9] = ("u1", "i1", "2024-01-20 10:00:00", "view", "x")        # line 11
+    r = CliRunner().invoke(app, ["ingest", str(_csv(tmp_path, "e.csv", rows)), "--store", str(tmp_path / "s.duckdb"),
+                                 "--chunk-rows", "4"])
+    assert r.exit_code == 2 and "e.csv, line 11, field 'value': not a number" in " ".join(r.output.split())
+    assert not (tmp_path / "s.duckdb").exists()
+    r = CliRunner().invoke(app, ["ingest", str(_csv(tmp_path, "ok.csv", ROWS)), "--store", str(tmp_path / "s.duckdb"),
+                                 "--chunk-rows", "4", "--json"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["report"]["added"] == 11
+    r = CliRunner().invoke(app, ["ingest", str(tmp_path / "ok.csv"), "--store", str(tmp_path / "s.duckdb"),
+                                 "--chunk-rows", "0"])
+    assert r.exit_code == 2 and "--chunk-rows" in r.output

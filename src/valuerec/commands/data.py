@@ -38,6 +38,9 @@ def ingest_cmd(
     items: Optional[Path] = typer.Option(None, "--items", help="Item table file (item_id, text, attributes, price)"),
     pseudonymise: bool = typer.Option(False, "--pseudonymise", help="Replace user ids by a keyed hash"),
     key_file: Optional[Path] = typer.Option(None, "--pseudonymise-key-file", help="Key file (else $VALUEREC_PSEUDONYM_KEY)"),
+    chunk_rows: int = typer.Option(500_000, "--chunk-rows", min=1,
+                                   help="CSV / Parquet / JSONL rows read, checked and written at a time (one "
+                                        "transaction for the whole file either way)"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Validate a file and add its events to the store (one transaction: all or nothing)."""
@@ -53,7 +56,8 @@ def ingest_cmd(
             with console.status(f"ingesting {path} ..."):
                 report = ingest(st, path, fmt=fmt, cmap=cmap, sep=sep, no_header=no_header,
                                 columns=columns.split(",") if columns else None, attributes=attributes,
-                                items_path=items, pseudonymise_key=key, event_type=event_type)
+                                items_path=items, pseudonymise_key=key, event_type=event_type,
+                                chunk_rows=chunk_rows)
             summary = st.summary()
     except BaseException as e:
         for p in new_files:
