@@ -85,3 +85,26 @@ def test_a_new_fit_drops_the_index():
     m.fit(h, cat)
     assert m.ann_ is None
     torch.testing.assert_close(torch.as_tensor(m.recommend(h, k=3)[0]), torch.as_tensor(m.recommend(h, k=3)[0]))
+
+
+def test_the_index_is_kept_and_read_back_only_for_the_same_vectors(tmp_path, monkeypatch):
+    h, cat = _data(n_users=30, n_items=60)
+    m = BehaviourTransformer(seed=0, d_model=8, n_layers=1, max_len=10, epochs=1, use_text=False, progress=False)
+    m.fit(h, cat)
+    ref, _ = m.recommend(h, k=5)
+    m.build_ann_index(m=8, cache=tmp_path / "idx")
+    assert (tmp_path / "idx" / "index.faiss").exists() and (tmp_path / "idx" / "index.json").exists()
+    built = []
+    real = faiss.IndexHNSWFlat
+    monkeypatch.setattr(faiss, "IndexHNSWFlat", lambda *a: built.append(a) or real(*a))
+    m.build_ann_index(m=8, cache=tmp_path / "idx")               # same vectors and settings: read back
+    assert built == [] and _same_top(m.recommend(h, k=5)[0], ref) >= 0.95
+    m.build_ann_index(m=12, cache=tmp_path / "idx")              # other settings: built again
+    assert len(built) == 1
+    (tmp_path / "idx" / "index.faiss").write_bytes(b"not an index")
+    m.build_ann_index(m=12, cache=tmp_path / "idx")              # damaged: built again
+    assert len(built) == 2
+    with torch.no_grad():                                         # other vectors: built again
+        m.module_.encoder.item_table.id_emb.weight.add_(0.1)
+    m.build_ann_index(m=12, cache=tmp_path / "idx")
+    assert len(built) == 3

@@ -28,6 +28,7 @@ Adding a head: give it a module, put its weighted loss into the dict returned by
 from __future__ import annotations
 
 import json
+import os
 import logging
 import math
 from dataclasses import asdict, dataclass, fields
@@ -296,6 +297,38 @@ class ItemTable(nn.Module):
         if self.text_proj is not None:
             out = out + self.text_proj(self.text_emb[idx])                  # (..., D)
         return out
+
+
+def _read_index(cache: str | Path | None, meta: dict):
+    """The index kept in ``cache`` if it was built from the same vectors and settings, else None."""
+    if cache is None:
+        return None
+    import faiss
+    path = Path(cache)
+    try:
+        if json.loads((path / "index.json").read_text()) != meta:
+            return None
+        return faiss.read_index(str(path / "index.faiss"))
+    except (OSError, ValueError, RuntimeError):     # missing, damaged or foreign: build it again
+        return None
+
+
+def _write_index(cache: str | Path | None, index, meta: dict) -> None:
+    """Keep ``index`` in ``cache`` (written beside, then moved in: never half a file); a read-only
+    place is skipped with a log line."""
+    if cache is None:
+        return
+    import faiss
+    path = Path(cache)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "index.json").unlink(missing_ok=True)   # no moment where old settings describe a new index
+        tmp = path / f".index.faiss.{os.getpid()}"
+        faiss.write_index(index, str(tmp))
+        tmp.replace(path / "index.faiss")
+        (path / "index.json").write_text(json.dumps(meta, indent=2))
+    except (OSError, RuntimeError) as e:
+        log.warning("item index not kept in %s: %s", path, e)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -1120,7 +1153,8 @@ class BehaviourTransformer(Recommender):
 
     # -- retrieval through an index (large catalogues) -------------------------------------------------
     def build_ann_index(self, exact: bool = False, m: int = 32, ef_construction: int = 128,
-                        ef_search: int = 256, extra: int = 100) -> "BehaviourTransformer":
+                        ef_search: int = 256, extra: int = 100, cache: str | Path | None = None,
+                        ) -> "BehaviourTransformer":
         """Index the item vectors (faiss, inner product) so that ``recommend`` retrieves candidates instead
         of scoring the whole catalogue: HNSW graph search (approximate; ``m``, ``ef_*`` trade speed for
         recall), or brute force with ``exact=True`` (a check, no faster than plain scoring).
@@ -1130,19 +1164,31 @@ class BehaviourTransformer(Recommender):
         user's own items and, with a co-occurrence prior, the items that prior scores, hold the full
         ranking's top k whenever the index finds the true nearest items; those candidates are scored
         exactly. With the prior the scores returned leave out the softmax's normaliser (one constant per
-        user): their order, not their level, matches ``score``. ``add_items`` rebuilds the index."""
+        user): their order, not their level, matches ``score``. ``add_items`` rebuilds the index.
+
+        ``cache``: a directory where the index is kept (``index.faiss`` + ``index.json``) and read back
+        when it was built from the same item vectors with the same settings (building an HNSW graph of
+        600k items takes minutes on one thread); a stale or unreadable one is rebuilt."""
+        import hashlib
+
         import faiss
         vec = np.ascontiguousarray(self.module_.encoder.item_table.table().detach().float().cpu().numpy())
-        if exact:
-            index = faiss.IndexFlatIP(vec.shape[1])
-        else:
-            index = faiss.IndexHNSWFlat(vec.shape[1], m, faiss.METRIC_INNER_PRODUCT)
-            index.hnsw.efConstruction = ef_construction
-        index.add(vec)
+        meta = {"vectors_sha256": hashlib.sha256(vec.tobytes()).hexdigest(), "shape": list(vec.shape),
+                "exact": exact, "m": m, "ef_construction": ef_construction, "faiss": faiss.__version__}
+        index = _read_index(cache, meta)
+        if index is None:
+            if exact:
+                index = faiss.IndexFlatIP(vec.shape[1])
+            else:
+                index = faiss.IndexHNSWFlat(vec.shape[1], m, faiss.METRIC_INNER_PRODUCT)
+                index.hnsw.efConstruction = ef_construction
+            index.add(vec)
+            _write_index(cache, index, meta)
         if not exact:
             index.hnsw.efSearch = ef_search
         self.ann_, self.ann_extra_ = index, int(extra)
-        self.ann_params_ = dict(exact=exact, m=m, ef_construction=ef_construction, ef_search=ef_search, extra=extra)
+        self.ann_params_ = dict(exact=exact, m=m, ef_construction=ef_construction, ef_search=ef_search, extra=extra,
+                                cache=cache)
         return self
 
     def recommend(self, histories: Sequences, k: int = 10, exclude: list[np.ndarray] | str | None = "history",

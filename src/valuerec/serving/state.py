@@ -295,8 +295,8 @@ class ServiceState:
                         "(pip install 'valuerec[ann]')", len(rt.catalogue))
             return
         t0 = time.time()
-        build()
-        log.info("item index (HNSW) over %d items built in %.1fs", len(rt.catalogue), time.time() - t0)
+        build(cache=rt.path / "ann_index")    # kept with the model: a reload reads it instead of rebuilding
+        log.info("item index (HNSW) over %d items ready in %.1fs", len(rt.catalogue), time.time() - t0)
 
     def _preload(self, rt: Runtime) -> None:
         """Read every history once when the store is small enough (saves a store read per first request)."""
