@@ -59,3 +59,36 @@ def test_cutoff_outside_data_is_an_error():
 def test_empty_store_is_an_error():
     with pytest.raises(DataError, match="no events"):
         leave_one_out(ev([]))
+
+
+@pytest.mark.parametrize("unknown", ["drop", "keep"])
+@pytest.mark.parametrize("presorted", [True, False])
+def test_sequences_from_matches_a_plain_reference(unknown, presorted):
+    """The vectorised grouping gives what a row-by-row reading gives: sorted by user, time and
+    arrival; unknown or missing items dropped or kept as -1; unknown event types as 'other'."""
+    from valuerec.data.dataset import Catalogue, sequences_from
+    from valuerec.data.schema import EVENT_TYPE_CODE
+
+    rng = np.random.default_rng(3)
+    n = 400
+    ev = pd.DataFrame({"user_id": [f"u{i}" for i in rng.integers(0, 30, n)],
+                       "item_id": [None if r < 0.05 else f"i{int(r * 100)}" for r in rng.random(n)],
+                       "timestamp": pd.Timestamp("2024-01-01") + pd.to_timedelta(rng.integers(0, 50, n), unit="h"),
+                       "event_type": rng.choice(["view", "purchase", "weird", "cart"], n),
+                       "value": rng.random(n).astype(np.float32), "seq": np.arange(n)})
+    if presorted:
+        ev = ev.sort_values(["user_id", "timestamp", "seq"]).reset_index(drop=True)
+    cat = Catalogue(item_ids=np.array([f"i{i}" for i in range(0, 100, 2)], dtype=object))   # half the items
+    users = np.array([f"u{i}" for i in range(32)], dtype=object)                              # u30, u31: none
+    got = sequences_from(ev, cat, users=users, unknown_items=unknown)
+    ref = ev.sort_values(["user_id", "timestamp", "seq"], kind="stable")
+    for j, u in enumerate(users):
+        rows = ref[ref["user_id"] == u]
+        idx = np.array([cat.index.get(i, -1) if i is not None else -1 for i in rows["item_id"]], dtype=np.int64)
+        keep = idx >= 0 if unknown == "drop" else np.ones(len(idx), bool)
+        np.testing.assert_array_equal(got.items[j], idx[keep])
+        np.testing.assert_array_equal(got.times[j], rows["timestamp"].astype("datetime64[s]").astype("int64")
+                                      .to_numpy()[keep])
+        np.testing.assert_array_equal(got.event_types[j], np.array(
+            [EVENT_TYPE_CODE.get(t, EVENT_TYPE_CODE["other"]) for t in rows["event_type"]], dtype=np.int64)[keep])
+        np.testing.assert_array_equal(got.values[j], rows["value"].to_numpy(np.float32)[keep])

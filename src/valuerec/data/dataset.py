@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from valuerec.data.schema import DataError, event_type_code
+from valuerec.data.schema import EVENT_TYPE_CODE, DataError
 
 
 @dataclass
@@ -142,6 +142,24 @@ def _natural_key(s: str):
     return (0, int(s), "") if s.isdigit() else (1, 0, s)
 
 
+def _sorted_by(df: pd.DataFrame, keys: list[str]) -> bool:
+    """Whether ``df`` is already in ``keys`` order (lexicographic, as ``sort_values`` would put it)."""
+    if len(df) < 2:
+        return True
+    cols = [df[k].to_numpy() for k in keys]
+    try:
+        # row i <= row i + 1 lexicographically: decided by the first key that differs
+        undecided = np.ones(len(df) - 1, dtype=bool)
+        for c in cols:
+            a, b = c[:-1], c[1:]
+            if (undecided & (a > b)).any():
+                return False
+            undecided &= a == b
+        return True
+    except TypeError:          # mixed types (e.g. None among strings): let sort_values decide
+        return False
+
+
 def sequences_from(events: pd.DataFrame, catalogue: Catalogue, users: np.ndarray | None = None,
                    unknown_items: str = "drop") -> Sequences:
     """Group events (schema columns, any order) into per-user time-ordered sequences.
@@ -151,18 +169,23 @@ def sequences_from(events: pd.DataFrame, catalogue: Catalogue, users: np.ndarray
     ``unknown_items='keep'``, for value-only use).
     """
     ev = events
-    if "seq" in ev.columns:
-        ev = ev.sort_values(["user_id", "timestamp", "seq"], kind="stable")
-    else:
-        ev = ev.sort_values(["user_id", "timestamp"], kind="stable")
-    item_idx = ev["item_id"].map(lambda i: catalogue.index.get(str(i), -1) if i is not None and i == i else -1)
-    item_idx = item_idx.to_numpy(dtype=np.int64)
+    keys = ["user_id", "timestamp", "seq"] if "seq" in ev.columns else ["user_id", "timestamp"]
+    if not _sorted_by(ev, keys):      # the store already returns them in this order: no copy then
+        ev = ev.sort_values(keys, kind="stable")
+    # vectorised id -> index lookups (a Python call per event took most of the time on large logs)
+    present = ev["item_id"].notna().to_numpy()
+    item_idx = np.full(len(ev), -1, dtype=np.int64)
+    if present.any():
+        ids = pd.Index(np.asarray(catalogue.item_ids, dtype=object).astype(str))
+        item_idx[present] = ids.get_indexer(ev["item_id"].to_numpy()[present].astype(str))
     keep = item_idx >= 0 if unknown_items == "drop" else np.ones(len(ev), dtype=bool)
-    ev = ev[keep]
-    item_idx = item_idx[keep]
+    if not keep.all():
+        ev = ev[keep]
+        item_idx = item_idx[keep]
     uid = ev["user_id"].astype(str).to_numpy()
     times = pd.to_datetime(ev["timestamp"]).astype("datetime64[s]").astype("int64").to_numpy()
-    etypes = np.array([event_type_code(t) for t in ev["event_type"]], dtype=np.int64) if len(ev) else np.zeros(0, np.int64)
+    codes = pd.Series(ev["event_type"].to_numpy(), dtype=object).map(EVENT_TYPE_CODE)
+    etypes = codes.fillna(EVENT_TYPE_CODE["other"]).to_numpy(dtype=np.int64)
     values = ev["value"].to_numpy(dtype=np.float32)
     if users is None:
         users = np.array(sorted(pd.unique(uid)), dtype=object)
