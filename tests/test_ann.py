@@ -108,3 +108,28 @@ def test_the_index_is_kept_and_read_back_only_for_the_same_vectors(tmp_path, mon
         m.module_.encoder.item_table.id_emb.weight.add_(0.1)
     m.build_ann_index(m=12, cache=tmp_path / "idx")
     assert len(built) == 3
+
+
+def test_train_ann_index_keeps_the_index_the_service_reads(tmp_path):
+    from typer.testing import CliRunner
+
+    from valuerec.cli import app
+    from valuerec.demo import demo_data_path
+    from valuerec.models import load_model
+    out = tmp_path / "m"
+    r = CliRunner().invoke(app, ["train", "--data", str(demo_data_path()), "--model", "transformer", "--epochs", "1",
+                                 "--config", '{"d_model": 16, "n_layers": 1, "use_text": false}', "--ann-index",
+                                 "--out", str(out), "--cache-dir", str(tmp_path / "stores")])
+    assert r.exit_code == 0, r.output
+    assert (out / "ann_index" / "index.faiss").exists()
+    m = load_model(out)
+    real, built = faiss.IndexHNSWFlat, []
+    try:
+        faiss.IndexHNSWFlat = lambda *a: built.append(a) or real(*a)
+        m.build_ann_index(cache=out / "ann_index")       # what the service does at load: read, not build
+    finally:
+        faiss.IndexHNSWFlat = real
+    assert built == [] and m.ann_ is not None
+    r = CliRunner().invoke(app, ["train", "--data", str(demo_data_path()), "--model", "popularity", "--ann-index",
+                                 "--out", str(tmp_path / "p"), "--cache-dir", str(tmp_path / "stores")])
+    assert r.exit_code == 2 and "no item vectors to index" in r.output

@@ -261,6 +261,15 @@ def test_an_item_index_serves_the_same_recommendations(tmp_path):
         finally:
             state.close()
     assert answers["on"] == answers["off"]
+    # the index was kept with the model: under 'auto' a small catalogue now uses it too
+    assert (tmp_path / "tr" / "ann_index" / "index.faiss").exists()
+    state = ServiceState(Settings.from_env({"VALUEREC_STORE": str(fx["store"]),
+                                            "VALUEREC_MODEL_DIR": str(tmp_path / "tr"), "VALUEREC_API_KEYS": API_KEYS}))
+    state.start()
+    try:
+        assert state.health()["model"]["retrieval"] == "index"
+    finally:
+        state.close()
     with pytest.raises(DataError, match="VALUEREC_ANN"):
         Settings.from_env({"VALUEREC_STORE": "s", "VALUEREC_MODEL_DIR": "m", "VALUEREC_API_KEYS": API_KEYS,
                            "VALUEREC_ANN": "maybe"})

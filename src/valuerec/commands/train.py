@@ -130,6 +130,9 @@ def train_cmd(
                                                     "items each user already had, as recommend and serve do by "
                                                     "default (keep them for data dominated by repeat buying when "
                                                     "you recommend with the history kept)"),
+    ann_index: bool = typer.Option(False, "--ann-index", help="Also build the HNSW item index the service "
+                                   "retrieves from (large catalogues; needs faiss) and keep it in OUT/ann_index, so "
+                                   "that serve does not build it at load"),
     refit: bool = typer.Option(False, "--refit", help="After early stopping on validation, fit a fresh model on "
                                "everything before the test (train_full: the validation events become training "
                                "data) for the epochs and with the settings validation chose, and save that one, "
@@ -187,6 +190,13 @@ def train_cmd(
         if dist.is_main:
             console.log(f"split ({used}): {split.info}")
         model = MODEL_REGISTRY[model_name](seed=seed, **params)
+        if ann_index and not hasattr(model, "build_ann_index"):
+            raise DataError(f"--ann-index: {model_name!r} has no item vectors to index (the transformer has)")
+        if ann_index:
+            try:
+                import faiss  # noqa: F401
+            except ImportError:
+                raise DataError("--ann-index needs faiss: pip install 'valuerec[ann]' (faiss-cpu)") from None
         if refit and getattr(model, "final_fit", None) != "train":
             raise DataError(f"--refit: {model_name!r} does not stop early on validation (it is fitted on all the "
                             "data before the test already); nothing to refit")
@@ -213,6 +223,10 @@ def train_cmd(
         if dist.is_main:
             test = None if no_test else evaluate(model.score, split.test, model.n_items, ks=ks)
             model.save(out)
+            if ann_index:
+                t_ann = time.perf_counter()
+                model.build_ann_index(cache=out / "ann_index")
+                console.log(f"item index over {model.n_items} items built in {time.perf_counter() - t_ann:.0f}s")
             if item_values or purchase_stage:
                 save_item_values(split, item_value_horizon, seed, out)
             if purchase_stage:

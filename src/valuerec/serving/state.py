@@ -279,9 +279,11 @@ class ServiceState:
 
     def _index(self, rt: Runtime) -> None:
         """Build the item index recommendations retrieve from ($VALUEREC_ANN: 'auto' for catalogues of
-        $VALUEREC_ANN_MIN_ITEMS items or more, 'on', 'off'), when the model can use one."""
+        $VALUEREC_ANN_MIN_ITEMS items or more and for models saved with one, 'on', 'off'), when the
+        model can use one."""
         s, build = self.settings, getattr(rt.model, "build_ann_index", None)
-        want = s.ann == "on" or (s.ann == "auto" and len(rt.catalogue) >= s.ann_min_items)
+        kept = (rt.path / "ann_index" / "index.faiss").exists()       # built by train --ann-index
+        want = s.ann == "on" or (s.ann == "auto" and (len(rt.catalogue) >= s.ann_min_items or kept))
         if not want or build is None:
             if s.ann == "on" and build is None:
                 log.warning("$VALUEREC_ANN=on: model %s has no item index; it scores the whole catalogue", rt.name)
