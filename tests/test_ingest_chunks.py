@@ -96,15 +96,24 @@ def test_a_ragged_row_in_a_later_chunk_is_named(tmp_path):
     assert stored(tmp_path / "s.duckdb").empty
 
 
-def test_a_jsonl_key_that_first_appears_in_a_later_chunk_is_a_problem(tmp_path):
+def test_a_jsonl_key_that_first_appears_in_a_later_chunk(tmp_path):
+    """Chunks give what one read gives: a value key missing on earlier lines is refused (named at the
+    line that first has it), an event_type key missing on earlier lines is accepted (the default type)."""
     lines = [json.dumps({"user_id": "u1", "item_id": "a", "timestamp": f"2024-01-0{d}"}) for d in range(1, 5)]
     lines.append(json.dumps({"user_id": "u1", "item_id": "a", "timestamp": "2024-01-06", "value": 5.0}))
     src = _p(tmp_path, "e.jsonl", "\n".join(lines) + "\n")
     with EventStore(tmp_path / "s.duckdb") as st, pytest.raises(DataError, match=r"line 5, field 'value': first "
-                                                                 r"appears here, after lines without it"):
+                                                                 r"given here; the 4 line\(s\) before"):
         ingest(st, src, chunk_rows=2)
+    typed = [json.dumps({"user_id": "u1", "item_id": "a", "timestamp": f"2024-01-0{d}"}) for d in range(1, 4)]
+    typed.append(json.dumps({"user_id": "u1", "item_id": "b", "timestamp": "2024-01-05", "event_type": "purchase"}))
+    src = _p(tmp_path, "t.jsonl", "\n".join(typed) + "\n")
+    for chunk in (None, 2):
+        with EventStore(tmp_path / f"t{chunk}.duckdb") as st:
+            assert ingest(st, src, chunk_rows=chunk).added == 4
+            assert st.events()["event_type"].tolist() == ["interaction"] * 3 + ["purchase"]
     with EventStore(tmp_path / "s2.duckdb") as st, pytest.raises(DataError, match=r"line 1, field 'value': not a number"):
-        ingest(st, src, chunk_rows=None)        # read whole, the lines without it have no value either
+        ingest(st, tmp_path / "e.jsonl", chunk_rows=None)   # read whole, the lines without it have no value
 
 
 def test_a_header_without_rows_is_still_refused(tmp_path):
@@ -138,3 +147,25 @@ def test_cli_chunk_rows(tmp_path):
     r = CliRunner().invoke(app, ["ingest", str(tmp_path / "ok.csv"), "--store", str(tmp_path / "s.duckdb"),
                                  "--chunk-rows", "0"])
     assert r.exit_code == 2 and "--chunk-rows" in r.output
+
+
+@pytest.mark.parametrize("kind", ["parquet", "jsonl"])
+def test_numeric_ids_read_the_same_in_every_chunk(tmp_path, kind):
+    """An integer id column with a gap arrives as floats in the chunk with the gap: still '5', never '5.0'."""
+    rows = [{"user_id": 7, "item_id": 5, "timestamp": "2024-01-01"}, {"user_id": 7, "item_id": 5, "timestamp": "2024-01-02"},
+            {"user_id": 8, "item_id": 5, "timestamp": "2024-01-03"}, {"user_id": 8, "item_id": None, "timestamp": "2024-01-04"}]
+    src = tmp_path / f"e.{kind}"
+    if kind == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+        pq.write_table(pa.table({"user_id": pa.array([r["user_id"] for r in rows], pa.int64()),
+                                 "item_id": pa.array([r["item_id"] for r in rows], pa.int64()),
+                                 "timestamp": pa.array([r["timestamp"] for r in rows])}), src)
+    else:
+        src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for chunk in (None, 2):
+        with EventStore(tmp_path / f"s{chunk}.duckdb") as st:
+            ingest(st, src, chunk_rows=chunk)
+            ev = st.events()
+        assert ev["user_id"].tolist() == ["7", "7", "8", "8"]
+        assert ev["item_id"].tolist()[:3] == ["5", "5", "5"] and ev["item_id"].isna().tolist()[3]

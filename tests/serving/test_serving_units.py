@@ -273,3 +273,22 @@ def test_an_item_index_serves_the_same_recommendations(tmp_path):
     with pytest.raises(DataError, match="VALUEREC_ANN"):
         Settings.from_env({"VALUEREC_STORE": "s", "VALUEREC_MODEL_DIR": "m", "VALUEREC_API_KEYS": API_KEYS,
                            "VALUEREC_ANN": "maybe"})
+
+
+def test_explain_without_as_of_reads_the_newest_events(tmp_path):
+    """The default as_of is just after the store's newest event, so a user whose only event is that
+    newest one is explained from it (the models read the events strictly before their as_of)."""
+    from valuerec.serving.state import ServiceState
+
+    fx = build_fixture(tmp_path)
+    settings = Settings.from_env({"VALUEREC_STORE": str(fx["store"]), "VALUEREC_MODEL_DIR": str(fx["models"] / "v1"),
+                                  "VALUEREC_API_KEYS": API_KEYS})
+    state = ServiceState(settings)
+    state.start()
+    try:
+        newest = fx["events"]["timestamp"].max() + pd.Timedelta(hours=1)
+        state.add_events(validate_event_records([{"user_id": "fresh", "item_id": "i3", "timestamp": newest.isoformat()}]))
+        ex = state.explain("fresh", "i4", None, top=10)
+        assert ex["as_of"] > newest and [e["item_id"] for e in ex["explanation"]["events"]] == ["i3"]
+    finally:
+        state.close()

@@ -234,7 +234,7 @@ def _iter_table_utf8(path: Path, sep: str | None, no_header: bool, columns: list
             batches = pf.iter_batches(batch_size=chunk_rows or max(pf.metadata.num_rows, 1))
             line, any_rows = 1, False
             for batch in batches:
-                df = batch.to_pandas()
+                df = batch.to_pandas(integer_object_nulls=True)   # ints with a gap stay ints, not floats
                 yield df.astype(object).where(df.notna(), None), line
                 line += len(df)
                 any_rows = True
@@ -354,6 +354,29 @@ def _field_columns(path: Path, present: set[str], cmap: ColumnMap) -> dict[str, 
     return src
 
 
+def _id_text(ids: pd.Series) -> pd.Series:
+    """Ids read as numbers (JSON, Parquet): a whole float, which is how an integer column with a gap
+    arrives, as the integer's text, so an id reads '5' in every chunk of a file, not '5.0' in a chunk
+    where the column had a null."""
+    if pd.api.types.is_float_dtype(ids):
+        v = ids.to_numpy(dtype=float)
+        whole = np.isfinite(v) & (np.floor(v) == v)
+        if not whole.any():
+            return ids
+        out = ids.astype(object)
+        out[whole] = [str(int(x)) for x in v[whole]]
+        return out
+    if ids.dtype == object:     # built by hand: Series.map would turn ints next to a None into floats
+        def text(x):
+            if isinstance(x, (float, np.floating)) and float(x).is_integer():
+                return str(int(x))
+            if isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_)):
+                return str(x)
+            return x
+        return pd.Series([text(x) for x in ids.to_numpy()], index=ids.index, dtype=object)
+    return ids
+
+
 def iter_events(path: str | Path, cmap: ColumnMap | None = None, sep: str | None = None,
                 no_header: bool = False, columns: list[str] | None = None,
                 default_event_type: str = DEFAULT_EVENT_TYPE, chunk_rows: int | None = CHUNK_ROWS,
@@ -369,19 +392,27 @@ def iter_events(path: str | Path, cmap: ColumnMap | None = None, sep: str | None
     report = report if report is not None else IngestReport(source=str(path))
     problems = _Problems(str(path))
     fmt = cmap.time_format or "ISO 8601 (e.g. 2011-09-09 08:26:00); set --time-format"
-    src, first_cols = None, None
+    src, seen = None, None
+    typed = path.name.lower().endswith((".parquet", ".pq", ".jsonl", ".ndjson", ".jsonl.gz", ".ndjson.gz"))
     for df, first_line in _iter_table(path, sep, no_header, columns, chunk_rows):
         cols = [str(c) for c in df.columns]
         if src is None:
-            src, first_cols = _field_columns(path, set(cols), cmap), cols
-        elif cols != first_cols:   # JSON lines: a chunk without some key, or with a new one
-            new = sorted(set(cols) - set(first_cols) & set(src.values()))
-            if new:
-                problems.add(first_line, new[0], "first appears here, after lines without it: give every line "
-                                                 "the same fields (or put a line that has them first)")
-            df = df.reindex(columns=first_cols)
+            src, seen = _field_columns(path, set(cols), cmap), cols
+        elif cols != seen:   # JSON lines: a chunk without some key, or with a new one
+            for c in (c for c in cols if c not in seen):
+                # read whole, the lines before would have no value here: "not a number" each
+                if c in (src["value"], src["quantity"]) and report.rows_read:
+                    at = int(np.flatnonzero(df[c].notna().to_numpy())[0]) if df[c].notna().any() else 0
+                    problems.add(first_line + at, c, f"first given here; the {report.rows_read:,} line(s) before "
+                                                     "this chunk lack it, and each needs a number")
+            seen = seen + [c for c in cols if c not in seen]
+            df = df.reindex(columns=seen)
         if len(df) == 0:
             continue
+        if typed:     # CSV is read as text; JSON and Parquet ids can arrive as numbers
+            for f in ("user_id", "item_id", "event_id"):
+                if src[f] in df.columns:
+                    df[src[f]] = _id_text(df[src[f]])
         report.rows_read += len(df)
         out = _check_rows(df, src, np.arange(len(df)) + first_line, problems, cmap.time_format, fmt,
                           default_event_type)

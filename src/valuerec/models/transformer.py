@@ -1213,9 +1213,13 @@ class BehaviourTransformer(Recommender):
             knn, own_q = self._cooc_parts(histories, cfg.cooc_repeat_share not in ("auto", 0.0))
             share = cfg.cooc_repeat_share
             q = (knn if not share else (1.0 - share) * knn + share * own_q).numpy()
+        device = next(module.parameters()).device       # a model fitted on a GPU stays there: score on the CPU
         with torch.no_grad():
-            vectors = module.encoder.item_table.table()
-            gate = module.next_item.repeat_gate(state).squeeze(1) if module.next_item.repeat_gate is not None else None
+            vectors = module.encoder.item_table.table().float().cpu()
+            gate = (module.next_item.repeat_gate(state.to(device)).squeeze(1).float().cpu()
+                    if module.next_item.repeat_gate is not None else None)
+            repeat_item = (module.next_item.repeat_item.detach().float().cpu()
+                           if module.next_item.repeat_item is not None else None)
         top_i = np.full((B, k), -1, dtype=np.int64)
         top_s = np.full((B, k), -np.inf, dtype=np.float32)
         for u in range(B):
@@ -1233,7 +1237,7 @@ class BehaviourTransformer(Recommender):
                     s = (vectors[cand] @ state[u]).float()
                     if gate is not None:
                         counts = torch.as_tensor(np.bincount(own[u], minlength=N)[cand.numpy()], dtype=torch.float32)
-                        s = s + (gate[u] + module.next_item.repeat_item[cand]) * torch.log1p(counts)
+                        s = s + (gate[u] + repeat_item[cand]) * torch.log1p(counts)
                 if q is not None and q[u].sum() > 0:
                     s = s + cfg.cooc_weight * torch.log(torch.as_tensor(q[u][cand.numpy()]) + COOC_FLOOR)
             if exclude is not None and len(exclude[u]):

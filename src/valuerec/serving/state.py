@@ -600,7 +600,9 @@ class ServiceState:
         return out
 
     def as_of(self, as_of: str | None) -> pd.Timestamp:
-        """Prediction time: the given one, else the newest event in the store (data may be historical)."""
+        """Prediction time: the given one, else one second after the newest event in the store (data may
+        be historical; the models read the events strictly before their as_of, so every stored event
+        counts)."""
         if as_of is not None:
             try:
                 t = pd.Timestamp(as_of)
@@ -609,7 +611,9 @@ class ServiceState:
             if t is pd.NaT:
                 raise QueryError("as_of", f"unparseable date {as_of!r}, expected ISO 8601")
             return t.tz_convert("UTC").tz_localize(None) if t.tzinfo is not None else t
-        return self._max_time if self._max_time is not None else pd.Timestamp.utcnow().tz_localize(None)
+        if self._max_time is not None:
+            return self._max_time + pd.Timedelta(seconds=1)
+        return pd.Timestamp.utcnow().tz_localize(None)
 
     @staticmethod
     def _unix(t: pd.Timestamp) -> np.ndarray:
