@@ -93,31 +93,39 @@ def stage_train(d: Path, epochs: int, sparse: bool) -> dict:
     return {f"sparse_{k}": v for k, v in out.items()} if sparse else out
 
 
-def stage_recommend(d: Path) -> dict:
-    import torch
-
+def sample_histories(d: Path, model, n: int = 1000):
+    """The histories of the store's first ``n`` users (by id), indexed by ``model``'s catalogue."""
     from valuerec.data.dataset import sequences_from
     from valuerec.data.store import EventStore
-    from valuerec.models import load_model
-    torch.set_num_threads(1)
-    model = load_model(d / "model")
     with EventStore(d / "store.duckdb", read_only=True) as st:
-        users = st.con.execute("SELECT DISTINCT user_id FROM events ORDER BY user_id LIMIT 1000").fetchall()
+        users = st.con.execute(f"SELECT DISTINCT user_id FROM events ORDER BY user_id LIMIT {int(n)}").fetchall()
         users = np.array([u[0] for u in users], dtype=object)
         ev = st.events("user_id IN (SELECT unnest(?::VARCHAR[]))", [list(users)])
-    seqs = sequences_from(ev, model.catalogue_, users=users)
+    return sequences_from(ev, model.catalogue_, users=users)
+
+
+def latencies(model, seqs, n: int = 200) -> tuple[float, float, float]:
+    """p50 and p95 ms of top-10 for single users (the first ``n``), and seconds for the whole batch."""
     model.recommend(seqs.subset([0]), k=10)          # warm-up
     lat = []
-    for u in range(min(200, len(users))):
+    for u in range(min(n, len(seqs))):
         t0 = time.perf_counter()
         model.recommend(seqs.subset([u]), k=10)
         lat.append(time.perf_counter() - t0)
     t0 = time.perf_counter()
     model.recommend(seqs, k=10)
-    batch = time.perf_counter() - t0
-    return {"recommend_p50_ms": 1000 * float(np.percentile(lat, 50)),
-            "recommend_p95_ms": 1000 * float(np.percentile(lat, 95)),
-            "recommend_batch1000_s": batch, "recommend_peak_gb": peak_gb()}
+    return 1000 * float(np.percentile(lat, 50)), 1000 * float(np.percentile(lat, 95)), time.perf_counter() - t0
+
+
+def stage_recommend(d: Path) -> dict:
+    import torch
+
+    from valuerec.models import load_model
+    torch.set_num_threads(1)
+    model = load_model(d / "model")
+    p50, p95, batch = latencies(model, sample_histories(d, model))
+    return {"recommend_p50_ms": p50, "recommend_p95_ms": p95, "recommend_batch1000_s": batch,
+            "recommend_peak_gb": peak_gb()}
 
 
 def run_stage(name: str, d: Path, extra: list[str]) -> dict:

@@ -21,22 +21,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from scale import generate, stage_ingest, stage_train  # noqa: E402
+from scale import generate, latencies, sample_histories, stage_ingest, stage_train  # noqa: E402
 
 from valuerec.evaluation.results import command_line, device_info, git_commit, now_iso, write_result  # noqa: E402
-
-
-def latencies(model, seqs, n: int = 200) -> tuple[float, float, float]:
-    """p50 and p95 ms of top-10 for single users, and seconds for the whole batch."""
-    model.recommend(seqs.subset([0]), k=10)          # warm-up
-    lat = []
-    for u in range(min(n, len(seqs))):
-        t0 = time.perf_counter()
-        model.recommend(seqs.subset([u]), k=10)
-        lat.append(time.perf_counter() - t0)
-    t0 = time.perf_counter()
-    model.recommend(seqs, k=10)
-    return 1000 * float(np.percentile(lat, 50)), 1000 * float(np.percentile(lat, 95)), time.perf_counter() - t0
 
 
 def main(argv=None) -> int:
@@ -49,8 +36,6 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     import torch
 
-    from valuerec.data.dataset import sequences_from
-    from valuerec.data.store import EventStore
     from valuerec.models import load_model
     torch.set_num_threads(1)
     result = {"protocol": "scale", "dataset": "synthetic (seeded Zipf items, N / 50 users, one year)",
@@ -65,11 +50,7 @@ def main(argv=None) -> int:
     m.update({k: v for k, v in stage_ingest(d).items() if k in ("ingest_s",)})
     m.update(stage_train(d, 1, True))
     model = load_model(d / "model_sparse")
-    with EventStore(d / "store.duckdb", read_only=True) as st:
-        users = [u[0] for u in st.con.execute("SELECT DISTINCT user_id FROM events ORDER BY user_id LIMIT 1000")
-                 .fetchall()]
-        ev = st.events("user_id IN (SELECT unnest(?::VARCHAR[]))", [users])
-    seqs = sequences_from(ev, model.catalogue_, users=np.array(users, dtype=object))
+    seqs = sample_histories(d, model)
     m["full_p50_ms"], m["full_p95_ms"], m["full_batch1000_s"] = latencies(model, seqs)
     full, _ = model.recommend(seqs, k=10)
     t0 = time.perf_counter()
