@@ -25,8 +25,8 @@ def explain_user(model: Path, store: Path, user: str, target: str | None = None,
     """Influence of each of ``user``'s events on ``target`` (``item:ID``, ``value`` or ``churn``;
     default: the model's top recommended item, or value for a value model). ``greedy`` > 0 also
     gives the set of that many events whose deletion together lowers the target most (greedy)."""
-    from valuerec.explain.influence import (churn_target, explain_events, greedy_deletion, item_target, occlusion,
-                                            value_target)
+    from valuerec.explain.influence import (churn_target, explain_events, greedy_deletion, greedy_explanation,
+                                            item_target, occlusion, value_target)
 
     ctx = load_context(model, store, value_model, at, users=[str(user)])
     h = ctx.histories
@@ -67,7 +67,8 @@ def explain_user(model: Path, store: Path, user: str, target: str | None = None,
         raise DataError(f"--target {target!r}: expected item:ID, item, value or churn")
     full, infl = occlusion(fn, h, last=max_events)
     stored = (ctx.stored_items or {}).get(str(user)) if not described["kind"] == "item" else None
-    events = explain_events(h, infl[0], cat, top=top, stored_item_ids=stored)
+    every = explain_events(h, infl[0], cat, top=None, stored_item_ids=stored)
+    events = every.head(top) if top else every
     out = {"user": str(user), "model": ctx.model_name, "as_of": str(pd.Timestamp(ctx.as_of, unit="s")),
            "target": {**described, "name": tname, "value": float(full[0])}, "method": "occlusion",
            "events_total": int(len(h.items[0])),
@@ -75,16 +76,8 @@ def explain_user(model: Path, store: Path, user: str, target: str | None = None,
            "events": json.loads(events.to_json(orient="records"))}
     if greedy > 0:
         _, chosen, after = greedy_deletion(fn, h, k=greedy, last=max_events)
-        every = explain_events(h, infl[0], cat, top=None, stored_item_ids=stored).set_index("position")
-        steps, before = [], float(full[0])
-        for p, v in zip(chosen[0], after[0]):
-            row = json.loads(every.loc[[int(p)]].reset_index().to_json(orient="records"))[0]
-            steps.append({**row, "target_after": float(v), "step_effect": before - float(v)})
-            before = float(v)
-        out["greedy"] = {"k": int(greedy), "direction": "supporting",
-                         "method": "greedy deletion: each step deletes the event that, with those deleted "
-                                   "before it, lowers the target most",
-                         "target_without_set": before, "set_effect": float(full[0]) - before, "events": steps}
+        out["greedy"] = greedy_explanation(every, float(full[0]), chosen[0], after[0], greedy,
+                                           lambda df: json.loads(df.to_json(orient="records")))
     if gradient:
         from valuerec.explain.gradients import attribution_agreement, transformer_gradient_x_input
         if described["kind"] != "item" or not hasattr(rec, "module_"):

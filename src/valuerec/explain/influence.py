@@ -188,6 +188,26 @@ def explain_events(history: Sequences, influence: np.ndarray, catalogue: Catalog
     return df.head(top).reset_index(drop=True) if top else df.reset_index(drop=True)
 
 
+GREEDY_METHOD = ("greedy deletion: each step deletes the event that, with those deleted before it, lowers the "
+                 "target most")
+
+
+def greedy_explanation(events: pd.DataFrame, full: float, chosen: np.ndarray, after: np.ndarray, k: int,
+                       rows: Callable[[pd.DataFrame], list], scalar: Callable = float) -> dict:
+    """One user's ``greedy_deletion`` result as an explanation: the chosen events' rows of ``events``
+    (``explain_events(..., top=None)``) in the order chosen, each with the target after its step and
+    the step's effect, and the target without the whole set. ``rows`` and ``scalar`` turn the table
+    and the numbers into the caller's output (JSON records, the service's plain values)."""
+    after = np.asarray(after, dtype=np.float64)
+    table = events.set_index("position").loc[np.asarray(chosen, dtype=np.int64)].reset_index()
+    table["target_after"] = after
+    table["step_effect"] = np.concatenate([[full], after[:-1]]) - after
+    without = float(after[-1]) if len(after) else float(full)
+    return {"k": int(k), "direction": "supporting", "method": GREEDY_METHOD,
+            "target_without_set": scalar(without), "set_effect": scalar(float(full) - without),
+            "events": rows(table)}
+
+
 # -- faithfulness -------------------------------------------------------------------------------------
 @dataclass
 class FaithfulnessResult:

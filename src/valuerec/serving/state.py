@@ -728,17 +728,8 @@ class ServiceState:
         if greedy > 0:
             with torch.no_grad():
                 _, chosen, after = inf.greedy_deletion(fn, seqs, k=greedy, last=last)
-            by_pos = every.set_index("position")
-            steps, before = [], float(full[0])
-            for p, v in zip(chosen[0], after[0]):
-                row = rows(by_pos.loc[[int(p)]].reset_index())[0]
-                steps.append({**row, "target_after": _plain(v), "step_effect": _plain(before - float(v))})
-                before = float(v)
-            explanation["greedy"] = {"k": greedy, "direction": "supporting",
-                                     "method": "greedy deletion: each step deletes the event that, with those "
-                                               "deleted before it, lowers the target most",
-                                     "target_without_set": _plain(before),
-                                     "set_effect": _plain(float(full[0]) - before), "events": steps}
+            explanation["greedy"] = inf.greedy_explanation(every, float(full[0]), chosen[0], after[0], greedy,
+                                                           rows, scalar=_plain)
         return {"runtime": rt, "as_of": t, "target": target, "explanation": explanation}
 
     def similar(self, item_id: str, k: int) -> dict:
