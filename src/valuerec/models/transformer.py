@@ -1236,7 +1236,10 @@ class BehaviourTransformer(Recommender):
                 with torch.no_grad():
                     s = (vectors[cand] @ state[u]).float()
                     if gate is not None:
-                        counts = torch.as_tensor(np.bincount(own[u], minlength=N)[cand.numpy()], dtype=torch.float32)
+                        # times each candidate occurs in the history (no catalogue-sized count array per user)
+                        ids, n_of = np.unique(own[u], return_counts=True)
+                        at = np.minimum(np.searchsorted(ids, cand.numpy()), len(ids) - 1)
+                        counts = torch.as_tensor(np.where(ids[at] == cand.numpy(), n_of[at], 0), dtype=torch.float32)
                         s = s + (gate[u] + repeat_item[cand]) * torch.log1p(counts)
                 if q is not None and q[u].sum() > 0:
                     s = s + cfg.cooc_weight * torch.log(torch.as_tensor(q[u][cand.numpy()]) + COOC_FLOOR)
