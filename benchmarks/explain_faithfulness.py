@@ -7,7 +7,9 @@ users. A faithful explanation moves the target more (issue floor: top3 >= 2 x ra
 influential" is reported both ways: the 3 largest positive influences (headline: the events that
 raised the target) and the 3 largest |influence| (``rank_abs``). ``greedy`` deletes instead the 3 events
 ``valuerec explain --greedy 3`` lists: chosen one at a time, each the event that, with those chosen
-before it, lowers the target most (occlusion scores every event alone).
+before it, lowers the target most (occlusion scores every event alone). ``greedy_abs`` chooses each
+step by how far it moves the target either way (``--greedy-direction abs``, the default for churn,
+whose probability a customer's purchases mostly hold down).
 
 - R1 (Amazon Beauty, leave-one-out test inputs): target = the recommender's score of its own top
   item (history excluded). Recommenders: a saved model (``--r1-model-dir``, e.g. one from
@@ -43,10 +45,11 @@ from valuerec.explain.influence import (churn_target, faithfulness, greedy_delet
 console = Console(stderr=True)
 
 
-def greedy_entry(args, fn, sub, lens, edges) -> dict:
-    """The deletion test for the greedy set of 3 (same users, same random draws as the headline)."""
+def greedy_entry(args, fn, sub, lens, edges, direction: str = "supporting") -> dict:
+    """The deletion test for the greedy set of 3 (same users, same random draws as the headline);
+    ``direction`` as in ``greedy_deletion``: the set that lowers the target most, or moves it most."""
     t0 = time.perf_counter()
-    _, chosen, _ = greedy_deletion(fn, sub, k=3, batch_size=args.batch_size)
+    _, chosen, _ = greedy_deletion(fn, sub, k=3, direction=direction, batch_size=args.batch_size)
     seconds = time.perf_counter() - t0
     res = faithfulness(fn, sub, k=3, n_random=args.n_random, seed=args.seed, batch_size=args.batch_size,
                        orders=chosen)
@@ -121,6 +124,7 @@ def run_r1(args, split, meta, name, model, train_s, desc) -> dict:
     out = {**res.as_dict(), "ranking": RANKING, "by_history_length": by_length(res, lens),
            "rank_abs": {**res_abs.as_dict(), "by_history_length": by_length(res_abs, lens)},
            "greedy": greedy_entry(args, fn, sub, lens, (4, 7, 11, 21)),
+           "greedy_abs": greedy_entry(args, fn, sub, lens, (4, 7, 11, 21), direction="abs"),
            "model": name, "model_description": desc,
            "target": "score of the model's top item (history excluded)",
            "population_with_more_than_3_events": pool, "occlusion_seconds": occ_s, "train_seconds": train_s,
@@ -182,6 +186,7 @@ def run_v1(args) -> dict:
         d["by_history_length"] = by_length(res, lens, edges=(4, 11, 31, 101))
         d["rank_abs"] = {**res_abs.as_dict(), "by_history_length": by_length(res_abs, lens, edges=(4, 11, 31, 101))}
         d["greedy"] = greedy_entry(args, fn, sub, lens, (4, 11, 31, 101))
+        d["greedy_abs"] = greedy_entry(args, fn, sub, lens, (4, 11, 31, 101), direction="abs")
         d["seconds"] = time.perf_counter() - t0
         if name == "value":
             out.update(d)
@@ -228,9 +233,10 @@ def main(argv=None) -> int:
             result["models"][f"r1:{name}"] = {"metrics": {k: d[k] for k in ("top3", "random3", "ratio")},
                                               "seeds": [args.seed], "train_seconds": train_s,
                                               "eval_seconds": d["occlusion_seconds"], "params": {}}
-            result["models"][f"r1:{name}+greedy"] = {"metrics": {k: d["greedy"][k] for k in ("top3", "random3", "ratio")},
-                                                     "seeds": [args.seed], "train_seconds": train_s,
-                                                     "eval_seconds": d["greedy"]["seconds"], "params": {}}
+            for how in ("greedy", "greedy_abs"):
+                result["models"][f"r1:{name}+{how}"] = {
+                    "metrics": {k: d[how][k] for k in ("top3", "random3", "ratio")}, "seeds": [args.seed],
+                    "train_seconds": train_s, "eval_seconds": d[how]["seconds"], "params": {}}
         # The headline R1 entry: the first model asked for (the transformer when trained or given).
         result["r1"] = next(iter(result["r1_models"].values()))
     if "v1" not in skip:
@@ -239,10 +245,16 @@ def main(argv=None) -> int:
         result["models"][f"v1:{result['v1']['model']}"] = {"metrics": {k: result["v1"][k] for k in ("top3", "random3", "ratio")},
                                                            "seeds": [args.seed], "train_seconds": result["v1"]["train_seconds"],
                                                            "eval_seconds": result["v1"]["seconds"], "params": {}}
-        g = result["v1"]["greedy"]
-        result["models"][f"v1:{result['v1']['model']}+greedy"] = {
-            "metrics": {k: g[k] for k in ("top3", "random3", "ratio")}, "seeds": [args.seed],
-            "train_seconds": result["v1"]["train_seconds"], "eval_seconds": g["seconds"], "params": {}}
+        v1, name = result["v1"], result["v1"]["model"]
+        for part, d in (("v1", v1), ("v1_churn", v1["churn"])):
+            for how in ("", "rank_abs", "greedy", "greedy_abs"):
+                if part == "v1" and how == "":
+                    continue    # the headline row, above
+                e = d[how] if how else d
+                result["models"][f"{part}:{name}" + (f"+{how}" if how else "")] = {
+                    "metrics": {k: e[k] for k in ("top3", "random3", "ratio")}, "seeds": [args.seed],
+                    "train_seconds": v1["train_seconds"], "eval_seconds": e.get("seconds", d["seconds"]),
+                    "params": {}}
     result["data_sha256"] = {p: result[p]["data_sha256"] for p in ("r1", "v1") if p in result}
     path = write_result(args.out, result)
     t = Table(title="faithfulness: |target change| deleting 3 events")
@@ -252,7 +264,7 @@ def main(argv=None) -> int:
     if "v1" in result:
         rows.append(("v1 churn", {**result["v1"]["churn"], "model": result["v1"]["model"]}))
     for part, d in rows:
-        for how, e in (("occlusion", d), ("greedy", d["greedy"])):
+        for how, e in (("occlusion", d), ("greedy", d["greedy"]), ("greedy either way", d["greedy_abs"])):
             t.add_row(f"{part} {how}", d["model"], str(e["users"]), f"{e['top3']:.4g}", f"{e['random3']:.4g}",
                       f"{e['ratio']:.2f}")
     Console().print(t)

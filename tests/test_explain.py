@@ -11,7 +11,8 @@ from valuerec.data.dataset import Catalogue, Sequences
 from valuerec.data.schema import DataError
 from valuerec.explain.gradients import attribution_agreement, gradient_x_input
 from valuerec.explain.influence import (churn_target, delete_events, explain_events, faithfulness,
-                                        greedy_deletion, item_target, occlusion, value_target)
+                                        greedy_deletion, item_target, occlusion, resolve_greedy_direction,
+                                        value_target)
 
 runner = CliRunner()
 
@@ -194,6 +195,27 @@ def test_greedy_deletion_matches_occlusion_when_effects_add_up():
         greedy_deletion(item_target(m, 0), h, direction="largest")
 
 
+def test_greedy_direction_abs_finds_the_events_that_hold_a_target_down():
+    """A churn-like target: most events lower it (purchases keep a customer), one raises it a little.
+    The supporting set can only delete what raised it, so it moves the target less than the set chosen
+    either way; 'auto' picks that one for churn, and the supporting one for items and value."""
+    W = np.array([[-3.0], [-2.5], [0.2], [-2.0], [-0.1]])
+    m = BagOfItems(W)
+    h = Sequences(items=[np.array([0, 1, 2, 3, 4], np.int64)])
+    fn = item_target(m, 0)
+    _, sup, _ = greedy_deletion(fn, h, k=3, direction="supporting")
+    _, both, after = greedy_deletion(fn, h, k=3, direction="abs")
+    assert sup[0][0] == 2 and both[0].tolist() == [0, 1, 3]
+    np.testing.assert_allclose(after[0], [-4.4, -1.9, 0.1])      # full: -7.4
+    moved = {d: faithfulness(fn, h, k=3, n_random=5, seed=0, orders=o).top for d, o in (("sup", sup), ("abs", both))}
+    assert moved["abs"] == pytest.approx(7.5) and moved["sup"] < moved["abs"]
+    assert resolve_greedy_direction("auto", "churn") == "abs"
+    assert resolve_greedy_direction("auto", "value") == resolve_greedy_direction("auto", "item") == "supporting"
+    assert resolve_greedy_direction("supporting", "churn") == "supporting"
+    with pytest.raises(DataError, match="greedy direction 'up'"):
+        resolve_greedy_direction("up", "churn")
+
+
 def test_greedy_deletion_finds_a_set_occlusion_misses():
     """Items 0 and 1 earn a bonus of 5 only together. Occlusion gives each 1 + 5 and deletes both;
     the bonus is gone after the first, so the greedy set deletes item 2 and 3 instead, and moves the
@@ -289,4 +311,12 @@ def test_explain_command_greedy_set(cli_setup):
     assert "item_id" in g["events"][0] and "time" in g["events"][0]
     r = runner.invoke(app, base + ["--greedy", "2"])
     assert r.exit_code == 0 and "together lower it most" in r.output
+    r = runner.invoke(app, base + ["--greedy", "2", "--greedy-direction", "abs", "--json"])
+    assert r.exit_code == 0, r.output
+    g = json.loads(r.stdout)["greedy"]
+    assert g["direction"] == "abs" and "either way" in g["method"]
+    assert abs(g["events"][0]["step_effect"]) == pytest.approx(max(abs(e["effect"]) for e in d["events"]))
+    assert "together move it most" in runner.invoke(app, base + ["--greedy", "2", "--greedy-direction", "abs"]).output
+    r = runner.invoke(app, base + ["--greedy", "2", "--greedy-direction", "down"])
+    assert r.exit_code == 2 and "greedy direction 'down'" in r.output
     assert "greedy" not in json.loads(runner.invoke(app, base + ["--json"]).stdout)

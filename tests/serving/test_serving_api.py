@@ -148,6 +148,13 @@ def test_explain_greedy_set_over_http(client):
     assert "greedy" not in client.get("/v1/users/u0/explain", headers=auth(READ_KEY)).json()["explanation"]
     r = client.get("/v1/users/u0/explain", params={"greedy": 21}, headers=auth(READ_KEY))
     assert r.status_code == 422 and "greedy" in r.text
+    r = client.get("/v1/users/u0/explain", params={"greedy": 2, "greedy_direction": "abs"}, headers=auth(READ_KEY))
+    g, events = r.json()["explanation"]["greedy"], r.json()["explanation"]["events"]
+    assert g["direction"] == "abs" and g["method"].endswith("(either way)")
+    assert abs(g["events"][0]["step_effect"]) == pytest.approx(max(abs(e["effect"]) for e in events))
+    assert ex["greedy"]["direction"] == "supporting"      # auto, for an item's score
+    r = client.get("/v1/users/u0/explain", params={"greedy": 2, "greedy_direction": "up"}, headers=auth(READ_KEY))
+    assert r.status_code == 422 and "greedy_direction" in r.text
 
 
 def test_metrics_count_requests_per_route(client):

@@ -21,12 +21,13 @@ console = Console(stderr=True)
 
 def explain_user(model: Path, store: Path, user: str, target: str | None = None, top: int = 10,
                  value_model: Path | None = None, at: str | None = None, gradient: bool = False,
-                 max_events: int | None = 1000, greedy: int = 0) -> dict:
+                 max_events: int | None = 1000, greedy: int = 0, greedy_direction: str = "auto") -> dict:
     """Influence of each of ``user``'s events on ``target`` (``item:ID``, ``value`` or ``churn``;
     default: the model's top recommended item, or value for a value model). ``greedy`` > 0 also
-    gives the set of that many events whose deletion together lowers the target most (greedy)."""
+    gives the set of that many events whose deletion together lowers the target most, or with
+    ``greedy_direction`` "abs" moves it most either way ("auto": "abs" for churn; greedy deletion)."""
     from valuerec.explain.influence import (churn_target, explain_events, greedy_deletion, greedy_explanation,
-                                            item_target, occlusion, value_target)
+                                            item_target, occlusion, resolve_greedy_direction, value_target)
 
     ctx = load_context(model, store, value_model, at, users=[str(user)])
     h = ctx.histories
@@ -75,9 +76,10 @@ def explain_user(model: Path, store: Path, user: str, target: str | None = None,
            "events_occluded": int(min(len(h.items[0]), max_events or len(h.items[0]))),
            "events": json.loads(events.to_json(orient="records"))}
     if greedy > 0:
-        _, chosen, after = greedy_deletion(fn, h, k=greedy, last=max_events)
+        direction = resolve_greedy_direction(greedy_direction, described["kind"])
+        _, chosen, after = greedy_deletion(fn, h, k=greedy, direction=direction, last=max_events)
         out["greedy"] = greedy_explanation(every, float(full[0]), chosen[0], after[0], greedy,
-                                           lambda df: json.loads(df.to_json(orient="records")))
+                                           lambda df: json.loads(df.to_json(orient="records")), direction=direction)
     if gradient:
         from valuerec.explain.gradients import attribution_agreement, transformer_gradient_x_input
         if described["kind"] != "item" or not hasattr(rec, "module_"):
@@ -105,12 +107,16 @@ def explain_cmd(
     greedy: int = typer.Option(0, "--greedy", min=0, max=50,
                                help="Also the K events whose deletion together lowers the target most, chosen "
                                     "greedily (each step given the ones before; K passes of the occlusion's cost)"),
+    greedy_direction: str = typer.Option("auto", "--greedy-direction",
+                                         help="supporting: the set that lowers the target most; abs: the set that "
+                                              "moves it most either way; auto: abs for churn, else supporting"),
     as_json: bool = typer.Option(False, "--json", help="Print JSON"),
 ) -> None:
     """List the past events that moved a user's score most (effect = score with - score without)."""
     try:
         with console.status("explaining ..."):
-            res = explain_user(model, store, user, target, top, value_model, at, gradient, max_events, greedy)
+            res = explain_user(model, store, user, target, top, value_model, at, gradient, max_events, greedy,
+                               greedy_direction)
     except DataError as e:
         print_error(console, e)
         raise typer.Exit(code=2) from None
@@ -133,7 +139,8 @@ def explain_cmd(
     Console().print(t)
     if "greedy" in res:
         g = res["greedy"]
-        t = Table(title=cell(f"the {len(g['events'])} events that together lower it most: {tg['value']:.4f} -> "
+        how = "lower it most" if g["direction"] == "supporting" else "move it most"
+        t = Table(title=cell(f"the {len(g['events'])} events that together {how}: {tg['value']:.4f} -> "
                              f"{g['target_without_set']:.4f} without them (greedy deletion)"))
         for c in ("step", "#", "item", "text", "time", "type", "step effect"):
             t.add_column(c, justify="right" if c in ("step", "#", "step effect") else "left")

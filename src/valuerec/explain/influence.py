@@ -188,22 +188,40 @@ def explain_events(history: Sequences, influence: np.ndarray, catalogue: Catalog
     return df.head(top).reset_index(drop=True) if top else df.reset_index(drop=True)
 
 
-GREEDY_METHOD = ("greedy deletion: each step deletes the event that, with those deleted before it, lowers the "
-                 "target most")
+GREEDY_METHOD = {
+    "supporting": "greedy deletion: each step deletes the event that, with those deleted before it, lowers the "
+                  "target most",
+    "abs": "greedy deletion: each step deletes the event that, with those deleted before it, moves the target "
+           "most (either way)"}
+GREEDY_DIRECTIONS = ("auto", "supporting", "abs")
+
+
+def resolve_greedy_direction(direction: str, target_kind: str) -> str:
+    """The ``greedy_deletion`` direction for a target: ``"auto"`` is ``"abs"`` for a churn probability and
+    ``"supporting"`` for an item's score or a value. A customer's purchases hold their churn probability
+    down, so the events that explain it are mostly those whose deletion raises it; "supporting" would look
+    only for events that raised it, which few histories have."""
+    if direction not in GREEDY_DIRECTIONS:
+        raise DataError(f"greedy direction {direction!r}: expected one of {', '.join(GREEDY_DIRECTIONS)}")
+    if direction != "auto":
+        return direction
+    return "abs" if target_kind == "churn" else "supporting"
 
 
 def greedy_explanation(events: pd.DataFrame, full: float, chosen: np.ndarray, after: np.ndarray, k: int,
-                       rows: Callable[[pd.DataFrame], list], scalar: Callable = float) -> dict:
+                       rows: Callable[[pd.DataFrame], list], scalar: Callable = float,
+                       direction: str = "supporting") -> dict:
     """One user's ``greedy_deletion`` result as an explanation: the chosen events' rows of ``events``
     (``explain_events(..., top=None)``) in the order chosen, each with the target after its step and
     the step's effect, and the target without the whole set. ``rows`` and ``scalar`` turn the table
-    and the numbers into the caller's output (JSON records, the service's plain values)."""
+    and the numbers into the caller's output (JSON records, the service's plain values); ``direction``
+    is the one ``greedy_deletion`` was given."""
     after = np.asarray(after, dtype=np.float64)
     table = events.set_index("position").loc[np.asarray(chosen, dtype=np.int64)].reset_index()
     table["target_after"] = after
     table["step_effect"] = np.concatenate([[full], after[:-1]]) - after
     without = float(after[-1]) if len(after) else float(full)
-    return {"k": int(k), "direction": "supporting", "method": GREEDY_METHOD,
+    return {"k": int(k), "direction": direction, "method": GREEDY_METHOD[direction],
             "target_without_set": scalar(without), "set_effect": scalar(float(full) - without),
             "events": rows(table)}
 

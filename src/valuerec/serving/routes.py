@@ -125,12 +125,16 @@ def make_router(settings: Settings) -> APIRouter:
                 top: Annotated[int, Query(ge=1, le=100, description="How many events to list")] = 10,
                 greedy: Annotated[int, Query(ge=0, le=20, description="Also the set of this many events whose "
                                              "deletion together lowers the target most (greedy; 0 = off)")] = 0,
+                greedy_direction: Annotated[Literal["auto", "supporting", "abs"], Query(
+                    description="supporting: the set that lowers the target most; abs: the set that moves it "
+                                "most either way; auto: abs for churn, else supporting")] = "auto",
                 ) -> ExplainResponse:
         """Which past events drove a score: each event's occlusion influence (the score with the whole
         history minus the score without that event), largest first; with ``greedy=K``, also the K
-        events that together lower it most. Only the most recent ``$VALUEREC_EXPLAIN_MAX_EVENTS``
+        events that together lower it most (or, ``greedy_direction=abs``, move it most; the default for
+        churn). Only the most recent ``$VALUEREC_EXPLAIN_MAX_EVENTS``
         events (1000) are occluded."""
-        out = state.explain(user_id, target, as_of, top, greedy)
+        out = state.explain(user_id, target, as_of, top, greedy, greedy_direction)
         return ExplainResponse(user_id=user_id, target=out["target"], as_of=out["as_of"].isoformat(),
                                model=_model(out["runtime"]), explanation=out["explanation"])
 

@@ -676,11 +676,13 @@ class ServiceState:
         return {"runtime": rt, "as_of": t, "stage": str(row["stage"]), "reason": str(row.get("reason")),
                 "features": features, "value": value, "history_length": _events_until(h, t)}
 
-    def explain(self, user_id: str, target: str | None, as_of: str | None, top: int, greedy: int = 0) -> dict:
+    def explain(self, user_id: str, target: str | None, as_of: str | None, top: int, greedy: int = 0,
+                greedy_direction: str = "auto") -> dict:
         """Occlusion influence of each of the user's events on a target: an item's score (default: the
         top recommendation), or 'value' / 'churn' when the model predicts them. Only the most recent
         ``settings.explain_max_events`` events are occluded. ``greedy`` > 0 adds the set of that many
-        events whose deletion together lowers the target most (``influence.greedy_deletion``)."""
+        events whose deletion together lowers the target most, or moves it most either way
+        (``greedy_direction``; "auto": either way for churn; ``influence.greedy_deletion``)."""
         rt = self.runtime
         inf = rt.hooks.get("explain")
         if inf is None:
@@ -726,10 +728,11 @@ class ServiceState:
                        "events_total": n, "events_occluded": min(n, last),
                        "events": rows(every.head(top))}
         if greedy > 0:
+            direction = inf.resolve_greedy_direction(greedy_direction, kind)
             with torch.no_grad():
-                _, chosen, after = inf.greedy_deletion(fn, seqs, k=greedy, last=last)
+                _, chosen, after = inf.greedy_deletion(fn, seqs, k=greedy, direction=direction, last=last)
             explanation["greedy"] = inf.greedy_explanation(every, float(full[0]), chosen[0], after[0], greedy,
-                                                           rows, scalar=_plain)
+                                                           rows, scalar=_plain, direction=direction)
         return {"runtime": rt, "as_of": t, "target": target, "explanation": explanation}
 
     def similar(self, item_id: str, k: int) -> dict:
