@@ -17,6 +17,8 @@ point w = 1 that validation chose for the stage in every seed):
 - ``share_xentropy``: one LightGBM with cross-entropy on the candidate's share of the user's holdout
   spend (an estimate of E[share], the quantity revenue@20 sums);
 - ``lambdarank_share``: LambdaRank with the share graded into 0..30;
+- ``stage_hurdle_mean``: P x the geometric mean of the learned value and the hurdle's value;
+- ``tweedie``: one LightGBM with a Tweedie loss on the candidate's holdout revenue (zeros included);
 - ``stage_plus_transformer``: the reference with a second transformer (next seed) as a third
   companion (``--transformer-companion``).
 
@@ -237,6 +239,19 @@ def main(argv=None) -> int:
             return oof_and_test(fp, base_cols)
         ov, ot = timed("hurdle", hurdle)
         add("hurdle", lp_v + ov, lp_t + ot, "classifier P x exp(LightGBM log revenue fitted on the bought candidates)")
+        add("stage_hurdle_mean", lp_v + (ov + logv["valid"]) / 2, lp_t + (ot + logv["test"]) / 2,
+            "classifier P x the geometric mean of the learned value and the hurdle's value (two value estimates "
+            "averaged in log space)")
+
+        def tweedie():
+            def fp(X, rows, Xp):
+                m = lgb.LGBMRegressor(objective="tweedie", tweedie_variance_power=1.5, **clf,
+                                      random_state=args.seed).fit(X, rv[rows])
+                return np.log(np.clip(m.predict(Xp), 1e-12, None))
+            return oof_and_test(fp, base_cols)
+        ov, ot = timed("tweedie", tweedie)
+        add("tweedie", ov, ot, "one LightGBM with a Tweedie loss (power 1.5) on the candidate's holdout revenue, "
+            "zeros included: E[revenue] directly")
 
         def share_xent():
             def fp(X, rows, Xp):
