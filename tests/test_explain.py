@@ -149,6 +149,12 @@ def test_faithfulness_top_beats_random_on_toy_model():
     assert res.top >= 2 * res.random
     d = res.as_dict()
     assert d["top3"] == pytest.approx(150.0) and d["ratio"] > 2 and d["share_users_top_gt_random"] == 1.0
+    lo, hi = d["ratio_ci95"]
+    assert lo <= d["ratio"] <= hi and lo > 1      # the top set moves it more than random for every user
+    # the interval is a bootstrap over users: resampled means of the per-user figures
+    boot = np.random.default_rng(0).integers(0, 6, size=(2000, 6))
+    ratios = res.per_user_top[boot].mean(1) / res.per_user_random[boot].mean(1)
+    assert (lo, hi) == pytest.approx(tuple(np.quantile(ratios, [0.025, 0.975])))
     # users with too few events are skipped
     short = Sequences(items=[np.array([1, 2], np.int64)] + h.items)
     assert faithfulness(item_target(m, 0), short, k=3, n_random=2).users == 6

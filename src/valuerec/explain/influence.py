@@ -240,9 +240,23 @@ class FaithfulnessResult:
     def ratio(self) -> float:
         return float(self.top / self.random) if self.random > 0 else float("inf")
 
+    def ratio_interval(self, level: float = 0.95, n_boot: int = 2000, seed: int = 0) -> tuple[float, float] | None:
+        """Percentile bootstrap interval of ``ratio`` over users (users resampled with replacement, the
+        same resample for both means): how far the ratio depends on which users were drawn."""
+        if self.users < 2:
+            return None
+        rng = np.random.default_rng(seed)
+        idx = rng.integers(0, self.users, size=(n_boot, self.users))
+        top, rnd = self.per_user_top[idx].mean(1), self.per_user_random[idx].mean(1)
+        ratios = np.where(rnd > 0, top / np.where(rnd > 0, rnd, 1.0), np.inf)
+        lo, hi = np.quantile(ratios, [(1 - level) / 2, (1 + level) / 2])
+        return float(lo), float(hi)
+
     def as_dict(self) -> dict:
         k = self.k
+        ci = self.ratio_interval()
         return {f"top{k}": float(self.top), f"random{k}": float(self.random), "ratio": self.ratio,
+                "ratio_ci95": None if ci is None else list(ci),
                 "users": int(self.users), "k": k,
                 f"median_top{k}": float(np.median(self.per_user_top)) if self.users else None,
                 f"median_random{k}": float(np.median(self.per_user_random)) if self.users else None,
