@@ -120,3 +120,36 @@ def test_retrain_with_no_new_events_says_so(cli_setup):
                             "--json"])
     rep = json.loads(r.stdout)
     assert not rep["accepted"] and rep["notes"][0].startswith("nothing new")
+
+
+def test_a_data_file_given_as_the_store_is_refused_untouched(tmp_path):
+    """DuckDB opens e.g. a CSV file as an empty in-memory database: the ingest used to report success,
+    write nothing, and every later command failed. Now the store path is checked first."""
+    import hashlib
+
+    ev = tmp_path / "ev.csv"
+    ev.write_text("user_id,item_id,timestamp\nA,X,2023-01-01\n")
+    victim = tmp_path / "victim.csv"
+    victim.write_bytes(ev.read_bytes())
+    before = hashlib.sha256(victim.read_bytes()).hexdigest()
+    r = runner.invoke(app, ["ingest", str(ev), "--store", str(victim)])
+    assert r.exit_code == 2 and "not a DuckDB store (a CSV file" in r.output
+    assert hashlib.sha256(victim.read_bytes()).hexdigest() == before
+    r = runner.invoke(app, ["store-info", str(victim)])
+    assert r.exit_code == 2 and "not a DuckDB store" in r.output
+    # a real store still opens (new, then existing)
+    assert runner.invoke(app, ["ingest", str(ev), "--store", str(tmp_path / "s.duckdb")]).exit_code == 0
+    assert runner.invoke(app, ["ingest", str(ev), "--store", str(tmp_path / "s.duckdb")]).exit_code == 0
+
+
+def test_ingest_missing_inputs_and_unusable_store_folder_are_errors(tmp_path):
+    ev = tmp_path / "ev.csv"
+    ev.write_text("user_id,item_id,timestamp\nA,X,2023-01-01\n")
+    r = runner.invoke(app, ["ingest", str(tmp_path / "nope.csv"), "--store", str(tmp_path / "n.duckdb")])
+    assert r.exit_code == 2 and "nope.csv: no such file" in r.output and not (tmp_path / "n.duckdb").exists()
+    r = runner.invoke(app, ["ingest", str(ev), "--store", str(tmp_path / "k.duckdb"), "--pseudonymise",
+                            "--pseudonymise-key-file", str(tmp_path / "nokey.txt")])
+    assert r.exit_code == 2 and "cannot read it" in r.output
+    (tmp_path / "afile").touch()
+    r = runner.invoke(app, ["ingest", str(ev), "--store", str(tmp_path / "afile" / "x.duckdb")])
+    assert r.exit_code == 2 and "cannot create the store's folder" in r.output

@@ -197,6 +197,14 @@ def test_greedy_deletion_matches_occlusion_when_effects_add_up():
     assert chosen[1].tolist() == [1, 0] and after[1].tolist() == [0.5, 0.0]   # 2 events: both, in order
     _, chosen_abs, _ = greedy_deletion(item_target(m, 0), h, k=2, direction="abs")
     assert chosen_abs[0].tolist() == [0, 2]
+    # Asked for all 5, the set stops where no deletion lowers the target any more (item 1, weight -2,
+    # would raise it), or, either way, moves it no further from the full score (7.5 -> -2 -> 0).
+    for direction in ("supporting", "abs"):
+        _, full_k, _ = greedy_deletion(item_target(m, 0), h, k=5, direction=direction)
+        _, stopped, after = greedy_deletion(item_target(m, 0), h, k=5, direction=direction, stop_without_gain=True)
+        assert full_k[0].tolist() == [0, 2, 4, 3, 1] and stopped[0].tolist() == [0, 2, 4, 3]
+        np.testing.assert_allclose(after[0], [3.5, 0.5, -1.5, -2.0])
+        assert stopped[1].tolist() == [1, 0]           # user 2: both of its events lower the target
     with pytest.raises(DataError, match="direction="):
         greedy_deletion(item_target(m, 0), h, direction="largest")
 
@@ -323,6 +331,10 @@ def test_explain_command_greedy_set(cli_setup):
     assert g["direction"] == "abs" and "either way" in g["method"]
     assert abs(g["events"][0]["step_effect"]) == pytest.approx(max(abs(e["effect"]) for e in d["events"]))
     assert "together move it most" in runner.invoke(app, base + ["--greedy", "2", "--greedy-direction", "abs"]).output
+    # events older than --max-events get no effect: the table shows '-' for them (it used to crash)
+    r = runner.invoke(app, base + ["--max-events", "2", "--top", "5"])
+    assert r.exit_code == 0, r.output
+    assert r.output.count(" - ") + r.output.count(" -\n") >= 1 and "Traceback" not in r.output
     r = runner.invoke(app, base + ["--greedy", "2", "--greedy-direction", "down"])
     assert r.exit_code == 2 and "greedy direction 'down'" in r.output
     assert "greedy" not in json.loads(runner.invoke(app, base + ["--json"]).stdout)

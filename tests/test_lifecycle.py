@@ -192,3 +192,22 @@ def test_lifecycle_command_interaction_only_store(tmp_path):
     d = json.loads(r.stdout)
     assert "counting every event" in d["note"]
     assert {u["user_id"]: u["stage"] for u in d["users"]} == {"a": "retained", "b": "activated"}
+
+
+def test_dates_with_a_utc_offset_are_read_as_utc(cli_setup):
+    """Ingest stores naive UTC; a date option with an offset means the same instant (it used to crash
+    comparing tz-aware and naive times)."""
+    from valuerec.commands.lifecycle import parse_time
+    from valuerec.data.schema import DataError
+
+    assert parse_time("2011-03-01T05:00:00+05:00") == pd.Timestamp("2011-03-01 00:00:00")
+    assert parse_time("2011-03-01T00:00:00Z") == pd.Timestamp("2011-03-01 00:00:00")
+    for bad in ("NaT", "soon"):
+        with pytest.raises(DataError, match="not a date/time"):
+            parse_time(bad, "--at")
+    tmp, store = cli_setup
+    base = ["lifecycle", "--model", str(tmp / "pop"), "--store", str(store), "--json"]
+    plain = runner.invoke(app, base + ["--at", "2011-06-01 00:00:00"])
+    offset = runner.invoke(app, base + ["--at", "2011-06-01T02:00:00+02:00"])
+    assert plain.exit_code == 0 and offset.exit_code == 0, offset.output
+    assert json.loads(offset.stdout)["users"] == json.loads(plain.stdout)["users"]

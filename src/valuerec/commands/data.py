@@ -61,7 +61,10 @@ def ingest_cmd(
             summary = st.summary()
     except BaseException as e:
         for p in new_files:
-            p.unlink(missing_ok=True)
+            try:
+                p.unlink(missing_ok=True)
+            except OSError:      # e.g. its folder could not be made: nothing to remove
+                pass
         if not isinstance(e, DataError):
             raise
         print_error(console, e)
@@ -81,8 +84,13 @@ def store_info_cmd(store: Path = typer.Argument(..., help="DuckDB event store"))
     if not store.exists():
         print_error(console, f"{store}: no such store")
         raise typer.Exit(code=2)
-    with EventStore(store, read_only=True) as st:
-        print(json.dumps(st.summary(), indent=2))
+    try:
+        with EventStore(store, read_only=True) as st:
+            summary = st.summary()
+    except DataError as e:
+        print_error(console, e)
+        raise typer.Exit(code=2) from None
+    print(json.dumps(summary, indent=2))
 
 
 def register(app: typer.Typer) -> None:

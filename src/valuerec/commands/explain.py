@@ -19,6 +19,12 @@ from valuerec.data.schema import DataError
 console = Console(stderr=True)
 
 
+def _signed(x) -> str:
+    """An effect for the table: signed, or '-' for an event that was not occluded (older than
+    --max-events) or whose score is not a number."""
+    return f"{x:+.4f}" if isinstance(x, (int, float)) and np.isfinite(x) else "-"
+
+
 def explain_user(model: Path, store: Path, user: str, target: str | None = None, top: int = 10,
                  value_model: Path | None = None, at: str | None = None, gradient: bool = False,
                  max_events: int | None = 1000, greedy: int = 0, greedy_direction: str = "auto") -> dict:
@@ -77,7 +83,8 @@ def explain_user(model: Path, store: Path, user: str, target: str | None = None,
            "events": json.loads(events.to_json(orient="records"))}
     if greedy > 0:
         direction = resolve_greedy_direction(greedy_direction, described["kind"])
-        _, chosen, after = greedy_deletion(fn, h, k=greedy, direction=direction, last=max_events)
+        _, chosen, after = greedy_deletion(fn, h, k=greedy, direction=direction, last=max_events,
+                                           stop_without_gain=True)
         out["greedy"] = greedy_explanation(every, float(full[0]), chosen[0], after[0], greedy,
                                            lambda df: json.loads(df.to_json(orient="records")), direction=direction)
     if gradient:
@@ -132,9 +139,9 @@ def explain_cmd(
         t.add_column(c, justify="right" if c in ("#", "effect", "grad x input") else "left")
     for e in res["events"]:
         row = [str(e["position"]), cell(e.get("item_id") or ""), cell(e.get("text") or ""), cell(e.get("time") or ""),
-               cell(e.get("event_type") or ""), f"{e['effect']:+.4f}"]
+               cell(e.get("event_type") or ""), _signed(e["effect"])]
         if "gradient_agreement" in res:
-            row.append(f"{e['gradient_x_input']:+.4f}")
+            row.append(_signed(e["gradient_x_input"]))
         t.add_row(*row)
     Console().print(t)
     if "greedy" in res:
@@ -146,7 +153,7 @@ def explain_cmd(
             t.add_column(c, justify="right" if c in ("step", "#", "step effect") else "left")
         for i, e in enumerate(g["events"], start=1):
             t.add_row(str(i), str(e["position"]), cell(e.get("item_id") or ""), cell(e.get("text") or ""),
-                      cell(e.get("time") or ""), cell(e.get("event_type") or ""), f"{e['step_effect']:+.4f}")
+                      cell(e.get("time") or ""), cell(e.get("event_type") or ""), _signed(e["step_effect"]))
         Console().print(t)
 
 

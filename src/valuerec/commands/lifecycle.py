@@ -49,9 +49,14 @@ def parse_time(value: str | None, what: str = "--at") -> pd.Timestamp | None:
     if value is None:
         return None
     try:
-        return pd.Timestamp(value)
+        ts = pd.Timestamp(value)
     except (ValueError, TypeError):
-        raise DataError(f"{what} {value!r}: not a date/time (expected e.g. 2011-09-09 or 2011-09-09T12:00)") from None
+        ts = None
+    if ts is None or ts is pd.NaT:
+        raise DataError(f"{what} {value!r}: not a date/time (expected e.g. 2011-09-09 or 2011-09-09T12:00)")
+    if ts.tzinfo is not None:     # the store holds naive UTC (ingest converts offsets the same way)
+        ts = ts.tz_convert("UTC").tz_localize(None)
+    return ts
 
 
 def load_context(model: Path, store: Path, value_model: Path | None = None, at: str | None = None,

@@ -69,7 +69,10 @@ def file_sha256(path: str | Path) -> str:
 def load_pseudonymisation_key(key_file: str | None = None) -> bytes:
     """The key comes from a file outside the store or from $VALUEREC_PSEUDONYM_KEY; never stored."""
     if key_file:
-        key = Path(key_file).read_bytes().strip()
+        try:
+            key = Path(key_file).read_bytes().strip()
+        except OSError as e:
+            raise DataError(f"--pseudonymise-key-file {key_file}: cannot read it ({e.strerror or e})") from None
     else:
         key = os.environ.get("VALUEREC_PSEUDONYM_KEY", "").encode()
     if len(key) < 16:
@@ -686,6 +689,8 @@ def ingest(store: EventStore, path: str | Path, fmt: str = "auto", cmap: ColumnM
     'purchase' for a transaction log. Generic files (CSV, Parquet, JSONL) are read, checked and written
     ``chunk_rows`` rows at a time inside that transaction, so memory does not grow with the file."""
     path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such file")
     if event_type is not None and event_type not in EVENT_TYPES:
         raise DataError(f"--event-type {event_type!r}: expected one of {EVENT_TYPES}")
     if path.is_dir():

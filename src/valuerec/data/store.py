@@ -87,6 +87,25 @@ def store_open_error(path: str | Path, err: Exception) -> DataError | None:
     return None
 
 
+DUCKDB_MAGIC = b"DUCK"          # bytes 8..11 of every DuckDB database file
+
+
+def _check_store_path(path: Path) -> None:
+    """Refuse an existing file that is not a DuckDB database. DuckDB would open e.g. a CSV file as an
+    empty in-memory database: writes would report success and vanish, reads would fail later."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    with open(path, "rb") as f:
+        head = f.read(12)
+    if head[8:12] != DUCKDB_MAGIC:
+        kind = next((k for ext, k in ((".csv", "a CSV"), (".tsv", "a TSV"), (".parquet", "a Parquet"),
+                                      (".pq", "a Parquet"), (".jsonl", "a JSON lines"), (".json", "a JSON"),
+                                      (".gz", "a compressed"), (".txt", "a text"))
+                     if path.name.lower().endswith(ext)), "another kind of")
+        raise DataError(f"{path}: not a DuckDB store ({kind} file, it seems); give --store a new or existing "
+                        ".duckdb file, and the data file as the input")
+
+
 def _out_of_memory(err: BaseException) -> bool:
     """DuckDB ran out of its memory limit (during a write or at commit)."""
     return isinstance(err, duckdb.OutOfMemoryException) or (
@@ -117,7 +136,12 @@ class EventStore:
     def __init__(self, path: str | Path, read_only: bool = False):
         self.path = str(path)
         if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            _check_store_path(Path(self.path))
+            try:
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:     # a parent that is a file, no permission
+                raise DataError(f"{self.path}: cannot create the store's folder {Path(self.path).parent} "
+                                f"({e.strerror or e})") from None
         try:
             self.con = duckdb.connect(self.path, read_only=read_only)
         except duckdb.Error as e:

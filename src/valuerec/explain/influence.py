@@ -114,7 +114,8 @@ def occlusion(target_fn: TargetFn, histories: Sequences, users=None, batch_size:
 
 def greedy_deletion(target_fn: TargetFn, histories: Sequences, users=None, k: int = 3,
                     direction: str = "supporting", batch_size: int = 1024,
-                    last: int | None = None) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
+                    last: int | None = None, stop_without_gain: bool = False,
+                    ) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
     """The ``k`` events whose deletion together moves the target most, chosen greedily: step j deletes
     the event that, with the j - 1 chosen before it, moves the target most. Occlusion scores each event
     alone; when a history repeats its evidence (the same item twice, close substitutes), deleting one
@@ -123,6 +124,10 @@ def greedy_deletion(target_fn: TargetFn, histories: Sequences, users=None, k: in
     ``direction``: ``"supporting"`` lowers the target most (the events that raised it: for an item's
     score, why it is recommended); ``"abs"`` moves it most either way. ``last``: consider only each
     user's ``last`` most recent events. Cost: ``k`` batched passes over each user's n histories.
+
+    ``stop_without_gain``: end a user's set at the first step where no remaining event lowers the target
+    further (``"abs"``: moves it further from the full history's), so every listed step helps;
+    otherwise every user gets k events.
 
     Returns (target of the full history per user, chosen positions per user in the order chosen,
     target after each step per user). A user with k events or fewer gets all of them (in greedy order)."""
@@ -134,12 +139,13 @@ def greedy_deletion(target_fn: TargetFn, histories: Sequences, users=None, k: in
     full = _evaluate_edits(target_fn, histories, users, [np.zeros(0, np.int64)] * len(users), batch_size)
     chosen = [np.zeros(0, np.int64) for _ in users]
     after = [np.zeros(0) for _ in users]
+    done = np.zeros(len(users), dtype=bool)
     for _ in range(k):
         owners, drops, cands = [], [], []
         for j, u in enumerate(users):
             n = len(histories.items[u])
             first = 0 if last is None else max(n - last, 0)
-            c = np.setdiff1d(np.arange(first, n), chosen[j])
+            c = np.zeros(0, np.int64) if done[j] else np.setdiff1d(np.arange(first, n), chosen[j])
             cands.append(c)
             owners += [u] * len(c)
             drops += [np.append(chosen[j], i) for i in c]
@@ -152,6 +158,12 @@ def greedy_deletion(target_fn: TargetFn, histories: Sequences, users=None, k: in
                 v = vals[pos:pos + len(c)]
                 moved = full[j] - v if direction == "supporting" else np.abs(full[j] - v)
                 b = int(np.argmax(moved))    # first of equals: the earliest event
+                now = (full[j] - after[j][-1] if direction == "supporting" else abs(full[j] - after[j][-1])) \
+                    if len(after[j]) else 0.0
+                if stop_without_gain and not moved[b] > now:
+                    done[j] = True
+                    pos += len(c)
+                    continue
                 chosen[j] = np.append(chosen[j], c[b])
                 after[j] = np.append(after[j], v[b])
             pos += len(c)

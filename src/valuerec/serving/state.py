@@ -730,7 +730,8 @@ class ServiceState:
         if greedy > 0:
             direction = inf.resolve_greedy_direction(greedy_direction, kind)
             with torch.no_grad():
-                _, chosen, after = inf.greedy_deletion(fn, seqs, k=greedy, direction=direction, last=last)
+                _, chosen, after = inf.greedy_deletion(fn, seqs, k=greedy, direction=direction, last=last,
+                                                       stop_without_gain=True)
             explanation["greedy"] = inf.greedy_explanation(every, float(full[0]), chosen[0], after[0], greedy,
                                                            rows, scalar=_plain, direction=direction)
         return {"runtime": rt, "as_of": t, "target": target, "explanation": explanation}
