@@ -256,6 +256,16 @@ def test_negative_item_price_rejected(tmp_path, store):
     assert store.count_events() == 0
 
 
+def test_infinite_or_huge_item_price_rejected(tmp_path, store):
+    items = write(tmp_path, "items.csv", "item_id,text,price\na,Mug,inf\nb,Cup,1e400\nc,Jug,1e39\nd,Pot,2\n")
+    with pytest.raises(DataError) as e:
+        ingest(store, write(tmp_path, "e.csv", GOOD), items_path=items)
+    msg = str(e.value)
+    assert "line 2, field 'price': infinite price" in msg and "line 3, field 'price': infinite price" in msg
+    assert "line 4, field 'price': price too large" in msg and "line 5" not in msg
+    assert store.count_events() == 0
+
+
 def test_empty_or_repeated_item_id_in_item_table_rejected(tmp_path, store):
     ingest(store, write(tmp_path, "good.csv", GOOD))
     items = write(tmp_path, "items.csv", "item_id,text,price\na,Mug,2.5\n,Cup,1\n")

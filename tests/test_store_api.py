@@ -40,6 +40,8 @@ def refused(store, events, match, items=None):
 @pytest.mark.parametrize("col, bad, match", [
     ("value", [5.0, -50.0, 1.0], r"events, row 1, field 'value': negative"),
     ("value", [5.0, np.inf, 1.0], r"events, row 1, field 'value': infinite"),
+    ("value", [5.0, 1e39, 1.0], r"events, row 1, field 'value': too large \(above 3.4e\+38"),
+    ("quantity", [1.0, 1e300, 1.0], r"events, row 1, field 'quantity': too large"),
     ("value", [5.0, np.nan, 1.0], r"events, row 1, field 'value': not a number"),
     ("value", [5.0, "abc", 1.0], r"events, row 1, field 'value': not a number \(NaN or empty\) \(got 'abc'\)"),
     ("quantity", [1.0, 1.0, -1.0], r"events, row 2, field 'quantity': negative"),

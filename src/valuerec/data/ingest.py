@@ -57,6 +57,10 @@ class IngestReport:
         return dict(self.__dict__)
 
 
+# Values, quantities and prices are computed in float32 by the models: anything larger would become inf / NaN.
+MAX_NUMBER = float(np.finfo(np.float32).max)
+
+
 def file_sha256(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -501,8 +505,10 @@ def _check_rows(df: pd.DataFrame, src: dict[str, str], lines: np.ndarray, proble
             problems.add_mask(bad_nan, lines, src[fld], raw, "not a number (NaN or empty)")
             neg = (num < 0).fillna(False).to_numpy()
             problems.add_mask(neg, lines, src[fld], raw, "negative; record returns as event_type 'return' with a positive value")
-            inf = np.isinf(num.to_numpy(dtype=float, na_value=0.0))
-            problems.add_mask(inf, lines, src[fld], raw, "infinite")
+            arr = num.to_numpy(dtype=float, na_value=0.0)
+            problems.add_mask(np.isinf(arr), lines, src[fld], raw, "infinite")
+            problems.add_mask(np.isfinite(arr) & (np.abs(arr) > MAX_NUMBER), lines, src[fld], raw,
+                              f"too large (above {MAX_NUMBER:.3g}, the largest number the models compute with)")
             out[fld] = num.astype(float)
         else:
             out[fld] = default
@@ -544,6 +550,10 @@ def read_items(path: str | Path, item_col: str = "item_id", text_col: str = "tex
         raw = df[price_col]
         price = _numeric(raw)
         problems.add_mask((price < 0).fillna(False).to_numpy(), lines, price_col, raw, "negative price")
+        parr = price.to_numpy(dtype=float, na_value=0.0)
+        problems.add_mask(np.isinf(parr), lines, price_col, raw, "infinite price")
+        problems.add_mask(np.isfinite(parr) & (np.abs(parr) > MAX_NUMBER), lines, price_col, raw,
+                          f"price too large (above {MAX_NUMBER:.3g}, the largest number the models compute with)")
         problems.add_mask((price.isna() & raw.notna()).to_numpy(), lines, price_col, raw, "not a number")
         out["price"] = price
     else:
