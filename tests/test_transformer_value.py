@@ -265,3 +265,42 @@ def test_churn_head_starts_at_the_training_churn_rate():
     rate = float((b.churn_target * b.value_mask).sum() / b.value_mask.sum())
     assert abs(rate - 0.5) > 0.2   # (about 0.19 here) far enough from 0.5 to tell the two starts apart
     assert abs(float(np.mean(pred["churn_prob"])) - rate) < 0.05
+
+
+def test_train_command_on_value_only_data(tmp_path):
+    """A plain transaction log (customer, date, amount; no items): train's error used to suggest a
+    value-only transformer, which then failed with 'no training events'. Now it trains the value and
+    churn heads on every event, and `value` predicts from the saved model."""
+    import json
+
+    import pandas as pd
+    from typer.testing import CliRunner
+
+    from valuerec.cli import app
+
+    rng = np.random.default_rng(0)
+    rows = [(f"c{u}", pd.Timestamp("2023-01-01") + pd.Timedelta(days=int(d)), round(float(rng.gamma(2, 20)), 2))
+            for u in range(30) for d in np.sort(rng.integers(0, 200, size=1 + u % 7))]
+    csv = tmp_path / "payments.csv"
+    pd.DataFrame(rows, columns=["customer", "date", "amount"]).to_csv(csv, index=False)
+    runner, store = CliRunner(), tmp_path / "pay.duckdb"
+    r = runner.invoke(app, ["ingest", str(csv), "--store", str(store), "--user-col", "customer", "--time-col", "date",
+                            "--value-col", "amount", "--event-type", "purchase"])
+    assert r.exit_code == 0, r.output
+    cfg = '{"d_model": 16, "n_layers": 1, "epochs": 1, "next_item_weight": 0, "value_weight": 1, "churn_weight": 1, "horizon_days": 30, "progress": false}'
+    r = runner.invoke(app, ["train", "--store", str(store), "--model", "transformer", "--out", str(tmp_path / "m"),
+                            "--device", "cpu", "--config", cfg])
+    assert r.exit_code == 0, r.output
+    assert "value and churn heads only" in r.output
+    metrics = json.loads((tmp_path / "m" / "metrics.json").read_text())
+    assert metrics["protocol"] == "value-only" and metrics["split"]["events"] == len(rows)
+    r = runner.invoke(app, ["value", "--model", str(tmp_path / "m"), "--store", str(store), "--json", "--top", "100"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert len(out) == 30 and all(np.isfinite(u["expected_value"]) and 0 <= u["churn_prob"] <= 1 for u in out)
+    # a ranking model, or a ranking option, is still refused on such data
+    r = runner.invoke(app, ["train", "--store", str(store), "--model", "popularity", "--out", str(tmp_path / "p")])
+    assert r.exit_code == 2 and "no events with an item_id" in r.output
+    r = runner.invoke(app, ["train", "--store", str(store), "--model", "transformer", "--out", str(tmp_path / "m2"),
+                            "--device", "cpu", "--config", cfg, "--refit"])
+    assert r.exit_code == 2 and "need items to rank" in r.output

@@ -87,6 +87,8 @@ def load_split(data: Path | None, store: Path | None, protocol: str, cutoff: str
         raise DataError(f"{store}: no such store")
     with EventStore(store, read_only=True) as st:
         events, items = st.events(), st.items()
+    if len(events) and events["item_id"].isna().all():
+        return value_only_split(events), "value-only"
     if protocol == "auto":
         protocol = ("r2" if fmt == "online-retail" and cutoff is None else
                     "cutoff" if cutoff is not None else "loo")
@@ -97,6 +99,20 @@ def load_split(data: Path | None, store: Path | None, protocol: str, cutoff: str
             raise DataError("a cut-off split needs --cutoff and --valid-cutoff")
         return cutoff_split(events, items, cutoff or R2_CUTOFF, valid_cutoff or R2_VALID_CUTOFF), protocol
     raise DataError(f"--protocol {protocol!r}: expected auto, r1, loo, r2 or cutoff")
+
+
+def value_only_split(events):
+    """Data without items (a transaction log of customer, date, amount): nothing to rank, so no
+    ranking split. Every event is training data for the value and churn heads, which make their own
+    labelled windows inside it; ``valid`` and ``test`` are None."""
+    from valuerec.data.dataset import catalogue_from, sequences_from
+    from valuerec.data.splits import Split
+
+    cat = catalogue_from(events, None)
+    seqs = sequences_from(events, cat, unknown_items="keep")
+    info = {"users": int(len(seqs)), "items": 0, "events": int(seqs.lengths().sum()),
+            "note": "value-only data: the value and churn heads train on every event; no ranking evaluation"}
+    return Split(catalogue=cat, train=seqs, valid=None, test=None, train_full=seqs, info=info)
 
 
 def train_cmd(
@@ -185,6 +201,10 @@ def train_cmd(
             raise DataError(f"the data have no events with an item_id: {model_name} ranks items and has nothing "
                             "to learn from (a value-only transformer trains without items: --config "
                             "next_item_weight=0 with value_weight or churn_weight > 0)")
+        value_only = used == "value-only"
+        if value_only and (refit or purchase_stage or item_values or ann_index):
+            raise DataError("value-only data (no items): --refit, --purchase-stage, --item-values and --ann-index "
+                            "need items to rank")
         if dist.enabled and dist.is_main:
             torch.distributed.barrier()
         if dist.is_main:
@@ -205,7 +225,7 @@ def train_cmd(
         train_seconds = time.perf_counter() - t0
         ks = (10, 20)
         # validation figures come from the fit that validation stopped (a refit trains on the validation events)
-        val = evaluate(model.score, split.valid, model.n_items, ks=ks) if dist.is_main else None
+        val = evaluate(model.score, split.valid, model.n_items, ks=ks) if dist.is_main and not value_only else None
         valid_model, selection = model, None
         if refit:
             from valuerec.evaluation.protocols import chosen_epochs
@@ -221,7 +241,7 @@ def train_cmd(
                 console.log(f"refitted on train_full for {n_epochs} epochs (chosen on validation) with {inside or 'no'} "
                             f"settings chosen during the fit ({train_seconds:.0f}s)")
         if dist.is_main:
-            test = None if no_test else evaluate(model.score, split.test, model.n_items, ks=ks)
+            test = None if no_test or value_only else evaluate(model.score, split.test, model.n_items, ks=ks)
             model.save(out)
             if ann_index:
                 t_ann = time.perf_counter()
@@ -242,8 +262,10 @@ def train_cmd(
                 metrics["refit"] = {"trained_on": "train_full", "valid_from": "the validation-stopped fit", **selection}
             mpath.write_text(json.dumps(metrics, indent=2, default=float))
             replace_dir(out, final_out)
-            shown = {k: round(v, 4) for k, v in (test or val).items() if "@" in k or k == "mrr"}
-            console.log(f"saved {final_out} (trained {train_seconds:.0f}s); {'test' if test else 'valid'}: {shown}")
+            shown = {k: round(v, 4) for k, v in (test or val or {}).items() if "@" in k or k == "mrr"}
+            console.log(f"saved {final_out} (trained {train_seconds:.0f}s); "
+                        + ("value and churn heads only (no items to rank)" if value_only
+                           else f"{'test' if test else 'valid'}: {shown}"))
         del model, valid_model
         distributed.cleanup()
     except DataError as e:
