@@ -211,3 +211,22 @@ def test_dates_with_a_utc_offset_are_read_as_utc(cli_setup):
     offset = runner.invoke(app, base + ["--at", "2011-06-01T02:00:00+02:00"])
     assert plain.exit_code == 0 and offset.exit_code == 0, offset.output
     assert json.loads(offset.stdout)["users"] == json.loads(plain.stdout)["users"]
+
+
+def test_lifecycle_config_reads_the_models_horizon_and_refuses_bad_purchase_types():
+    """'expanding' compares the predicted value with the past spend rate over the same days: the
+    horizon comes from the value model unless the config sets it. purchase_types must be a list of
+    known event types (a string used to be split into letters, and every event counted)."""
+    from valuerec.policies.lifecycle import LifecycleConfig
+
+    class Thirty:
+        horizon_days_ = 30.0
+
+    assert LifecycleConfig.for_model(Thirty()).horizon_days == 30.0
+    assert LifecycleConfig.for_model(Thirty(), {"horizon_days": 60}).horizon_days == 60.0
+    assert LifecycleConfig.for_model(None).horizon_days == LifecycleConfig().horizon_days == 91.0
+    with pytest.raises(DataError, match=r"must be a list of event types, e.g. \[\"purchase\"\]"):
+        LifecycleConfig.from_dict({"purchase_types": "purchase"})
+    with pytest.raises(DataError, match=r"purchase_types \['buy'\] are not event types"):
+        LifecycleConfig.from_dict({"purchase_types": ["buy"]})
+    assert LifecycleConfig.from_dict({"purchase_types": ["purchase", "cart"]}).purchase_types == ("purchase", "cart")

@@ -120,9 +120,10 @@ def lifecycle_report(model: Path, store: Path, value_model: Path | None = None, 
     from valuerec.policies.lifecycle import (LifecycleConfig, assign_stages, predict_value_safe, stage_sizes,
                                              transition_matrix)
     from valuerec.data.schema import EVENT_TYPES, event_type_code
-    cfg = LifecycleConfig.from_dict(config)
+    LifecycleConfig.from_dict(config)     # a bad --config is refused before anything is loaded
     ctx = load_context(model, store, value_model, at)
     vm = ctx.value_model
+    cfg = LifecycleConfig.for_model(vm, config)
     note = None
     codes = {event_type_code(t) for t in cfg.purchase_types}
     present = set(np.concatenate(ctx.histories.event_types).tolist()) if ctx.histories.event_types else set()

@@ -31,7 +31,7 @@ import pandas as pd
 
 from valuerec.configcheck import check_types
 from valuerec.data.dataset import Sequences
-from valuerec.data.schema import DataError, event_type_code
+from valuerec.data.schema import EVENT_TYPES, DataError, event_type_code
 
 STAGES = ["new", "activated", "retained", "expanding", "advocate", "at-risk", "lapsed"]
 DAY = 86400.0
@@ -50,7 +50,14 @@ class LifecycleConfig:
     purchase_types: tuple[str, ...] = ("purchase",)  # event types that count as purchases
 
     def __post_init__(self) -> None:
+        if isinstance(self.purchase_types, str):    # tuple("purchase") would be its letters
+            raise DataError(f"lifecycle config: purchase_types must be a list of event types, e.g. "
+                            f"[\"{self.purchase_types}\"], got the string {self.purchase_types!r}")
         self.purchase_types = tuple(self.purchase_types)
+        unknown = [t for t in self.purchase_types if t not in EVENT_TYPES]
+        if unknown:
+            raise DataError(f"lifecycle config: purchase_types {unknown} are not event types; known: "
+                            f"{list(EVENT_TYPES)}")
         check_types(self, "lifecycle config")
         if self.horizon_days <= 0:
             raise DataError(f"lifecycle config: horizon_days must be > 0, got {self.horizon_days}")
@@ -61,6 +68,17 @@ class LifecycleConfig:
                             f"got {self.advocate_value_quantile}")
         if self.expanding_factor <= 0:
             raise DataError(f"lifecycle config: expanding_factor must be > 0, got {self.expanding_factor}")
+
+    @classmethod
+    def for_model(cls, model, d: dict | None = None) -> "LifecycleConfig":
+        """``from_dict``, with the horizon taken from ``model`` (its ``horizon_days_``: the window its
+        predicted value covers) unless ``d`` sets it: "expanding" compares that value with the past
+        spend rate over the same number of days."""
+        d = dict(d or {})
+        h = getattr(model, "horizon_days_", None) if model is not None else None
+        if "horizon_days" not in d and isinstance(h, (int, float)) and h > 0:
+            d["horizon_days"] = float(h)
+        return cls.from_dict(d)
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "LifecycleConfig":

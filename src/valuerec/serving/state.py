@@ -638,11 +638,11 @@ class ServiceState:
             return None
         # One user at a time has no population to rank against: the "top value" bar for advocates is
         # the one the model measured on its training population (when it has one).
-        cfg = None
+        from valuerec.policies.lifecycle import LifecycleConfig
         thr = getattr(rt.model, "advocate_value_threshold_", None)
-        if thr is not None and isinstance(raw_value, dict):
-            from valuerec.policies.lifecycle import LifecycleConfig
-            cfg = LifecycleConfig(advocate_value_threshold=float(thr))
+        cfg = LifecycleConfig.for_model(rt.model if isinstance(raw_value, dict) else None,
+                                        {"advocate_value_threshold": float(thr)}
+                                        if thr is not None and isinstance(raw_value, dict) else None)
         df = fn(seqs, self._unix(t), raw_value if isinstance(raw_value, dict) else None, cfg)
         return first_row(df)
 
