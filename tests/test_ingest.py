@@ -404,7 +404,8 @@ def test_online_retail_full_counts(shared_data, tmp_path):
 
 def test_row_write_path_matches_the_frame_path(tmp_path):
     """EventStore.add_event_rows (the service's small-batch path) stores what add_events would:
-    the same content-hash ids, duplicates in the batch and in the store skipped, arrival order kept,
+    the same content-hash ids, duplicates in the batch and in the store skipped (the row path also skips
+    a repeated id with other content, which the frame path refuses), arrival order kept,
     and the stored rows come back with their sequence numbers; batches over one statement's chunk
     land whole."""
     from valuerec.data.store import event_hash, row_event_id
@@ -421,7 +422,12 @@ def test_row_write_path_matches_the_frame_path(tmp_path):
         stored, dups = a.add_event_rows(rows)
         assert dups == 1 and [e.item_id for e in stored] == ["a", None, "b"]
         assert [e.seq for e in stored] == sorted(e.seq for e in stored)
-        assert b.add_events(frame).added == 3
+        # the frame path (file ingest) refuses an id given twice with different content; the service's
+        # row path skips the second and reports it as a conflict (tests/serving)
+        with pytest.raises(DataError, match="'client-1'"):
+            b.add_events(frame)
+        assert b.count_events() == 0
+        assert b.add_events(frame.iloc[:3]).added == 3
         cols = ["event_id", "user_id", "item_id", "timestamp", "event_type", "value", "quantity"]
         pd.testing.assert_frame_equal(a.events()[cols], b.events()[cols])
         again, dups = a.add_event_rows(rows)           # everything already stored
@@ -445,3 +451,25 @@ def test_event_type_for_rows_that_name_none(tmp_path):
                                    "--time-col", "date", "--value-col", "amount", "--event-type", "buy"])
     assert bad.exit_code == 2 and "--event-type 'buy': expected one of" in bad.output
     assert not (tmp_path / "b.duckdb").exists()
+
+
+def test_a_given_event_id_with_new_content_is_an_error_not_a_duplicate(tmp_path, store):
+    """An event id names one event. Re-sending it unchanged is a duplicate (skipped); with other
+    content it used to be skipped too, silently losing the new content. Now the file is refused."""
+    head = "eid,user_id,item_id,timestamp,value\n"
+    first = write(tmp_path, "a.csv", head + "e1,A,X,2023-01-01,5\n")
+    ingest(store, first, cmap=ColumnMap(event_id="eid"))
+    rep = ingest(store, first, cmap=ColumnMap(event_id="eid"))
+    assert (rep.added, rep.duplicates) == (0, 1)
+    changed = write(tmp_path, "b.csv", head + "e2,B,Y,2023-01-02,1\ne1,A,X,2023-01-01,999\n")
+    with pytest.raises(DataError, match=r"already stored with different content: 'e1' \(value 5.0 stored, 999.0 given\)"):
+        ingest(store, changed, cmap=ColumnMap(event_id="eid"))
+    within = write(tmp_path, "c.csv", head + "e3,A,X,2023-01-01,5\ne3,B,Y,2023-01-02,1\n")
+    with pytest.raises(DataError, match=r"appear more than once with different content, e.g. 'e3'"):
+        ingest(store, within, cmap=ColumnMap(event_id="eid"))
+    assert store.count_events() == 1 and store.events()["value"].tolist() == [5.0]   # nothing written
+    # across chunks of one file, too (the earlier chunk is in the same transaction)
+    across = write(tmp_path, "d.csv", head + "e4,A,X,2023-01-03,5\ne5,A,X,2023-01-04,5\ne4,A,Y,2023-01-03,5\n")
+    with pytest.raises(DataError, match=r"'e4' \(item_id 'X' stored, 'Y' given\)"):
+        ingest(store, across, cmap=ColumnMap(event_id="eid"), chunk_rows=2)
+    assert store.count_events() == 1

@@ -87,6 +87,30 @@ def store_open_error(path: str | Path, err: Exception) -> DataError | None:
     return None
 
 
+def _plain(v) -> str:
+    return str(pd.Timestamp(v)) if isinstance(v, (datetime.datetime, pd.Timestamp)) else repr(v) \
+        if isinstance(v, str) else str(v)
+
+
+def _same(a, b) -> bool:
+    return (a is None and b is None) or (a is not None and b is not None and pd.Timestamp(a) == pd.Timestamp(b)
+                                         if isinstance(a, (datetime.datetime, pd.Timestamp)) else a == b)
+
+
+def _refuse_repeated_ids(ev: pd.DataFrame) -> None:
+    """Rows of one batch that give the same event id with different content: an error naming them."""
+    rep = ev[ev["event_id"].duplicated(keep=False)]
+    if not len(rep):
+        return
+    content = ["user_id", "item_id", "timestamp", "event_type", "value", "quantity"]
+    n = rep[content].astype(str).groupby(rep["event_id"]).nunique().max(axis=1)
+    bad = n[n > 1].index.tolist()
+    if bad:
+        raise DataError(f"{len(bad)} event id(s) appear more than once with different content, e.g. "
+                        f"{', '.join(repr(b) for b in bad[:5])}. An event id names one event: give each its own "
+                        "id (or none, to key events by their content); nothing was written")
+
+
 DUCKDB_MAGIC = b"DUCK"          # bytes 8..11 of every DuckDB database file
 
 
@@ -244,6 +268,9 @@ class EventStore:
             ev.loc[no_id, "event_id"] = event_hash(ev.loc[no_id])
         ev["event_id"] = ev["event_id"].astype(str)
         ev = ev[EVENT_COLUMNS]
+        given = ~no_id.to_numpy()
+        if given.any():
+            _refuse_repeated_ids(ev[given])
         ev = ev.drop_duplicates("event_id", keep="first")
         ev = ev.rename(columns={"timestamp": "ts"})
         ev["ts"] = pd.to_datetime(ev["ts"]).astype("datetime64[us]")
@@ -252,6 +279,8 @@ class EventStore:
         # leaves more memory behind in the open transaction (about a third more at 10M events, see
         # benchmarks/scale.py), and ingest keeps one transaction open over every chunk of a file.
         self.con.register("_new_events", pa.Table.from_pandas(ev, preserve_index=False))
+        if given.any():
+            self._refuse_changed_ids()
         try:
             if self._has_pk:
                 # The primary key index finds already-stored ids without scanning the table.
@@ -278,6 +307,26 @@ class EventStore:
             raise           # the transaction is aborted: add_event_stream rolls back, then unregisters
         self.con.unregister("_new_events")
         return int(added)
+
+    def _refuse_changed_ids(self) -> None:
+        """An event id given in the data that is already stored (or came earlier in this transaction)
+        with other content is an error, not a duplicate to skip: the new content would be lost."""
+        cols = ("user_id", "item_id", "ts", "event_type", "value", "quantity")
+        differs = " OR ".join(f"n.{c} IS DISTINCT FROM e.{c}" for c in cols)
+        rows = self.con.execute(
+            f"SELECT n.event_id, {', '.join(f'e.{c}' for c in cols)}, {', '.join(f'n.{c}' for c in cols)} "
+            f"FROM _new_events n JOIN events e ON e.event_id = n.event_id WHERE {differs} "
+            "ORDER BY n.order_in_batch LIMIT 6").fetchall()
+        if rows:
+            shown = []
+            for r in rows[:5]:
+                old, new = dict(zip(cols, r[1:7])), dict(zip(cols, r[7:13]))
+                diff = ", ".join(f"{c} {_plain(old[c])} stored, {_plain(new[c])} given" for c in cols
+                                 if not _same(old[c], new[c]))
+                shown.append(f"{r[0]!r} ({diff})")
+            raise DataError("event ids already stored with different content: " + "; ".join(shown)
+                            + ("; ..." if len(rows) > 5 else "") + ". An event id names one event: give the "
+                            "changed events new ids (or none, to key them by their content); nothing was written")
 
     def add_event_rows(self, rows: Sequence[tuple], chunk: int = 256) -> tuple[list[StoredEvent], int]:
         """Append validated events given as tuples in schema order (event_id, user_id, item_id,
