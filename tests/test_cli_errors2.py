@@ -46,6 +46,10 @@ def test_retrain_checks_out_tolerance_and_epochs_first(cli_setup_grown):
     base = ["retrain", "--model", str(tmp / "pop"), "--store", str(store)]
     r = runner.invoke(app, base + ["--out", str(tmp / "afile")])
     assert r.exit_code == 2 and "is a file" in r.output
+    for inside in (tmp / "pop", tmp / "pop" / "versions"):
+        r = runner.invoke(app, base + ["--out", str(inside)])
+        assert r.exit_code == 2 and "is the model directory" in " ".join(r.output.split()), r.output
+    assert not (tmp / "pop" / "versions").exists() and not (tmp / "pop" / "v0001").exists()
     for opt, val, msg in (("--tolerance", "nan", "tolerance=nan"), ("--tolerance", "inf", "tolerance=inf"),
                           ("--epochs", "0", "epochs=0")):
         r = runner.invoke(app, base + ["--out", str(tmp / "v"), opt, val])

@@ -298,6 +298,15 @@ def test_train_command_on_value_only_data(tmp_path):
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
     assert len(out) == 30 and all(np.isfinite(u["expected_value"]) and 0 <= u["churn_prob"] <= 1 for u in out)
+    r = runner.invoke(app, ["value", "--model", str(tmp_path / "m"), "--store", str(store), "--json",
+                            "--user", "c3", "--user", "c3"])
+    assert r.exit_code == 0 and [u["user_id"] for u in json.loads(r.stdout)] == ["c3"]   # asked twice, listed once
+    (tmp_path / "dir.csv").mkdir()
+    (tmp_path / "afile").touch()
+    for bad, msg in (("dir.csv", "is a directory"), ("afile/x.csv", "a folder on its path is a file")):
+        r = runner.invoke(app, ["value", "--model", str(tmp_path / "m"), "--store", str(store),
+                                "--out", str(tmp_path / bad)])
+        assert r.exit_code == 2 and msg in r.output, r.output
     # a ranking model, or a ranking option, is still refused on such data
     r = runner.invoke(app, ["train", "--store", str(store), "--model", "popularity", "--out", str(tmp_path / "p")])
     assert r.exit_code == 2 and "no events with an item_id" in r.output

@@ -128,7 +128,7 @@ def train_cmd(
     config: list[str] = typer.Option([], "--config", help="key=value, JSON object or .json file; repeatable"),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:N (default: cuda if available)"),
     seed: int = typer.Option(0, "--seed"),
-    threads: int = typer.Option(0, "--threads", help="torch CPU threads (0: torch default)"),
+    threads: int = typer.Option(0, "--threads", min=0, help="torch CPU threads (0: torch default)"),
     no_test: bool = typer.Option(False, "--no-test", help="Skip the test evaluation"),
     cache_dir: Path = typer.Option(Path("runs/stores"), "--cache-dir", help="Where ingested files are cached"),
     item_values: bool = typer.Option(False, "--item-values", help="Also learn what each user spends on an item "

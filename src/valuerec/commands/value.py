@@ -184,6 +184,12 @@ def value_cmd(
     try:
         if out is not None and out.suffix not in (".csv", ".parquet"):
             raise DataError(f"--out {out}: use a .csv or .parquet file name")
+        if out is not None and out.is_dir():
+            raise DataError(f"--out {out}: is a directory; give a file name")
+        if out is not None and any(p.exists() and not p.is_dir() for p in out.parents):
+            raise DataError(f"--out {out}: a folder on its path is a file")
+        if user:
+            user = list(dict.fromkeys(user))     # a user asked twice is listed once
         if not store.exists():
             raise DataError(f"{store}: no such store")
         m = load_any_value_model(model)
@@ -199,8 +205,11 @@ def value_cmd(
     except DataError as e:
         _fail(e)
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        (df.to_csv(out, index=False) if out.suffix == ".csv" else df.to_parquet(out, index=False))
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            (df.to_csv(out, index=False) if out.suffix == ".csv" else df.to_parquet(out, index=False))
+        except OSError as e:
+            _fail(DataError(f"--out {out}: cannot write it ({e.strerror or e})"))
         console.print(f"wrote {len(df):,} predictions to {out}")
     shown = df.sort_values("expected_value", ascending=False).head(top) if not user else df
     if as_json:

@@ -133,6 +133,10 @@ def retrain(model_dir: str | Path, store_path: str | Path, out_root: str | Path,
         raise DataError(f"retrain: epochs={epochs}, must be >= 1")
     if Path(out_root).exists() and not Path(out_root).is_dir():
         raise DataError(f"retrain: --out {out_root} is a file; give the directory that holds the versions")
+    m, o = Path(model_dir).resolve(), Path(out_root).resolve()
+    if o == m or m in o.parents:
+        raise DataError(f"retrain: --out {out_root} is the model directory {model_dir} or inside it; the versions "
+                        "need a folder of their own (a later train --out over the model would delete them)")
     base = load_model(model_dir)
     with EventStore(store_path, read_only=True) as st:
         events, items = st.events(), st.items()
