@@ -25,6 +25,8 @@ runner = CliRunner()
     ("horizon_days", -5, "horizon_days=-5.0, must be > 0"),
     ("use_text", 1, "use_text=1, expected true or false"),
     ("lr", "abc", "train config: lr='abc', expected a finite number"),
+    ("epochs", -3, "train config: epochs=-3 (must be >= 0)"),
+    ("lr", 0, "train config: lr=0.0 (must be > 0)"),
     ("device", "tpu", "device='tpu', expected auto, cpu, cuda, cuda:N or mps"),
 ])
 def test_transformer_settings_are_checked(key, value, message):

@@ -68,8 +68,12 @@ class TrainConfig:
             raise DataError(f"train config: schedule={self.schedule!r}, expected 'constant' or 'cosine'")
         if not 0.0 <= self.ema_decay < 1.0:
             raise DataError(f"train config: ema_decay must be in [0, 1) (got {self.ema_decay})")
-        if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0 or self.patience < 1 or self.eval_every < 1:
-            raise DataError("train config: epochs >= 0, batch_size >= 1, lr > 0, patience >= 1, eval_every >= 1")
+        wrong = [f"{name}={getattr(self, name)} (must be {rule})" for name, ok, rule in (
+            ("epochs", self.epochs >= 0, ">= 0"), ("batch_size", self.batch_size >= 1, ">= 1"),
+            ("lr", self.lr > 0, "> 0"), ("patience", self.patience >= 1, ">= 1"),
+            ("eval_every", self.eval_every >= 1, ">= 1")) if not ok]
+        if wrong:
+            raise DataError("train config: " + ", ".join(wrong))
 
 
 @dataclass
