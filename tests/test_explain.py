@@ -298,6 +298,9 @@ def test_explain_command_lists_events_with_effects(cli_setup):
     # Popularity ignores the history: every event's effect is exactly 0.
     assert all(e["effect"] == 0.0 for e in d["events"])
     assert {"item_id", "text", "time", "effect"} <= set(d["events"][0])
+    # u1 has bought all three items: nothing is recommended, so there is no default target
+    r = runner.invoke(app, ["explain", "--model", str(tmp / "pop"), "--store", str(store), "--user", "u1"])
+    assert r.exit_code == 2 and "every item of the model's catalogue is in their history" in " ".join(r.output.split())
     r = runner.invoke(app, ["explain", "--model", str(tmp / "pop"), "--store", str(store), "--user", "nobody"])
     assert r.exit_code == 2 and "no events" in r.output
     r = runner.invoke(app, ["explain", "--model", str(tmp / "pop"), "--store", str(store), "--user", "u1",

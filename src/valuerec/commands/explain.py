@@ -46,7 +46,10 @@ def explain_user(model: Path, store: Path, user: str, target: str | None = None,
         if rec is None:
             raise DataError(f"--target {target}: {model} is not a recommender (no item scores)")
         if target == "item":
-            top_items, _ = rec.recommend(h.item_only(), k=1, exclude="history")
+            top_items, top_scores = rec.recommend(h.item_only(), k=1, exclude="history")
+            if top_items.shape[1] == 0 or not np.isfinite(top_scores[0, 0]):
+                raise DataError(f"user {user!r}: every item of the model's catalogue is in their history, so "
+                                "nothing is recommended and there is no top item to explain; pass --target item:ID")
             item = int(top_items[0, 0])
         elif target.startswith("item:"):
             item = int(cat.lookup([target[5:]], unknown="keep")[0])

@@ -708,7 +708,10 @@ class ServiceState:
                 raise NotFound(f"user {user_id!r} has no events before {t.isoformat()} with items the model knows")
             if target is None:
                 with torch.no_grad():
-                    top_i, _ = rt.model.recommend(seqs, k=1, exclude="history")
+                    top_i, top_s = rt.model.recommend(seqs, k=1, exclude="history")
+                if len(top_i[0]) == 0 or not np.isfinite(top_s[0][0]):
+                    raise NotFound(f"user {user_id!r}: every item of the model's catalogue is in their history, so "
+                                   "nothing is recommended to explain; give target=ITEM_ID")
                 idx = int(top_i[0][0])
             else:
                 idx = rt.catalogue.index.get(target)
