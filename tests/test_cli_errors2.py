@@ -157,3 +157,12 @@ def test_ingest_missing_inputs_and_unusable_store_folder_are_errors(tmp_path):
     (tmp_path / "afile").touch()
     r = runner.invoke(app, ["ingest", str(ev), "--store", str(tmp_path / "afile" / "x.duckdb")])
     assert r.exit_code == 2 and "cannot create the store's folder" in r.output
+
+
+def test_train_item_value_horizon_must_be_positive_days(cli_setup):
+    tmp, store = cli_setup
+    for bad in ("nan", "0", "-3"):
+        r = runner.invoke(app, ["train", "--store", str(store), "--model", "popularity", "--out", str(tmp / "m9"),
+                                "--item-value-horizon", bad])
+        assert r.exit_code == 2 and "must be a number of days > 0" in r.output, r.output
+    assert not (tmp / "m9").exists()

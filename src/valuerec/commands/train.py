@@ -12,6 +12,7 @@ metrics.json (per-epoch training curves, the validation metrics of the kept weig
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import time
@@ -174,6 +175,8 @@ def train_cmd(
         if device is not None:
             params["device"] = device
         check_model_params(model_name, MODEL_REGISTRY[model_name], params)
+        if not (math.isfinite(item_value_horizon) and item_value_horizon > 0):
+            raise DataError(f"--item-value-horizon {item_value_horizon}: must be a number of days > 0")
         cutoff_t, valid_t = parse_time(cutoff, "--cutoff"), parse_time(valid_cutoff, "--valid-cutoff")
         if out.exists() and not out.is_dir():
             raise DataError(f"--out {out}: is a file, expected a directory to write the model to")
