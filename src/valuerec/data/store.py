@@ -18,8 +18,8 @@ from typing import NamedTuple, Sequence
 
 import duckdb
 import numpy as np
-import pyarrow as pa
 import pandas as pd
+import pyarrow as pa
 
 from valuerec.data.schema import EVENT_COLUMNS, ITEM_COLUMNS, DataError
 
@@ -276,8 +276,8 @@ class EventStore:
         ev["ts"] = pd.to_datetime(ev["ts"]).astype("datetime64[us]")
         ev["order_in_batch"] = np.arange(len(ev), dtype=np.int64)
         # Registered as an Arrow table, not the DataFrame: DuckDB's scan of pandas object (string) columns
-        # leaves more memory behind in the open transaction (about a third more at 10M events, see
-        # benchmarks/scale.py), and ingest keeps one transaction open over every chunk of a file.
+        # leaves more memory behind in the open transaction (benchmarks/ingest_memory_probe.py), and
+        # ingest keeps one transaction open over every chunk of a file.
         self.con.register("_new_events", pa.Table.from_pandas(ev, preserve_index=False))
         if given.any():
             self._refuse_changed_ids()
