@@ -125,7 +125,8 @@ def test_value_only_data(tmp_path, store):
     ("missing.csv", "user_id,item_id\nu1,a\n", ["missing column", "'timestamp'"]),
     ("baddate.csv", "user_id,item_id,timestamp\nu1,a,2024-01-01\nu2,b,not-a-date\n",
      ["line 3", "'timestamp'", "unparseable date", "not-a-date"]),
-    ("nan.csv", "user_id,item_id,timestamp,value\nu1,a,2024-01-01,\n", ["line 2", "'value'", "not a number"]),
+    ("nan.csv", "user_id,item_id,timestamp,event_type,value\nu1,a,2024-01-01,purchase,\n",
+     ["line 2", "'value'", "not a number"]),
     ("neg.csv", "user_id,item_id,timestamp,value\nu1,a,2024-01-01,-3\n", ["line 2", "'value'", "negative"]),
     ("empty.csv", "", ["empty"]),
     ("header_only.csv", "user_id,item_id,timestamp\n", ["no rows"]),
@@ -473,3 +474,17 @@ def test_a_given_event_id_with_new_content_is_an_error_not_a_duplicate(tmp_path,
     with pytest.raises(DataError, match=r"'e4' \(item_id 'X' stored, 'Y' given\)"):
         ingest(store, across, cmap=ColumnMap(event_id="eid"), chunk_rows=2)
     assert store.count_events() == 1
+
+
+def test_an_empty_value_is_zero_for_views_and_an_error_for_purchases(tmp_path, store):
+    """Clickstream logs leave the amount empty on views and carts: that is 0. A purchase or a return
+    without its amount is still an error."""
+    ok = write(tmp_path, "clicks.csv", "user_id,item_id,timestamp,event_type,value\n"
+                                       "u1,a,2024-01-01,view,\nu1,a,2024-01-02,cart,\nu1,a,2024-01-03,purchase,9.5\n")
+    assert ingest(store, ok).added == 3
+    assert store.events()["value"].tolist() == [0.0, 0.0, 9.5]
+    bad = write(tmp_path, "bad.csv", "user_id,item_id,timestamp,event_type,value\n"
+                                     "u2,a,2024-01-01,view,\nu2,a,2024-01-02,return,\n")
+    with pytest.raises(DataError, match=r"line 3, field 'value': not a number"):
+        ingest(store, bad)
+    assert store.count_events() == 3

@@ -97,14 +97,23 @@ def test_a_ragged_row_in_a_later_chunk_is_named(tmp_path):
 
 
 def test_a_jsonl_key_that_first_appears_in_a_later_chunk(tmp_path):
-    """Chunks give what one read gives: a value key missing on earlier lines is refused (named at the
-    line that first has it), an event_type key missing on earlier lines is accepted (the default type)."""
-    lines = [json.dumps({"user_id": "u1", "item_id": "a", "timestamp": f"2024-01-0{d}"}) for d in range(1, 5)]
-    lines.append(json.dumps({"user_id": "u1", "item_id": "a", "timestamp": "2024-01-06", "value": 5.0}))
+    """Chunks give what one read gives: a value key missing on earlier purchase lines is refused (named
+    at the line that first has it), on earlier views it is 0; an event_type key missing on earlier
+    lines is accepted (the default type)."""
+    lines = [json.dumps({"user_id": "u1", "item_id": "a", "timestamp": f"2024-01-0{d}", "event_type": t})
+             for d, t in zip(range(1, 5), ("view", "purchase", "view", "view"))]
+    lines.append(json.dumps({"user_id": "u1", "item_id": "a", "timestamp": "2024-01-06", "value": 5.0,
+                             "event_type": "purchase"}))
     src = _p(tmp_path, "e.jsonl", "\n".join(lines) + "\n")
     with EventStore(tmp_path / "s.duckdb") as st, pytest.raises(DataError, match=r"line 5, field 'value': first "
-                                                                 r"given here; the 4 line\(s\) before"):
+                                                                 r"given here; the 1 purchase or return line\(s\)"):
         ingest(st, src, chunk_rows=2)
+    views = [ln.replace('"purchase"', '"view"') if i < 4 else ln for i, ln in enumerate(lines)]
+    vsrc = _p(tmp_path, "v.jsonl", "\n".join(views) + "\n")
+    for chunk in (None, 2):
+        with EventStore(tmp_path / f"v{chunk}.duckdb") as st:
+            assert ingest(st, vsrc, chunk_rows=chunk).added == 5
+            assert st.events()["value"].tolist() == [0.0] * 4 + [5.0]
     typed = [json.dumps({"user_id": "u1", "item_id": "a", "timestamp": f"2024-01-0{d}"}) for d in range(1, 4)]
     typed.append(json.dumps({"user_id": "u1", "item_id": "b", "timestamp": "2024-01-05", "event_type": "purchase"}))
     src = _p(tmp_path, "t.jsonl", "\n".join(typed) + "\n")
@@ -112,8 +121,8 @@ def test_a_jsonl_key_that_first_appears_in_a_later_chunk(tmp_path):
         with EventStore(tmp_path / f"t{chunk}.duckdb") as st:
             assert ingest(st, src, chunk_rows=chunk).added == 4
             assert st.events()["event_type"].tolist() == ["interaction"] * 3 + ["purchase"]
-    with EventStore(tmp_path / "s2.duckdb") as st, pytest.raises(DataError, match=r"line 1, field 'value': not a number"):
-        ingest(st, tmp_path / "e.jsonl", chunk_rows=None)   # read whole, the lines without it have no value
+    with EventStore(tmp_path / "s2.duckdb") as st, pytest.raises(DataError, match=r"line 2, field 'value': not a number"):
+        ingest(st, tmp_path / "e.jsonl", chunk_rows=None)   # read whole, the purchase without it has no value
 
 
 def test_a_header_without_rows_is_still_refused(tmp_path):

@@ -59,6 +59,7 @@ class IngestReport:
 
 # Values, quantities and prices are computed in float32 by the models: anything larger would become inf / NaN.
 MAX_NUMBER = float(np.finfo(np.float32).max)
+MONETARY_TYPES = ("purchase", "return")   # event types whose value is an amount that must be given
 
 
 def file_sha256(path: str | Path) -> str:
@@ -400,6 +401,7 @@ def iter_events(path: str | Path, cmap: ColumnMap | None = None, sep: str | None
     problems = _Problems(str(path))
     fmt = cmap.time_format or "ISO 8601 (e.g. 2011-09-09 08:26:00); set --time-format"
     src, seen = None, None
+    monetary_before = 0     # purchase / return rows in the chunks read so far
     typed = path.name.lower().endswith((".parquet", ".pq", ".jsonl", ".ndjson", ".jsonl.gz", ".ndjson.gz"))
     for df, first_line in _iter_table(path, sep, no_header, columns, chunk_rows):
         cols = [str(c) for c in df.columns]
@@ -407,10 +409,14 @@ def iter_events(path: str | Path, cmap: ColumnMap | None = None, sep: str | None
             src, seen = _field_columns(path, set(cols), cmap), cols
         elif cols != seen:   # JSON lines: a chunk without some key, or with a new one
             for c in (c for c in cols if c not in seen):
-                # read whole, the lines before would have no value here: "not a number" each
-                if c in (src["value"], src["quantity"]) and report.rows_read:
+                # read whole, the lines before would have no number here: an error for each quantity, and
+                # for each purchase or return without a value (a view's empty value is 0)
+                lacking = (report.rows_read if c == src["quantity"] else monetary_before if c == src["value"]
+                           else 0)
+                if lacking:
                     at = int(np.flatnonzero(df[c].notna().to_numpy())[0]) if df[c].notna().any() else 0
-                    problems.add(first_line + at, c, f"first given here; the {report.rows_read:,} line(s) before "
+                    what = "line(s)" if c == src["quantity"] else "purchase or return line(s)"
+                    problems.add(first_line + at, c, f"first given here; the {lacking:,} {what} before "
                                                      "this chunk lack it, and each needs a number")
             seen = seen + [c for c in cols if c not in seen]
             df = df.reindex(columns=seen)
@@ -423,6 +429,7 @@ def iter_events(path: str | Path, cmap: ColumnMap | None = None, sep: str | None
         report.rows_read += len(df)
         out = _check_rows(df, src, np.arange(len(df)) + first_line, problems, cmap.time_format, fmt,
                           default_event_type)
+        monetary_before += int(out["event_type"].isin(MONETARY_TYPES).sum())
         if problems.count:
             continue
         out = out.astype({"user_id": object, "item_id": object, "event_type": object, "event_id": object})
@@ -497,10 +504,18 @@ def _check_rows(df: pd.DataFrame, src: dict[str, str], lines: np.ndarray, proble
     _check_time_range(problems, ts, lines, src["timestamp"], raw_t)
     out["timestamp"] = ts
 
+    if src["event_type"] in present:
+        types = df[src["event_type"]].astype("string").str.strip().str.lower()
+        types = types.fillna(default_event_type).replace("", default_event_type)
+    else:
+        types = pd.Series(default_event_type, index=df.index, dtype="string")
     for fld, default in (("value", 0.0), ("quantity", 1.0)):
         if src[fld] in present:
             raw = df[src[fld]]
             num = _numeric(raw)
+            if fld == "value":   # a view or a click has no amount: its empty value is 0; a purchase needs one
+                empty = (raw.isna() | (raw.astype("string").str.strip() == "")).fillna(True)
+                num = num.where(~(empty & ~types.isin(MONETARY_TYPES)), 0.0)
             bad_nan = num.isna().to_numpy()
             problems.add_mask(bad_nan, lines, src[fld], raw, "not a number (NaN or empty)")
             neg = (num < 0).fillna(False).to_numpy()
