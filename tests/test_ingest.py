@@ -488,3 +488,16 @@ def test_an_empty_value_is_zero_for_views_and_an_error_for_purchases(tmp_path, s
     with pytest.raises(DataError, match=r"line 3, field 'value': not a number"):
         ingest(store, bad)
     assert store.count_events() == 3
+
+
+def test_the_services_row_check_refuses_numbers_the_models_cannot_hold():
+    """POST /v1/events validates rows with validate_event_rows: the float32 bound of file ingest holds
+    there too (a larger value became NaN predictions)."""
+    from valuerec.data.validate import validate_event_rows
+
+    with pytest.raises(DataError) as e:
+        validate_event_rows([{"user_id": "u", "timestamp": "2024-01-01", "value": 1e39},
+                             {"user_id": "u", "timestamp": "2024-01-02", "quantity": 5e38},
+                             {"user_id": "u", "timestamp": "2024-01-03", "value": 3e38}])
+    assert e.value.n_problems == 2
+    assert "[0].value: too large" in str(e.value) and "[1].quantity: too large" in str(e.value)

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from valuerec.data.schema import DEFAULT_EVENT_TYPE, EVENT_TYPES, DataError
+from valuerec.data.schema import DEFAULT_EVENT_TYPE, EVENT_TYPES, MAX_NUMBER, DataError
 from valuerec.data.store import EventStore
 
 MAX_PROBLEMS_SHOWN = 20
@@ -57,8 +57,6 @@ class IngestReport:
         return dict(self.__dict__)
 
 
-# Values, quantities and prices are computed in float32 by the models: anything larger would become inf / NaN.
-MAX_NUMBER = float(np.finfo(np.float32).max)
 MONETARY_TYPES = ("purchase", "return")   # event types whose value is an amount that must be given
 
 

@@ -29,3 +29,7 @@ class DataError(ValueError):
         if self.n_problems > len(shown):
             lines.append(f"  ... and {self.n_problems - len(shown)} more problem(s)")
         super().__init__("\n".join(lines))
+
+
+# Values, quantities and prices are computed in float32 by the models: anything larger would become inf / NaN.
+MAX_NUMBER = 3.4028234663852886e38      # float(np.finfo(np.float32).max)

@@ -12,7 +12,7 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-from valuerec.data.schema import DEFAULT_EVENT_TYPE, DataError
+from valuerec.data.schema import DEFAULT_EVENT_TYPE, MAX_NUMBER, DataError
 
 # Timestamps outside this range are almost always unit mistakes (ms given as seconds, year 20111).
 MIN_TIME = pd.Timestamp("1970-01-01")
@@ -57,6 +57,8 @@ def _number(v, default: float) -> tuple[float | None, str | None]:
         return None, "infinite"
     if x < 0:
         return None, "negative; record returns as event_type 'return' with a positive value"
+    if x > MAX_NUMBER:
+        return None, f"too large (above {MAX_NUMBER:.3g}, the largest number the models compute with)"
     return x, None
 
 
