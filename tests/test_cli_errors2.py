@@ -166,3 +166,13 @@ def test_train_item_value_horizon_must_be_positive_days(cli_setup):
                                 "--item-value-horizon", bad])
         assert r.exit_code == 2 and "must be a number of days > 0" in r.output, r.output
     assert not (tmp / "m9").exists()
+
+
+def test_train_checks_the_transformers_settings_before_reading_data(cli_setup):
+    """A setting only the model's own config can judge (d_model not divisible by n_heads) is refused
+    before the split is built and logged."""
+    tmp, store = cli_setup
+    r = runner.invoke(app, ["train", "--store", str(store), "--model", "transformer", "--out", str(tmp / "mx"),
+                            "--config", '{"d_model": 15, "n_heads": 2}'])
+    assert r.exit_code == 2 and "d_model=15 is not divisible by n_heads=2" in r.output
+    assert "split" not in r.output and not (tmp / "mx").exists()
