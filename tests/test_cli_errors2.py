@@ -176,3 +176,6 @@ def test_train_checks_the_transformers_settings_before_reading_data(cli_setup):
                             "--config", '{"d_model": 15, "n_heads": 2}'])
     assert r.exit_code == 2 and "d_model=15 is not divisible by n_heads=2" in r.output
     assert "split" not in r.output and not (tmp / "mx").exists()
+    r = runner.invoke(app, ["train", "--store", str(store), "--model", "popularity", "--out", str(tmp / "mx"),
+                            "--epochs", "0"])
+    assert r.exit_code == 2 and "--epochs" in r.output and not (tmp / "mx").exists()   # trained nothing, saved it

@@ -125,7 +125,7 @@ def train_cmd(
     protocol: str = typer.Option("auto", "--protocol", help="auto, r1/loo (leave-one-out), r2, cutoff"),
     cutoff: Optional[str] = typer.Option(None, "--cutoff", help="Test cut-off time (cut-off split)"),
     valid_cutoff: Optional[str] = typer.Option(None, "--valid-cutoff", help="Validation cut-off time"),
-    epochs: Optional[int] = typer.Option(None, "--epochs", help="Maximum epochs (early stopping may stop sooner)"),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Maximum epochs (early stopping may stop sooner)"),
     config: list[str] = typer.Option([], "--config", help="key=value, JSON object or .json file; repeatable"),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:N (default: cuda if available)"),
     seed: int = typer.Option(0, "--seed"),
