@@ -307,6 +307,19 @@ def test_train_command_on_value_only_data(tmp_path):
         r = runner.invoke(app, ["value", "--model", str(tmp_path / "m"), "--store", str(store),
                                 "--out", str(tmp_path / bad)])
         assert r.exit_code == 2 and msg in r.output, r.output
+    # explain follows `value`: a customer without a purchase has no value to explain
+    from valuerec.data.store import EventStore
+    with EventStore(store) as st:
+        st.add_events(pd.DataFrame({"user_id": ["viewer"], "item_id": [None], "event_type": ["view"], "value": [0.0],
+                                    "quantity": [1.0], "timestamp": [pd.Timestamp("2023-03-01")]}))
+    base = ["explain", "--model", str(tmp_path / "m"), "--store", str(store), "--json"]
+    r = runner.invoke(app, base + ["--user", "viewer", "--target", "value"])
+    assert r.exit_code == 2 and "has no purchase before" in r.output
+    r = runner.invoke(app, ["value", "--model", str(tmp_path / "m"), "--store", str(store), "--user", "viewer"])
+    assert r.exit_code == 2 and "no purchase before" in r.output
+    r = runner.invoke(app, base + ["--user", "c3", "--target", "churn"])
+    assert r.exit_code == 0, r.output
+    assert 0 <= json.loads(r.stdout)["target"]["value"] <= 1
     # a ranking model, or a ranking option, is still refused on such data
     r = runner.invoke(app, ["train", "--store", str(store), "--model", "popularity", "--out", str(tmp_path / "p")])
     assert r.exit_code == 2 and "no events with an item_id" in r.output

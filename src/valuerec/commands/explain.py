@@ -70,6 +70,12 @@ def explain_user(model: Path, store: Path, user: str, target: str | None = None,
     elif target in ("value", "churn"):
         if vm is None:
             raise DataError(f"--target {target}: no value model (pass one with --value-model)")
+        from valuerec.data.schema import event_type_code
+        types = h.event_types[0] if h.event_types is not None else np.zeros(0)
+        if not (np.asarray(types) == event_type_code("purchase")).any():
+            # as `valuerec value` does: a value is predicted for customers with a purchase
+            raise DataError(f"user {user!r} has no purchase before {pd.Timestamp(ctx.as_of, unit='s')}; value models "
+                            "need at least one (valuerec value refuses them too)")
         fn = value_target(vm, ctx.as_of) if target == "value" else churn_target(vm, ctx.as_of)
         tname = "predicted value" if target == "value" else "churn probability"
         described = {"kind": target}
