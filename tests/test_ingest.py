@@ -501,3 +501,9 @@ def test_the_services_row_check_refuses_numbers_the_models_cannot_hold():
                              {"user_id": "u", "timestamp": "2024-01-03", "value": 3e38}])
     assert e.value.n_problems == 2
     assert "[0].value: too large" in str(e.value) and "[1].quantity: too large" in str(e.value)
+
+    rows = validate_event_rows([{"user_id": "u", "timestamp": "2024-01-01", "event_type": "view", "value": ""},
+                                {"user_id": "u", "timestamp": "2024-01-02", "event_type": "cart", "value": float("nan")}])
+    assert [r.value for r in rows] == [0.0, 0.0]       # as in file ingest: a view's empty value is 0
+    with pytest.raises(DataError, match=r"\[0\]\.value: not a number"):
+        validate_event_rows([{"user_id": "u", "timestamp": "2024-01-01", "event_type": "purchase", "value": ""}])

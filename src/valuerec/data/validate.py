@@ -111,17 +111,22 @@ def validate_event_rows(records: list[dict], source: str = "events",
         elif not (MIN_TIME <= ts < MAX_TIME):
             bad(n, "timestamp", "outside 1970..2100 (milliseconds given as seconds?)", r.get("timestamp"))
         nums = {}
+        et = _text(r.get("event_type"))
+        etype = et.lower() if et else default_event_type
         for fld, default in (("value", 0.0), ("quantity", 1.0)):
-            x, why = _number(r.get(fld), default)
+            v = r.get(fld)
+            if fld == "value" and etype not in ("purchase", "return") and (
+                    (isinstance(v, str) and not v.strip()) or (isinstance(v, float) and v != v)):
+                v = None     # as in file ingest: a view's empty value is 0; a purchase needs its amount
+            x, why = _number(v, default)
             if why:
                 bad(n, fld, why, r.get(fld))
             nums[fld] = x
         if count:
             continue
-        et = _text(r.get("event_type"))
         # Microsecond resolution, like the store's TIMESTAMP column.
         rows.append(EventRow(_text(r.get("event_id")), user, _text(r.get("item_id")), ts.floor("us"),
-                             et.lower() if et else default_event_type, nums["value"], nums["quantity"]))
+                             etype, nums["value"], nums["quantity"]))
     if count:
         raise DataError(f"{source}: {count} problem(s); nothing was written", problems, count)
     return rows
