@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from valuerec.data.schema import DEFAULT_EVENT_TYPE, EVENT_TYPES, MAX_NUMBER, DataError
+from valuerec.data.schema import DEFAULT_EVENT_TYPE, EVENT_TYPES, MAX_NUMBER, MONETARY_TYPES, DataError
 from valuerec.data.store import EventStore
 
 MAX_PROBLEMS_SHOWN = 20
@@ -55,9 +55,6 @@ class IngestReport:
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
-
-
-MONETARY_TYPES = ("purchase", "return")   # event types whose value is an amount that must be given
 
 
 def file_sha256(path: str | Path) -> str:
@@ -526,11 +523,7 @@ def _check_rows(df: pd.DataFrame, src: dict[str, str], lines: np.ndarray, proble
         else:
             out[fld] = default
 
-    if src["event_type"] in present:
-        et = df[src["event_type"]].astype("string").str.strip().str.lower()
-        out["event_type"] = et.fillna(default_event_type).replace("", default_event_type)
-    else:
-        out["event_type"] = default_event_type
+    out["event_type"] = types if src["event_type"] in present else default_event_type
     if src["event_id"] in present:
         eid = df[src["event_id"]].astype("string").str.strip()
         out["event_id"] = eid.where(eid != "", None)

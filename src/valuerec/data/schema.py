@@ -33,3 +33,4 @@ class DataError(ValueError):
 
 # Values, quantities and prices are computed in float32 by the models: anything larger would become inf / NaN.
 MAX_NUMBER = 3.4028234663852886e38      # float(np.finfo(np.float32).max)
+MONETARY_TYPES = ("purchase", "return")   # event types whose value is an amount that must be given

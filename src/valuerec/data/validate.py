@@ -12,7 +12,7 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-from valuerec.data.schema import DEFAULT_EVENT_TYPE, MAX_NUMBER, DataError
+from valuerec.data.schema import DEFAULT_EVENT_TYPE, MAX_NUMBER, MONETARY_TYPES, DataError
 
 # Timestamps outside this range are almost always unit mistakes (ms given as seconds, year 20111).
 MIN_TIME = pd.Timestamp("1970-01-01")
@@ -115,7 +115,7 @@ def validate_event_rows(records: list[dict], source: str = "events",
         etype = et.lower() if et else default_event_type
         for fld, default in (("value", 0.0), ("quantity", 1.0)):
             v = r.get(fld)
-            if fld == "value" and etype not in ("purchase", "return") and (
+            if fld == "value" and etype not in MONETARY_TYPES and (
                     (isinstance(v, str) and not v.strip()) or (isinstance(v, float) and v != v)):
                 v = None     # as in file ingest: a view's empty value is 0; a purchase needs its amount
             x, why = _number(v, default)
