@@ -45,6 +45,15 @@ BTYD = ["btyd_purchases", "btyd_p_alive", "btyd_p_none", "btyd_spend", "btyd_val
 METRICS = ("gini", "spearman")
 
 
+def seed_summary(per: dict[str, list[dict]]) -> dict:
+    """Per-seed metric dicts of the "valid" and "test" cut-offs as a result entry: their means under
+    ``metrics`` (test) and ``validation_metrics``, the spread over seeds on test under ``metrics_std``."""
+    keys = list(per["test"][0])
+    mean = {s: {k: float(np.mean([r[k] for r in per[s]])) for k in keys} for s in per}
+    return {"metrics": mean["test"], "validation_metrics": mean["valid"],
+            "metrics_std": {k: float(np.std([r[k] for r in per["test"]])) for k in keys}}
+
+
 def btyd_features(histories, as_of: int, horizon_days: float, params: dict | None = None):
     """RFM + BG/NBD x Gamma-Gamma features of every history as of ``as_of`` (BG/NBD fitted on the
     customers with a purchase before it unless ``params`` are given); rows without a purchase dropped."""
@@ -125,10 +134,7 @@ def main(argv=None) -> int:
             print(f"{name} {model}: gini {np.mean([r['gini'] for r in per[model][name]]):.4f}", file=sys.stderr)
     models = {}
     for model, d in per.items():
-        mean = {s: {k: float(np.mean([r[k] for r in d[s]])) for k in METRICS} for s in d}
-        models[model] = {"metrics": mean["test"], "validation_metrics": mean["valid"],
-                         "metrics_std": {k: float(np.std([r[k] for r in d["test"]])) for k in METRICS},
-                         "seeds": list(range(len(d["test"]))), "params": {}}
+        models[model] = {**seed_summary(d), "seeds": list(range(len(d["test"]))), "params": {}}
     chosen = max(models, key=lambda k: models[k]["validation_metrics"]["gini"])
     result = {"protocol": "V1-probe", "dataset": "online-retail", "data_sha256": sha,
               "git_commit": git_commit(), "command": command_line(), "device": device_info("cpu"),

@@ -33,7 +33,7 @@ import torch
 from scipy.stats import rankdata
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from v1_btyd_probe import load_v1_tasks  # noqa: E402
+from v1_btyd_probe import load_v1_tasks, seed_summary  # noqa: E402
 
 from valuerec.data.store import EventStore  # noqa: E402
 from valuerec.evaluation.protocols import cached_store, resolve_online_retail_data  # noqa: E402
@@ -128,11 +128,8 @@ def main(argv=None) -> int:
                 pct[s].append([float(r[i]) for i in top5[s]])
                 print(f"{name} seed {seed} {s}: " + " ".join(f"{k} {v:.4f}" for k, v in per[s][-1].items())
                       + f" ({secs[-1]:.0f}s)", file=sys.stderr)
-        mean = {s: {k: float(np.mean([r[k] for r in per[s]])) for k in per[s][0]} for s in per}
         models[name] = {
-            "metrics": mean["test"], "validation_metrics": mean["valid"],
-            "metrics_std": {k: float(np.std([r[k] for r in per["test"]])) for k in per["test"][0]},
-            "metrics_per_seed": per,
+            **seed_summary(per), "metrics_per_seed": per,
             "top_spender_percentiles": {s: np.mean(pct[s], axis=0).round(4).tolist() for s in pct},
             "seeds": seeds, "train_seconds": float(np.median(secs)), "params": chosen[name]["params"]}
     result = {"protocol": "V1-probe", "dataset": "online-retail", "data_sha256": sha,

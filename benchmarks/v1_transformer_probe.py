@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from v1_btyd_probe import load_v1_tasks  # noqa: E402
+from v1_btyd_probe import load_v1_tasks, seed_summary  # noqa: E402
 
 from valuerec.evaluation.results import command_line, device_info, git_commit, now_iso, write_result  # noqa: E402
 from valuerec.evaluation.value_protocol import evaluate_predictions  # noqa: E402
@@ -69,10 +69,7 @@ def main(argv=None) -> int:
                 seconds.append(time.perf_counter() - t0)
                 print(f"{name} seed {seed} {split}: " + " ".join(f"{k} {m[k]:.4f}" for k in METRICS)
                       + f" ({seconds[-1]:.0f}s)", file=sys.stderr)
-        mean = {s: {k: float(np.mean([r[k] for r in per[s]])) for k in METRICS} for s in per}
-        models[name] = {"metrics": mean["test"], "validation_metrics": mean["valid"],
-                        "metrics_std": {k: float(np.std([r[k] for r in per["test"]])) for k in METRICS},
-                        "metrics_per_seed": per, "seeds": list(range(args.seeds)),
+        models[name] = {**seed_summary(per), "metrics_per_seed": per, "seeds": list(range(args.seeds)),
                         "train_seconds": float(np.median(seconds)), "params": params}
     score = lambda k: models[k]["validation_metrics"]["gini"] + models[k]["validation_metrics"]["auc"]  # noqa: E731
     chosen = max(models, key=score)
