@@ -156,11 +156,11 @@ def greedy_deletion(target_fn: TargetFn, histories: Sequences, users=None, k: in
         for j, c in enumerate(cands):
             if len(c):
                 v = vals[pos:pos + len(c)]
-                moved = full[j] - v if direction == "supporting" else np.abs(full[j] - v)
-                b = int(np.argmax(moved))    # first of equals: the earliest event
-                now = (full[j] - after[j][-1] if direction == "supporting" else abs(full[j] - after[j][-1])) \
-                    if len(after[j]) else 0.0
-                if stop_without_gain and not moved[b] > now:
+                def moved(x):     # how far the target moved from the full history's
+                    return full[j] - x if direction == "supporting" else np.abs(full[j] - x)
+                m = moved(v)
+                b = int(np.argmax(m))    # first of equals: the earliest event
+                if stop_without_gain and not m[b] > (moved(after[j][-1]) if len(after[j]) else 0.0):
                     done[j] = True
                     pos += len(c)
                     continue

@@ -640,9 +640,9 @@ class ServiceState:
         # the one the model measured on its training population (when it has one).
         from valuerec.policies.lifecycle import LifecycleConfig
         thr = getattr(rt.model, "advocate_value_threshold_", None)
-        cfg = LifecycleConfig.for_model(rt.model if isinstance(raw_value, dict) else None,
-                                        {"advocate_value_threshold": float(thr)}
-                                        if thr is not None and isinstance(raw_value, dict) else None)
+        valued = isinstance(raw_value, dict)
+        cfg = LifecycleConfig.for_model(rt.model if valued else None,
+                                        {"advocate_value_threshold": float(thr)} if valued and thr is not None else None)
         df = fn(seqs, self._unix(t), raw_value if isinstance(raw_value, dict) else None, cfg)
         return first_row(df)
 
