@@ -12,7 +12,7 @@
 set -euo pipefail
 DATA=${1:-../shared/data/online-retail/online_retail_2010_2011.csv.gz}
 export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
-valuerec bench r2 --data "$DATA" --models popularity,repeat,itemknn,als,bpr,transformer --seeds 3 \
+valuerec bench r2 --data "$DATA" --models popularity,repeat,itemknn,als,bpr,tifuknn,transformer --seeds 3 \
   --params '{"transformer": {"repeat": true, "target": "window", "d_model": 64, "n_layers": 2, "max_len": 50, "dropout": 0.3, "lr": 0.001, "epochs": 25, "eval_every": 1, "patience": 4, "cooc_weight": "auto", "cooc_repeat_share": "auto", "cooc_recency_decay": 1.0, "cooc_neighbours": 50, "progress": false, "ema_decay": [0.0, 0.99, 0.999]}}' \
   --out benchmarks/results/r2_online_retail.json
 python benchmarks/make_page.py

@@ -16,6 +16,7 @@ TINY = {
     "itemknn": {"neighbours": 10, "recency_decay": 0.8},
     "als": {"factors": 8, "iterations": 5, "regularization": 0.1},
     "bpr": {"factors": 8, "iterations": 20, "learning_rate": 0.05},
+    "tifuknn": {"neighbours": 10, "alpha": 0.5, "group_size": 2},
 }
 BASELINES = [m for m in TINY if m in MODEL_REGISTRY]
 
@@ -104,7 +105,7 @@ def test_personalised_models_follow_the_signal(data):
     """Item i is usually followed by i, i+1 or i+2: kNN and ALS should rank those above random items."""
     train, cat = synthetic(n_users=300, seed=1)
     probe = Sequences(items=[np.array([10])], user_ids=np.array(["probe"], dtype=object))
-    for name in ("itemknn", "als"):
+    for name in ("itemknn", "als", "tifuknn"):
         m = MODEL_REGISTRY[name](seed=0, **TINY[name]).fit(train, cat)
         top = set(m.recommend(probe, k=4)[0][0].tolist())
         assert top & {11, 12, 9, 8}, (name, top)

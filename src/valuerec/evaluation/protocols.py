@@ -35,6 +35,8 @@ DEFAULT_CACHE = Path("runs/stores")
 DEFAULT_GRIDS: dict[str, dict[str, list]] = {
     "itemknn": {"neighbours": [50, 200], "recency_decay": [1.0, 0.8, 0.6]},
     "repeat": {"decay": [1.0, 0.99, 0.95]},
+    "tifuknn": {"alpha": [0.4, 0.6, 0.8], "neighbours": [100, 300], "basket": ["time", "day"],
+                "within_decay": [0.9, 0.95], "group_decay": [0.8]},
     "als": {"factors": [64, 128], "regularization": [0.01, 0.1], "alpha": [1.0, 10.0], "iterations": [15]},
     "bpr": {"factors": [64, 128], "learning_rate": [0.01, 0.05], "regularization": [0.01], "iterations": [100]},
 }
