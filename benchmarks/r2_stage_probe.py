@@ -20,7 +20,9 @@ point w = 1 that validation chose for the stage in every seed):
 - ``stage_hurdle_mean``: P x the geometric mean of the learned value and the hurdle's value;
 - ``tweedie``: one LightGBM with a Tweedie loss on the candidate's holdout revenue (zeros included);
 - ``stage_plus_transformer``: the reference with a second transformer (next seed) as a third
-  companion (``--transformer-companion``).
+  companion (``--transformer-companion``);
+- ``stage_plus_<name>``: the reference with another registered recommender as a third companion
+  (``--companion NAME``, e.g. ``tifuknn``, its settings chosen on validation as in ``bench r2``).
 
 With ``--settings`` the probe instead asks whether the stage is short of data or of tuning: the
 reference beside the same classifier trained on half of each fold's training users
@@ -111,6 +113,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--transformer-companion", action="store_true",
                     help="also try a second transformer (seed + 1) as a companion (about 5 more CPU minutes)")
+    ap.add_argument("--companion", action="append", default=[],
+                    help="also try this registered recommender as a third companion (repeatable)")
     ap.add_argument("--settings", action="store_true",
                     help="the reference against half the training users and other classifier settings, instead of "
                          "the other second stages")
@@ -130,7 +134,8 @@ def main(argv=None) -> int:
     values = {"valid": ItemValueModel(horizon_days=91.0, seed=args.seed).fit(split.train, vcut, n, price),
               "test": ItemValueModel(horizon_days=91.0, seed=args.seed).fit(split.train_full, cut, n, price)}
     comps = {"valid": {}, "test": {}}
-    comp_names = ["als", "bpr"] + (["transformer"] if args.transformer_companion else [])
+    extra = (["transformer"] if args.transformer_companion else []) + [c for c in args.companion if c != "transformer"]
+    comp_names = ["als", "bpr"] + extra
     for c in comp_names:
         cv, cf, _, _ = (fit_recommender(c, split, None, args.seed) if c != "transformer"
                         else fit_recommender(c, split, params, args.seed + 1))
@@ -140,7 +145,7 @@ def main(argv=None) -> int:
          "test": candidate_table(fm, split.test, cut, split.train_full, values["test"], comps["test"], n)}
     names = D["valid"]["names"]
     col = {f: k for k, f in enumerate(names)}
-    base_cols = [k for k, f in enumerate(names) if not f.startswith("c_transformer_")]
+    base_cols = [k for k, f in enumerate(names) if not any(f.startswith(f"c_{c}_") for c in extra)]
     Bv, C, F = D["valid"]["X"].shape
     Bt = D["test"]["X"].shape[0]
     Xv, Xt = D["valid"]["X"].reshape(Bv * C, F), D["test"]["X"].reshape(Bt * C, F)
@@ -272,11 +277,12 @@ def main(argv=None) -> int:
         ov, ot = timed("lambdarank_share", lambdarank)
         add("lambdarank_share", ov, ot, "LambdaRank, the share of holdout spend graded 0..30")
 
-        if args.transformer_companion:
-            all_cols = list(range(F))
-            ov, ot = timed("stage_plus_transformer", lambda: oof_and_test(classifier(), all_cols))
-            add("stage_plus_transformer", ov + logv["valid"], ot + logv["test"],
-                "the reference with a second transformer (seed + 1) as a third companion")
+        for c in extra:
+            cols = base_cols + [k for k, f in enumerate(names) if f.startswith(f"c_{c}_")]
+            ov, ot = timed(f"stage_plus_{c}", lambda cols=cols: oof_and_test(classifier(), cols))
+            add(f"stage_plus_{c}", ov + logv["valid"], ot + logv["test"],
+                "the reference with a second transformer (seed + 1) as a third companion" if c == "transformer"
+                else f"the reference with {c} (settings chosen on validation) as a third companion")
 
     chosen = max(results, key=lambda k: results[k]["validation_metrics"]["revenue@20"])
     result = {"protocol": "R2-stage-probe", "dataset": meta["dataset"], "data_sha256": meta["data_sha256"],

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # R2 with the behaviour transformer beside the baselines, in one run (3 seeds). The baselines include
 # 'repeat' (the user's own items by purchase count): R2 does not exclude past items and repeat buying
-# dominates it. The transformer uses its learned repeat term and learns what each customer buys in
+# dominates it; and 'tifuknn' (TIFU-KNN, Hu et al. 2020: time-decayed own item frequencies mixed with
+# the nearest other customers'), the strongest next-basket baseline we know of. The transformer uses
+# its learned repeat term and learns what each customer buys in
 # the following 90 days (target="window") rather than the next invoice line; its epoch count is chosen
 # on the validation cut-off, then it is refitted on everything before the test cut-off. Its scores add
 # a co-occurrence / buy-again prior (item-kNN over the same histories mixed with the customer's own
