@@ -58,6 +58,12 @@ def test_train_command_names_bad_settings_dates_and_outputs(cli_setup):
     base = ["train", "--store", str(store), "--model", "popularity"]
     r = runner.invoke(app, base + ["--out", str(tmp / "m"), "--config", "foo=1"])
     assert r.exit_code == 2 and "popularity: unknown setting(s) ['foo']" in r.output
+    for model, setting, message in (("itemknn", "neighbours=0", "itemknn: neighbours must be >= 1 (got 0)"),
+                                    ("tifuknn", "basket=week", "tifuknn: basket must be one of")):
+        r = runner.invoke(app, ["train", "--store", str(store), "--model", model, "--out", str(tmp / "m"),
+                                "--config", setting])
+        assert r.exit_code == 2 and message in r.output and "Traceback" not in r.output
+        assert not (tmp / "m").exists()
     r = runner.invoke(app, base + ["--out", str(tmp / "m"), "--device", "cpu"])
     assert r.exit_code == 2 and "unknown setting(s) ['device']" in r.output and "--device is for" in r.output
     r = runner.invoke(app, base + ["--out", str(tmp / "m"), "--cutoff", "notadate", "--valid-cutoff", "2011-03-01"])

@@ -175,7 +175,12 @@ def train_cmd(
         if device is not None:
             params["device"] = device
         check_model_params(model_name, MODEL_REGISTRY[model_name], params)
-        MODEL_REGISTRY[model_name](seed=seed, **params)   # its own checks (the transformer's configs) before any data
+        try:   # its own checks (the transformer's configs, the baselines' ranges) before any data
+            MODEL_REGISTRY[model_name](seed=seed, **params)
+        except DataError:
+            raise
+        except ValueError as e:
+            raise DataError(f"--config: {e}") from None
         if not (math.isfinite(item_value_horizon) and item_value_horizon > 0):
             raise DataError(f"--item-value-horizon {item_value_horizon}: must be a number of days > 0")
         cutoff_t, valid_t = parse_time(cutoff, "--cutoff"), parse_time(valid_cutoff, "--valid-cutoff")
