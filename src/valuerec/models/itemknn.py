@@ -96,16 +96,25 @@ class ItemKNN(Recommender):
         return torch.from_numpy(s)
 
     def _save_state(self, path: Path) -> None:
-        m = self.sim_.tocsr()
-        np.save(path / "sim_data.npy", m.data.astype(np.float32))
-        np.save(path / "sim_indices.npy", m.indices.astype(np.int64))
-        np.save(path / "sim_indptr.npy", m.indptr.astype(np.int64))
-        (path / "state.json").write_text(json.dumps({"shape": list(m.shape)}))
+        save_csr(path, "sim", self.sim_)
 
     def _load_state(self, path: Path) -> None:
-        shape = tuple(json.loads((path / "state.json").read_text())["shape"])
-        self.sim_ = sp.csr_matrix((np.load(path / "sim_data.npy"), np.load(path / "sim_indices.npy"),
-                                   np.load(path / "sim_indptr.npy")), shape=shape)
+        self.sim_ = load_csr(path, "sim")
+
+
+def save_csr(path: Path, prefix: str, m: sp.spmatrix) -> None:
+    """A float32 CSR matrix as ``{prefix}_data/indices/indptr.npy`` and its shape in ``state.json``."""
+    m = m.tocsr()
+    np.save(path / f"{prefix}_data.npy", m.data.astype(np.float32))
+    np.save(path / f"{prefix}_indices.npy", m.indices.astype(np.int64))
+    np.save(path / f"{prefix}_indptr.npy", m.indptr.astype(np.int64))
+    (path / "state.json").write_text(json.dumps({"shape": list(m.shape)}))
+
+
+def load_csr(path: Path, prefix: str) -> sp.csr_matrix:
+    shape = tuple(json.loads((path / "state.json").read_text())["shape"])
+    return sp.csr_matrix((np.load(path / f"{prefix}_data.npy"), np.load(path / f"{prefix}_indices.npy"),
+                          np.load(path / f"{prefix}_indptr.npy")), shape=shape)
 
 
 def _keep_top_per_row(m: sp.csr_matrix, k: int) -> sp.csr_matrix:

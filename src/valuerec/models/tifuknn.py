@@ -22,7 +22,6 @@ oldest group is the short one).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +30,7 @@ import torch
 
 from valuerec.data.dataset import Catalogue, Sequences
 from valuerec.models.base import Recommender, register
+from valuerec.models.itemknn import load_csr, save_csr
 
 BASKETS = ("time", "day", "event")
 DAY = 86400
@@ -127,12 +127,17 @@ class TIFUKNN(Recommender):
         self.ref_ids_ = (np.asarray(train.user_ids).astype(str) if train.user_ids is not None else None)
         items = np.concatenate([s[s >= 0] for s in train.items]) if len(train) else np.zeros(0, np.int64)
         self.counts_ = np.bincount(items[items < len(catalogue)], minlength=len(catalogue)).astype(np.float32)
+        self._index()
         return self
+
+    def _index(self) -> None:
+        """What every score() call reads: the unit-length reference vectors and each user id's row."""
+        self.ref_unit_ = _row_normalised(self.ref_).T.tocsr()   # (items, ref users)
+        self.ref_pos_ = {u: k for k, u in enumerate(self.ref_ids_)} if self.ref_ids_ is not None else {}
 
     def score(self, histories: Sequences) -> torch.Tensor:
         out = torch.empty((len(histories), self.n_items), dtype=torch.float32)
-        ref_n = _row_normalised(self.ref_).T.tocsr()           # (items, ref users)
-        ref_pos = ({u: k for k, u in enumerate(self.ref_ids_)} if self.ref_ids_ is not None else {})
+        ref_n, ref_pos = self.ref_unit_, self.ref_pos_
         pop = torch.from_numpy(self.counts_ / max(float(self.counts_.max(initial=0.0)), 1.0) * 1e-12)
         n_ref = self.ref_.shape[0]
         for s in range(0, len(histories), self.batch_size):
@@ -160,19 +165,14 @@ class TIFUKNN(Recommender):
         return out
 
     def _save_state(self, path: Path) -> None:
-        m = self.ref_.tocsr()
-        np.save(path / "ref_data.npy", m.data.astype(np.float32))
-        np.save(path / "ref_indices.npy", m.indices.astype(np.int64))
-        np.save(path / "ref_indptr.npy", m.indptr.astype(np.int64))
+        save_csr(path, "ref", self.ref_)
         np.save(path / "counts.npy", self.counts_)
         if self.ref_ids_ is not None:
             np.save(path / "ref_user_ids.npy", self.ref_ids_.astype(str))
-        (path / "state.json").write_text(json.dumps({"shape": list(m.shape)}))
 
     def _load_state(self, path: Path) -> None:
-        shape = tuple(json.loads((path / "state.json").read_text())["shape"])
-        self.ref_ = sp.csr_matrix((np.load(path / "ref_data.npy"), np.load(path / "ref_indices.npy"),
-                                   np.load(path / "ref_indptr.npy")), shape=shape)
+        self.ref_ = load_csr(path, "ref")
         self.counts_ = np.load(path / "counts.npy")
         ids = path / "ref_user_ids.npy"
         self.ref_ids_ = np.load(ids) if ids.exists() else None
+        self._index()
