@@ -108,3 +108,81 @@ def test_run_peer_end_to_end(tmp_path):
         run_peer("nope", sys.executable, split, R1, seeds=[0], peers_dir=peers)
     with pytest.raises(DataError, match="no Python"):
         run_peer("pop", tmp_path / "missing-python", split, R1, seeds=[0], peers_dir=peers)
+
+
+def window_split(n_users=50, seed=0) -> Split:
+    """R2-like: a target *set* per user with revenue, nothing excluded, and a train_full."""
+    rng = np.random.default_rng(seed)
+    ids = np.array([f"u{i}" for i in range(n_users)], dtype=object)
+    seqs = (lambda xs: Sequences(items=xs, user_ids=ids))
+    early = [rng.integers(0, N, size=int(rng.integers(2, 8))).astype(np.int64) for _ in range(n_users)]
+    later = [rng.integers(0, N, size=int(rng.integers(1, 6))).astype(np.int64) for _ in range(n_users)]
+    train, full = seqs(early), seqs([np.concatenate([a, b]) for a, b in zip(early, later)])
+    targets = [np.unique(rng.integers(0, N, size=int(rng.integers(1, 30)))) for _ in range(n_users)]
+    revenue = [rng.uniform(1, 50, size=len(t)) for t in targets]
+    total = np.array([r.sum() + rng.uniform(0, 20) for r in revenue])   # some spend on other items
+    valid = EvalTask(inputs=train, targets=[s[-1:] for s in later], exclude=None)
+    test = EvalTask(inputs=full, targets=targets, exclude=None, target_revenue=revenue, total_revenue=total)
+    cat = Catalogue(item_ids=np.array([f"i{i}" for i in range(N)], dtype=object))
+    return Split(catalogue=cat, train=train, valid=valid, test=test, train_full=full, info={})
+
+
+def test_top_lists_score_sets_and_revenue_like_full_rankings():
+    from valuerec.evaluation.protocols import R2
+    split = window_split()
+    task = split.test
+    scores = torch.randn(len(task), N, generator=torch.Generator().manual_seed(2))
+    order = torch.argsort(scores, dim=1, descending=True)[:, :20].numpy()
+    top = pd.DataFrame([(u, r + 1, int(it)) for u in range(len(task)) for r, it in enumerate(order[u])],
+                       columns=["user", "rank", "item"])
+    got = score_top_lists(top, task, np.arange(len(task)), N, ks=R2.ks, coverage_k=R2.coverage_k)
+    ref = evaluate(lambda h: scores[[int(u[1:]) for u in h.user_ids]], task, N, ks=R2.ks, coverage_k=R2.coverage_k)
+    for m in ("recall@20", "ndcg@20", "hr@20", "revenue@20", "coverage@20"):
+        assert got[m] == pytest.approx(ref[m], abs=1e-12), m
+    assert 0 < got["revenue@20"] < 1
+
+
+def test_export_states_the_protocol_and_the_refit_histories(tmp_path):
+    from valuerec.evaluation.protocols import R2
+    split = window_split()
+    export_split(split, tmp_path, k=20, seed=1, params={}, spec=R2)
+    spec = json.loads((tmp_path / "spec.json").read_text())
+    assert spec == {"k": 20, "n_items": N, "seed": 1, "params": {}, "protocol": "R2", "exclude_history": False,
+                    "select_metric": "ndcg@20", "refit_full": True}
+    full = pd.read_csv(tmp_path / "train_full.csv")
+    users = np.load(tmp_path / "test_users.npy")
+    for i, s in enumerate(split.train_full.items):
+        assert full[full.user == users[i]].sort_values("pos")["item"].tolist() == s.tolist()
+    # R1 excludes the history; without a train_full there is nothing to refit on
+    export_split(loo_split(), tmp_path / "r1", k=20, seed=0, params={}, spec=R1)
+    assert json.loads((tmp_path / "r1" / "spec.json").read_text())["exclude_history"] is True
+    no_full = window_split()
+    no_full.train_full = None
+    export_split(no_full, tmp_path / "nf", k=20, seed=0, params={}, spec=R2)
+    assert json.loads((tmp_path / "nf" / "spec.json").read_text())["refit_full"] is False
+    assert not (tmp_path / "nf" / "train_full.csv").exists()
+
+
+def test_rectools_peer_validation_ndcg_matches_ours():
+    """The RecTools peer stops early on its own NDCG; on target sets it must be the protocol's NDCG."""
+    import importlib.util
+    from valuerec.evaluation.metrics import ranking_metrics_from_ranks
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "peers" / "rectools_sasrec.py"
+    mod_spec = importlib.util.spec_from_file_location("rectools_sasrec_peer", path)
+    peer = importlib.util.module_from_spec(mod_spec)
+    mod_spec.loader.exec_module(peer)
+    rng = np.random.default_rng(4)
+    targets = [np.unique(rng.integers(0, N, size=int(rng.integers(1, 25)))) for _ in range(30)]
+    lists = [rng.permutation(N)[:20] for _ in range(30)]
+    lists[0] = np.array([t for t in range(N) if t not in set(targets[0])][:20])   # a user with no hit
+    top = pd.DataFrame([(u, r + 1, int(it)) for u, lst in enumerate(lists) for r, it in enumerate(lst)],
+                       columns=["user", "rank", "item"])
+    tgt = pd.DataFrame([(u, int(t)) for u, ts in enumerate(targets) for t in ts], columns=["user", "item"])
+    ranks = np.full((30, max(map(len, targets))), np.inf)
+    for u, ts in enumerate(targets):
+        pos = {int(it): r + 1 for r, it in enumerate(lists[u])}
+        ranks[u, :len(ts)] = [pos.get(int(t), np.inf) for t in ts]
+    n_t = np.array([len(t) for t in targets])
+    for k in (10, 20):
+        ref = ranking_metrics_from_ranks(ranks, n_t, (k,))[f"ndcg@{k}"].mean()
+        assert peer.ndcg_at(top, pd.concat([tgt, tgt.head(3)]), k) == pytest.approx(ref, abs=1e-12)

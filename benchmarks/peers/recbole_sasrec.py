@@ -66,6 +66,9 @@ def main(d: Path) -> None:
     d = d.resolve()
     os.chdir(d)   # RecBole writes its logs (log/, log_tensorboard/) under the working directory
     spec = json.loads((d / "spec.json").read_text())
+    if not spec.get("exclude_history", True) or spec.get("select_metric", "ndcg@10") != "ndcg@10":
+        # RecBole's trainer validates leave-one-out with the history masked: R1's protocol only
+        sys.exit(f"recbole_sasrec: runs R1's protocol only (history excluded, NDCG@10), not {spec.get('protocol')}")
     user_params = spec.get("params", {})
     params = {**DEFAULTS, **{k: v for k, v in user_params.items() if k not in RUN_DEFAULTS}}
     run = {**RUN_DEFAULTS, **{k: v for k, v in user_params.items() if k in RUN_DEFAULTS}}

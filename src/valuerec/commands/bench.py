@@ -147,6 +147,22 @@ def check_params(models: list[str], params: dict | None, tune: bool, peers: dict
                 raise DataError(f"--params {name}: {e}") from None
 
 
+PEER_HELP = ("NAME=PYTHON: also run the peer implementation benchmarks/peers/NAME.py with that Python (its own "
+             "venv) on the same split, e.g. rectools_sasrec=.venv-rectools/bin/python; its settings go under "
+             "\"peer:NAME\" in --params")
+
+
+def _peers(specs: list[str] | None) -> dict[str, str]:
+    """--peer NAME=PYTHON options as {name: python}."""
+    peers = {}
+    for spec in specs or []:
+        name, sep, python = spec.partition("=")
+        if not sep or not name or not python:
+            raise DataError(f"--peer {spec!r}: expected NAME=PYTHON")
+        peers[name] = python
+    return peers
+
+
 @bench_app.command("r1")
 def r1_cmd(
     data: Path = typer.Option(..., "--data", help="S3-Rec format file (user item item ...) or a directory with Beauty.txt"),
@@ -162,21 +178,13 @@ def r1_cmd(
     device: str = typer.Option("cpu", "--device", help="Where evaluation ranks (cpu, cuda, cuda:N, mps)"),
     threads: int = typer.Option(1, "--threads", min=1, help="torch threads"),
     refit: Optional[bool] = typer.Option(None, "--refit/--no-refit", help=REFIT_HELP),
-    peer: Optional[list[str]] = typer.Option(
-        None, "--peer", help="NAME=PYTHON: also run the peer implementation benchmarks/peers/NAME.py with that "
-                             "Python (its own venv) on the same split, e.g. rectools_sasrec=.venv-rectools/bin/python; "
-                             "its settings go under \"peer:NAME\" in --params"),
+    peer: Optional[list[str]] = typer.Option(None, "--peer", help=PEER_HELP),
 ) -> None:
     """R1: next item, leave-one-out, full ranking (Amazon Beauty)."""
     from valuerec.evaluation.protocols import run_r1
     _setup_threads(threads)
     try:
-        peers = {}
-        for spec in peer or []:
-            name, sep, python = spec.partition("=")
-            if not sep or not name or not python:
-                raise DataError(f"--peer {spec!r}: expected NAME=PYTHON")
-            peers[name] = python
+        peers = _peers(peer)
         names, hyper = _models(models), _parse_params(params)
         check_params(names, hyper, tune, peers)
         check_device(device)
@@ -206,21 +214,23 @@ def r2_cmd(
     device: str = typer.Option("cpu", "--device", help="Where evaluation ranks (cpu, cuda, cuda:N, mps)"),
     threads: int = typer.Option(1, "--threads", min=1, help="torch threads"),
     refit: Optional[bool] = typer.Option(None, "--refit/--no-refit", help=REFIT_HELP),
+    peer: Optional[list[str]] = typer.Option(None, "--peer", help=PEER_HELP),
 ) -> None:
     """R2: next purchases after a cutoff (Online Retail)."""
     from valuerec.evaluation.protocols import run_r2
     _setup_threads(threads)
     from valuerec.commands.lifecycle import parse_time
     try:
+        peers = _peers(peer)
         names, hyper = _models(models), _parse_params(params)
-        check_params(names, hyper, tune)
+        check_params(names, hyper, tune, peers)
         check_device(device)
         check_out_file(out)
         cutoff_t, valid_t = parse_time(cutoff, "--cutoff"), parse_time(valid_cutoff, "--valid-cutoff")
         if valid_t >= cutoff_t:
             raise DataError(f"--valid-cutoff {valid_cutoff} must be before --cutoff {cutoff}")
         run_r2(data, names, list(range(first_seed, first_seed + seeds)), out, hyper, cache_dir, tune, batch_size, device,
-               console=console, cutoff=cutoff, valid_cutoff=valid_cutoff, refit_full=refit)
+               console=console, cutoff=cutoff, valid_cutoff=valid_cutoff, refit_full=refit, peers=peers)
     except DataError as e:
         print_error(console, e)
         raise typer.Exit(code=2) from None

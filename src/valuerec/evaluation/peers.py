@@ -5,14 +5,21 @@ dependencies never meet ours). It gets the split as files and returns top-k list
 test targets, and our code scores its lists with the protocol's metrics:
 
 - in ``DIR``: ``train.csv`` (user, item, pos: what it fits on), ``valid_inputs.csv`` and
-  ``valid_targets.csv`` (for its own early stopping), ``test_inputs.csv`` (the histories to recommend
-  for), ``spec.json`` (``k``, ``n_items``, ``seed``, ``params``);
+  ``valid_targets.csv`` (for its own early stopping; a target set per user, one row per item),
+  ``test_inputs.csv`` (the histories to recommend for), ``spec.json``: ``k``, ``n_items``, ``seed``,
+  ``params``, and the protocol's rules: ``protocol`` (R1, R2), ``exclude_history`` (whether the input
+  history is excluded from the ranking: R1 yes, R2 no, repeat buying counts), ``select_metric`` (what
+  its early stopping reads, e.g. ``ndcg@20``) and ``refit_full``;
+- with ``refit_full``: ``train_full.csv``, the histories our models refit on after choosing their epoch
+  count on validation (R2: everything before the test cut-off). A peer does the same: it refits a fresh
+  model on it for its best validation epoch count before recommending for the test users;
 - out: ``test_top.csv`` (user, rank, item: its top-k per test user) and ``report.json`` (library
   version, params, training seconds, validation curve).
 
-Users and items are valuerec's integer indices. Ranks beyond k are unknown, so MRR is not reported
-for a peer; HR / NDCG at k' <= k and coverage are exact. Items a peer lists that the protocol
-excludes (the input history on R1) are dropped from its list before scoring.
+Users and items are valuerec's integer indices; ``pos`` orders each user's events. Ranks beyond k are
+unknown, so MRR is not reported for a peer; HR, NDCG, recall and revenue at k' <= k and coverage are
+exact. Items a peer lists that the protocol excludes (the input history on R1) are dropped from its
+list before scoring.
 """
 
 from __future__ import annotations
@@ -40,9 +47,10 @@ def _history_frame(seqs: Sequences, users: np.ndarray) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["user", "item", "pos"])
 
 
-def export_split(split: Split, d: Path, k: int, seed: int, params: dict) -> None:
+def export_split(split: Split, d: Path, k: int, seed: int, params: dict, spec=None) -> None:
     """Write the split files of the peer protocol into ``d`` (user ids are row numbers of
-    ``split.train`` / the evaluation tasks, shared where the user id matches)."""
+    ``split.train`` / the evaluation tasks, shared where the user id matches). ``spec``, the
+    ``ProtocolSpec``, adds its rules to spec.json (and train_full.csv when it refits)."""
     d.mkdir(parents=True, exist_ok=True)
     ids: dict[str, int] = {}
 
@@ -58,8 +66,15 @@ def export_split(split: Split, d: Path, k: int, seed: int, params: dict) -> None
     tu = index_of(split.test.inputs)
     _history_frame(split.test.inputs, tu).to_csv(d / "test_inputs.csv", index=False)
     np.save(d / "test_users.npy", tu)   # ours, to map the lists back; the peer does not read it
+    rules = {}
+    if spec is not None:
+        refit = bool(spec.refit_full) and split.train_full is not None
+        rules = {"protocol": spec.name, "exclude_history": split.test.exclude is not None,
+                 "select_metric": spec.select_metric, "refit_full": refit}
+        if refit:
+            _history_frame(split.train_full, index_of(split.train_full)).to_csv(d / "train_full.csv", index=False)
     (d / "spec.json").write_text(json.dumps({"k": k, "n_items": len(split.catalogue), "seed": seed,
-                                             "params": params}))
+                                             "params": params, **rules}))
 
 
 def score_top_lists(top: pd.DataFrame, task: EvalTask, task_users: np.ndarray, n_items: int,
@@ -80,7 +95,12 @@ def score_top_lists(top: pd.DataFrame, task: EvalTask, task_users: np.ndarray, n
         pos = {it: r + 1 for r, it in enumerate(lst)}
         for j, t in enumerate(task.targets[i]):
             ranks[i, j] = pos.get(int(t), np.inf)
-    per_user = ranking_metrics_from_ranks(ranks, n_t, ks)
+    rev = None
+    if task.target_revenue is not None and task.total_revenue is not None:
+        rev = np.zeros(ranks.shape)
+        for i, r in enumerate(task.target_revenue):
+            rev[i, :len(r)] = r
+    per_user = ranking_metrics_from_ranks(ranks, n_t, ks, rev, task.total_revenue if rev is not None else None)
     out = {m: float(v.mean()) for m, v in per_user.items() if m != "mrr"}
     out[f"coverage@{coverage_k}"] = len(seen) / max(n_items, 1)
     return out
@@ -104,7 +124,7 @@ def run_peer(name: str, python: str | Path, split: Split, spec, seeds: list[int]
     runs, reports = [], []
     for seed in seeds:
         d = Path(work_dir) / f"{name}-seed{seed}"
-        export_split(split, d, k, seed, params or {})
+        export_split(split, d, k, seed, params or {}, spec)
         console.log(f"peer {name} seed {seed}: {python} {script} {d}")
         t0 = time.perf_counter()
         with open(d / "peer.log", "w") as log_file:   # written as it runs: follow it with tail -f
@@ -128,11 +148,14 @@ def run_peer(name: str, python: str | Path, split: Split, spec, seeds: list[int]
         "params": first.get("params", {}), "peer": {"script": f"benchmarks/peers/{script.name}" if peers_dir == PEERS_DIR else str(script),
                                                    "library": first.get("library"), "torch": first.get("torch"),
                                                    "model": first.get("model")},
-        "epochs_run": first.get("epochs_run"), "best_epoch": first.get("best_epoch"),
+        "epochs_run": first.get("epochs_run"), "best_epoch": first.get("best_epoch"), "refit": first.get("refit"),
         "seconds_per_epoch": first.get("seconds_per_epoch"), "seconds_to_best": first.get("seconds_to_best"),
         "validation": {"peer_curves": [r.get("validation") for r in reports]},
         "note": (f"peer implementation ({first.get('library')}, {first.get('model')}) in its own virtual "
-                 "environment, on the same split; it stops early on validation NDCG@10 itself; metrics are "
+                 f"environment, on the same split; it stops early on validation {spec.select_metric} itself"
+                 + (", then refits on train_full for its best epoch count, as ours do" if first.get("refit") else
+                    ", and does not refit on train_full" if spec.refit_full else "")
+                 + "; metrics are "
                  f"computed by valuerec from its top-{k} lists (MRR is not reported: ranks beyond {k} are unknown)"),
     })
     return entry

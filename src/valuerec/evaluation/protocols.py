@@ -401,7 +401,8 @@ def run_r2(data_path: str | Path, models: list[str], seeds: int | list[int] = 3,
            params: dict | None = None, cache_dir: str | Path = DEFAULT_CACHE, tune: bool = True,
            batch_size: int = 512, device: str = "cpu", command: str | None = None,
            console: Console | None = None, cutoff: str = "2011-09-09", valid_cutoff: str = "2011-06-09",
-           refit_full: bool | None = None) -> dict:
+           refit_full: bool | None = None, peers: dict[str, str] | None = None) -> dict:
     split, meta = load_split_r2(data_path, cache_dir, cutoff, valid_cutoff, console)
     spec = R2 if refit_full is None else replace(R2, refit_full=refit_full)
-    return run_protocol(spec, split, meta, models, seeds, out, params, tune, batch_size, device, command, console)
+    return run_protocol(spec, split, meta, models, seeds, out, params, tune, batch_size, device, command, console,
+                        peers)
