@@ -211,7 +211,7 @@ def train_model(model: nn.Module, n_examples: int, make_batch: Callable[[np.ndar
                     sums[k] = sums.get(k, 0.0) + float(v.detach())
                 if task is not None:
                     progress.update(task, description=f"epoch {epoch + 1} loss {sums['loss'] / n_batches:.4f}")
-            row: dict = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"],
+            row: dict = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], "steps": n_batches,
                          "train_seconds": time.perf_counter() - t0}
             for k, v in sums.items():
                 name = "train_loss" if k == "loss" else f"train_{k}"
