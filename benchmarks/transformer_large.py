@@ -74,7 +74,7 @@ def main() -> None:
     n_params = int(sum(p.numel() for p in net.parameters()))
     by_part = {}
     for name, p in net.named_parameters():
-        part = name.split(".")[0]
+        part = ".".join(name.split(".")[:2])   # encoder.item_table, encoder.blocks, ...; heads
         by_part[part] = by_part.get(part, 0) + int(p.numel())
     losses = [h["train_loss"] for h in model.history_]
     secs = [h["train_seconds"] for h in model.history_]
