@@ -85,6 +85,9 @@ def test_r1_good_params_still_run(r1_base):
     (["--valid-cutoff", "2011-13-45"], "--valid-cutoff '2011-13-45': not a date/time"),
     (["--valid-cutoff", "2011-10-01"], "must be before --cutoff"),
     (["--out", "{d}"], "is a directory"),
+    (["--peer", "rectools_sasrec"], "--peer 'rectools_sasrec': expected NAME=PYTHON"),
+    (["--params", '{{"peer:rectools_sasrec": {{"max_epochs": 2}}}}'],   # a peer's settings without the peer
+     "--params names model(s) ['peer:rectools_sasrec'] not in this run"),
 ])
 def test_r2_bad_dates_and_out(tmp_path, extra, message):
     res = runner.invoke(app, ["bench", "r2", "--data", str(tmp_path / "none.csv"), "--models", "popularity",
