@@ -31,7 +31,7 @@ export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
 mkdir -p "$OUT"
 WORK=$(mktemp -d)
 echo "parts and logs: $WORK"
-trap 'kill $(jobs -p) 2>/dev/null || true' EXIT   # a failed part stops the other
+trap 'kill $(jobs -p) 2>/dev/null || true' EXIT
 COMMON=(bench r2 --data "$DATA" --threads 1 --seeds 3)
 $VALUEREC "${COMMON[@]}" --models transformer --cache-dir runs/stores_r2_transformer \
   --params '{"transformer": {"repeat": true, "target": "window", "d_model": 64, "n_layers": 2, "max_len": 50, "dropout": 0.3, "lr": 0.001, "epochs": 25, "eval_every": 1, "patience": 4, "cooc_weight": "auto", "cooc_repeat_share": "auto", "cooc_recency_decay": 1.0, "cooc_neighbours": 50, "progress": false, "ema_decay": [0.0, 0.99, 0.999]}}' \
@@ -43,7 +43,9 @@ if [ "$PEER" = 1 ]; then
              --params '{"peer:rectools_sasrec": {"max_epochs": 200, "eval_every": 2, "patience": 5, "max_seconds": 600, "threads": 1}}')
 fi
 $VALUEREC "${COMMON[@]}" --models popularity,repeat,itemknn,als,bpr,tifuknn --cache-dir runs/stores_r2_base \
-  "${PEER_ARGS[@]}" --out "$WORK/baselines.json" > "$WORK/baselines.log" 2>&1
-wait $pt
+  ${PEER_ARGS[@]+"${PEER_ARGS[@]}"} --out "$WORK/baselines.json" > "$WORK/baselines.log" 2>&1 &
+for _ in 1 2; do   # whichever part fails first stops the run (the trap stops the other)
+  wait -n || { echo "r2_transformer.sh: a part failed; see $WORK/transformer.log and $WORK/baselines.log" >&2; exit 1; }
+done
 $VALUEREC bench merge "$WORK/baselines.json" "$WORK/transformer.json" --out "$OUT/r2_online_retail.json"
 python benchmarks/make_page.py

@@ -83,7 +83,8 @@ def main() -> None:
           f"{np.median(secs):.1f} s per epoch", flush=True)
 
     # save / load round trip and recommendations for histories the model never saw
-    held_out = np.setdiff1d(np.arange(len(split.test.inputs)), pick)[:64]
+    trained = set(map(str, np.asarray(split.train.user_ids)[pick]))
+    held_out = np.array([i for i, u in enumerate(split.test.inputs.user_ids) if str(u) not in trained][:64])
     unseen = split.test.inputs.subset(held_out)
     with tempfile.TemporaryDirectory() as d:
         t1 = time.perf_counter()

@@ -39,6 +39,8 @@ REPO = Path(__file__).resolve().parents[1]
 METRICS = ("gini", "spearman", "decile_mape", "auc")
 VARIANTS = {"chosen": {}, "max_len150": {"max_len": 150}, "d_model128": {"d_model": 128}, "ensemble3": {}}
 MEMBERS = {"ensemble3": 3}   # variants that average several fits of their setting
+DESCRIBE = {"chosen": "the setting V1 chose", "max_len150": "the last 150 events", "d_model128": "a 128-wide encoder",
+            "ensemble3": "3 seeds of the chosen setting, predictions averaged; its members' own figures under members"}
 
 
 def main(argv=None) -> int:
@@ -87,19 +89,21 @@ def main(argv=None) -> int:
         if n_members > 1:
             models[name]["members"] = members
     score = lambda k: models[k]["validation_metrics"]["gini"] + models[k]["validation_metrics"]["auc"]  # noqa: E731
-    chosen = max(models, key=score)
+    chosen = max(models, key=score) if len(models) > 1 else None   # a choice needs two or more variants
     result = {"protocol": "V1-probe", "dataset": "online-retail", "data_sha256": sha,
               "git_commit": git_commit(), "command": command_line(), "device": device_info("cpu"),
               "started_at": started, "wall_seconds": time.perf_counter() - t_start,
-              "description": ("probe: the V1 transformer setting with a longer history or a wider encoder; metrics "
-                              "on the test cut-off, validation_metrics on the validation cut-off"),
+              "description": (f"probe: the V1 transformer setting and variants of it ({', '.join(names)}; "
+                              + "; ".join(f"{n}: {DESCRIBE[n]}" for n in names)
+                              + "); metrics on the test cut-off, validation_metrics on the validation cut-off"),
               "split": {k: t.info() for k, t in tasks.items()},
               "chosen_on_validation_gini_plus_auc": chosen, "models": models}
     write_result(args.out, result)
     for k, v in models.items():
         print(f"{k:12s} valid gini {v['validation_metrics']['gini']:.4f} auc {v['validation_metrics']['auc']:.4f} | "
               f"test gini {v['metrics']['gini']:.4f} auc {v['metrics']['auc']:.4f}", file=sys.stderr)
-    print(f"wrote {args.out}; validation (Gini + churn AUC) would choose {chosen}", file=sys.stderr)
+    print(f"wrote {args.out}" + (f"; validation (Gini + churn AUC) would choose {chosen}" if chosen else ""),
+          file=sys.stderr)
     return 0
 
 

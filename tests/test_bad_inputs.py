@@ -95,6 +95,14 @@ def test_r2_bad_dates_and_out(tmp_path, extra, message):
     assert res.exit_code == 2 and message.format(d=tmp_path) in said(res), res.output
 
 
+def test_r2_peer_settings_pass_the_checks_with_their_peer(tmp_path):
+    """--params for a peer named by --peer are accepted (the run then stops at the missing data)."""
+    res = runner.invoke(app, ["bench", "r2", "--data", str(tmp_path / "none.csv"), "--models", "popularity",
+                              "--cache-dir", str(tmp_path / "stores"), "--peer", "rectools_sasrec=/no/python",
+                              "--params", '{"peer:rectools_sasrec": {"max_epochs": 2}}'])
+    assert res.exit_code == 2 and "none.csv" in said(res) and "--params" not in said(res), res.output
+
+
 def test_write_result_refuses_a_directory(tmp_path):
     from valuerec.evaluation.results import RESULT_KEYS, write_result
     with pytest.raises(DataError, match="is a directory"):

@@ -153,6 +153,18 @@ def test_export_states_the_protocol_and_the_refit_histories(tmp_path):
     users = np.load(tmp_path / "test_users.npy")
     for i, s in enumerate(split.train_full.items):
         assert full[full.user == users[i]].sort_values("pos")["item"].tolist() == s.tolist()
+    # train_full in another order and with a user the evaluation does not have: rows map by user id
+    order = np.arange(len(split.train_full))[::-1]
+    shuffled = Sequences(items=[split.train_full.items[i] for i in order] + [np.array([1, 2, 3])],
+                         user_ids=np.array([split.train_full.user_ids[i] for i in order] + ["new"], dtype=object))
+    split.train_full = shuffled
+    export_split(split, tmp_path / "ids", k=20, seed=1, params={}, spec=R2)
+    full = pd.read_csv(tmp_path / "ids" / "train_full.csv")
+    users = np.load(tmp_path / "ids" / "test_users.npy")
+    for i, uid in enumerate(split.test.inputs.user_ids):
+        j = list(shuffled.user_ids).index(uid)
+        assert full[full.user == users[i]].sort_values("pos")["item"].tolist() == shuffled.items[j].tolist()
+    assert full.user.nunique() == len(shuffled) and full.user.max() == len(shuffled) - 1   # the new user: a new id
     # R1 excludes the history; without a train_full there is nothing to refit on
     export_split(loo_split(), tmp_path / "r1", k=20, seed=0, params={}, spec=R1)
     assert json.loads((tmp_path / "r1" / "spec.json").read_text())["exclude_history"] is True

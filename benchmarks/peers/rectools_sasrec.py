@@ -109,7 +109,9 @@ def main(d: Path) -> None:
                 break
         if run["max_seconds"] and time.perf_counter() - t0 > float(run["max_seconds"]):
             break
-    refit = bool(spec.get("refit_full")) and bool(run["refit"])
+    if not isinstance(run["refit"], bool):
+        sys.exit(f"rectools_sasrec: refit must be true or false, got {run['refit']!r}")
+    refit = bool(spec.get("refit_full")) and run["refit"]
     refit_s = 0.0
     if refit:
         # as valuerec's models do: a fresh model, the same seed, on everything before the test cut-off,
@@ -128,8 +130,10 @@ def main(d: Path) -> None:
     top_lists(model, test_inputs, test_users, k, exclude).to_csv(d / "test_top.csv", index=False)
     report = {"library": f"rectools {rectools.__version__}", "torch": torch.__version__,
               "model": "rectools.models.SASRecModel (item ids only)", "params": {**params, **run},
+              # train_seconds: the final model's training, as our models report it (the refit, or the
+              # validation-stopped fit); the validation fit's own time is selection_seconds
               "epochs_run": epochs, "best_epoch": best_epoch, "refit": refit, "refit_seconds": refit_s,
-              "train_seconds": train_s + refit_s,
+              "selection_seconds": train_s, "train_seconds": refit_s if refit else train_s,
               "seconds_per_epoch": train_s / max(epochs, 1), "seconds_to_best": best_train_s,
               "recommend_seconds": time.perf_counter() - ts, "wall_seconds": time.perf_counter() - t0,
               "validation": {"selected_by": metric, "best": best, "curve": curve}}
