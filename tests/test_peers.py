@@ -22,6 +22,16 @@ from valuerec.evaluation.protocols import R1
 N = 40
 
 
+def catalogue() -> Catalogue:
+    return Catalogue(item_ids=np.array([f"i{i}" for i in range(N)], dtype=object))
+
+
+def top_frame(lists) -> pd.DataFrame:
+    """A peer's test_top.csv from each user's ranked items (user = row number, rank from 1)."""
+    return pd.DataFrame([(u, r + 1, int(it)) for u, lst in enumerate(lists) for r, it in enumerate(lst)],
+                        columns=["user", "rank", "item"])
+
+
 def loo_split(n_users=60, seed=0) -> Split:
     rng = np.random.default_rng(seed)
     full = [rng.choice(N, size=int(rng.integers(3, 9)), replace=False).astype(np.int64) for _ in range(n_users)]
@@ -31,8 +41,7 @@ def loo_split(n_users=60, seed=0) -> Split:
     valid = EvalTask(inputs=train, targets=[s[-2:-1] for s in full], exclude=[s[:-2] for s in full])
     test_in = seqs([s[:-1] for s in full])
     test = EvalTask(inputs=test_in, targets=[s[-1:] for s in full], exclude=[s[:-1] for s in full])
-    cat = Catalogue(item_ids=np.array([f"i{i}" for i in range(N)], dtype=object))
-    return Split(catalogue=cat, train=train, valid=valid, test=test, train_full=test_in, info={})
+    return Split(catalogue=catalogue(), train=train, valid=valid, test=test, train_full=test_in, info={})
 
 
 def test_top_lists_score_like_full_rankings():
@@ -43,8 +52,7 @@ def test_top_lists_score_like_full_rankings():
     for i, ex in enumerate(task.exclude):
         excluded[i, ex] = -torch.inf
     order = torch.argsort(excluded, dim=1, descending=True)[:, :20].numpy()
-    top = pd.DataFrame([(u, r + 1, int(it)) for u in range(len(task)) for r, it in enumerate(order[u])],
-                       columns=["user", "rank", "item"])
+    top = top_frame(order)
     # a peer that (wrongly) lists a history item first: the protocol's exclusion drops it
     first_hist = pd.DataFrame([(u, 0, int(task.exclude[u][0])) for u in range(len(task))], columns=top.columns)
     top = pd.concat([first_hist, top])
@@ -123,8 +131,7 @@ def window_split(n_users=50, seed=0) -> Split:
     total = np.array([r.sum() + rng.uniform(0, 20) for r in revenue])   # some spend on other items
     valid = EvalTask(inputs=train, targets=[s[-1:] for s in later], exclude=None)
     test = EvalTask(inputs=full, targets=targets, exclude=None, target_revenue=revenue, total_revenue=total)
-    cat = Catalogue(item_ids=np.array([f"i{i}" for i in range(N)], dtype=object))
-    return Split(catalogue=cat, train=train, valid=valid, test=test, train_full=full, info={})
+    return Split(catalogue=catalogue(), train=train, valid=valid, test=test, train_full=full, info={})
 
 
 def test_top_lists_score_sets_and_revenue_like_full_rankings():
@@ -133,8 +140,7 @@ def test_top_lists_score_sets_and_revenue_like_full_rankings():
     task = split.test
     scores = torch.randn(len(task), N, generator=torch.Generator().manual_seed(2))
     order = torch.argsort(scores, dim=1, descending=True)[:, :20].numpy()
-    top = pd.DataFrame([(u, r + 1, int(it)) for u in range(len(task)) for r, it in enumerate(order[u])],
-                       columns=["user", "rank", "item"])
+    top = top_frame(order)
     got = score_top_lists(top, task, np.arange(len(task)), N, ks=R2.ks, coverage_k=R2.coverage_k)
     ref = evaluate(lambda h: scores[[int(u[1:]) for u in h.user_ids]], task, N, ks=R2.ks, coverage_k=R2.coverage_k)
     for m in ("recall@20", "ndcg@20", "hr@20", "revenue@20", "coverage@20"):
@@ -187,8 +193,7 @@ def test_rectools_peer_validation_ndcg_matches_ours():
     targets = [np.unique(rng.integers(0, N, size=int(rng.integers(1, 25)))) for _ in range(30)]
     lists = [rng.permutation(N)[:20] for _ in range(30)]
     lists[0] = np.array([t for t in range(N) if t not in set(targets[0])][:20])   # a user with no hit
-    top = pd.DataFrame([(u, r + 1, int(it)) for u, lst in enumerate(lists) for r, it in enumerate(lst)],
-                       columns=["user", "rank", "item"])
+    top = top_frame(lists)
     tgt = pd.DataFrame([(u, int(t)) for u, ts in enumerate(targets) for t in ts], columns=["user", "item"])
     ranks = np.full((30, max(map(len, targets))), np.inf)
     for u, ts in enumerate(targets):
