@@ -118,6 +118,8 @@ def main(argv=None) -> int:
     ap.add_argument("--settings", action="store_true",
                     help="the reference against half the training users and other classifier settings, instead of "
                          "the other second stages")
+    ap.add_argument("--n-candidates", type=int, default=100,
+                    help="candidates per user from the transformer (r2_policies.sh re-ranks 100)")
     ap.add_argument("--out", default=None, help="default: benchmarks/results/r2_stage_probe.json, or "
                     "r2_stage_probe_settings.json with --settings")
     args = ap.parse_args(argv)
@@ -141,8 +143,16 @@ def main(argv=None) -> int:
                         else fit_recommender(c, split, params, args.seed + 1))
         comps["valid"][c], comps["test"][c] = cv, cf
         console.log(f"companion {c} fitted")
-    D = {"valid": candidate_table(vm, split.valid, vcut, split.train, values["valid"], comps["valid"], n),
-         "test": candidate_table(fm, split.test, cut, split.train_full, values["test"], comps["test"], n)}
+    if args.n_candidates < 20:
+        ap.error("--n-candidates must be at least 20 (the metrics' cut-off)")
+    D = {"valid": candidate_table(vm, split.valid, vcut, split.train, values["valid"], comps["valid"], n,
+                                  args.n_candidates),
+         "test": candidate_table(fm, split.test, cut, split.train_full, values["test"], comps["test"], n,
+                                 args.n_candidates)}
+    # how much of the holdout spend the candidates hold at all: the ceiling of any re-ranking of them
+    coverage = {k: float(np.mean(np.where(D[k]["total"] > 0, D[k]["rev"].sum(1) / np.maximum(D[k]["total"], 1e-12), 0.0)))
+                for k in D}
+    console.log(f"share of each user's holdout spend inside the top {args.n_candidates} (mean): {coverage}")
     names = D["valid"]["names"]
     col = {f: k for k, f in enumerate(names)}
     base_cols = [k for k, f in enumerate(names) if not any(f.startswith(f"c_{c}_") for c in extra)]
@@ -288,14 +298,15 @@ def main(argv=None) -> int:
     result = {"protocol": "R2-stage-probe", "dataset": meta["dataset"], "data_sha256": meta["data_sha256"],
               "git_commit": git_commit(), "command": command_line(), "device": device_info("cpu"),
               "started_at": started, "wall_seconds": time.perf_counter() - t_start,
-              "description": ("probe (--settings): the purchase stage over the transformer's top 100 R2 candidates "
+              "description": (f"probe (--settings): the purchase stage over the transformer's top {args.n_candidates} R2 candidates "
                               "(ALS+BPR companions) trained on half the users and under other LightGBM settings, "
                               "each ranking by P x learned value; validation out-of-fold, test from the fit on the "
-                              "whole validation window") if args.settings else ("probe: second stages over the transformer's top 100 R2 candidates (features of "
+                              "whole validation window") if args.settings else (f"probe: second stages over the transformer's top {args.n_candidates} R2 candidates (features of "
                               "PurchaseStage with ALS+BPR companions), trained on the validation window, each "
                               "ranking by its estimate of expected revenue; validation out-of-fold, test from "
                               "the fit on the whole validation window"),
               "split": split.info, "plain_evaluation_metrics": plain_evaluate,
+              "n_candidates": args.n_candidates, "candidate_revenue_coverage": coverage,
               "candidate_rows": {"valid": int(Bv * C), "test": int(Bt * C)}, "features": names,
               "variant_seconds": timings, "chosen_on_validation_revenue": chosen,
               "models": results}
