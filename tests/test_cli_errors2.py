@@ -179,3 +179,25 @@ def test_train_checks_the_transformers_settings_before_reading_data(cli_setup):
     r = runner.invoke(app, ["train", "--store", str(store), "--model", "popularity", "--out", str(tmp / "mx"),
                             "--epochs", "0"])
     assert r.exit_code == 2 and "--epochs" in r.output and not (tmp / "mx").exists()   # trained nothing, saved it
+
+
+def test_train_refuses_zero_epochs_given_through_config(cli_setup):
+    """``--epochs 0`` was refused while ``--config epochs=0`` saved an untrained model as if trained."""
+    tmp, store = cli_setup
+    for cfg in ("epochs=0", '{"epochs": 0}'):
+        r = runner.invoke(app, ["train", "--store", str(store), "--model", "transformer", "--out", str(tmp / "m0"),
+                                "--config", cfg, "--config", "d_model=8"])
+        assert r.exit_code == 2 and "epochs=0: train needs at least 1 epoch" in " ".join(r.output.split()), r.output
+    assert not (tmp / "m0").exists()
+
+
+def test_train_data_with_other_column_names_points_at_ingest(tmp_path):
+    """``train --data`` has no column options, so its error must not tell the user to pass them."""
+    f = tmp_path / "events.csv"
+    pd.DataFrame({"customer": ["a", "b"], "sku": ["x", "y"], "ts": ["2020-01-01", "2020-01-02"]}).to_csv(f, index=False)
+    r = runner.invoke(app, ["train", "--data", str(f), "--model", "popularity", "--out", str(tmp_path / "m"),
+                            "--cache-dir", str(tmp_path / "cache")])
+    out = " ".join(r.output.split())
+    assert r.exit_code == 2 and "missing column(s)" in out, r.output
+    assert "Map columns with" not in out and "valuerec ingest FILE --store DB --user-col" in out
+    assert not (tmp_path / "m").exists()

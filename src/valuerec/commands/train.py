@@ -83,7 +83,15 @@ def load_split(data: Path | None, store: Path | None, protocol: str, cutoff: str
             data = resolve_r1_data(data) if list(data.glob("*.txt")) else resolve_online_retail_data(data)
         fmt = detect_format(data)
         attrs = find_attributes_file(data) if fmt == "s3rec" else None
-        store, _ = cached_store(data, fmt, cache_dir, attrs, console)
+        try:
+            store, _ = cached_store(data, fmt, cache_dir, attrs, console)
+        except DataError as e:   # ingest's hint names options that `ingest` has and `train` does not
+            msg = str(e)
+            if " Map columns with --user-col" not in msg:
+                raise
+            raise DataError(msg.split(" Map columns with --user-col")[0] + " `--data` reads the standard column "
+                            "names; for other names run `valuerec ingest FILE --store DB --user-col ...` and "
+                            "train with --store DB.") from None
     elif not store.exists():
         raise DataError(f"{store}: no such store")
     with EventStore(store, read_only=True) as st:
@@ -172,6 +180,9 @@ def train_cmd(
         params = parse_config(config)
         if epochs is not None:
             params["epochs"] = epochs
+        if isinstance(params.get("epochs"), int) and params["epochs"] < 1:
+            # the library accepts 0 (an untrained model, e.g. for tests); saving one as a trained model is an error
+            raise DataError(f"--config epochs={params['epochs']}: train needs at least 1 epoch")
         if device is not None:
             params["device"] = device
         check_model_params(model_name, MODEL_REGISTRY[model_name], params)
