@@ -32,13 +32,14 @@ def recommend_for_user(model_dir: str | Path, store: str | Path, user: str, k: i
     ``history_types`` keeps only those event types in the history (e.g. ``["purchase"]`` for a model
     trained on purchases); None keeps every event.
     """
-    from valuerec.models.base import load_model
+    from valuerec.models.base import load_model, require_next_item_head
     model_dir, store = Path(model_dir), Path(store)
     if not (model_dir / "config.json").exists():
         raise DataError(f"{model_dir}: not a saved model (no config.json)")
     if not store.exists():
         raise DataError(f"{store}: no such store")
     model = load_model(model_dir)
+    require_next_item_head(model, str(model_dir), "; `valuerec value` gives its predictions")
     cat = model.catalogue_
     with EventStore(store, read_only=True) as st:
         events = st.user_events(str(user))
