@@ -57,3 +57,16 @@ def test_service_answers_501_for_recommendations_of_a_value_only_model(value_onl
             assert "without a next-item head" in r.json()["detail"]
         r = c.get("/v1/users/c3/value", headers={"X-API-Key": KEY})    # what the model can answer
         assert r.status_code == 200, r.text
+
+
+def test_report_of_a_value_only_model_leaves_out_the_recommendation_examples(value_only):
+    from valuerec.report.build import build_inputs
+
+    tmp, store, model = value_only
+    inputs = build_inputs(model, store, None)
+    assert inputs.examples == [] and inputs.value_eval is not None
+    assert any("without a next-item head" in n for n in inputs.notes)
+    out = tmp / "r.html"
+    r = CliRunner().invoke(app, ["report", "--model", str(model), "--store", str(store), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "without a next-item head" in out.read_text()
