@@ -225,3 +225,22 @@ def test_model_item_vectors_reads_transformer_item_table_and_methods():
     other = SimpleNamespace(item_embeddings=lambda: np.eye(2))
     np.testing.assert_allclose(model_item_vectors(other), np.eye(2))
     assert model_item_vectors(FixedScorer([1.0, 2.0])) is None
+
+
+@pytest.mark.parametrize("name", ["plain", "value_aware", "popular_diverse", "favourites_winback",
+                                  "cross_sell_value", "stage"])
+def test_apply_policy_returns_k_items_beyond_the_default_candidate_pool(name):
+    """k above the default 100 candidates: the pool grows to k, so k items come back (was ~100; 100
+    plus the user's past items for favourites_winback) while the catalogue has them."""
+    n = 300
+    m = FixedScorer(np.linspace(1, 0, n), price=np.arange(1, n + 1, dtype=float))
+    h = seqs([[0, 5, 7], [250]], days_ago=[[3, 2, 1], [400]])
+    top, sc = apply_policy(name, m, h, k=150, as_of=T0)
+    assert top.shape == (2, 150)
+    for row, hist in zip(top, h.items):
+        assert (row >= 0).all() and len(set(row)) == 150
+        if name not in ("favourites_winback", "stage"):   # those may recommend past items
+            assert not np.isin(row, hist).any()
+    top, _ = apply_policy(name, m, h, k=n, as_of=T0)   # the whole catalogue, less what is excluded
+    left = [n, n] if name in ("favourites_winback", "stage") else [n - 3, n - 1]
+    assert list((top >= 0).sum(axis=1)) == left

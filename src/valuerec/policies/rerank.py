@@ -575,10 +575,12 @@ def apply_policy(name: str, model, histories: Sequences, k: int = 10, *, batch_s
                  **kwargs) -> tuple[np.ndarray, np.ndarray]:
     """Top-k item indices and policy scores per user under policy ``name`` (see ``policy_rerank``
     for the keyword arguments: n_candidates, exclude, catalogue, as_of, value_model, item_value,
-    item_vectors, item_popularity, stages, lifecycle_config, purchase_model, params). Rows with fewer than k
-    candidates are padded with -1."""
+    item_vectors, item_popularity, stages, lifecycle_config, purchase_model, params). The candidate pool
+    is at least k (``n_candidates``, default 100, grows to k), so that k items come back whenever the
+    catalogue has them; rows with fewer than k candidates are padded with -1."""
     params = kwargs.pop("params", None)
     pol = make_policy(name, **(params or {}))
+    kwargs["n_candidates"] = max(int(kwargs.get("n_candidates", 100)), k)
     out_i, out_s = [], []
     as_of = kwargs.pop("as_of", None)
     stages = kwargs.pop("stages", None)
