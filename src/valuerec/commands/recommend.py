@@ -63,7 +63,9 @@ def recommend_for_user(model_dir: str | Path, store: str | Path, user: str, k: i
         hist = sequences_from(events, cat, users=np.array([str(user)], dtype=object))
     known = hist.items[0][hist.items[0] >= 0]
     if policy and policy != "plain":
-        from valuerec.policies.rerank import apply_policy
+        from valuerec.policies.rerank import apply_policy, make_policy
+        # "auto": past items are excluded, except for the policies built on them (favourites, stage)
+        exclude_history = exclude_history and not make_policy(policy, **(policy_params or {})).history_candidates
         # The model is its own value model when it has a value head (the behaviour transformer).
         value_model = model if hasattr(model, "predict_value") else None
         from valuerec.models.item_value import load_item_values

@@ -235,9 +235,12 @@ class FavouritesWinback(Policy):
 
 def favourite_weights(histories: Sequences, candidates: np.ndarray, as_of: np.ndarray | None,
                       half_life_days: float) -> np.ndarray:
-    """(B, C) sum over the user's past events with that item of 0.5 ** (age / half-life)."""
+    """(B, C) sum over the user's past purchases of that item of 0.5 ** (age / half-life), less the
+    same for its returns (at least 0: an item returned in full is no favourite). A user with no typed
+    purchase counts every event that is not a return (a log of views or untyped interactions)."""
     B, C = candidates.shape
     out = np.zeros((B, C))
+    purchase, ret = event_type_code("purchase"), event_type_code("return")
     for u in range(B):
         items = histories.items[u]
         if len(items) == 0:
@@ -247,7 +250,11 @@ def favourite_weights(histories: Sequences, candidates: np.ndarray, as_of: np.nd
         else:
             age = np.arange(len(items))[::-1].astype(np.float64)
         w = 0.5 ** (age / half_life_days)
-        per_item = pd.Series(w).groupby(items).sum()
+        if histories.event_types is not None:
+            types = np.asarray(histories.event_types[u])
+            counted = types == purchase if (types == purchase).any() else types != ret
+            w = np.where(counted, w, np.where(types == ret, -w, 0.0))
+        per_item = pd.Series(w).groupby(items).sum().clip(lower=0.0)
         out[u] = per_item.reindex(candidates[u]).fillna(0.0).to_numpy()
         out[u, candidates[u] < 0] = 0.0
     return out
