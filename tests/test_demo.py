@@ -81,3 +81,17 @@ def test_run_demo_checks_epochs_first(tmp_path):
     with pytest.raises(DataError, match="epochs=-1"):
         run_demo(tmp_path / "demo", epochs=-1, quick=True)
     assert not (tmp_path / "demo").exists()
+
+
+def test_why_line_lists_only_events_that_raised_the_score():
+    """The demo's "why X first" lists the events with a positive effect, largest first (it used to list
+    the largest |effect|, counter-evidence included), or says that none raised it."""
+    import pandas as pd
+
+    from valuerec.demo import why_line
+
+    df = pd.DataFrame({"item_id": ["a", "b", "c", "d", "e"], "text": ["A", None, "C", "D", "E"],
+                       "effect": [-0.9, 0.1, -0.5, 0.3, 0.2]})
+    line = why_line("x", df)
+    assert line == "  why x first: d D (+0.300); e E (+0.200); b (+0.100)"
+    assert "why x first: no event" in why_line("x", df[df["effect"] < 0])

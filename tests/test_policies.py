@@ -131,6 +131,48 @@ def test_favourites_boosts_past_items_recency_weighted():
     assert list(plain_auto[0]) == [2, 3, 4]
 
 
+def test_favourites_count_purchases_net_of_returns():
+    """An item bought and returned in full is no favourite (returns used to count as favourite
+    signals); views count only for a user without purchases."""
+    from valuerec.policies.rerank import favourite_weights
+
+    R, V = event_type_code("return"), event_type_code("view")
+    h = Sequences(items=[np.array([1, 2, 1, 3]), np.array([4, 5, 4])],
+                  times=[np.full(4, T0 - 10 * DAY), np.full(3, T0 - 10 * DAY)],
+                  event_types=[np.array([P, P, R, V]), np.array([V, V, V])])
+    cand = np.array([[1, 2, 3, -1], [4, 5, 1, -1]])
+    w = favourite_weights(h, cand, np.full(2, float(T0)), 90.0)
+    assert w[0, 0] == 0 and w[0, 1] > 0 and w[0, 2] == 0          # returned; bought; viewed beside purchases
+    assert w[1, 0] == pytest.approx(2 * w[1, 1]) and w[1, 1] > 0   # a views-only user: every view counts
+    m = FixedScorer(np.linspace(1, 0, 10))
+    top, _ = apply_policy("favourites_winback", m, seqs([[8, 9, 8]], days_ago=[[3, 2, 1]]), k=3, as_of=T0,
+                          params={"boost": 3.0})
+    top_ret, _ = apply_policy("favourites_winback", m, Sequences(
+        items=[np.array([8, 9, 8])], times=[(T0 - np.array([3, 2, 1]) * DAY).astype(np.int64)],
+        event_types=[np.array([P, P, R])]), k=3, as_of=T0, params={"boost": 3.0})
+    assert top[0, 0] == 8 and top_ret[0, 0] == 9
+
+
+def test_recommend_json_says_whether_history_was_excluded(cli_setup):
+    """favourites_winback and stage keep past items: the JSON's exclude_history says so (was true)."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from valuerec.cli import app
+
+    tmp, store = cli_setup
+    for policy, excluded in (("plain", True), ("value_aware", True), ("favourites_winback", False),
+                             ("stage", False)):
+        r = CliRunner().invoke(app, ["recommend", "--model", str(tmp / "pop"), "--store", str(store), "--user", "u1",
+                                     "--policy", policy, "--json", "-k", "3"])
+        assert r.exit_code == 0, r.output
+        out = json.loads(r.stdout)
+        assert out["exclude_history"] is excluded, policy
+        if excluded:
+            assert not {"i0", "i1", "i2"} & {i["item_id"] for i in out["items"]}
+
+
 def test_cross_sell_prefers_pricier_unbought_items():
     s = np.array([1.0, 0.99, 0.98, 0.97])
     price = np.array([10.0, 1.0, 100.0, 10.0])
@@ -225,3 +267,22 @@ def test_model_item_vectors_reads_transformer_item_table_and_methods():
     other = SimpleNamespace(item_embeddings=lambda: np.eye(2))
     np.testing.assert_allclose(model_item_vectors(other), np.eye(2))
     assert model_item_vectors(FixedScorer([1.0, 2.0])) is None
+
+
+@pytest.mark.parametrize("name", ["plain", "value_aware", "popular_diverse", "favourites_winback",
+                                  "cross_sell_value", "stage"])
+def test_apply_policy_returns_k_items_beyond_the_default_candidate_pool(name):
+    """k above the default 100 candidates: the pool grows to k, so k items come back (was ~100; 100
+    plus the user's past items for favourites_winback) while the catalogue has them."""
+    n = 300
+    m = FixedScorer(np.linspace(1, 0, n), price=np.arange(1, n + 1, dtype=float))
+    h = seqs([[0, 5, 7], [250]], days_ago=[[3, 2, 1], [400]])
+    top, sc = apply_policy(name, m, h, k=150, as_of=T0)
+    assert top.shape == (2, 150)
+    for row, hist in zip(top, h.items):
+        assert (row >= 0).all() and len(set(row)) == 150
+        if name not in ("favourites_winback", "stage"):   # those may recommend past items
+            assert not np.isin(row, hist).any()
+    top, _ = apply_policy(name, m, h, k=n, as_of=T0)   # the whole catalogue, less what is excluded
+    left = [n, n] if name in ("favourites_winback", "stage") else [n - 3, n - 1]
+    assert list((top >= 0).sum(axis=1)) == left

@@ -182,11 +182,20 @@ def _sample_user(model, events, seqs, stages, cut, summary) -> None:
                               event_types=[recent.event_types[0][-40:]], values=[recent.values[0][-40:]],
                               user_ids=recent.user_ids)
     _, infl = occlusion(item_target(model, int(top[0][0])), recent)
-    why = explain_events(recent, infl[0], cat, top=3)
-    console.print(f"  why {cat.item_ids[top[0][0]]} first: " + "; ".join(
-        f"{r.item_id} {r.text or ''} ({r.effect:+.3f})" for r in why.itertuples()))
+    console.print(why_line(cat.item_ids[top[0][0]], explain_events(recent, infl[0], cat, top=None)))
     summary["sample_user"] = {"user_id": str(hist.user_ids[0]), "stage": st["stage"],
                               "expected_value": float(pv["expected_value"][0]), "recommendations": recs}
+
+
+def why_line(item_id, influences: pd.DataFrame, top: int = 3) -> str:
+    """The events that raised the item's score most (positive occlusion effect), largest first; events
+    that lowered it are counter-evidence, not a reason. Says so when no event raised it."""
+    up = influences[influences["effect"] > 0].sort_values("effect", ascending=False, kind="stable").head(top)
+    if up.empty:
+        return f"  why {item_id} first: no event in the recent history raised its score"
+    text = lambda t: f" {t}" if isinstance(t, str) and t else ""  # noqa: E731  (missing text: None or NaN)
+    return f"  why {item_id} first: " + "; ".join(
+        f"{r.item_id}{text(r.text)} ({r.effect:+.3f})" for r in up.itertuples())
 
 
 def _table(title: str, models: dict, metrics: list[str]) -> None:

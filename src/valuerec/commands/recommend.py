@@ -32,13 +32,14 @@ def recommend_for_user(model_dir: str | Path, store: str | Path, user: str, k: i
     ``history_types`` keeps only those event types in the history (e.g. ``["purchase"]`` for a model
     trained on purchases); None keeps every event.
     """
-    from valuerec.models.base import load_model
+    from valuerec.models.base import load_model, require_next_item_head
     model_dir, store = Path(model_dir), Path(store)
     if not (model_dir / "config.json").exists():
         raise DataError(f"{model_dir}: not a saved model (no config.json)")
     if not store.exists():
         raise DataError(f"{store}: no such store")
     model = load_model(model_dir)
+    require_next_item_head(model, str(model_dir), "; `valuerec value` gives its predictions")
     cat = model.catalogue_
     with EventStore(store, read_only=True) as st:
         events = st.user_events(str(user))
@@ -62,7 +63,9 @@ def recommend_for_user(model_dir: str | Path, store: str | Path, user: str, k: i
         hist = sequences_from(events, cat, users=np.array([str(user)], dtype=object))
     known = hist.items[0][hist.items[0] >= 0]
     if policy and policy != "plain":
-        from valuerec.policies.rerank import apply_policy
+        from valuerec.policies.rerank import apply_policy, make_policy
+        # "auto": past items are excluded, except for the policies built on them (favourites, stage)
+        exclude_history = exclude_history and not make_policy(policy, **(policy_params or {})).history_candidates
         # The model is its own value model when it has a value head (the behaviour transformer).
         value_model = model if hasattr(model, "predict_value") else None
         from valuerec.models.item_value import load_item_values

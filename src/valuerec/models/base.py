@@ -161,6 +161,15 @@ class Recommender:
         raise NotImplementedError
 
 
+def require_next_item_head(model, name: str, hint: str = "") -> None:
+    """DataError for a model that cannot rank items: one trained without a next-item head (a value-only
+    transformer, ``next_item_weight=0``). ``name`` says which model (its directory or version), ``hint``
+    where its predictions are."""
+    if getattr(model, "has_next_item_head", True) is False:
+        raise DataError(f"model {name} was trained without a next-item head (value-only, next_item_weight=0): "
+                        f"it predicts customer value and churn, not items{hint}")
+
+
 def apply_exclusions(scores: torch.Tensor, exclude: list[np.ndarray]) -> torch.Tensor:
     """Set excluded (user, item) entries to -inf, in place."""
     rows = np.concatenate([np.full(len(e), i, dtype=np.int64) for i, e in enumerate(exclude)]) if exclude else []

@@ -917,6 +917,12 @@ class BehaviourTransformer(Recommender):
         return getattr(self, "module_", None) is not None and self.module_.value_heads is not None
 
     @property
+    def has_next_item_head(self) -> bool:
+        """False for a value-only model (trained with ``next_item_weight=0``): its item scores are
+        untrained, so it cannot recommend."""
+        return float(self.model_config.next_item_weight) > 0
+
+    @property
     def horizon_days_(self) -> float | None:
         """The window ``predict_value`` covers, under the name the value baselines give it (None
         without value heads)."""

@@ -235,9 +235,12 @@ class FavouritesWinback(Policy):
 
 def favourite_weights(histories: Sequences, candidates: np.ndarray, as_of: np.ndarray | None,
                       half_life_days: float) -> np.ndarray:
-    """(B, C) sum over the user's past events with that item of 0.5 ** (age / half-life)."""
+    """(B, C) sum over the user's past purchases of that item of 0.5 ** (age / half-life), less the
+    same for its returns (at least 0: an item returned in full is no favourite). A user with no typed
+    purchase counts every event that is not a return (a log of views or untyped interactions)."""
     B, C = candidates.shape
     out = np.zeros((B, C))
+    purchase, ret = event_type_code("purchase"), event_type_code("return")
     for u in range(B):
         items = histories.items[u]
         if len(items) == 0:
@@ -247,7 +250,11 @@ def favourite_weights(histories: Sequences, candidates: np.ndarray, as_of: np.nd
         else:
             age = np.arange(len(items))[::-1].astype(np.float64)
         w = 0.5 ** (age / half_life_days)
-        per_item = pd.Series(w).groupby(items).sum()
+        if histories.event_types is not None:
+            types = np.asarray(histories.event_types[u])
+            counted = types == purchase if (types == purchase).any() else types != ret
+            w = np.where(counted, w, np.where(types == ret, -w, 0.0))
+        per_item = pd.Series(w).groupby(items).sum().clip(lower=0.0)
         out[u] = per_item.reindex(candidates[u]).fillna(0.0).to_numpy()
         out[u, candidates[u] < 0] = 0.0
     return out
@@ -575,10 +582,12 @@ def apply_policy(name: str, model, histories: Sequences, k: int = 10, *, batch_s
                  **kwargs) -> tuple[np.ndarray, np.ndarray]:
     """Top-k item indices and policy scores per user under policy ``name`` (see ``policy_rerank``
     for the keyword arguments: n_candidates, exclude, catalogue, as_of, value_model, item_value,
-    item_vectors, item_popularity, stages, lifecycle_config, purchase_model, params). Rows with fewer than k
-    candidates are padded with -1."""
+    item_vectors, item_popularity, stages, lifecycle_config, purchase_model, params). The candidate pool
+    is at least k (``n_candidates``, default 100, grows to k), so that k items come back whenever the
+    catalogue has them; rows with fewer than k candidates are padded with -1."""
     params = kwargs.pop("params", None)
     pol = make_policy(name, **(params or {}))
+    kwargs["n_candidates"] = max(int(kwargs.get("n_candidates", 100)), k)
     out_i, out_s = [], []
     as_of = kwargs.pop("as_of", None)
     stages = kwargs.pop("stages", None)

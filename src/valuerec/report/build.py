@@ -79,7 +79,11 @@ def build_inputs(model_dir: str | Path, store_path: str | Path, results_dir: str
     if inputs.value_eval is None:
         inputs.notes.append(f"The model in {model_dir} has no value head: the value and churn charts are left out.")
     stages, inputs.lifecycle = lifecycle_summary(model, events, horizon)
-    inputs.examples = examples(model, events, items, n_examples, stages)
+    if getattr(model, "has_next_item_head", True) is False:
+        inputs.notes.append(f"The model in {model_dir} was trained without a next-item head (value-only): "
+                            "the example users' recommendations are left out.")
+    else:
+        inputs.examples = examples(model, events, items, n_examples, stages)
     return inputs
 
 

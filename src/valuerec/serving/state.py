@@ -32,7 +32,7 @@ from valuerec.data.dataset import Catalogue, Sequences, _natural_key, sequences_
 from valuerec.data.schema import EVENT_COLUMNS, DataError, event_type_code
 from valuerec.data.store import EventStore, StoredEvent, row_event_id
 from valuerec.data.validate import EventRow
-from valuerec.models.base import Recommender, load_model
+from valuerec.models.base import Recommender, load_model, require_next_item_head
 from valuerec.serving.settings import Settings
 
 log = logging.getLogger("valuerec.serving")
@@ -543,6 +543,11 @@ class ServiceState:
 
     def recommend(self, user_id: str, k: int, policy: str, exclude_history: bool) -> dict:
         rt = self.runtime
+        try:
+            require_next_item_head(rt.model, f"'{rt.name}' ({rt.version})",
+                                   f"; GET /v1/users/{user_id}/value gives its predictions")
+        except DataError as e:
+            raise NotAvailable(str(e)) from None
         h = self.history(rt, user_id)
         known = h.known_items if h is not None else EMPTY.items
         if policy not in ("auto", "model", "popular") and len(known):
