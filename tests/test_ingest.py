@@ -507,3 +507,45 @@ def test_the_services_row_check_refuses_numbers_the_models_cannot_hold():
     assert [r.value for r in rows] == [0.0, 0.0]       # as in file ingest: a view's empty value is 0
     with pytest.raises(DataError, match=r"\[0\]\.value: not a number"):
         validate_event_rows([{"user_id": "u", "timestamp": "2024-01-01", "event_type": "purchase", "value": ""}])
+
+
+# -- a purchase or return needs its amount, also when the file has no value column at all ---------------
+def test_purchases_without_a_value_column_are_refused(tmp_path, store):
+    ingest(store, write(tmp_path, "good.csv", GOOD))
+    before = store.events()
+    p = write(tmp_path, "shop.csv", "customer,sku,ts,revenue,action\nu1,a,2024-01-01,5.0,purchase\n"
+                                    "u2,b,2024-01-02,3.0,return\n")
+    cmap = ColumnMap(user="customer", item="sku", time="ts", event="action")
+    with pytest.raises(DataError, match=r"shop.csv: 2 purchase or return event\(s\) but no value column 'value'; "
+                                        r"the file has \['action', 'customer', 'revenue', 'sku', 'ts'\]\. "
+                                        r"Name the amount's column with --value-col"):
+        ingest(store, p, cmap=cmap)
+    j = write(tmp_path, "novalue.jsonl", "".join(json.dumps({"customer": f"u{i}", "sku": "a", "ts": "2024-01-01",
+                                                             "action": "view" if i else "purchase"}) + "\n"
+                                                 for i in range(5)))
+    with pytest.raises(DataError, match=r"novalue.jsonl: 1 purchase or return event\(s\) but no value column"):
+        ingest(store, j, cmap=cmap, chunk_rows=2)     # the purchase is in the first chunk, nothing after it
+    with pytest.raises(DataError, match=r"pay.csv: 1 purchase or return"):
+        ingest(store, write(tmp_path, "pay.csv", "user_id,timestamp\nc1,2024-01-01\n"), event_type="purchase")
+    pd.testing.assert_frame_equal(store.events(), before)
+    # views and clicks have no amount: a file of them needs no value column
+    views = write(tmp_path, "views.csv", "customer,sku,ts,action\nu1,a,2024-01-01,view\nu2,b,2024-01-02,click\n")
+    assert ingest(store, views, cmap=cmap).added == 2
+
+
+def test_cli_purchases_without_a_value_column(tmp_path):
+    p = write(tmp_path, "shop.csv", "customer,sku,ts,revenue,action\nu1,a,2024-01-01,5.0,purchase\n")
+    res = CliRunner().invoke(app, ["ingest", str(p), "--store", str(tmp_path / "s.duckdb"), "--user-col", "customer",
+                                   "--item-col", "sku", "--time-col", "ts", "--event-col", "action"])
+    assert res.exit_code == 2 and "error:" in res.output and "--value-col" in res.output, res.output
+    assert "Traceback" not in res.output and not (tmp_path / "s.duckdb").exists()
+
+
+def test_http_records_without_value_are_refused():
+    from valuerec.data.validate import validate_event_rows
+
+    with pytest.raises(DataError, match=r"events\[1\]\.value: a purchase needs its amount; give 'value'"):
+        validate_event_rows([{"user_id": "u1", "timestamp": "2024-01-01", "event_type": "view"},
+                             {"user_id": "u1", "timestamp": "2024-01-01", "event_type": "purchase"}])
+    assert validate_event_rows([{"user_id": "u1", "timestamp": "2024-01-01", "event_type": "purchase",
+                                 "value": 0}])[0].value == 0.0

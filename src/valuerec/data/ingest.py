@@ -432,6 +432,9 @@ def iter_events(path: str | Path, cmap: ColumnMap | None = None, sep: str | None
         yield out.reset_index(drop=True)
     if report.rows_read == 0 and not problems.count:
         raise DataError(f"{path}: the file has a header but no rows")
+    if monetary_before and src["value"] not in seen:     # every amount would be stored as 0
+        raise DataError(f"{path}: {monetary_before:,} purchase or return event(s) but no value column "
+                        f"{src['value']!r}; the file has {sorted(seen)}. Name the amount's column with --value-col")
     problems.raise_if_any()
 
 
