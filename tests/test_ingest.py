@@ -549,3 +549,23 @@ def test_http_records_without_value_are_refused():
                              {"user_id": "u1", "timestamp": "2024-01-01", "event_type": "purchase"}])
     assert validate_event_rows([{"user_id": "u1", "timestamp": "2024-01-01", "event_type": "purchase",
                                  "value": 0}])[0].value == 0.0
+
+
+def test_broken_gzip_is_a_clear_error_and_writes_nothing(tmp_path, store):
+    ingest(store, write(tmp_path, "good.csv", GOOD))
+    before = store.events()
+    rows = "".join(f"u{i},a{i % 7},2024-01-01 10:{i % 60:02d}:00,view,0\n" for i in range(3000))
+    whole = gzip.compress((GOOD.splitlines(keepends=True)[0] + rows).encode())
+    (tmp_path / "trunc.csv.gz").write_bytes(whole[: len(whole) * 2 // 3])
+    (tmp_path / "fake.csv.gz").write_text(GOOD)
+    (tmp_path / "fake.jsonl.gz").write_text('{"user_id": "u1"}\n')
+    with gzip.open(tmp_path / "or.csv.gz", "wt") as f:
+        f.write(ONLINE_RETAIL_HEAD + "536365,85123A,HEART,6,2010-12-01 08:26:00,2.55,17850.0,UK\n" * 3000)
+    (tmp_path / "or_trunc.csv.gz").write_bytes((tmp_path / "or.csv.gz").read_bytes()[:-200])
+    for name in ("trunc.csv.gz", "fake.csv.gz", "fake.jsonl.gz", "or_trunc.csv.gz"):
+        with pytest.raises(DataError, match=rf"{name}: not a valid or complete gzip file"):
+            ingest(store, tmp_path / name, chunk_rows=100)    # the chunks before the break are rolled back
+    pd.testing.assert_frame_equal(store.events(), before)
+    res = CliRunner().invoke(app, ["ingest", str(tmp_path / "trunc.csv.gz"), "--store", str(tmp_path / "n.duckdb")])
+    assert res.exit_code == 2 and "trunc.csv.gz: not a valid or complete gzip file" in res.output, res.output
+    assert "Aborted" not in res.output and not (tmp_path / "n.duckdb").exists()

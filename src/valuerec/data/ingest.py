@@ -17,6 +17,7 @@ import hmac
 import json
 import os
 import re
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -172,6 +173,16 @@ def _numeric(raw: pd.Series) -> pd.Series:
     return pd.to_numeric(raw.astype("string").str.strip(), errors="coerce")
 
 
+# What reading a broken .gz raises: a truncated file (EOFError), one that is not gzip (BadGzipFile, an
+# OSError), a corrupt stream (zlib.error).
+GZIP_ERRORS = (EOFError, gzip.BadGzipFile, zlib.error)
+
+
+def _bad_gzip(path: Path, err: Exception) -> DataError:
+    return DataError(f"{path}: not a valid or complete gzip file ({type(err).__name__}: {err or 'truncated'}); "
+                     "download or compress it again")
+
+
 def _not_utf8(path: Path, err: UnicodeDecodeError) -> DataError:
     """The first line of ``path`` that is not UTF-8, as a DataError naming the line and the byte."""
     try:
@@ -215,6 +226,8 @@ def _iter_table(path: Path, sep: str | None, no_header: bool, columns: list[str]
         yield from _iter_table_utf8(path, sep, no_header, columns, chunk_rows)
     except UnicodeDecodeError as e:
         raise _not_utf8(path, e) from None
+    except GZIP_ERRORS as e:
+        raise _bad_gzip(path, e) from None
 
 
 def _chunks(reader) -> Iterator[pd.DataFrame]:
@@ -597,6 +610,8 @@ def read_online_retail(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, In
         df = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
     except UnicodeDecodeError as e:
         raise _not_utf8(path, e) from None
+    except GZIP_ERRORS as e:
+        raise _bad_gzip(path, e) from None
     missing = [c for c in ONLINE_RETAIL_COLUMNS if c not in df.columns]
     if missing:
         raise DataError(f"{path}: not an Online Retail file, missing column(s) {missing}")
