@@ -569,3 +569,17 @@ def test_broken_gzip_is_a_clear_error_and_writes_nothing(tmp_path, store):
     res = CliRunner().invoke(app, ["ingest", str(tmp_path / "trunc.csv.gz"), "--store", str(tmp_path / "n.duckdb")])
     assert res.exit_code == 2 and "trunc.csv.gz: not a valid or complete gzip file" in res.output, res.output
     assert "Aborted" not in res.output and not (tmp_path / "n.duckdb").exists()
+
+
+def test_explicit_format_overrides_the_extension_and_tsv_is_tab_separated(tmp_path, store):
+    rows = [{"user_id": "u1", "item_id": "a", "timestamp": "2024-01-01 10:00:00", "event_type": "purchase", "value": 5}]
+    p = write(tmp_path, "events.ndjson.txt", "".join(json.dumps(r) + "\n" for r in rows))
+    assert ingest(store, p, fmt="jsonl").added == 1
+    assert store.events()["value"].tolist() == [5.0]
+    pd.read_csv(write(tmp_path, "good.csv", GOOD)).to_parquet(tmp_path / "export.parq")
+    assert ingest(store, tmp_path / "export.parq", fmt="parquet").added == 3
+    with pytest.raises(DataError, match=r"g.csv: not a Parquet file"):
+        ingest(store, write(tmp_path, "g.csv", GOOD), fmt="parquet")
+    tsv = write(tmp_path, "e.tsv", GOOD.replace(",", "\t").replace("u1", "t1"))
+    assert ingest(store, tsv).added == 2       # u2's event is the one from export.parq
+    assert {"t1", "u2"} <= set(store.events()["user_id"])

@@ -31,7 +31,7 @@ def ingest_cmd(
     quantity_col: Optional[str] = typer.Option(None, "--quantity-col"),
     event_id_col: Optional[str] = typer.Option(None, "--event-id-col"),
     time_format: Optional[str] = typer.Option(None, "--time-format", help="strftime format, 'unix' or 'unix_ms'"),
-    sep: Optional[str] = typer.Option(None, "--sep", help="Field delimiter (default ',' for CSV, whitespace with --no-header)"),
+    sep: Optional[str] = typer.Option(None, "--sep", help="Field delimiter (default ',' for CSV, tab for .tsv, whitespace with --no-header)"),
     no_header: bool = typer.Option(False, "--no-header", help="The file has no header line; name columns with --columns"),
     columns: Optional[str] = typer.Option(None, "--columns", help="Comma-separated column names for --no-header"),
     attributes: Optional[Path] = typer.Option(None, "--attributes", help="S3-Rec item2attributes JSON"),

@@ -212,10 +212,23 @@ def _read_table(path: Path, sep: str | None, no_header: bool, columns: list[str]
     return pd.concat([f for f, _ in parts], ignore_index=True), parts[0][1]
 
 
+def _table_kind(path: Path, fmt: str | None = None) -> str:
+    """csv, jsonl or parquet: ``fmt`` when it names one (an explicit --format), else from the file name."""
+    if fmt in ("csv", "jsonl", "parquet"):
+        return fmt
+    name = path.name.lower()
+    if name.endswith((".parquet", ".pq")):
+        return "parquet"
+    if name.endswith((".jsonl", ".ndjson", ".jsonl.gz", ".ndjson.gz")):
+        return "jsonl"
+    return "csv"
+
+
 def _iter_table(path: Path, sep: str | None, no_header: bool, columns: list[str] | None,
-                chunk_rows: int | None) -> Iterator[tuple[pd.DataFrame, int]]:
+                chunk_rows: int | None, fmt: str | None = None) -> Iterator[tuple[pd.DataFrame, int]]:
     """Read a file as strings, ``chunk_rows`` rows at a time (None: all at once). Yields each frame
-    and the line number of its first row; always at least one frame (empty when the file has no rows)."""
+    and the line number of its first row; always at least one frame (empty when the file has no rows).
+    ``fmt`` (csv, jsonl, parquet) overrides the file name's extension."""
     if not path.exists():
         raise DataError(f"{path}: no such file")
     if path.is_dir():
@@ -223,7 +236,7 @@ def _iter_table(path: Path, sep: str | None, no_header: bool, columns: list[str]
     if path.stat().st_size == 0:
         raise DataError(f"{path}: the file is empty (no header, no rows)")
     try:
-        yield from _iter_table_utf8(path, sep, no_header, columns, chunk_rows)
+        yield from _iter_table_utf8(path, sep, no_header, columns, chunk_rows, _table_kind(path, fmt))
     except UnicodeDecodeError as e:
         raise _not_utf8(path, e) from None
     except GZIP_ERRORS as e:
@@ -240,9 +253,10 @@ def _chunks(reader) -> Iterator[pd.DataFrame]:
 
 
 def _iter_table_utf8(path: Path, sep: str | None, no_header: bool, columns: list[str] | None,
-                     chunk_rows: int | None) -> Iterator[tuple[pd.DataFrame, int]]:
-    name = path.name.lower()
-    if name.endswith((".parquet", ".pq")):
+                     chunk_rows: int | None, kind: str) -> Iterator[tuple[pd.DataFrame, int]]:
+    if sep is None and path.name.lower().endswith((".tsv", ".tsv.gz")):
+        sep = "\t"
+    if kind == "parquet":
         import pyarrow as pa
         import pyarrow.parquet as pq
         try:
@@ -259,7 +273,7 @@ def _iter_table_utf8(path: Path, sep: str | None, no_header: bool, columns: list
         except (ValueError, OSError, pa.ArrowException) as e:   # pyarrow's ArrowInvalid is a ValueError
             raise DataError(f"{path}: not a Parquet file ({e})") from None
         return
-    if name.endswith((".jsonl", ".ndjson", ".jsonl.gz", ".ndjson.gz")):
+    if kind == "jsonl":
         try:
             line = 1
             for df in _chunks(pd.read_json(path, lines=True, dtype=False, chunksize=chunk_rows)):
@@ -396,22 +410,23 @@ def _id_text(ids: pd.Series) -> pd.Series:
 def iter_events(path: str | Path, cmap: ColumnMap | None = None, sep: str | None = None,
                 no_header: bool = False, columns: list[str] | None = None,
                 default_event_type: str = DEFAULT_EVENT_TYPE, chunk_rows: int | None = CHUNK_ROWS,
-                report: IngestReport | None = None) -> Iterator[pd.DataFrame]:
+                report: IngestReport | None = None, fmt: str | None = None) -> Iterator[pd.DataFrame]:
     """Read and validate a generic event file ``chunk_rows`` rows at a time (None: all at once),
     yielding each chunk's events in the schema. The whole file is checked: after the first problem
     no more chunks are yielded, the rest is still read to list every problem (the first 20, then a
     count), and the generator ends with one DataError. Consume it inside a transaction that is
     rolled back on the error (``EventStore.add_event_stream``), so a bad file writes nothing.
-    ``report`` (optional) is filled with the rows read and events yielded."""
+    ``report`` (optional) is filled with the rows read and events yielded. ``fmt`` (csv, jsonl, parquet)
+    overrides the file name's extension."""
     path = Path(path)
     cmap = cmap or ColumnMap()
     report = report if report is not None else IngestReport(source=str(path))
     problems = _Problems(str(path))
-    fmt = cmap.time_format or "ISO 8601 (e.g. 2011-09-09 08:26:00); set --time-format"
+    expected_time = cmap.time_format or "ISO 8601 (e.g. 2011-09-09 08:26:00); set --time-format"
     src, seen = None, None
     monetary_before = 0     # purchase / return rows in the chunks read so far
-    typed = path.name.lower().endswith((".parquet", ".pq", ".jsonl", ".ndjson", ".jsonl.gz", ".ndjson.gz"))
-    for df, first_line in _iter_table(path, sep, no_header, columns, chunk_rows):
+    typed = _table_kind(path, fmt) != "csv"
+    for df, first_line in _iter_table(path, sep, no_header, columns, chunk_rows, fmt):
         cols = [str(c) for c in df.columns]
         if src is None:
             src, seen = _field_columns(path, set(cols), cmap), cols
@@ -435,7 +450,7 @@ def iter_events(path: str | Path, cmap: ColumnMap | None = None, sep: str | None
                 if src[f] in df.columns:
                     df[src[f]] = _id_text(df[src[f]])
         report.rows_read += len(df)
-        out = _check_rows(df, src, np.arange(len(df)) + first_line, problems, cmap.time_format, fmt,
+        out = _check_rows(df, src, np.arange(len(df)) + first_line, problems, cmap.time_format, expected_time,
                           default_event_type)
         monetary_before += int(out["event_type"].isin(MONETARY_TYPES).sum())
         if problems.count:
@@ -729,6 +744,7 @@ def ingest(store: EventStore, path: str | Path, fmt: str = "auto", cmap: ColumnM
         raise DataError(f"--event-type {event_type!r}: expected one of {EVENT_TYPES}")
     if path.is_dir():
         raise DataError(f"{path}: is a directory, expected a file")
+    explicit = fmt if fmt in ("csv", "parquet", "jsonl") else None     # --format over the file's extension
     if fmt == "auto":
         fmt = detect_format(path)
     if event_type is not None and fmt in ("online-retail", "s3rec"):
@@ -743,7 +759,7 @@ def ingest(store: EventStore, path: str | Path, fmt: str = "auto", cmap: ColumnM
         items = read_items(items_path) if items_path is not None else None
         report = IngestReport(source=str(path))
         chunks = iter_events(path, cmap, sep, no_header, columns, event_type or DEFAULT_EVENT_TYPE,
-                             chunk_rows, report)
+                             chunk_rows, report, explicit)
         if pseudonymise_key is not None:
             chunks = (c.assign(user_id=pseudonymise(c["user_id"], pseudonymise_key)) for c in chunks)
         res = store.add_event_stream(chunks, items, source=str(path), sha256=file_sha256(path))
@@ -766,9 +782,9 @@ def detect_format(path: Path) -> str:
     name = path.name.lower()
     if name.endswith((".parquet", ".pq")):
         return "parquet"
-    if name.endswith((".jsonl", ".ndjson", ".jsonl.gz")):
+    if name.endswith((".jsonl", ".ndjson", ".jsonl.gz", ".ndjson.gz")):
         return "jsonl"
-    if name.endswith((".csv", ".csv.gz", ".tsv")):
+    if name.endswith((".csv", ".csv.gz", ".tsv", ".tsv.gz")):
         try:
             header = pd.read_csv(path, nrows=0).columns.tolist()
         except Exception:  # noqa: BLE001 - any unreadable header falls through to the generic reader
