@@ -583,3 +583,27 @@ def test_explicit_format_overrides_the_extension_and_tsv_is_tab_separated(tmp_pa
     tsv = write(tmp_path, "e.tsv", GOOD.replace(",", "\t").replace("u1", "t1"))
     assert ingest(store, tsv).added == 2       # u2's event is the one from export.parq
     assert {"t1", "u2"} <= set(store.events()["user_id"])
+
+
+def test_online_retail_time_format_and_unusable_options(tmp_path, store):
+    rows = ["536397,35004B,DUCKS,12,12/1/2010 10:51,4.65,17924.0,United Kingdom",
+            "536398,35004C,DUCKS,6,12/13/2010 8:05,4.65,17925.0,United Kingdom"]
+    p = write(tmp_path, "or_kaggle.csv", ONLINE_RETAIL_HEAD + "\n".join(rows) + "\n")
+    events, _, _ = read_online_retail(p)          # the common export, month first: every row has that form
+    assert events["timestamp"].astype(str).tolist() == ["2010-12-01 10:51:00", "2010-12-13 08:05:00"]
+    events, _, _ = read_online_retail(p, time_format="%m/%d/%Y %H:%M")
+    assert events["timestamp"].astype(str).tolist() == ["2010-12-01 10:51:00", "2010-12-13 08:05:00"]
+    with pytest.raises(DataError, match=r"line 3, field 'InvoiceDate': unparseable date, expected %d/%m/%Y %H:%M"):
+        ingest(store, p, cmap=ColumnMap(time_format="%d/%m/%Y %H:%M"))   # day 13 is no month
+    mixed = write(tmp_path, "or_mixed.csv", ONLINE_RETAIL_HEAD + rows[0] + "\n"
+                  + "536399,35004C,DUCKS,6,2010-12-02 08:05:00,4.65,17925.0,United Kingdom\n")
+    with pytest.raises(DataError, match=r"line 2, field 'InvoiceDate': unparseable date, expected YYYY-MM-DD HH:MM:SS "
+                                        r"\(or M/D/YYYY H:MM on every row\); set --time-format"):
+        read_online_retail(mixed)
+    with pytest.raises(DataError, match=r"--user-col, --value-col: for generic event files \(csv, parquet, jsonl\); "
+                                        r"the online-retail format has fixed columns"):
+        ingest(store, p, cmap=ColumnMap(user="CustomerID", value="UnitPrice"))
+    with pytest.raises(DataError, match=r"--time-format, --sep: for generic event files"):
+        ingest(store, write(tmp_path, "seq.txt", "1 5 6\n2 7 8\n"), cmap=ColumnMap(time_format="unix"), sep=" ")
+    assert store.count_events() == 0
+    assert ingest(store, p).added == 2

@@ -609,7 +609,7 @@ ONLINE_RETAIL_COLUMNS = ["InvoiceNo", "StockCode", "Description", "Quantity", "I
                          "CustomerID", "Country"]
 
 
-def read_online_retail(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, IngestReport]:
+def read_online_retail(path: str | Path, time_format: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame, IngestReport]:
     """UCI Online Retail, cleaned as in BENCHMARKS.md V1.
 
     Rows without CustomerID are dropped (guest checkouts). A purchase has Quantity > 0, UnitPrice > 0
@@ -617,6 +617,10 @@ def read_online_retail(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, In
     invoices) stay as ``return`` events with positive value and quantity. Other rows (zero-price
     lines, stock adjustments) are dropped and counted. Each line keeps its own event id
     (invoice:line), because an invoice may legitimately list the same product twice.
+
+    InvoiceDate is read with ``time_format`` (as ``--time-format``) when given, else as
+    ``2010-12-01 08:26:00``, or as the common export's ``12/1/2010 8:26`` (month first) when every
+    row has that form and none the first.
     """
     path = Path(path)
     if not path.exists():
@@ -635,8 +639,16 @@ def read_online_retail(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, In
     problems = _Problems(str(path))
     qty = _numeric(df["Quantity"])
     price = _numeric(df["UnitPrice"])
-    ts = pd.to_datetime(df["InvoiceDate"], format="%Y-%m-%d %H:%M:%S", errors="coerce")
-    problems.add_mask(ts.isna().to_numpy(), lines, "InvoiceDate", df["InvoiceDate"], "unparseable date, expected YYYY-MM-DD HH:MM:SS")
+    if time_format:
+        ts = parse_timestamps(df["InvoiceDate"], time_format)
+        expected = time_format
+    else:
+        ts = pd.to_datetime(df["InvoiceDate"], format="%Y-%m-%d %H:%M:%S", errors="coerce")
+        if len(ts) and ts.isna().all():
+            us = pd.to_datetime(df["InvoiceDate"], format="%m/%d/%Y %H:%M", errors="coerce")
+            ts = us if us.notna().all() else ts
+        expected = "YYYY-MM-DD HH:MM:SS (or M/D/YYYY H:MM on every row); set --time-format"
+    problems.add_mask(ts.isna().to_numpy(), lines, "InvoiceDate", df["InvoiceDate"], f"unparseable date, expected {expected}")
     _check_time_range(problems, ts, lines, "InvoiceDate", df["InvoiceDate"])
     problems.add_mask(qty.isna().to_numpy(), lines, "Quantity", df["Quantity"], "not a number")
     problems.add_mask(price.isna().to_numpy(), lines, "UnitPrice", df["UnitPrice"], "not a number")
@@ -750,8 +762,19 @@ def ingest(store: EventStore, path: str | Path, fmt: str = "auto", cmap: ColumnM
     if event_type is not None and fmt in ("online-retail", "s3rec"):
         raise DataError(f"--event-type is for generic event files (csv, parquet, jsonl); the {fmt} format sets "
                         "its own event types")
+    if fmt in ("online-retail", "s3rec"):      # options these readers cannot use are refused, not dropped
+        cm = cmap or ColumnMap()
+        unused = [opt for opt, v in (("--user-col", cm.user), ("--item-col", cm.item), ("--time-col", cm.time),
+                                     ("--value-col", cm.value), ("--event-col", cm.event),
+                                     ("--quantity-col", cm.quantity), ("--event-id-col", cm.event_id),
+                                     ("--time-format", cm.time_format if fmt == "s3rec" else None),
+                                     ("--sep", sep), ("--no-header", no_header or None), ("--columns", columns))
+                  if v is not None]
+        if unused:
+            raise DataError(f"{', '.join(unused)}: for generic event files (csv, parquet, jsonl); the {fmt} format "
+                            "has fixed columns" + (" (it takes --time-format)" if fmt == "online-retail" else ""))
     if fmt == "online-retail":
-        events, items, report = read_online_retail(path)
+        events, items, report = read_online_retail(path, (cmap or ColumnMap()).time_format)
     elif fmt == "s3rec":
         events, items, report = read_s3rec(path, attributes or find_attributes_file(path))
     elif fmt in ("csv", "parquet", "jsonl", "events"):
