@@ -607,3 +607,11 @@ def test_online_retail_time_format_and_unusable_options(tmp_path, store):
         ingest(store, write(tmp_path, "seq.txt", "1 5 6\n2 7 8\n"), cmap=ColumnMap(time_format="unix"), sep=" ")
     assert store.count_events() == 0
     assert ingest(store, p).added == 2
+
+
+def test_key_file_without_pseudonymise_is_refused(tmp_path):
+    key = write(tmp_path, "key", "k" * 32)
+    res = CliRunner().invoke(app, ["ingest", str(write(tmp_path, "e.csv", GOOD)), "--store", str(tmp_path / "s.duckdb"),
+                                   "--pseudonymise-key-file", str(key)])
+    assert res.exit_code == 2 and f"--pseudonymise-key-file {key}: given without --pseudonymise" in res.output
+    assert not (tmp_path / "s.duckdb").exists()

@@ -51,6 +51,9 @@ def ingest_cmd(
     try:
         if store.is_dir():
             raise DataError(f"--store {store}: is a directory, expected a DuckDB store file")
+        if key_file is not None and not pseudonymise:     # the raw ids would be stored
+            raise DataError(f"--pseudonymise-key-file {key_file}: given without --pseudonymise; add --pseudonymise "
+                            "to store keyed hashes of the user ids, or drop the key file")
         key = load_pseudonymisation_key(str(key_file) if key_file else None) if pseudonymise else None
         with EventStore(store) as st:
             with console.status(f"ingesting {path} ..."):
