@@ -615,3 +615,14 @@ def test_key_file_without_pseudonymise_is_refused(tmp_path):
                                    "--pseudonymise-key-file", str(key)])
     assert res.exit_code == 2 and f"--pseudonymise-key-file {key}: given without --pseudonymise" in res.output
     assert not (tmp_path / "s.duckdb").exists()
+
+
+def test_item_table_without_a_known_column_is_refused(tmp_path, store):
+    items = write(tmp_path, "items.csv", "item_id,title,cost\na,Red mug,3\nb,Blue mug,4\n")
+    with pytest.raises(DataError, match=r"items.csv: no item column this reader uses; expected one or more of 'text', "
+                                        r"'price', 'attributes' next to 'item_id'; the file has \['cost', 'item_id', "
+                                        r"'title'\]"):
+        ingest(store, write(tmp_path, "e.csv", GOOD), items_path=items)
+    assert store.count_events() == 0
+    ingest(store, write(tmp_path, "e.csv", GOOD), items_path=write(tmp_path, "p.csv", "item_id,price,title\na,3,x\n"))
+    assert store.count_events() == 3

@@ -570,6 +570,10 @@ def read_items(path: str | Path, item_col: str = "item_id", text_col: str = "tex
     df, first_line = _read_table(path, sep, False, None)
     if item_col not in df.columns:
         raise DataError(f"{path}: missing column '{item_col}' (for item_id); the file has {sorted(map(str, df.columns))}")
+    if not {text_col, price_col, attributes_col} & set(map(str, df.columns)):    # would load as empty metadata
+        raise DataError(f"{path}: no item column this reader uses; expected one or more of '{text_col}', "
+                        f"'{price_col}', '{attributes_col}' next to '{item_col}'; the file has "
+                        f"{sorted(map(str, df.columns))}. Rename the columns")
     problems = _Problems(str(path))
     lines = np.arange(len(df)) + first_line
     _check_scalars(problems, df[item_col], lines, item_col)
