@@ -626,3 +626,16 @@ def test_item_table_without_a_known_column_is_refused(tmp_path, store):
     assert store.count_events() == 0
     ingest(store, write(tmp_path, "e.csv", GOOD), items_path=write(tmp_path, "p.csv", "item_id,price,title\na,3,x\n"))
     assert store.count_events() == 3
+
+
+def test_unix_ms_on_seconds_is_refused(tmp_path, store):
+    p = write(tmp_path, "sec.csv", "user_id,item_id,timestamp\nu1,a,1704067200\nu2,b,1704153600\n")
+    with pytest.raises(DataError, match=r"sec.csv, line 2, field 'timestamp': with --time-format unix_ms every date is "
+                                        r"before 1971-01-01; the numbers look like seconds: pass --time-format unix "
+                                        r"\(got '1704067200'\)"):
+        ingest(store, p, cmap=ColumnMap(time_format="unix_ms"))
+    assert store.count_events() == 0
+    assert ingest(store, p, cmap=ColumnMap(time_format="unix")).added == 2
+    ms = write(tmp_path, "ms.csv", "user_id,item_id,timestamp\nu1,a,1704067200000\n")
+    with pytest.raises(DataError, match=r"ms.csv, line 2, field 'timestamp': 1704067200000 is in the future"):
+        ingest(store, ms, cmap=ColumnMap(time_format="unix"))     # the reverse: milliseconds read as seconds

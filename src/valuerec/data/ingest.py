@@ -142,6 +142,8 @@ def _naive_utc(ts: pd.Series) -> pd.Series:
 # A time more than a day past the clock, or before 1900, is almost always a wrong year or unit.
 EARLIEST_TIME = pd.Timestamp("1900-01-01")
 FUTURE_SLACK = pd.Timedelta(days=1)
+# Epoch input whose dates all fall before this is in the wrong unit (an event log from 1970 is not plausible).
+EPOCH_UNIT_CHECK = pd.Timestamp("1971-01-01")
 
 
 def _check_time_range(problems: _Problems, ts: pd.Series, lines: np.ndarray, fld: str, raw: pd.Series) -> None:
@@ -528,6 +530,11 @@ def _check_rows(df: pd.DataFrame, src: dict[str, str], lines: np.ndarray, proble
         bad &= ~unix
     problems.add_mask(bad, lines, src["timestamp"], raw_t, f"unparseable date, expected {expected_time}")
     _check_time_range(problems, ts, lines, src["timestamp"], raw_t)
+    if time_format == "unix_ms" and ts.notna().any() and (ts.dropna() < EPOCH_UNIT_CHECK).all():
+        # every date in 1970: seconds read as milliseconds (seconds read as ms land 1000x closer to 1970)
+        problems.add_mask(ts.notna().to_numpy(), lines, src["timestamp"], raw_t,
+                          f"with --time-format unix_ms every date is before {EPOCH_UNIT_CHECK:%Y-%m-%d}; "
+                          "the numbers look like seconds: pass --time-format unix")
     out["timestamp"] = ts
 
     if src["event_type"] in present:
