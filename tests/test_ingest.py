@@ -507,3 +507,135 @@ def test_the_services_row_check_refuses_numbers_the_models_cannot_hold():
     assert [r.value for r in rows] == [0.0, 0.0]       # as in file ingest: a view's empty value is 0
     with pytest.raises(DataError, match=r"\[0\]\.value: not a number"):
         validate_event_rows([{"user_id": "u", "timestamp": "2024-01-01", "event_type": "purchase", "value": ""}])
+
+
+# -- a purchase or return needs its amount, also when the file has no value column at all ---------------
+def test_purchases_without_a_value_column_are_refused(tmp_path, store):
+    ingest(store, write(tmp_path, "good.csv", GOOD))
+    before = store.events()
+    p = write(tmp_path, "shop.csv", "customer,sku,ts,revenue,action\nu1,a,2024-01-01,5.0,purchase\n"
+                                    "u2,b,2024-01-02,3.0,return\n")
+    cmap = ColumnMap(user="customer", item="sku", time="ts", event="action")
+    with pytest.raises(DataError, match=r"shop.csv: 2 purchase or return event\(s\) but no value column 'value'; "
+                                        r"the file has \['action', 'customer', 'revenue', 'sku', 'ts'\]\. "
+                                        r"Name the amount's column with --value-col"):
+        ingest(store, p, cmap=cmap)
+    j = write(tmp_path, "novalue.jsonl", "".join(json.dumps({"customer": f"u{i}", "sku": "a", "ts": "2024-01-01",
+                                                             "action": "view" if i else "purchase"}) + "\n"
+                                                 for i in range(5)))
+    with pytest.raises(DataError, match=r"novalue.jsonl: 1 purchase or return event\(s\) but no value column"):
+        ingest(store, j, cmap=cmap, chunk_rows=2)     # the purchase is in the first chunk, nothing after it
+    with pytest.raises(DataError, match=r"pay.csv: 1 purchase or return"):
+        ingest(store, write(tmp_path, "pay.csv", "user_id,timestamp\nc1,2024-01-01\n"), event_type="purchase")
+    pd.testing.assert_frame_equal(store.events(), before)
+    # views and clicks have no amount: a file of them needs no value column
+    views = write(tmp_path, "views.csv", "customer,sku,ts,action\nu1,a,2024-01-01,view\nu2,b,2024-01-02,click\n")
+    assert ingest(store, views, cmap=cmap).added == 2
+
+
+def test_cli_purchases_without_a_value_column(tmp_path):
+    p = write(tmp_path, "shop.csv", "customer,sku,ts,revenue,action\nu1,a,2024-01-01,5.0,purchase\n")
+    res = CliRunner().invoke(app, ["ingest", str(p), "--store", str(tmp_path / "s.duckdb"), "--user-col", "customer",
+                                   "--item-col", "sku", "--time-col", "ts", "--event-col", "action"])
+    assert res.exit_code == 2 and "error:" in res.output and "--value-col" in res.output, res.output
+    assert "Traceback" not in res.output and not (tmp_path / "s.duckdb").exists()
+
+
+def test_http_records_without_value_are_refused():
+    from valuerec.data.validate import validate_event_rows
+
+    with pytest.raises(DataError, match=r"events\[1\]\.value: a purchase needs its amount; give 'value'"):
+        validate_event_rows([{"user_id": "u1", "timestamp": "2024-01-01", "event_type": "view"},
+                             {"user_id": "u1", "timestamp": "2024-01-01", "event_type": "purchase"}])
+    assert validate_event_rows([{"user_id": "u1", "timestamp": "2024-01-01", "event_type": "purchase",
+                                 "value": 0}])[0].value == 0.0
+
+
+def test_broken_gzip_is_a_clear_error_and_writes_nothing(tmp_path, store):
+    ingest(store, write(tmp_path, "good.csv", GOOD))
+    before = store.events()
+    rows = "".join(f"u{i},a{i % 7},2024-01-01 10:{i % 60:02d}:00,view,0\n" for i in range(3000))
+    whole = gzip.compress((GOOD.splitlines(keepends=True)[0] + rows).encode())
+    (tmp_path / "trunc.csv.gz").write_bytes(whole[: len(whole) * 2 // 3])
+    (tmp_path / "fake.csv.gz").write_text(GOOD)
+    (tmp_path / "fake.jsonl.gz").write_text('{"user_id": "u1"}\n')
+    with gzip.open(tmp_path / "or.csv.gz", "wt") as f:
+        f.write(ONLINE_RETAIL_HEAD + "536365,85123A,HEART,6,2010-12-01 08:26:00,2.55,17850.0,UK\n" * 3000)
+    (tmp_path / "or_trunc.csv.gz").write_bytes((tmp_path / "or.csv.gz").read_bytes()[:-200])
+    for name in ("trunc.csv.gz", "fake.csv.gz", "fake.jsonl.gz", "or_trunc.csv.gz"):
+        with pytest.raises(DataError, match=rf"{name}: not a valid or complete gzip file"):
+            ingest(store, tmp_path / name, chunk_rows=100)    # the chunks before the break are rolled back
+    pd.testing.assert_frame_equal(store.events(), before)
+    res = CliRunner().invoke(app, ["ingest", str(tmp_path / "trunc.csv.gz"), "--store", str(tmp_path / "n.duckdb")])
+    assert res.exit_code == 2 and "trunc.csv.gz: not a valid or complete gzip file" in res.output, res.output
+    assert "Aborted" not in res.output and not (tmp_path / "n.duckdb").exists()
+
+
+def test_explicit_format_overrides_the_extension_and_tsv_is_tab_separated(tmp_path, store):
+    rows = [{"user_id": "u1", "item_id": "a", "timestamp": "2024-01-01 10:00:00", "event_type": "purchase", "value": 5}]
+    p = write(tmp_path, "events.ndjson.txt", "".join(json.dumps(r) + "\n" for r in rows))
+    assert ingest(store, p, fmt="jsonl").added == 1
+    assert store.events()["value"].tolist() == [5.0]
+    pd.read_csv(write(tmp_path, "good.csv", GOOD)).to_parquet(tmp_path / "export.parq")
+    assert ingest(store, tmp_path / "export.parq", fmt="parquet").added == 3
+    with pytest.raises(DataError, match=r"g.csv: not a Parquet file"):
+        ingest(store, write(tmp_path, "g.csv", GOOD), fmt="parquet")
+    tsv = write(tmp_path, "e.tsv", GOOD.replace(",", "\t").replace("u1", "t1"))
+    assert ingest(store, tsv).added == 2       # u2's event is the one from export.parq
+    assert {"t1", "u2"} <= set(store.events()["user_id"])
+
+
+def test_online_retail_time_format_and_unusable_options(tmp_path, store):
+    rows = ["536397,35004B,DUCKS,12,12/1/2010 10:51,4.65,17924.0,United Kingdom",
+            "536398,35004C,DUCKS,6,12/13/2010 8:05,4.65,17925.0,United Kingdom"]
+    p = write(tmp_path, "or_kaggle.csv", ONLINE_RETAIL_HEAD + "\n".join(rows) + "\n")
+    events, _, _ = read_online_retail(p)          # the common export, month first: every row has that form
+    assert events["timestamp"].astype(str).tolist() == ["2010-12-01 10:51:00", "2010-12-13 08:05:00"]
+    events, _, _ = read_online_retail(p, time_format="%m/%d/%Y %H:%M")
+    assert events["timestamp"].astype(str).tolist() == ["2010-12-01 10:51:00", "2010-12-13 08:05:00"]
+    with pytest.raises(DataError, match=r"line 3, field 'InvoiceDate': unparseable date, expected %d/%m/%Y %H:%M"):
+        ingest(store, p, cmap=ColumnMap(time_format="%d/%m/%Y %H:%M"))   # day 13 is no month
+    mixed = write(tmp_path, "or_mixed.csv", ONLINE_RETAIL_HEAD + rows[0] + "\n"
+                  + "536399,35004C,DUCKS,6,2010-12-02 08:05:00,4.65,17925.0,United Kingdom\n")
+    with pytest.raises(DataError, match=r"line 2, field 'InvoiceDate': unparseable date, expected YYYY-MM-DD HH:MM:SS "
+                                        r"\(or M/D/YYYY H:MM on every row\); set --time-format"):
+        read_online_retail(mixed)
+    with pytest.raises(DataError, match=r"--user-col, --value-col: for generic event files \(csv, parquet, jsonl\); "
+                                        r"the online-retail format has fixed columns"):
+        ingest(store, p, cmap=ColumnMap(user="CustomerID", value="UnitPrice"))
+    with pytest.raises(DataError, match=r"--time-format, --sep: for generic event files"):
+        ingest(store, write(tmp_path, "seq.txt", "1 5 6\n2 7 8\n"), cmap=ColumnMap(time_format="unix"), sep=" ")
+    assert store.count_events() == 0
+    assert ingest(store, p).added == 2
+
+
+def test_key_file_without_pseudonymise_is_refused(tmp_path):
+    key = write(tmp_path, "key", "k" * 32)
+    res = CliRunner().invoke(app, ["ingest", str(write(tmp_path, "e.csv", GOOD)), "--store", str(tmp_path / "s.duckdb"),
+                                   "--pseudonymise-key-file", str(key)])
+    assert res.exit_code == 2 and f"--pseudonymise-key-file {key}: given without --pseudonymise" in res.output
+    assert not (tmp_path / "s.duckdb").exists()
+
+
+def test_item_table_without_a_known_column_is_refused(tmp_path, store):
+    items = write(tmp_path, "items.csv", "item_id,title,cost\na,Red mug,3\nb,Blue mug,4\n")
+    with pytest.raises(DataError, match=r"items.csv: no item column this reader uses; expected one or more of 'text', "
+                                        r"'price', 'attributes' next to 'item_id'; the file has \['cost', 'item_id', "
+                                        r"'title'\]"):
+        ingest(store, write(tmp_path, "e.csv", GOOD), items_path=items)
+    assert store.count_events() == 0
+    ingest(store, write(tmp_path, "e.csv", GOOD), items_path=write(tmp_path, "p.csv", "item_id,price,title\na,3,x\n"))
+    assert store.count_events() == 3
+
+
+def test_unix_ms_on_seconds_is_refused(tmp_path, store):
+    p = write(tmp_path, "sec.csv", "user_id,item_id,timestamp\nu1,a,1704067200\nu2,b,1704153600\n")
+    with pytest.raises(DataError, match=r"sec.csv, line 2, field 'timestamp': with --time-format unix_ms every date is "
+                                        r"before 1971-01-01; the numbers look like seconds: pass --time-format unix "
+                                        r"\(got '1704067200'\)"):
+        ingest(store, p, cmap=ColumnMap(time_format="unix_ms"))
+    assert store.count_events() == 0
+    assert ingest(store, p, cmap=ColumnMap(time_format="unix")).added == 2
+    ms = write(tmp_path, "ms.csv", "user_id,item_id,timestamp\nu1,a,1704067200000\n")
+    with pytest.raises(DataError, match=r"ms.csv, line 2, field 'timestamp': 1704067200000 is in the future"):
+        ingest(store, ms, cmap=ColumnMap(time_format="unix"))     # the reverse: milliseconds read as seconds

@@ -115,7 +115,8 @@ def test_a_jsonl_key_that_first_appears_in_a_later_chunk(tmp_path):
             assert ingest(st, vsrc, chunk_rows=chunk).added == 5
             assert st.events()["value"].tolist() == [0.0] * 4 + [5.0]
     typed = [json.dumps({"user_id": "u1", "item_id": "a", "timestamp": f"2024-01-0{d}"}) for d in range(1, 4)]
-    typed.append(json.dumps({"user_id": "u1", "item_id": "b", "timestamp": "2024-01-05", "event_type": "purchase"}))
+    typed.append(json.dumps({"user_id": "u1", "item_id": "b", "timestamp": "2024-01-05", "event_type": "purchase",
+                             "value": 2.0}))     # a purchase needs its amount, also when no line has a value
     src = _p(tmp_path, "t.jsonl", "\n".join(typed) + "\n")
     for chunk in (None, 2):
         with EventStore(tmp_path / f"t{chunk}.duckdb") as st:

@@ -31,7 +31,7 @@ def ingest_cmd(
     quantity_col: Optional[str] = typer.Option(None, "--quantity-col"),
     event_id_col: Optional[str] = typer.Option(None, "--event-id-col"),
     time_format: Optional[str] = typer.Option(None, "--time-format", help="strftime format, 'unix' or 'unix_ms'"),
-    sep: Optional[str] = typer.Option(None, "--sep", help="Field delimiter (default ',' for CSV, whitespace with --no-header)"),
+    sep: Optional[str] = typer.Option(None, "--sep", help="Field delimiter (default ',' for CSV, tab for .tsv, whitespace with --no-header)"),
     no_header: bool = typer.Option(False, "--no-header", help="The file has no header line; name columns with --columns"),
     columns: Optional[str] = typer.Option(None, "--columns", help="Comma-separated column names for --no-header"),
     attributes: Optional[Path] = typer.Option(None, "--attributes", help="S3-Rec item2attributes JSON"),
@@ -51,6 +51,9 @@ def ingest_cmd(
     try:
         if store.is_dir():
             raise DataError(f"--store {store}: is a directory, expected a DuckDB store file")
+        if key_file is not None and not pseudonymise:     # the raw ids would be stored
+            raise DataError(f"--pseudonymise-key-file {key_file}: given without --pseudonymise; add --pseudonymise "
+                            "to store keyed hashes of the user ids, or drop the key file")
         key = load_pseudonymisation_key(str(key_file) if key_file else None) if pseudonymise else None
         with EventStore(store) as st:
             with console.status(f"ingesting {path} ..."):

@@ -17,6 +17,7 @@ import hmac
 import json
 import os
 import re
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -141,6 +142,8 @@ def _naive_utc(ts: pd.Series) -> pd.Series:
 # A time more than a day past the clock, or before 1900, is almost always a wrong year or unit.
 EARLIEST_TIME = pd.Timestamp("1900-01-01")
 FUTURE_SLACK = pd.Timedelta(days=1)
+# Epoch input whose dates all fall before this is in the wrong unit (an event log from 1970 is not plausible).
+EPOCH_UNIT_CHECK = pd.Timestamp("1971-01-01")
 
 
 def _check_time_range(problems: _Problems, ts: pd.Series, lines: np.ndarray, fld: str, raw: pd.Series) -> None:
@@ -172,6 +175,16 @@ def _numeric(raw: pd.Series) -> pd.Series:
     return pd.to_numeric(raw.astype("string").str.strip(), errors="coerce")
 
 
+# What reading a broken .gz raises: a truncated file (EOFError), one that is not gzip (BadGzipFile, an
+# OSError), a corrupt stream (zlib.error).
+GZIP_ERRORS = (EOFError, gzip.BadGzipFile, zlib.error)
+
+
+def _bad_gzip(path: Path, err: Exception) -> DataError:
+    return DataError(f"{path}: not a valid or complete gzip file ({type(err).__name__}: {err or 'truncated'}); "
+                     "download or compress it again")
+
+
 def _not_utf8(path: Path, err: UnicodeDecodeError) -> DataError:
     """The first line of ``path`` that is not UTF-8, as a DataError naming the line and the byte."""
     try:
@@ -201,10 +214,23 @@ def _read_table(path: Path, sep: str | None, no_header: bool, columns: list[str]
     return pd.concat([f for f, _ in parts], ignore_index=True), parts[0][1]
 
 
+def _table_kind(path: Path, fmt: str | None = None) -> str:
+    """csv, jsonl or parquet: ``fmt`` when it names one (an explicit --format), else from the file name."""
+    if fmt in ("csv", "jsonl", "parquet"):
+        return fmt
+    name = path.name.lower()
+    if name.endswith((".parquet", ".pq")):
+        return "parquet"
+    if name.endswith((".jsonl", ".ndjson", ".jsonl.gz", ".ndjson.gz")):
+        return "jsonl"
+    return "csv"
+
+
 def _iter_table(path: Path, sep: str | None, no_header: bool, columns: list[str] | None,
-                chunk_rows: int | None) -> Iterator[tuple[pd.DataFrame, int]]:
+                chunk_rows: int | None, fmt: str | None = None) -> Iterator[tuple[pd.DataFrame, int]]:
     """Read a file as strings, ``chunk_rows`` rows at a time (None: all at once). Yields each frame
-    and the line number of its first row; always at least one frame (empty when the file has no rows)."""
+    and the line number of its first row; always at least one frame (empty when the file has no rows).
+    ``fmt`` (csv, jsonl, parquet) overrides the file name's extension."""
     if not path.exists():
         raise DataError(f"{path}: no such file")
     if path.is_dir():
@@ -212,9 +238,11 @@ def _iter_table(path: Path, sep: str | None, no_header: bool, columns: list[str]
     if path.stat().st_size == 0:
         raise DataError(f"{path}: the file is empty (no header, no rows)")
     try:
-        yield from _iter_table_utf8(path, sep, no_header, columns, chunk_rows)
+        yield from _iter_table_utf8(path, sep, no_header, columns, chunk_rows, _table_kind(path, fmt))
     except UnicodeDecodeError as e:
         raise _not_utf8(path, e) from None
+    except GZIP_ERRORS as e:
+        raise _bad_gzip(path, e) from None
 
 
 def _chunks(reader) -> Iterator[pd.DataFrame]:
@@ -227,9 +255,10 @@ def _chunks(reader) -> Iterator[pd.DataFrame]:
 
 
 def _iter_table_utf8(path: Path, sep: str | None, no_header: bool, columns: list[str] | None,
-                     chunk_rows: int | None) -> Iterator[tuple[pd.DataFrame, int]]:
-    name = path.name.lower()
-    if name.endswith((".parquet", ".pq")):
+                     chunk_rows: int | None, kind: str) -> Iterator[tuple[pd.DataFrame, int]]:
+    if sep is None and path.name.lower().endswith((".tsv", ".tsv.gz")):
+        sep = "\t"
+    if kind == "parquet":
         import pyarrow as pa
         import pyarrow.parquet as pq
         try:
@@ -246,7 +275,7 @@ def _iter_table_utf8(path: Path, sep: str | None, no_header: bool, columns: list
         except (ValueError, OSError, pa.ArrowException) as e:   # pyarrow's ArrowInvalid is a ValueError
             raise DataError(f"{path}: not a Parquet file ({e})") from None
         return
-    if name.endswith((".jsonl", ".ndjson", ".jsonl.gz", ".ndjson.gz")):
+    if kind == "jsonl":
         try:
             line = 1
             for df in _chunks(pd.read_json(path, lines=True, dtype=False, chunksize=chunk_rows)):
@@ -383,22 +412,23 @@ def _id_text(ids: pd.Series) -> pd.Series:
 def iter_events(path: str | Path, cmap: ColumnMap | None = None, sep: str | None = None,
                 no_header: bool = False, columns: list[str] | None = None,
                 default_event_type: str = DEFAULT_EVENT_TYPE, chunk_rows: int | None = CHUNK_ROWS,
-                report: IngestReport | None = None) -> Iterator[pd.DataFrame]:
+                report: IngestReport | None = None, fmt: str | None = None) -> Iterator[pd.DataFrame]:
     """Read and validate a generic event file ``chunk_rows`` rows at a time (None: all at once),
     yielding each chunk's events in the schema. The whole file is checked: after the first problem
     no more chunks are yielded, the rest is still read to list every problem (the first 20, then a
     count), and the generator ends with one DataError. Consume it inside a transaction that is
     rolled back on the error (``EventStore.add_event_stream``), so a bad file writes nothing.
-    ``report`` (optional) is filled with the rows read and events yielded."""
+    ``report`` (optional) is filled with the rows read and events yielded. ``fmt`` (csv, jsonl, parquet)
+    overrides the file name's extension."""
     path = Path(path)
     cmap = cmap or ColumnMap()
     report = report if report is not None else IngestReport(source=str(path))
     problems = _Problems(str(path))
-    fmt = cmap.time_format or "ISO 8601 (e.g. 2011-09-09 08:26:00); set --time-format"
+    expected_time = cmap.time_format or "ISO 8601 (e.g. 2011-09-09 08:26:00); set --time-format"
     src, seen = None, None
     monetary_before = 0     # purchase / return rows in the chunks read so far
-    typed = path.name.lower().endswith((".parquet", ".pq", ".jsonl", ".ndjson", ".jsonl.gz", ".ndjson.gz"))
-    for df, first_line in _iter_table(path, sep, no_header, columns, chunk_rows):
+    typed = _table_kind(path, fmt) != "csv"
+    for df, first_line in _iter_table(path, sep, no_header, columns, chunk_rows, fmt):
         cols = [str(c) for c in df.columns]
         if src is None:
             src, seen = _field_columns(path, set(cols), cmap), cols
@@ -422,7 +452,7 @@ def iter_events(path: str | Path, cmap: ColumnMap | None = None, sep: str | None
                 if src[f] in df.columns:
                     df[src[f]] = _id_text(df[src[f]])
         report.rows_read += len(df)
-        out = _check_rows(df, src, np.arange(len(df)) + first_line, problems, cmap.time_format, fmt,
+        out = _check_rows(df, src, np.arange(len(df)) + first_line, problems, cmap.time_format, expected_time,
                           default_event_type)
         monetary_before += int(out["event_type"].isin(MONETARY_TYPES).sum())
         if problems.count:
@@ -432,6 +462,9 @@ def iter_events(path: str | Path, cmap: ColumnMap | None = None, sep: str | None
         yield out.reset_index(drop=True)
     if report.rows_read == 0 and not problems.count:
         raise DataError(f"{path}: the file has a header but no rows")
+    if monetary_before and src["value"] not in seen:     # every amount would be stored as 0
+        raise DataError(f"{path}: {monetary_before:,} purchase or return event(s) but no value column "
+                        f"{src['value']!r}; the file has {sorted(seen)}. Name the amount's column with --value-col")
     problems.raise_if_any()
 
 
@@ -497,6 +530,11 @@ def _check_rows(df: pd.DataFrame, src: dict[str, str], lines: np.ndarray, proble
         bad &= ~unix
     problems.add_mask(bad, lines, src["timestamp"], raw_t, f"unparseable date, expected {expected_time}")
     _check_time_range(problems, ts, lines, src["timestamp"], raw_t)
+    if time_format == "unix_ms" and ts.notna().any() and (ts.dropna() < EPOCH_UNIT_CHECK).all():
+        # every date in 1970: seconds read as milliseconds (seconds read as ms land 1000x closer to 1970)
+        problems.add_mask(ts.notna().to_numpy(), lines, src["timestamp"], raw_t,
+                          f"with --time-format unix_ms every date is before {EPOCH_UNIT_CHECK:%Y-%m-%d}; "
+                          "the numbers look like seconds: pass --time-format unix")
     out["timestamp"] = ts
 
     if src["event_type"] in present:
@@ -539,6 +577,10 @@ def read_items(path: str | Path, item_col: str = "item_id", text_col: str = "tex
     df, first_line = _read_table(path, sep, False, None)
     if item_col not in df.columns:
         raise DataError(f"{path}: missing column '{item_col}' (for item_id); the file has {sorted(map(str, df.columns))}")
+    if not {text_col, price_col, attributes_col} & set(map(str, df.columns)):    # would load as empty metadata
+        raise DataError(f"{path}: no item column this reader uses; expected one or more of '{text_col}', "
+                        f"'{price_col}', '{attributes_col}' next to '{item_col}'; the file has "
+                        f"{sorted(map(str, df.columns))}. Rename the columns")
     problems = _Problems(str(path))
     lines = np.arange(len(df)) + first_line
     _check_scalars(problems, df[item_col], lines, item_col)
@@ -578,7 +620,7 @@ ONLINE_RETAIL_COLUMNS = ["InvoiceNo", "StockCode", "Description", "Quantity", "I
                          "CustomerID", "Country"]
 
 
-def read_online_retail(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, IngestReport]:
+def read_online_retail(path: str | Path, time_format: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame, IngestReport]:
     """UCI Online Retail, cleaned as in BENCHMARKS.md V1.
 
     Rows without CustomerID are dropped (guest checkouts). A purchase has Quantity > 0, UnitPrice > 0
@@ -586,6 +628,10 @@ def read_online_retail(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, In
     invoices) stay as ``return`` events with positive value and quantity. Other rows (zero-price
     lines, stock adjustments) are dropped and counted. Each line keeps its own event id
     (invoice:line), because an invoice may legitimately list the same product twice.
+
+    InvoiceDate is read with ``time_format`` (as ``--time-format``) when given, else as
+    ``2010-12-01 08:26:00``, or as the common export's ``12/1/2010 8:26`` (month first) when every
+    row has that form and none the first.
     """
     path = Path(path)
     if not path.exists():
@@ -594,6 +640,8 @@ def read_online_retail(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, In
         df = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
     except UnicodeDecodeError as e:
         raise _not_utf8(path, e) from None
+    except GZIP_ERRORS as e:
+        raise _bad_gzip(path, e) from None
     missing = [c for c in ONLINE_RETAIL_COLUMNS if c not in df.columns]
     if missing:
         raise DataError(f"{path}: not an Online Retail file, missing column(s) {missing}")
@@ -602,8 +650,16 @@ def read_online_retail(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, In
     problems = _Problems(str(path))
     qty = _numeric(df["Quantity"])
     price = _numeric(df["UnitPrice"])
-    ts = pd.to_datetime(df["InvoiceDate"], format="%Y-%m-%d %H:%M:%S", errors="coerce")
-    problems.add_mask(ts.isna().to_numpy(), lines, "InvoiceDate", df["InvoiceDate"], "unparseable date, expected YYYY-MM-DD HH:MM:SS")
+    if time_format:
+        ts = parse_timestamps(df["InvoiceDate"], time_format)
+        expected = time_format
+    else:
+        ts = pd.to_datetime(df["InvoiceDate"], format="%Y-%m-%d %H:%M:%S", errors="coerce")
+        if len(ts) and ts.isna().all():
+            us = pd.to_datetime(df["InvoiceDate"], format="%m/%d/%Y %H:%M", errors="coerce")
+            ts = us if us.notna().all() else ts
+        expected = "YYYY-MM-DD HH:MM:SS (or M/D/YYYY H:MM on every row); set --time-format"
+    problems.add_mask(ts.isna().to_numpy(), lines, "InvoiceDate", df["InvoiceDate"], f"unparseable date, expected {expected}")
     _check_time_range(problems, ts, lines, "InvoiceDate", df["InvoiceDate"])
     problems.add_mask(qty.isna().to_numpy(), lines, "Quantity", df["Quantity"], "not a number")
     problems.add_mask(price.isna().to_numpy(), lines, "UnitPrice", df["UnitPrice"], "not a number")
@@ -711,13 +767,25 @@ def ingest(store: EventStore, path: str | Path, fmt: str = "auto", cmap: ColumnM
         raise DataError(f"--event-type {event_type!r}: expected one of {EVENT_TYPES}")
     if path.is_dir():
         raise DataError(f"{path}: is a directory, expected a file")
+    explicit = fmt if fmt in ("csv", "parquet", "jsonl") else None     # --format over the file's extension
     if fmt == "auto":
         fmt = detect_format(path)
     if event_type is not None and fmt in ("online-retail", "s3rec"):
         raise DataError(f"--event-type is for generic event files (csv, parquet, jsonl); the {fmt} format sets "
                         "its own event types")
+    if fmt in ("online-retail", "s3rec"):      # options these readers cannot use are refused, not dropped
+        cm = cmap or ColumnMap()
+        unused = [opt for opt, v in (("--user-col", cm.user), ("--item-col", cm.item), ("--time-col", cm.time),
+                                     ("--value-col", cm.value), ("--event-col", cm.event),
+                                     ("--quantity-col", cm.quantity), ("--event-id-col", cm.event_id),
+                                     ("--time-format", cm.time_format if fmt == "s3rec" else None),
+                                     ("--sep", sep), ("--no-header", no_header or None), ("--columns", columns))
+                  if v is not None]
+        if unused:
+            raise DataError(f"{', '.join(unused)}: for generic event files (csv, parquet, jsonl); the {fmt} format "
+                            "has fixed columns" + (" (it takes --time-format)" if fmt == "online-retail" else ""))
     if fmt == "online-retail":
-        events, items, report = read_online_retail(path)
+        events, items, report = read_online_retail(path, (cmap or ColumnMap()).time_format)
     elif fmt == "s3rec":
         events, items, report = read_s3rec(path, attributes or find_attributes_file(path))
     elif fmt in ("csv", "parquet", "jsonl", "events"):
@@ -725,7 +793,7 @@ def ingest(store: EventStore, path: str | Path, fmt: str = "auto", cmap: ColumnM
         items = read_items(items_path) if items_path is not None else None
         report = IngestReport(source=str(path))
         chunks = iter_events(path, cmap, sep, no_header, columns, event_type or DEFAULT_EVENT_TYPE,
-                             chunk_rows, report)
+                             chunk_rows, report, explicit)
         if pseudonymise_key is not None:
             chunks = (c.assign(user_id=pseudonymise(c["user_id"], pseudonymise_key)) for c in chunks)
         res = store.add_event_stream(chunks, items, source=str(path), sha256=file_sha256(path))
@@ -748,9 +816,9 @@ def detect_format(path: Path) -> str:
     name = path.name.lower()
     if name.endswith((".parquet", ".pq")):
         return "parquet"
-    if name.endswith((".jsonl", ".ndjson", ".jsonl.gz")):
+    if name.endswith((".jsonl", ".ndjson", ".jsonl.gz", ".ndjson.gz")):
         return "jsonl"
-    if name.endswith((".csv", ".csv.gz", ".tsv")):
+    if name.endswith((".csv", ".csv.gz", ".tsv", ".tsv.gz")):
         try:
             header = pd.read_csv(path, nrows=0).columns.tolist()
         except Exception:  # noqa: BLE001 - any unreadable header falls through to the generic reader

@@ -118,6 +118,9 @@ def validate_event_rows(records: list[dict], source: str = "events",
             if fld == "value" and etype not in MONETARY_TYPES and (
                     (isinstance(v, str) and not v.strip()) or (isinstance(v, float) and v != v)):
                 v = None     # as in file ingest: a view's empty value is 0; a purchase needs its amount
+            if fld == "value" and v is None and etype in MONETARY_TYPES:
+                bad(n, fld, f"a {etype} needs its amount; give 'value'", v)
+                continue
             x, why = _number(v, default)
             if why:
                 bad(n, fld, why, r.get(fld))

@@ -162,7 +162,7 @@ def make_router(settings: Settings) -> APIRouter:
         if n > settings.max_batch:
             raise InputError(f"the batch has {n} events; the limit is {settings.max_batch} per request "
                              "(split it, or raise $VALUEREC_MAX_BATCH)", loc=("body", "events"))
-        records = [e.model_dump() for e in batch.events]
+        records = [e.model_dump(exclude_unset=True) for e in batch.events]   # an omitted value is not 0
         rows = (validate_event_rows(records, source="events") if n <= 64 else
                 await run_in_threadpool(validate_event_rows, records, "events"))
         _reject_future(rows, settings.max_future_h)
