@@ -9,8 +9,8 @@
 #     50 events, CE over the catalogue) and its own trainer -> r1_beauty_peers_recbole.json
 # On this CPU a peer's epoch takes minutes (seconds_per_epoch in the result), so the budget, not
 # early stopping, ends its training.
-# The RecTools peer now also refits on train_full for its best epoch count, as our models do (R1's
-# protocol refits); r1_beauty_peers.json was made before that, from its best validation checkpoint.
+# The RecTools peer refits on train_full for its best epoch count, as our models do (R1's protocol
+# refits); the RecBole peer's file predates that rule (RecBole's trainer keeps its best checkpoint).
 set -euo pipefail
 DATA=${1:-../shared/data/amazon-beauty}
 SEEDS=${SEEDS:-1}
