@@ -10,7 +10,8 @@
 # On this CPU a peer's epoch takes minutes (seconds_per_epoch in the result), so the budget, not
 # early stopping, ends its training.
 # The RecTools peer refits on train_full for its best epoch count, as our models do (R1's protocol
-# refits); the RecBole peer's file predates that rule (RecBole's trainer keeps its best checkpoint).
+# refits); the RecBole peer instead trains on the test inputs and holds out their last item for its own
+# early stopping (docs/findings.md).
 set -euo pipefail
 DATA=${1:-../shared/data/amazon-beauty}
 SEEDS=${SEEDS:-1}
