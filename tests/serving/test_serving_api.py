@@ -189,6 +189,8 @@ def test_openapi_documents_every_route(client):
      "expected a number, got a boolean"),
     ({"user_id": "u0", "item_id": "i1", "timestamp": "2099-06-01"}, "events[0].timestamp",
      "2099-06-01T00:00:00 is in the future (more than 24 h after the server clock)"),
+    ({"user_id": "u0", "item_id": "i1", "timestamp": "2024-02-01", "event_type": "purchase"}, "events[0].value",
+     "a purchase needs its amount"),     # an omitted amount is not 0 spent
 ])
 def test_malformed_events_are_422_naming_the_field(client, event, field, words):
     r = client.post("/v1/events", json={"events": [event]}, headers=auth(WRITE_KEY))

@@ -117,13 +117,15 @@ def test_settings_need_keys_store_and_model(tmp_path):
 def test_validate_records_matches_ingest_rules():
     df = validate_event_records([
         {"user_id": " u1 ", "item_id": "i1", "timestamp": "2024-01-01T10:00:00+02:00", "value": 3},
-        {"user_id": "u2", "timestamp": 1_700_000_000, "event_type": "Purchase"},
+        {"user_id": "u2", "timestamp": 1_700_000_000, "event_type": "View"},
     ])
     assert list(df["user_id"]) == ["u1", "u2"]
     assert df["timestamp"].iloc[0] == pd.Timestamp("2024-01-01T08:00:00")      # offset -> UTC
     assert df["timestamp"].iloc[1] == pd.Timestamp(1_700_000_000, unit="s")
-    assert df["item_id"].iloc[1] is None and df["event_type"].iloc[1] == "purchase"
-    assert list(df["quantity"]) == [1.0, 1.0] and list(df["value"]) == [3.0, 0.0]
+    assert df["item_id"].iloc[1] is None and df["event_type"].iloc[1] == "view"
+    assert list(df["quantity"]) == [1.0, 1.0] and list(df["value"]) == [3.0, 0.0]   # a view's value is 0
+    with pytest.raises(DataError, match=r"events\[0\]\.value: a purchase needs its amount"):
+        validate_event_records([{"user_id": "u2", "timestamp": 1_700_000_000, "event_type": "Purchase"}])
     with pytest.raises(DataError) as e:
         validate_event_records([{"user_id": "", "timestamp": "2024-13-45"}, {"user_id": "a", "timestamp": 1e13},
                                 {"user_id": "b", "timestamp": "2024-01-01", "value": -1}])

@@ -85,8 +85,9 @@ class EventIn(BaseModel):
     event_type: str = Field("interaction", min_length=1, max_length=64,
                             description="interaction, view, cart, purchase, return, rating, or another label")
     value: float = Field(0.0, json_schema_extra={"minimum": 0},
-                         description="Revenue of the event, >= 0 "
-                                     "(a return is event_type 'return' with a positive value)")
+                         description="Revenue of the event, >= 0; required for a purchase or a return "
+                                     "(a return is event_type 'return' with a positive value), 0 when omitted "
+                                     "for other events")
     quantity: float = Field(1.0, json_schema_extra={"minimum": 0}, description=">= 0")
     event_id: str | None = Field(None, min_length=1, max_length=256,
                                  description="Client id for idempotency: an event_id the store already holds is "
