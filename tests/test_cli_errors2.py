@@ -201,3 +201,43 @@ def test_train_data_with_other_column_names_points_at_ingest(tmp_path):
     assert r.exit_code == 2 and "missing column(s)" in out, r.output
     assert "Map columns with" not in out and "valuerec ingest FILE --store DB --user-col" in out
     assert not (tmp_path / "m").exists()
+
+
+def test_lifecycle_and_report_fall_back_for_a_transformer_without_value_heads(cli_setup):
+    """A plain transformer (value_weight 0, the default) has ``predict_value`` but no heads to answer
+    it: lifecycle and report treat it as a recommender without a value model, as they do popularity,
+    instead of failing with "this transformer has no value head"."""
+    tmp, store = cli_setup
+    r = runner.invoke(app, ["train", "--store", str(store), "--model", "transformer", "--out", str(tmp / "tx"),
+                            "--epochs", "1", "--threads", "1", "--device", "cpu",
+                            "--config", '{"d_model": 8, "n_layers": 1, "max_len": 10, "use_text": false}'])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["lifecycle", "--model", str(tmp / "tx"), "--store", str(store), "--json"])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout)
+    assert res["value_model"] is None and {u["user_id"] for u in res["users"]} == {"u1", "u2", "u3"}
+    r = runner.invoke(app, ["lifecycle", "--model", str(tmp / "tx"), "--store", str(store)])
+    assert r.exit_code == 0 and "no value model: at-risk and expanding are not assigned" in r.output, r.output
+    r = runner.invoke(app, ["lifecycle", "--model", str(tmp / "pop"), "--store", str(store),
+                            "--value-model", str(tmp / "tx")])
+    assert r.exit_code == 2 and "not a value model" in r.output and "value_weight=0" in " ".join(r.output.split())
+    r = runner.invoke(app, ["report", "--model", str(tmp / "tx"), "--store", str(store), "--out", str(tmp / "r.html")])
+    assert r.exit_code == 0, r.output
+    assert "has no value head" in (tmp / "r.html").read_text()
+
+
+def test_retrain_rejection_says_why_under_a_negative_tolerance(cli_setup_grown):
+    """A negative tolerance asks the candidate to beat the current model by that much; a rejected
+    candidate that is better must not be called "worse"."""
+    tmp, store = cli_setup_grown
+    r = runner.invoke(app, ["retrain", "--model", str(tmp / "pop"), "--store", str(store), "--out", str(tmp / "v"),
+                            "--holdout-days", "60", "--tolerance", "-1000"])
+    assert r.exit_code == 0, r.output
+    out = " ".join(r.output.split())
+    cur = float(out.split("current ndcg@20 = ")[1].split()[0])
+    cand = float(out.split("candidate ndcg@20 = ")[1].split()[0])
+    assert "rejected" in out and not (tmp / "v" / "v0001").exists()
+    if cand >= cur:
+        assert "does not beat the current model by 1000 (--tolerance -1000)" in out and "is worse" not in out
+    else:
+        assert "the candidate is worse; nothing written" in out

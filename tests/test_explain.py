@@ -341,3 +341,21 @@ def test_explain_command_greedy_set(cli_setup):
     r = runner.invoke(app, base + ["--greedy", "2", "--greedy-direction", "down"])
     assert r.exit_code == 2 and "greedy direction 'down'" in r.output
     assert "greedy" not in json.loads(runner.invoke(app, base + ["--json"]).stdout)
+
+
+def test_item_target_and_explain_events_refuse_arguments_that_would_mislead():
+    """An item id string, a negative or out-of-range index (negative ones wrapped to the catalogue's
+    end) and top < 1 (top=0 returned every event, top=-1 all but one) are errors."""
+    rng = np.random.default_rng(0)
+    m, h = BagOfItems(rng.normal(size=(12, 12))), make_seqs(rng)
+    with pytest.raises(DataError, match="catalogue indices"):
+        item_target(m, "3")
+    for bad in (-1, 12):
+        with pytest.raises(DataError, match="outside the catalogue"):
+            occlusion(item_target(m, bad), h.subset([0]))
+    _, infl = occlusion(item_target(m, 0), h.subset([0]))
+    assert len(explain_events(h.subset([0]), infl[0], top=None)) == len(h.items[0])
+    assert len(explain_events(h.subset([0]), infl[0], top=2)) == 2
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(DataError, match="expected an integer >= 1"):
+            explain_events(h.subset([0]), infl[0], top=bad)

@@ -326,3 +326,20 @@ def test_train_command_on_value_only_data(tmp_path):
     r = runner.invoke(app, ["train", "--store", str(store), "--model", "transformer", "--out", str(tmp_path / "m2"),
                             "--device", "cpu", "--config", cfg, "--refit"])
     assert r.exit_code == 2 and "need items to rank" in r.output
+
+
+def test_predict_value_refuses_non_finite_or_millisecond_as_of_and_takes_no_histories():
+    """as_of = inf answered NaNs, NaN a prediction from an empty history; milliseconds put the
+    window centuries ahead. No histories give empty arrays (was KeyError)."""
+    df = synthetic_log(n_users=20)
+    model, seqs, cutoff = _fit(df, epochs=0)
+    t = cutoff.timestamp()
+    for bad, words in ((np.inf, "expected finite unix seconds"), (np.nan, "expected finite unix seconds"),
+                       (t * 1000, "looks like milliseconds")):
+        with pytest.raises(DataError, match=words):
+            model.predict_value(seqs, as_of=bad)
+    empty = model.predict_value(seqs.subset([]), as_of=t)
+    assert set(empty) >= {"expected_value", "p_buy", "churn_prob"} and all(len(v) == 0 for v in empty.values())
+    mask = np.zeros(len(seqs), bool)
+    mask[[1, 3]] = True
+    assert list(seqs.subset(mask).user_ids) == list(seqs.user_ids[[1, 3]])

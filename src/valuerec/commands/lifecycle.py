@@ -37,12 +37,12 @@ class Loaded:
 
 def _load_dir(path: Path):
     """A saved recommender or value model, by the kind in its config.json."""
-    from valuerec.models.base import load_model, read_model_config
+    from valuerec.models.base import load_model, predicts_value, read_model_config
     if read_model_config(path).get("kind") == "value":
         from valuerec.models.value_baselines import load_value_model
         return None, load_value_model(path)
     m = load_model(path)
-    return m, (m if hasattr(m, "predict_value") else None)
+    return m, (m if predicts_value(m) else None)
 
 
 def parse_time(value: str | None, what: str = "--at") -> pd.Timestamp | None:
@@ -69,7 +69,8 @@ def load_context(model: Path, store: Path, value_model: Path | None = None, at: 
     if value_model is not None:
         _, vm = _load_dir(Path(value_model))
         if vm is None:
-            raise DataError(f"{value_model}: not a value model (no predict_value)")
+            raise DataError(f"{value_model}: not a value model (no predict_value, or a transformer trained without "
+                            "value heads: value_weight=0)")
     with EventStore(store, read_only=True) as st:
         rng = st.time_range()
         if rng is None:

@@ -32,7 +32,7 @@ def recommend_for_user(model_dir: str | Path, store: str | Path, user: str, k: i
     ``history_types`` keeps only those event types in the history (e.g. ``["purchase"]`` for a model
     trained on purchases); None keeps every event.
     """
-    from valuerec.models.base import load_model, require_next_item_head
+    from valuerec.models.base import load_model, predicts_value, require_next_item_head
     model_dir, store = Path(model_dir), Path(store)
     if not (model_dir / "config.json").exists():
         raise DataError(f"{model_dir}: not a saved model (no config.json)")
@@ -67,7 +67,7 @@ def recommend_for_user(model_dir: str | Path, store: str | Path, user: str, k: i
         # "auto": past items are excluded, except for the policies built on them (favourites, stage)
         exclude_history = exclude_history and not make_policy(policy, **(policy_params or {})).history_candidates
         # The model is its own value model when it has a value head (the behaviour transformer).
-        value_model = model if hasattr(model, "predict_value") else None
+        value_model = model if predicts_value(model) else None
         from valuerec.models.item_value import load_item_values
         from valuerec.models.purchase_stage import load_purchase_stage
         item_value = load_item_values(model_dir)     # learned item values, when trained with --item-values

@@ -21,7 +21,7 @@ def retrain_cmd(
     holdout_days: float = typer.Option(14.0, "--holdout-days", help="Recent days held out to compare old and new"),
     epochs: int = typer.Option(5, "--epochs", help="Fine-tuning epochs (transformer)"),
     metric: str = typer.Option("ndcg@20", "--metric"),
-    tolerance: float = typer.Option(0.0, "--tolerance", help="Accept a candidate this much worse on the metric"),
+    tolerance: float = typer.Option(0.0, "--tolerance", help="Accept a candidate this much worse on the metric (negative: it must be this much better)"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Fine-tune the current model on the store's events; keep it only if it is no worse."""
@@ -50,7 +50,13 @@ def retrain_cmd(
     if rep.accepted:
         console.print(f"[green]accepted[/green]: {rep.version_dir} (reload the service: POST /v1/admin/reload)")
     else:
-        console.print("[yellow]rejected[/yellow]: the candidate is worse; nothing written")
+        if rep.candidate[metric] >= rep.base[metric]:     # only a negative tolerance rejects a better one
+            why = f"the candidate does not beat the current model by {-tolerance:g} (--tolerance {tolerance:g})"
+        elif tolerance > 0:
+            why = f"the candidate is worse by more than --tolerance {tolerance:g}"
+        else:
+            why = "the candidate is worse"
+        console.print(f"[yellow]rejected[/yellow]: {why}; nothing written")
 
 
 def register(app: typer.Typer) -> None:

@@ -31,7 +31,14 @@ class Sequences:
         return len(self.items)
 
     def subset(self, idx) -> "Sequences":
+        """The histories at positions ``idx`` (integers, or a boolean mask over all of them)."""
         idx = np.asarray(idx)
+        if idx.dtype == bool:
+            if len(idx) != len(self):
+                raise ValueError(f"subset: a boolean mask of {len(idx)} for {len(self)} histories")
+            idx = np.flatnonzero(idx)
+        elif idx.size == 0:
+            idx = idx.astype(np.int64)     # np.asarray([]) is float
         pick = (lambda xs: None if xs is None else [xs[i] for i in idx])
         return Sequences(items=pick(self.items), times=pick(self.times), event_types=pick(self.event_types),
                          values=pick(self.values),

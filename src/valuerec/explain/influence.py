@@ -28,13 +28,21 @@ TargetFn = Callable[[Sequences, np.ndarray], np.ndarray]
 
 # -- targets ------------------------------------------------------------------------------------------
 def item_target(model, items) -> TargetFn:
-    """The model's score of ``items[owner]`` (one item per user; a scalar for all)."""
-    items = np.atleast_1d(np.asarray(items, dtype=np.int64))
+    """The model's score of ``items[owner]`` (one item per user; a scalar for all). Items are catalogue
+    indices (``catalogue.index[item_id]``), not item ids."""
+    raw = np.atleast_1d(np.asarray(items))
+    if raw.dtype.kind not in "iu":
+        raise DataError(f"item_target: items must be catalogue indices (integers), got {raw.dtype} "
+                        f"{raw[:3].tolist()}; map item ids with catalogue.index[item_id]")
+    items = raw.astype(np.int64)
 
     def f(h: Sequences, owner: np.ndarray) -> np.ndarray:
         with torch.no_grad():
             s = model.score(h)
         it = items[owner] if len(items) > 1 else np.full(len(owner), items[0])
+        out = (it < 0) | (it >= s.shape[1])
+        if out.any():   # a negative index would wrap to the end of the catalogue
+            raise DataError(f"item_target: item index {int(it[out][0])} is outside the catalogue (0..{s.shape[1] - 1})")
         return s[torch.arange(len(h)), torch.as_tensor(it)].double().cpu().numpy()
     return f
 
@@ -173,10 +181,13 @@ def greedy_deletion(target_fn: TargetFn, histories: Sequences, users=None, k: in
 # -- explanations -------------------------------------------------------------------------------------
 def explain_events(history: Sequences, influence: np.ndarray, catalogue: Catalogue | None = None,
                    top: int | None = 10, stored_item_ids: list | None = None) -> pd.DataFrame:
-    """The events of one user (row 0 of ``history``) with their effect, largest |effect| first.
+    """The events of one user (row 0 of ``history``) with their effect, largest |effect| first: the
+    ``top`` of them (>= 1), or all with ``top=None``.
 
     ``stored_item_ids`` (one per event, as stored) names the items the model's catalogue does not hold
     (added after training), which the history marks -1; ``in_catalogue`` then says which those are."""
+    if top is not None and (isinstance(top, bool) or not isinstance(top, (int, np.integer)) or top < 1):
+        raise DataError(f"explain_events: top={top!r}, expected an integer >= 1 (or None for every event)")
     items = history.items[0]
     df = pd.DataFrame({"position": np.arange(len(items)), "item_index": items})
     if catalogue is not None:
@@ -197,7 +208,7 @@ def explain_events(history: Sequences, influence: np.ndarray, catalogue: Catalog
         df["value"] = history.values[0].astype(float)
     df["effect"] = np.asarray(influence, dtype=np.float64)
     df = df.reindex(df["effect"].abs().sort_values(ascending=False, kind="stable").index)
-    return df.head(top).reset_index(drop=True) if top else df.reset_index(drop=True)
+    return df.head(top).reset_index(drop=True) if top is not None else df.reset_index(drop=True)
 
 
 GREEDY_METHOD = {

@@ -161,6 +161,12 @@ class Recommender:
         raise NotImplementedError
 
 
+def predicts_value(model) -> bool:
+    """Whether ``model`` gives value predictions: it has ``predict_value`` and, for a transformer, value
+    heads (one trained with ``value_weight=0`` has the method but no heads to answer it)."""
+    return hasattr(model, "predict_value") and getattr(model, "has_value_head", True) is not False
+
+
 def require_next_item_head(model, name: str, hint: str = "") -> None:
     """DataError for a model that cannot rank items: one trained without a next-item head (a value-only
     transformer, ``next_item_weight=0``). ``name`` says which model (its directory or version), ``hint``

@@ -1062,6 +1062,12 @@ class BehaviourTransformer(Recommender):
         if module.value_heads is None:
             raise DataError("this transformer has no value head (train it with value_weight > 0)")
         as_of = np.broadcast_to(np.asarray(as_of, dtype=np.float64), (len(histories),))
+        bad = np.flatnonzero(~np.isfinite(as_of) | (as_of > 1e11))
+        if len(bad):   # NaN / inf answered with NaNs; milliseconds put every event "before" a far future
+            raise DataError(f"predict_value: as_of[{bad[0]}] = {as_of[bad[0]]!r}: expected finite unix seconds"
+                            + (" (this looks like milliseconds)" if np.isfinite(as_of[bad[0]]) else ""))
+        if len(histories) == 0:
+            return {k: np.zeros(0) for k in ("expected_value", "p_buy", "churn_prob", "lower", "upper")}
         device = next(module.parameters()).device
         hist = self._histories(histories)
         if module.training:   # eval() walks every submodule: skip it when already set

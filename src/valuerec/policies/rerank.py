@@ -39,7 +39,7 @@ import torch
 from valuerec.configcheck import check_values
 from valuerec.data.dataset import Catalogue, Sequences
 from valuerec.data.schema import DataError, event_type_code
-from valuerec.models.base import apply_exclusions
+from valuerec.models.base import apply_exclusions, predicts_value
 
 NEG = -1e30
 
@@ -571,7 +571,7 @@ def policy_rerank(policy: Policy | str, model, histories: Sequences, *, n_candid
         from valuerec.policies.lifecycle import assign_stages, predict_value_safe
         if ctx.as_of is None:
             raise DataError("the stage policy needs as_of or event times to assign lifecycle stages")
-        vm = value_model if value_model is not None else (model if hasattr(model, "predict_value") else None)
+        vm = value_model if value_model is not None else (model if predicts_value(model) else None)
         pred = predict_value_safe(vm, histories, ctx.as_of) if vm is not None else None
         ctx.stages = np.asarray(assign_stages(histories, ctx.as_of, pred, lifecycle_config)["stage"].to_numpy(),
                                 dtype=object)

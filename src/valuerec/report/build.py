@@ -15,6 +15,7 @@ import pandas as pd
 from valuerec.data.dataset import sequences_from
 from valuerec.data.store import EventStore
 from valuerec.models import load_model
+from valuerec.models.base import predicts_value
 from valuerec.report.html import ReportInputs, load_results
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ def value_backtest(model, events: pd.DataFrame, horizon_days: float) -> dict | N
     """Predict value as of ``last event - horizon`` for everyone with a purchase before it, and compare
     with what they spent in the following horizon. The model may have trained on this period: the
     report labels it an in-sample backtest; the out-of-sample figures are in the V1 result file."""
-    if not hasattr(model, "predict_value"):
+    if not predicts_value(model):
         return None
     end = events["timestamp"].max()
     cutoff = end - pd.Timedelta(days=horizon_days)
@@ -88,7 +89,7 @@ def build_inputs(model_dir: str | Path, store_path: str | Path, results_dir: str
 
 
 def _value_fn(model):
-    if not hasattr(model, "predict_value"):
+    if not predicts_value(model):
         return None
     from valuerec.policies.lifecycle import predict_value_safe
     return lambda h, a: predict_value_safe(model, h, a)
@@ -138,7 +139,7 @@ def examples(model, events: pd.DataFrame, items: pd.DataFrame, n: int, stages: p
                            "text": text.get(str(r.item_id))} for r in ev.tail(10).itertuples()],
               "recommendations": [{"item_id": str(cat.item_ids[i]), "text": text.get(str(cat.item_ids[i]))}
                                   for i in top[0]]}
-        if hasattr(model, "predict_value"):
+        if predicts_value(model):
             vs = sequences_from(ev, cat, users=np.array([uid], dtype=object), unknown_items="keep")
             pv = model.predict_value(vs, as_of=np.array([now]))
             ex["value"] = {k: float(np.asarray(v)[0]) for k, v in pv.items()}
