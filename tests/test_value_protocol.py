@@ -121,6 +121,8 @@ def test_labels_and_window_checks(events):
         holdout_window(events, CUTOFF, -3)
     to_end = holdout_window(events, CUTOFF, None)
     assert to_end.inclusive_end and to_end.end == last
+    with pytest.raises(DataError, match="the holdout needs at least a day"):   # was "horizon_days=0.0" later on
+        holdout_window(events, last, None)
     with pytest.raises(DataError, match="after the test cutoff"):
         build_tasks(events, None, CUTOFF, VAL_CUTOFF, horizon_days=120)
     with pytest.raises(DataError, match="must be before"):

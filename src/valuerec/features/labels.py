@@ -43,6 +43,9 @@ def holdout_window(events: pd.DataFrame, cutoff, horizon_days: float | None = No
         raise DataError(f"cutoff {cutoff} lies outside the data ({lo} to {hi}): "
                         "it needs events before it (history) and after it (holdout)")
     if horizon_days is None:
+        if hi - cutoff < DAY:   # a holdout of hours: every horizon-based figure would divide by ~0
+            raise DataError(f"cutoff {cutoff} leaves {hi - cutoff} of data after it (the data end {hi}): the "
+                            "holdout needs at least a day; choose an earlier cutoff")
         return HoldoutWindow(cutoff, hi, True, (hi - cutoff) / DAY)
     if not np.isfinite(horizon_days) or horizon_days <= 0:
         raise DataError(f"horizon_days={horizon_days}: must be a positive number of days")
