@@ -278,22 +278,14 @@ def test_train_command_on_value_only_data(tmp_path):
 
     from valuerec.cli import app
 
-    rng = np.random.default_rng(0)
-    rows = [(f"c{u}", pd.Timestamp("2023-01-01") + pd.Timedelta(days=int(d)), round(float(rng.gamma(2, 20)), 2))
-            for u in range(30) for d in np.sort(rng.integers(0, 200, size=1 + u % 7))]
-    csv = tmp_path / "payments.csv"
-    pd.DataFrame(rows, columns=["customer", "date", "amount"]).to_csv(csv, index=False)
-    runner, store = CliRunner(), tmp_path / "pay.duckdb"
-    r = runner.invoke(app, ["ingest", str(csv), "--store", str(store), "--user-col", "customer", "--time-col", "date",
-                            "--value-col", "amount", "--event-type", "purchase"])
-    assert r.exit_code == 0, r.output
-    cfg = '{"d_model": 16, "n_layers": 1, "epochs": 1, "next_item_weight": 0, "value_weight": 1, "churn_weight": 1, "horizon_days": 30, "progress": false}'
-    r = runner.invoke(app, ["train", "--store", str(store), "--model", "transformer", "--out", str(tmp_path / "m"),
-                            "--device", "cpu", "--config", cfg])
-    assert r.exit_code == 0, r.output
+    from value_only_support import CONFIG as cfg
+    from value_only_support import train_value_only
+
+    store, _, n_events, r = train_value_only(tmp_path)
+    runner = CliRunner()
     assert "value and churn heads only" in r.output
     metrics = json.loads((tmp_path / "m" / "metrics.json").read_text())
-    assert metrics["protocol"] == "value-only" and metrics["split"]["events"] == len(rows)
+    assert metrics["protocol"] == "value-only" and metrics["split"]["events"] == n_events
     r = runner.invoke(app, ["value", "--model", str(tmp_path / "m"), "--store", str(store), "--json", "--top", "100"])
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)

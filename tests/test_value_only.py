@@ -1,12 +1,11 @@
 """A value-only transformer (trained with next_item_weight=0 on a plain transaction log) cannot
 recommend: `recommend` and the service say so, and the report leaves the recommendation examples out."""
 
-import numpy as np
-import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
 from valuerec.cli import app
+from value_only_support import train_value_only
 
 KEY = "reader-key-123"
 
@@ -14,21 +13,8 @@ KEY = "reader-key-123"
 @pytest.fixture(scope="module")
 def value_only(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("value_only")
-    rng = np.random.default_rng(0)
-    rows = [(f"c{u}", pd.Timestamp("2023-01-01") + pd.Timedelta(days=int(d)), round(float(rng.gamma(2, 20)), 2))
-            for u in range(30) for d in np.sort(rng.integers(0, 200, size=1 + u % 7))]
-    csv = tmp / "payments.csv"
-    pd.DataFrame(rows, columns=["customer", "date", "amount"]).to_csv(csv, index=False)
-    runner, store = CliRunner(), tmp / "pay.duckdb"
-    r = runner.invoke(app, ["ingest", str(csv), "--store", str(store), "--user-col", "customer", "--time-col", "date",
-                            "--value-col", "amount", "--event-type", "purchase"])
-    assert r.exit_code == 0, r.output
-    cfg = ('{"d_model": 16, "n_layers": 1, "epochs": 1, "next_item_weight": 0, "value_weight": 1, '
-           '"churn_weight": 1, "horizon_days": 30, "progress": false}')
-    r = runner.invoke(app, ["train", "--store", str(store), "--model", "transformer", "--out", str(tmp / "m"),
-                            "--device", "cpu", "--config", cfg])
-    assert r.exit_code == 0, r.output
-    return tmp, store, tmp / "m"
+    store, model, _, _ = train_value_only(tmp)
+    return tmp, store, model
 
 
 def test_recommend_refuses_a_value_only_model(value_only):
