@@ -67,7 +67,7 @@ def load_split(data: Path | None, store: Path | None, protocol: str, cutoff: str
 
     ``auto``: leave-one-out for S3-Rec sequence files, the R2 cut-off split for Online Retail, a
     cut-off split when ``--cutoff`` is given, else leave-one-out."""
-    from valuerec.data.ingest import detect_format, find_attributes_file
+    from valuerec.data.ingest import MAP_COLUMNS_HINT, detect_format, find_attributes_file
     from valuerec.data.splits import cutoff_split, leave_one_out
     from valuerec.data.store import EventStore
     from valuerec.evaluation.protocols import cached_store
@@ -86,12 +86,11 @@ def load_split(data: Path | None, store: Path | None, protocol: str, cutoff: str
         try:
             store, _ = cached_store(data, fmt, cache_dir, attrs, console)
         except DataError as e:   # ingest's hint names options that `ingest` has and `train` does not
-            msg = str(e)
-            if " Map columns with --user-col" not in msg:
+            if MAP_COLUMNS_HINT not in str(e):
                 raise
-            raise DataError(msg.split(" Map columns with --user-col")[0] + " `--data` reads the standard column "
-                            "names; for other names run `valuerec ingest FILE --store DB --user-col ...` and "
-                            "train with --store DB.") from None
+            raise DataError(str(e).replace(MAP_COLUMNS_HINT, " `--data` reads the standard column names; for other "
+                                           "names run `valuerec ingest FILE --store DB --user-col ...` and train "
+                                           "with --store DB.")) from None
     elif not store.exists():
         raise DataError(f"{store}: no such store")
     with EventStore(store, read_only=True) as st:

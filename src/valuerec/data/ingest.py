@@ -349,6 +349,10 @@ def read_events(path: str | Path, cmap: ColumnMap | None = None, sep: str | None
     return out.reset_index(drop=True), pd.DataFrame(columns=["item_id", "text", "attributes", "price"]), report
 
 
+# The end of a missing-column error: `ingest`'s options; commands without them replace it.
+MAP_COLUMNS_HINT = " Map columns with --user-col/--item-col/--time-col/--value-col/--event-col/--quantity-col."
+
+
 def _field_columns(path: Path, present: set[str], cmap: ColumnMap) -> dict[str, str]:
     """Schema field -> source column, after checking that the required ones are there and that no
     column is mapped to two fields."""
@@ -371,8 +375,7 @@ def _field_columns(path: Path, present: set[str], cmap: ColumnMap) -> dict[str, 
                     hint = f" The header is one column {only!r}: is the delimiter {cand!r}? Use --sep."
                     break
         raise DataError(f"{path}: missing column(s) {', '.join(missing)}; the file has "
-                        f"{sorted(present)}.{hint} Map columns with --user-col/--item-col/--time-col/"
-                        f"--value-col/--event-col/--quantity-col.")
+                        f"{sorted(present)}.{hint}{MAP_COLUMNS_HINT}")
     options = {"user_id": "--user-col", "item_id": "--item-col", "timestamp": "--time-col", "value": "--value-col",
                "event_type": "--event-col", "quantity": "--quantity-col", "event_id": "--event-id-col"}
     by_col: dict[str, list[str]] = {}

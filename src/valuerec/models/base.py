@@ -167,11 +167,16 @@ def predicts_value(model) -> bool:
     return hasattr(model, "predict_value") and getattr(model, "has_value_head", True) is not False
 
 
+def ranks_items(model) -> bool:
+    """Whether ``model`` can rank items: not a transformer trained without a next-item head (value-only,
+    ``next_item_weight=0``)."""
+    return getattr(model, "has_next_item_head", True) is not False
+
+
 def require_next_item_head(model, name: str, hint: str = "") -> None:
-    """DataError for a model that cannot rank items: one trained without a next-item head (a value-only
-    transformer, ``next_item_weight=0``). ``name`` says which model (its directory or version), ``hint``
-    where its predictions are."""
-    if getattr(model, "has_next_item_head", True) is False:
+    """DataError for a model that cannot rank items (``ranks_items``). ``name`` says which model (its
+    directory or version), ``hint`` where its predictions are."""
+    if not ranks_items(model):
         raise DataError(f"model {name} was trained without a next-item head (value-only, next_item_weight=0): "
                         f"it predicts customer value and churn, not items{hint}")
 

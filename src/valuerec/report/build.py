@@ -15,7 +15,7 @@ import pandas as pd
 from valuerec.data.dataset import sequences_from
 from valuerec.data.store import EventStore
 from valuerec.models import load_model
-from valuerec.models.base import predicts_value
+from valuerec.models.base import predicts_value, ranks_items
 from valuerec.report.html import ReportInputs, load_results
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ def build_inputs(model_dir: str | Path, store_path: str | Path, results_dir: str
     if inputs.value_eval is None:
         inputs.notes.append(f"The model in {model_dir} has no value head: the value and churn charts are left out.")
     stages, inputs.lifecycle = lifecycle_summary(model, events, horizon)
-    if getattr(model, "has_next_item_head", True) is False:
+    if not ranks_items(model):
         inputs.notes.append(f"The model in {model_dir} was trained without a next-item head (value-only): "
                             "the example users' recommendations are left out.")
     else:
