@@ -236,6 +236,100 @@ def r2_cmd(
         raise typer.Exit(code=2) from None
 
 
+RECS_MODELS = {"loo": "popularity,itemknn,als,bpr,transformer",
+               "cutoff": "popularity,repeat,itemknn,tifuknn,als,bpr,transformer"}
+
+
+def recs_transformer_defaults(kind: str, exclude_history: bool, monitor: str) -> dict:
+    """The transformer's settings in ``bench recs`` unless --params sets them: stop and choose on the
+    protocol's metric, the co-occurrence prior chosen on validation, and on a cut-off split whose past
+    items are ranked, the buy-again term and what each user buys in the following window (as R2 runs)."""
+    d = {"monitor": monitor, "cooc_weight": "auto", "progress": False}
+    if kind == "cutoff" and not exclude_history:
+        d.update(repeat=True, target="window", cooc_repeat_share="auto")
+    return d
+
+
+@bench_app.command("recs")
+def recs_cmd(
+    store: Optional[Path] = typer.Option(None, "--store", help="DuckDB event store (or --data FILE)"),
+    data: Optional[Path] = typer.Option(None, "--data", help="An event file, ingested once into --cache-dir "
+                                        "(standard column names; for others run `valuerec ingest` and give --store)"),
+    protocol: Optional[str] = typer.Option(None, "--protocol", help="loo: each user's last event is the test "
+                                           "target, the one before it the validation target (R1's construction); "
+                                           "cutoff: the items each user buys after --cutoff (R2's). Default: "
+                                           "cutoff when --cutoff is given, else loo"),
+    cutoff: Optional[str] = typer.Option(None, "--cutoff", help="Test cut-off (cutoff protocol)"),
+    valid_cutoff: Optional[str] = typer.Option(None, "--valid-cutoff", help="Validation cut-off (model choice only)"),
+    k: str = typer.Option("10,20", "--k", help="Comma-separated list lengths; models are chosen on NDCG at the first"),
+    exclude_history: Optional[bool] = typer.Option(
+        None, "--exclude-history/--keep-history", help="Leave each user's past items out of the ranking (and "
+        "out of the targets). Default: excluded for loo, kept for cutoff (repeat buying)"),
+    models: Optional[str] = typer.Option(None, "--models", help=MODELS_HELP + ". Default: "
+                                         f"{RECS_MODELS['loo']} (loo); {RECS_MODELS['cutoff']} (cutoff)"),
+    seeds: int = typer.Option(3, "--seeds", min=1),
+    first_seed: int = typer.Option(0, "--first-seed", min=0, help=FIRST_SEED_HELP),
+    out: Optional[Path] = typer.Option(None, "--out", help="Result JSON path"),
+    params: Optional[str] = typer.Option(None, "--params", help=PARAMS_HELP),
+    cache_dir: Path = typer.Option(Path("runs/stores"), "--cache-dir", help="Where a --data file's store is cached"),
+    tune: bool = typer.Option(True, "--tune/--no-tune", help="Search the default validation grids"),
+    batch_size: int = typer.Option(512, "--batch-size", min=1),
+    device: str = typer.Option("cpu", "--device", help="Where evaluation ranks (cpu, cuda, cuda:N, mps)"),
+    threads: int = typer.Option(1, "--threads", min=1, help="torch threads"),
+    refit: Optional[bool] = typer.Option(None, "--refit/--no-refit", help=REFIT_HELP),
+    peer: Optional[list[str]] = typer.Option(None, "--peer", help=PEER_HELP),
+) -> None:
+    """Next-item or next-purchase ranking on any store (the R1 and R2 protocols, parameterised): the
+    transformer beside the baselines, chosen on validation, 3 seeds, full-catalogue ranking."""
+    from valuerec.commands.lifecycle import parse_time
+    from valuerec.commands.train import load_split
+    from valuerec.data.ingest import file_sha256
+    from valuerec.evaluation.protocols import model_base, run_recs
+    _setup_threads(threads)
+    try:
+        kind = protocol or ("cutoff" if cutoff is not None else "loo")
+        if kind not in ("loo", "cutoff"):
+            raise DataError(f"--protocol {protocol!r}: expected loo or cutoff")
+        if kind == "cutoff":
+            if cutoff is None or valid_cutoff is None:
+                raise DataError("--protocol cutoff needs --cutoff and --valid-cutoff (the validation cut-off, "
+                                "before it, chooses the models' settings)")
+            cutoff_t, valid_t = parse_time(cutoff, "--cutoff"), parse_time(valid_cutoff, "--valid-cutoff")
+            if valid_t >= cutoff_t:
+                raise DataError(f"--valid-cutoff {valid_cutoff} must be before --cutoff {cutoff}")
+        elif cutoff is not None or valid_cutoff is not None:
+            raise DataError("--cutoff / --valid-cutoff belong to --protocol cutoff; loo splits each user's own "
+                            "sequence")
+        try:
+            ks = tuple(int(x) for x in k.split(",") if x.strip())
+        except ValueError:
+            raise DataError(f"--k {k!r}: expected comma-separated positive integers, e.g. 10,20") from None
+        if not ks or min(ks) < 1:
+            raise DataError(f"--k {k!r}: expected comma-separated positive integers, e.g. 10,20")
+        excl = (kind == "loo") if exclude_history is None else exclude_history
+        peers = _peers(peer)
+        names, hyper = _models(models or RECS_MODELS[kind]), _parse_params(params) or {}
+        for name in names:
+            if model_base(name) == "transformer":
+                hyper[name] = {**recs_transformer_defaults(kind, excl, f"ndcg@{ks[0]}"), **hyper.get(name, {})}
+        check_params(names, hyper, tune, peers)
+        check_device(device)
+        check_out_file(out)
+        split, used = load_split(data, store, kind, cutoff and str(cutoff_t), valid_cutoff and str(valid_t),
+                                 cache_dir)
+        if used == "value-only":
+            raise DataError(f"{data or store}: its events have no item ids, so there is nothing to rank (a value-only "
+                            "log: see `valuerec bench value`)")
+        src = Path(data or store)
+        meta = {"dataset": src.stem.split(".")[0], "data_path": str(src),
+                "data_sha256": file_sha256(src) if src.is_file() and data is not None else None, "store": str(store or "")}
+        run_recs(split, meta, kind, ks, excl, names, list(range(first_seed, first_seed + seeds)), out, hyper, tune,
+                 batch_size, device, console=console, refit_full=refit, peers=peers)
+    except DataError as e:
+        print_error(console, e)
+        raise typer.Exit(code=2) from None
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(bench_app, name="bench")
 

@@ -105,7 +105,11 @@ def load_split(data: Path | None, store: Path | None, protocol: str, cutoff: str
     if protocol in ("r2", "cutoff"):
         if protocol == "cutoff" and (cutoff is None or valid_cutoff is None):
             raise DataError("a cut-off split needs --cutoff and --valid-cutoff")
-        return cutoff_split(events, items, cutoff or R2_CUTOFF, valid_cutoff or R2_VALID_CUTOFF), protocol
+        # purchases where the log has them (R2); else every event is history and target (a content log)
+        types = (("purchase",) if (events["event_type"] == "purchase").any()
+                 else tuple(sorted(events["event_type"].astype(str).unique())))
+        return cutoff_split(events, items, cutoff or R2_CUTOFF, valid_cutoff or R2_VALID_CUTOFF,
+                            target_types=types, history_types=types), protocol
     raise DataError(f"--protocol {protocol!r}: expected auto, r1, loo, r2 or cutoff")
 
 

@@ -137,3 +137,22 @@ def cutoff_split(events: pd.DataFrame, items: pd.DataFrame | None, cutoff, valid
             "items": int(len(cat)), "test_users": int(len(test)), "valid_users": int(len(valid)),
             "train_users": int(len(train)), "train_full_users": int(len(train_full))}
     return Split(catalogue=cat, train=train, valid=valid, test=test, train_full=train_full, info=info)
+
+
+def with_history_exclusion(task: EvalTask, exclude: bool) -> EvalTask:
+    """``task`` with each user's input items excluded from the ranking (``exclude=True``) or not.
+
+    Excluding them also drops them from the targets, which the ranking could no longer reach: what is
+    left asks for items new to the user (their revenue share still counts all of the holdout spend), and
+    users with no new target leave the task."""
+    if not exclude:
+        return EvalTask(inputs=task.inputs, targets=task.targets, exclude=None, target_revenue=task.target_revenue,
+                        total_revenue=task.total_revenue, name=task.name)
+    seen = [np.unique(h[h >= 0]) for h in task.inputs.items]
+    keep = [~np.isin(t, s) for t, s in zip(task.targets, seen)]
+    users = np.flatnonzero([k.any() for k in keep])
+    return EvalTask(inputs=task.inputs.subset(users), targets=[task.targets[u][keep[u]] for u in users],
+                    exclude=[seen[u] for u in users],
+                    target_revenue=(None if task.target_revenue is None
+                                    else [task.target_revenue[u][keep[u]] for u in users]),
+                    total_revenue=None if task.total_revenue is None else task.total_revenue[users], name=task.name)

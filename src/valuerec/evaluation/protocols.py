@@ -386,6 +386,40 @@ def run_protocol(spec: ProtocolSpec, split: Split, meta: dict, models: list[str]
     return result
 
 
+def custom_spec(kind: str, ks: tuple[int, ...], exclude_history: bool, revenue: bool) -> ProtocolSpec:
+    """The ranking protocol of ``bench recs`` on any store: ``kind`` "loo" (R1's construction: each user's
+    last event is the test target, the one before it the validation target) or "cutoff" (R2's: the items
+    each user buys after a cut-off); metrics at every k of ``ks``, the model chosen on NDCG at the first."""
+    ks = tuple(dict.fromkeys(int(k) for k in ks))
+    metrics = [f"{m}@{k}" for k in ks for m in (("hr", "ndcg") if kind == "loo" else ("recall", "ndcg", "hr"))]
+    metrics += [f"revenue@{k}" for k in ks] if revenue else []
+    what = ("next item, leave-one-out" if kind == "loo" else "items bought after a cut-off")
+    excl = "each user's past items excluded" if exclude_history else "past items ranked too"
+    return ProtocolSpec(name=f"recs-{kind}", ks=ks, coverage_k=ks[0], metrics=metrics + ["mrr", f"coverage@{ks[0]}"],
+                        select_metric=f"ndcg@{ks[0]}", description=f"{what}, full ranking, {excl}", refit_full=True)
+
+
+def run_recs(split: Split, meta: dict, kind: str, ks: tuple[int, ...], exclude_history: bool, models: list[str],
+             seeds: int | list[int] = 3, out: str | Path | None = None, params: dict | None = None,
+             tune: bool = True, batch_size: int = 512, device: str = "cpu", console: Console | None = None,
+             refit_full: bool | None = None, peers: dict[str, str] | None = None) -> dict:
+    """``bench recs``: every model on a split of any store, as R1 and R2 run (validation choice, seeds,
+    refit), with the history excluded from the ranking as asked."""
+    from valuerec.data.splits import with_history_exclusion
+    valid, test = (with_history_exclusion(t, exclude_history) for t in (split.valid, split.test))
+    if not len(valid) or not len(test):
+        raise DataError(f"the {kind} split has {len(valid)} validation and {len(test)} test users"
+                        + (" once each user's past items are excluded (no user has a new item to find; try "
+                           "--keep-history)" if exclude_history else "") + ": nothing to evaluate")
+    info = {**split.info, "exclude_history": exclude_history, "valid_users": len(valid), "test_users": len(test)}
+    split = replace(split, valid=valid, test=test, info=info)
+    spend = test.target_revenue is not None and test.total_revenue is not None and test.total_revenue.sum() > 0
+    spec = custom_spec(kind, ks, exclude_history, bool(spend))
+    if refit_full is not None:
+        spec = replace(spec, refit_full=refit_full)
+    return run_protocol(spec, split, meta, models, seeds, out, params, tune, batch_size, device, None, console, peers)
+
+
 def run_r1(data_path: str | Path, models: list[str], seeds: int | list[int] = 3, out: str | Path | None = None,
            params: dict | None = None, attributes: str | Path | None = None,
            cache_dir: str | Path = DEFAULT_CACHE, tune: bool = True, batch_size: int = 512,

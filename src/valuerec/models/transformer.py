@@ -299,6 +299,12 @@ class ItemTable(nn.Module):
         return out
 
 
+def validation_ks(monitor: str) -> tuple[int, ...]:
+    """The cut-offs a validation pass scores: 10 and 20, and the one early stopping monitors (``ndcg@5``)."""
+    k = monitor.rpartition("@")[2]
+    return tuple(sorted({10, 20} | ({int(k)} if k.isdigit() and int(k) > 0 else set())))
+
+
 def _read_index(cache: str | Path | None, meta: dict):
     """The index kept in ``cache`` if it was built from the same vectors and settings, else None."""
     if cache is None:
@@ -810,7 +816,7 @@ class BehaviourTransformer(Recommender):
 
         def validate(module: BehaviourModel) -> dict:
             self.module_ = module
-            return evaluate(self.score, valid, cfg.n_items, ks=(10, 20))
+            return evaluate(self.score, valid, cfg.n_items, ks=validation_ks(self.train_config.monitor))
 
         result = train_model(self.module_, n_examples, make_batch, self.train_config, seed=self.seed,
                              evaluate_fn=validate if valid is not None and len(valid) else None,
@@ -846,7 +852,7 @@ class BehaviourTransformer(Recommender):
         key = (lambda w, a: f"w={w:g},repeat_share={a:g}")
         variants = {key(w, a): (lambda parts, w=w, a=a: self._combine_cooc(*parts, w, a)) for w, a in grid}
         curve = evaluate_variants(lambda h: self._score_parts(h, with_own=max(shares) > 0), variants, valid,
-                                  self.n_items, ks=(10, 20))
+                                  self.n_items, ks=validation_ks(monitor))
         first = curve[key(*grid[0])]
         if monitor not in first:
             raise DataError(f"transformer: monitor {monitor!r} is not a validation metric; known: {sorted(first)}")
