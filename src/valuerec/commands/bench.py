@@ -240,11 +240,12 @@ RECS_MODELS = {"loo": "popularity,itemknn,als,bpr,transformer",
                "cutoff": "popularity,repeat,itemknn,tifuknn,als,bpr,transformer"}
 
 
-def recs_transformer_defaults(kind: str, exclude_history: bool, monitor: str) -> dict:
-    """The transformer's settings in ``bench recs`` unless --params sets them: stop and choose on the
-    protocol's metric, the co-occurrence prior chosen on validation, and on a cut-off split whose past
-    items are ranked, the buy-again term and what each user buys in the following window (as R2 runs)."""
-    d = {"monitor": monitor, "cooc_weight": "auto", "progress": False}
+def recs_transformer_defaults(kind: str, exclude_history: bool) -> dict:
+    """The transformer's settings in ``bench recs`` unless --params sets them: the co-occurrence prior
+    chosen on validation, and on a cut-off split whose past items are ranked, the buy-again term and
+    what each user buys in the following window (as R2 runs). Like every protocol run, it stops on the
+    protocol's metric."""
+    d = {"cooc_weight": "auto", "progress": False}
     if kind == "cutoff" and not exclude_history:
         d.update(repeat=True, target="window", cooc_repeat_share="auto")
     return d
@@ -311,7 +312,7 @@ def recs_cmd(
         names, hyper = _models(models or RECS_MODELS[kind]), _parse_params(params) or {}
         for name in names:
             if model_base(name) == "transformer":
-                hyper[name] = {**recs_transformer_defaults(kind, excl, f"ndcg@{ks[0]}"), **hyper.get(name, {})}
+                hyper[name] = {**recs_transformer_defaults(kind, excl), **hyper.get(name, {})}
         check_params(names, hyper, tune, peers)
         check_device(device)
         check_out_file(out)

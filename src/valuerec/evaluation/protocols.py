@@ -212,6 +212,10 @@ def run_model(name: str, split: Split, spec: ProtocolSpec, seeds: list[int], par
     # the test input still includes it). The selection fit of the first seed is that seed's final model.
     train_only = getattr(cls, "final_fit", "train_full") == "train"
     grid = expand_grid(base, params, tune)
+    if "monitor" in cls(seed=0).config():
+        # what a fit chooses on validation itself (its best epoch, the transformer's prior weight) is
+        # chosen on the protocol's metric too, unless the run's params name another
+        grid = [{"monitor": spec.select_metric, **cfg} for cfg in grid]
     validation: dict = {"selected_by": spec.select_metric, "grid": []}
 
     # 1. Selection on validation (first seed), unless there is nothing to choose.
