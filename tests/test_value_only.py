@@ -43,6 +43,22 @@ def test_service_answers_501_for_recommendations_of_a_value_only_model(value_onl
             assert "without a next-item head" in r.json()["detail"]
         r = c.get("/v1/users/c3/value", headers={"X-API-Key": KEY})    # what the model can answer
         assert r.status_code == 200, r.text
+        # explanations: of its value by default; an item's score it does not have is 501, not a table
+        r = c.get("/v1/users/c3/explain", headers={"X-API-Key": KEY})
+        assert r.status_code == 200 and r.json()["explanation"]["target_kind"] == "value", r.text
+        r = c.get("/v1/users/c3/explain?target=some-item", headers={"X-API-Key": KEY})
+        assert r.status_code == 501 and "without a next-item head" in r.json()["detail"], r.text
+
+
+def test_explain_of_a_value_only_model_explains_its_value(value_only):
+    tmp, store, model = value_only
+    r = CliRunner().invoke(app, ["explain", "--model", str(model), "--store", str(store), "--user", "c3", "--json"])
+    assert r.exit_code == 0, r.output
+    assert '"value"' in r.output and "score of item" not in r.output
+    for target in ("item", "item:x"):
+        r = CliRunner().invoke(app, ["explain", "--model", str(model), "--store", str(store), "--user", "c3",
+                                     "--target", target])
+        assert r.exit_code == 2 and "without a next-item head" in " ".join(r.output.split()), r.output
 
 
 def test_report_of_a_value_only_model_leaves_out_the_recommendation_examples(value_only):

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import httpx
+import pandas as pd
 import pytest
 
 from serving_support import ADMIN_KEY, READ_KEY, WRITE_KEY, auth
@@ -441,7 +443,8 @@ def test_reload_swaps_the_model_without_failing_requests(client, served):
         time.sleep(0.01)
     try:
         bad = client.post("/v1/admin/reload", json={"path": str(served["models"] / "missing")}, headers=auth(ADMIN_KEY))
-        assert bad.status_code == 422 and "not a model directory" in bad.json()["message"]
+        assert bad.status_code == 409 and "not a model directory" in bad.json()["detail"], bad.text
+        assert bad.json()["detail"].endswith("still serving v1")
         outside = client.post("/v1/admin/reload", json={"path": str(served["root"])}, headers=auth(ADMIN_KEY))
         assert outside.status_code == 422 and "outside the models root" in outside.json()["message"]
         r = client.post("/v1/admin/reload", headers=auth(ADMIN_KEY))   # newest under the models root: v2
@@ -478,6 +481,97 @@ def test_bad_query_parameters_point_at_the_query(client, served):
     finally:
         r = client.post("/v1/admin/reload", json={"path": str(served["models"] / "v1")}, headers=auth(ADMIN_KEY))
         assert r.status_code == 200, r.text
+
+
+def test_a_skipped_event_does_not_move_the_default_as_of(client):
+    """Only stored events move "as of" (a conflicting re-send far in the future is skipped), and
+    erasing the user who holds the newest event moves it back."""
+    def as_of():
+        return client.get("/v1/users/u0/stage", headers=auth(READ_KEY)).json().get("as_of")
+    before = as_of()
+    ev = {"user_id": "asof-user", "item_id": "i1", "timestamp": "2024-03-05T00:00:00", "event_id": "asof-1"}
+    assert client.post("/v1/events", json={"events": [ev]}, headers=auth(WRITE_KEY)).json()["accepted"] == 1
+    stored = as_of()
+    late = {**ev, "timestamp": pd.Timestamp.now(tz="UTC").strftime("%Y-%m-%dT%H:%M:%S")}
+    r = client.post("/v1/events", json={"events": [late]}, headers=auth(WRITE_KEY)).json()
+    assert r["accepted"] == 0 and r["conflicts"] == 1
+    if stored is not None:        # lifecycle module present
+        assert as_of() == stored == "2024-03-05T00:00:01"
+        assert client.delete("/v1/users/asof-user", headers=auth(WRITE_KEY)).json()["deleted_events"] == 1
+        assert as_of() == before
+
+
+@pytest.mark.parametrize("when", ["3000-01-01", "1677-01-01", "9999-12-31T23:59:59"])
+@pytest.mark.parametrize("route", ["value", "stage", "explain"])
+def test_an_as_of_outside_the_event_range_is_422(client, route, when):
+    r = client.get(f"/v1/users/u0/{route}", params={"as_of": when}, headers=auth(READ_KEY))
+    if r.status_code == 501:      # value: the served item-kNN has no value head, which is said first
+        return
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", "as_of"], r.text
+    assert "outside 1900-01-01..2100-01-01" in r.json()["message"]
+
+
+def test_ids_with_a_slash_can_be_read_and_erased(client):
+    ev = {"user_id": "shop/42", "item_id": "i3", "timestamp": "2024-03-01T00:00:00"}
+    assert client.post("/v1/events", json={"events": [ev]}, headers=auth(WRITE_KEY)).json()["accepted"] == 1
+    body = recs(client, "shop%2F42")
+    assert body["user_id"] == "shop/42" and body["history_length"] == 1
+    r = client.delete("/v1/users/shop%2F42", headers=auth(WRITE_KEY))
+    assert r.status_code == 200 and r.json()["deleted_events"] == 1, r.text
+    assert recs(client, "shop%2F42")["history_length"] == 0
+
+
+def test_event_times_follow_ingest_rules(client):
+    cases = [("now", "unparseable date"), ("today", "unparseable date"),
+             (1.7e12, "milliseconds (or finer), not unix seconds; divide by 1000"),
+             ("1899-12-31T00:00:00", "outside 1900..2100")]
+    for ts, words in cases:
+        r = client.post("/v1/events", json={"events": [{"user_id": "t-user", "item_id": "i1", "timestamp": ts}]},
+                        headers=auth(WRITE_KEY))
+        assert r.status_code == 422 and words in r.json()["message"], (ts, r.text)
+    ok = client.post("/v1/events", json={"events": [{"user_id": "t-user", "item_id": "i1",
+                                                      "timestamp": "1950-06-01T00:00:00"}]}, headers=auth(WRITE_KEY))
+    assert ok.status_code == 200 and ok.json()["accepted"] == 1     # file ingest takes 1900 onwards too
+    client.delete("/v1/users/t-user", headers=auth(WRITE_KEY))
+
+
+def test_snapshot_then_retrain_then_reload_while_serving(client, served, tmp_path):
+    """The live loop: the store the service holds cannot be opened by `retrain`; a snapshot of it can,
+    and what retrain writes is then served, all without stopping the server."""
+    from typer.testing import CliRunner
+
+    from valuerec.cli import app
+    # feedback after the model: known users come back (for retrain's held-out window), a new one arrives
+    back = [{"user_id": f"u{u}", "item_id": f"i{(u % 3) * 10 + 9}", "timestamp": "2024-03-09T12:00:00",
+             "event_type": "purchase", "value": 2.0} for u in range(12)]
+    ev = {"user_id": "loop-user", "item_id": "i5", "timestamp": "2024-03-10T00:00:00", "event_type": "purchase",
+          "value": 4.0}
+    assert client.post("/v1/events", json={"events": [*back, ev]}, headers=auth(WRITE_KEY)).json()["accepted"] == 13
+    assert client.post("/v1/admin/snapshot", headers=auth(WRITE_KEY)).status_code == 403
+    r = client.post("/v1/admin/snapshot", headers=auth(ADMIN_KEY))
+    assert r.status_code == 200, r.text
+    snap = r.json()
+    assert snap["newest_event"] == "2024-03-10T00:00:00" and snap["removed"] == []
+    with EventStore(snap["path"], read_only=True) as st:       # a plain store file, openable while serving
+        assert st.count_events() == snap["events"] and len(st.events("user_id = 'loop-user'")) == 1
+    busy = CliRunner().invoke(app, ["retrain", "--model", str(served["models"] / "v1"), "--store", str(served["store"]),
+                                    "--out", str(tmp_path / "m")])
+    assert busy.exit_code == 2 and "POST /v1/admin/snapshot" in " ".join(busy.output.split()), busy.output
+    out = served["models"]
+    r = CliRunner().invoke(app, ["retrain", "--model", str(out / "v1"), "--store", snap["path"], "--out", str(out),
+                                 "--holdout-days", "3"])
+    assert r.exit_code == 0, r.output
+    new = sorted(p.name for p in out.iterdir() if p.name.startswith("v0"))
+    assert new == ["v0001"], r.output          # the refitted item-kNN was no worse on the held-out users
+    r = client.post("/v1/admin/reload", json={"path": str(out / "v0001")}, headers=auth(ADMIN_KEY))
+    assert r.status_code == 200 and r.json()["current"]["version"] == "v0001", r.text
+    assert "loop-user" in str(recs(client, "loop-user")) and recs(client, "loop-user")["history_length"] == 1
+    r = client.post("/v1/admin/reload", json={"path": str(out / "v1")}, headers=auth(ADMIN_KEY))
+    assert r.status_code == 200
+    for _ in range(3):          # older snapshots beyond $VALUEREC_SNAPSHOT_KEEP (3) are removed
+        last = client.post("/v1/admin/snapshot", headers=auth(ADMIN_KEY)).json()
+    assert last["removed"] == [snap["path"]]
+    assert not Path(snap["path"]).exists() and Path(last["path"]).exists()
 
 
 def test_accepted_events_are_in_the_store(served, client):

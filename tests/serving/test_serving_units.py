@@ -294,3 +294,95 @@ def test_explain_without_as_of_reads_the_newest_events(tmp_path):
         assert ex["as_of"] > newest and [e["item_id"] for e in ex["explanation"]["events"]] == ["i3"]
     finally:
         state.close()
+
+
+def test_timeouts_and_limits_must_be_finite_and_keys_files_may_have_a_bom(tmp_path):
+    base = {"VALUEREC_STORE": "s", "VALUEREC_MODEL_DIR": "m", "VALUEREC_API_KEYS": API_KEYS}
+    for name, raw in [("VALUEREC_WRITE_TIMEOUT_S", "0"), ("VALUEREC_WRITE_TIMEOUT_S", "-5"),
+                      ("VALUEREC_WRITE_TIMEOUT_S", "nan"), ("VALUEREC_MAX_FUTURE_H", "inf"),
+                      ("VALUEREC_POPULAR_TTL_S", "nan"), ("VALUEREC_GIL_SWITCH_MS", "nan")]:
+        with pytest.raises(DataError, match=f"\\${name}='{raw}': expected a finite number"):
+            Settings.from_env({**base, name: raw})
+    assert Settings.from_env({**base, "VALUEREC_MAX_FUTURE_H": "0"}).max_future_h == 0.0
+    f = tmp_path / "keys.txt"
+    f.write_bytes("\ufefffirst-key-1234:read\r\nsecond-key-1234:admin\r\n".encode("utf-8"))   # Notepad's UTF-8
+    s = Settings.from_env({"VALUEREC_STORE": "s", "VALUEREC_MODEL_DIR": "m", "VALUEREC_API_KEYS_FILE": str(f)})
+    assert set(s.api_keys) == {"first-key-1234", "second-key-1234"}
+
+
+def test_serving_without_keys_needs_a_loopback_host():
+    from valuerec.serving.settings import is_loopback
+    assert all(is_loopback(h) for h in ["127.0.0.1", "127.0.0.2", "localhost", "::1", "[::1]"])
+    assert not any(is_loopback(h) for h in ["0.0.0.0", "10.0.0.1", "example.com", "", None])
+    base = {"VALUEREC_STORE": "s", "VALUEREC_MODEL_DIR": "m", "VALUEREC_AUTH_DISABLED": "1"}
+    assert Settings.from_env({**base, "VALUEREC_HOST": "127.0.0.2"}).auth_disabled
+    # uvicorn --factory: nothing says where it listens unless $VALUEREC_HOST does
+    for env in (base, {**base, "VALUEREC_HOST": "0.0.0.0"}):
+        with pytest.raises(DataError, match="only allowed on a loopback host"):
+            Settings.from_env(env)
+
+
+def test_serve_refuses_a_port_in_use_before_loading_the_model(tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    fx = build_fixture(tmp_path)
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        p = subprocess.run([sys.executable, "-m", "valuerec.cli", "serve", "--store", str(fx["store"]), "--model",
+                            str(fx["models"] / "v1"), "--port", str(port)],
+                           env={**os.environ, "VALUEREC_API_KEYS": API_KEYS, "COLUMNS": "200"},
+                           capture_output=True, text=True, timeout=60)
+    out = p.stdout + p.stderr
+    assert p.returncode == 2 and f"--port {port}: cannot listen there" in out and "Traceback" not in out, out
+
+
+def test_a_store_the_model_cannot_read_is_said_and_new_users_still_get_items(tmp_path):
+    """An empty store, or one of items the model never saw, is served with a warning (log, /healthz);
+    new users then get the model's own popular items instead of an empty list."""
+    from fastapi.testclient import TestClient
+
+    from valuerec.serving.app import create_app
+
+    fx = build_fixture(tmp_path)
+    other = tmp_path / "other.duckdb"
+    with EventStore(other) as st:
+        st.add_events(pd.DataFrame({"user_id": ["a", "b"], "item_id": ["X1", "X2"],
+                                    "timestamp": pd.to_datetime(["2024-01-01", "2024-01-02"]),
+                                    "event_type": "view", "value": 0.0, "quantity": 1.0}))
+    for store, words in [(tmp_path / "empty.duckdb", "has no events yet"),
+                         (other, "none of the store's 2 items is in the model's catalogue")]:
+        settings = Settings.from_env({"VALUEREC_STORE": str(store), "VALUEREC_MODEL_DIR": str(fx["models"] / "v2"),
+                                      "VALUEREC_API_KEYS": API_KEYS})
+        with TestClient(create_app(settings)) as c:
+            warnings = c.get("/healthz").json()["model"]["warnings"]
+            assert len(warnings) == 1 and words in warnings[0], warnings
+            r = c.get("/v1/users/someone/recommendations?k=5", headers={"X-API-Key": "admin-key-7890"})
+            assert r.status_code == 200 and len(r.json()["items"]) == 5, r.text
+
+
+def test_popularity_for_new_users_counts_users_not_events(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from valuerec.serving.app import create_app
+
+    fx = build_fixture(tmp_path)
+    settings = Settings.from_env({"VALUEREC_STORE": str(fx["store"]), "VALUEREC_MODEL_DIR": str(fx["models"] / "v1"),
+                                  "VALUEREC_API_KEYS": API_KEYS, "VALUEREC_MAX_BATCH": "1000",
+                                  "VALUEREC_MAX_BODY_BYTES": "1000000"})
+    key = {"X-API-Key": "admin-key-7890"}
+    with TestClient(create_app(settings)) as c:
+        assert c.get("/healthz").json()["model"]["warnings"] == []
+        top = c.get("/v1/users/newcomer/recommendations?k=1", headers=key).json()["items"][0]["item_id"]
+        item = "i29" if top != "i29" else "i28"
+        spam = [{"user_id": "spammer", "item_id": item, "timestamp": f"2024-02-01T00:{m:02d}:00"} for m in range(60)]
+        assert c.post("/v1/events", json={"events": spam}, headers=key).json()["accepted"] == 60
+        c.delete("/v1/users/spammer", headers=key)      # an erasure re-counts at once (the TTL is 30 s)
+        spam2 = [{**e, "user_id": "spammer2"} for e in spam]
+        assert c.post("/v1/events", json={"events": spam2}, headers=key).json()["accepted"] == 60
+        # 60 events of one user do not outweigh items that several users had
+        assert c.get("/v1/users/newcomer2/recommendations?k=1", headers=key).json()["items"][0]["item_id"] == top

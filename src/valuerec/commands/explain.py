@@ -34,17 +34,19 @@ def explain_user(model: Path, store: Path, user: str, target: str | None = None,
     ``greedy_direction`` "abs" moves it most either way ("auto": "abs" for churn; greedy deletion)."""
     from valuerec.explain.influence import (churn_target, explain_events, greedy_deletion, greedy_explanation,
                                             item_target, occlusion, resolve_greedy_direction, value_target)
+    from valuerec.models.base import ranks_items, require_next_item_head
 
     ctx = load_context(model, store, value_model, at, users=[str(user)])
     h = ctx.histories
     if len(h.items[0]) == 0:
         raise DataError(f"user {user!r} has no events in {store} before {pd.Timestamp(ctx.as_of, unit='s')}")
     rec, vm, cat = ctx.recommender, ctx.value_model, ctx.catalogue
-    if target is None:
-        target = "item" if rec is not None else "value"
+    if target is None:      # a value-only transformer has no item scores to explain: its value
+        target = "item" if rec is not None and ranks_items(rec) else "value"
     if target.startswith("item"):
         if rec is None:
             raise DataError(f"--target {target}: {model} is not a recommender (no item scores)")
+        require_next_item_head(rec, str(model), "; explain --target value or churn")
         if target == "item":
             top_items, top_scores = rec.recommend(h.item_only(), k=1, exclude="history")
             if top_items.shape[1] == 0 or not np.isfinite(top_scores[0, 0]):

@@ -46,15 +46,13 @@ def serve_cmd(
     if models_root is not None:
         env["VALUEREC_MODELS_ROOT"] = str(models_root)
     env["VALUEREC_STORE"] = str(store)
+    env["VALUEREC_HOST"] = host
     if no_auth:
         env["VALUEREC_AUTH_DISABLED"] = "1"
     try:
         settings = Settings.from_env(env)
         from valuerec.models.base import load_model
 
-        # Load the model once here (newest_model_dir: a DataError when the root has none), so a missing
-        # or damaged model directory is a one-line error rather than a traceback from the server's start-up.
-        load_model(settings.model_dir or newest_model_dir(settings.models_root))
         # Open the store once here, so a file that is not a DuckDB store (or is locked by another
         # process) is a one-line error rather than a traceback from the server's start-up.
         try:
@@ -62,15 +60,34 @@ def serve_cmd(
         except Exception as e:  # noqa: BLE001 - duckdb's IO / lock errors
             why = " ".join(str(e).split())
             raise DataError(f"--store {settings.store}: cannot open the event store ({why})") from None
+        check_listen(host, port)        # a busy port or a bad host before the model loads
+        # Load the model once here (newest_model_dir: a DataError when the root has none), so a missing
+        # or damaged model directory is a one-line error rather than a traceback from the server's start-up.
+        load_model(settings.model_dir or newest_model_dir(settings.models_root))
     except DataError as e:
         print_error(console, e)
         raise typer.Exit(code=2) from None
-    if host not in ("127.0.0.1", "localhost", "::1") and settings.auth_disabled:
-        console.print("[red]error:[/red] --no-auth is only allowed on a loopback host")
-        raise typer.Exit(code=2)
     log.info("starting valuerec service on http://%s:%d", host, port)
     uvicorn.run(create_app(settings), host=host, port=port, access_log=access_log, log_level="info",
                 loop="auto", http="auto", timeout_graceful_shutdown=10)
+
+
+def check_listen(host: str, port: int) -> None:
+    """Refuse, before the model loads, a host that does not resolve or a port another process holds."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise DataError(f"--host {host}: cannot listen there ({e.strerror or e})") from None
+    family, kind, proto, _, addr = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # as uvicorn binds
+        try:
+            sock.bind(addr)
+        except OSError as e:
+            raise DataError(f"--host {host} --port {port}: cannot listen there ({e.strerror or e}; another "
+                            "process may hold the port: choose another with --port)") from None
 
 
 def register(app: typer.Typer) -> None:

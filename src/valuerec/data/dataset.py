@@ -210,3 +210,15 @@ def sequences_from(events: pd.DataFrame, catalogue: Catalogue, users: np.ndarray
         values_l.append(values[s:e] if e > s else empty_f)
     return Sequences(items=items_l, times=times_l, event_types=types_l, values=values_l,
                      user_ids=np.asarray(users, dtype=object))
+
+
+def catalogue_overlap_note(catalogue, item_ids) -> str | None:
+    """A note when a store's item events share no item with the model's catalogue (a store of other
+    data, or a model trained elsewhere): the model then sees histories of unknown items only."""
+    if catalogue is None:
+        return None
+    ids = {str(i) for i in item_ids if i is not None and i == i}
+    if not ids or any(i in catalogue.index for i in ids):
+        return None
+    return (f"none of the store's {len(ids):,} items is in the model's catalogue of {len(catalogue):,}: is this "
+            "the store the model was trained on? Predictions use the histories' times and values only")

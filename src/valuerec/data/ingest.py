@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from valuerec.data.schema import DEFAULT_EVENT_TYPE, EVENT_TYPES, MAX_NUMBER, MONETARY_TYPES, DataError
+from valuerec.data.schema import (DEFAULT_EVENT_TYPE, EARLIEST_DATE, EVENT_TYPES, MAX_NUMBER, MONETARY_TYPES,
+                                  DataError)
 from valuerec.data.store import EventStore
 
 MAX_PROBLEMS_SHOWN = 20
@@ -140,7 +141,7 @@ def _naive_utc(ts: pd.Series) -> pd.Series:
 
 
 # A time more than a day past the clock, or before 1900, is almost always a wrong year or unit.
-EARLIEST_TIME = pd.Timestamp("1900-01-01")
+EARLIEST_TIME = pd.Timestamp(EARLIEST_DATE)
 FUTURE_SLACK = pd.Timedelta(days=1)
 # Epoch input whose dates all fall before this is in the wrong unit (an event log from 1970 is not plausible).
 EPOCH_UNIT_CHECK = pd.Timestamp("1971-01-01")

@@ -34,3 +34,7 @@ class DataError(ValueError):
 # Values, quantities and prices are computed in float32 by the models: anything larger would become inf / NaN.
 MAX_NUMBER = 3.4028234663852886e38      # float(np.finfo(np.float32).max)
 MONETARY_TYPES = ("purchase", "return")   # event types whose value is an amount that must be given
+
+
+# A time before this date is almost always a wrong year or unit (file ingest and the HTTP service alike).
+EARLIEST_DATE = "1900-01-01"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import os
 import re
 import threading
 from dataclasses import dataclass
@@ -81,7 +82,8 @@ def store_open_error(path: str | Path, err: Exception) -> DataError | None:
     if "Could not set lock" in msg:
         pid = re.search(r"\(PID (\d+)\)", msg)
         return DataError(f"{path} is in use by another process{f' (PID {pid.group(1)})' if pid else ''}, "
-                         "e.g. a running valuerec serve; stop it or use its HTTP API")
+                         "e.g. a running valuerec serve; stop it or use its HTTP API (to retrain while it serves, "
+                         "POST /v1/admin/snapshot writes a copy of the store to train on)")
     if "not a valid DuckDB database file" in msg:
         return DataError(f"{path}: not a DuckDB store (the file exists but is not a DuckDB database)")
     return None
@@ -424,6 +426,35 @@ class EventStore:
             n = self.con.execute("SELECT count(*) FROM events WHERE user_id = ?", [user_id]).fetchall()[0][0]
             self.con.execute("DELETE FROM events WHERE user_id = ?", [user_id]).fetchall()
         return int(n)
+
+    def snapshot(self, dest: str | Path) -> Path:
+        """A consistent copy of the whole store in a new DuckDB file ``dest`` (events, items, ingest log,
+        the arrival counter), written beside it and then moved in. It is read on a cursor of its own,
+        as one transaction: writes go on meanwhile, and the copy holds what was committed when it
+        began. What a running service hands to ``valuerec retrain``, which cannot open the store the
+        service holds."""
+        dest = Path(dest)
+        if dest.exists():
+            raise DataError(f"{dest}: exists; a snapshot is written to a new file")
+        tmp = dest.with_name(f".{dest.name}.{os.getpid()}.{threading.get_ident()}.partial")
+        with self._lock:
+            cur = self.con.cursor()
+        try:
+            db = cur.execute("SELECT current_database()").fetchall()[0][0]
+            alias = f"snapshot_{threading.get_ident()}"
+            cur.execute(f"ATTACH '{str(tmp).replace(chr(39), chr(39) * 2)}' AS {alias}")
+            try:
+                cur.execute(f'COPY FROM DATABASE "{db}" TO {alias}')
+            finally:
+                cur.execute(f"DETACH {alias}")
+            tmp.replace(dest)
+        except BaseException:
+            for p in (tmp, tmp.with_name(tmp.name + ".wal")):
+                p.unlink(missing_ok=True)
+            raise
+        finally:
+            cur.close()
+        return dest
 
     # -- reads ----------------------------------------------------------------------------------
     def count_events(self) -> int:

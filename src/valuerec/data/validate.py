@@ -12,11 +12,14 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-from valuerec.data.schema import DEFAULT_EVENT_TYPE, MAX_NUMBER, MONETARY_TYPES, DataError
+from valuerec.data.schema import DEFAULT_EVENT_TYPE, EARLIEST_DATE, MAX_NUMBER, MONETARY_TYPES, DataError
 
-# Timestamps outside this range are almost always unit mistakes (ms given as seconds, year 20111).
-MIN_TIME = pd.Timestamp("1970-01-01")
+# Timestamps outside this range are almost always mistakes (a wrong year, year 20111), as in file ingest;
+# the service also refuses times more than $VALUEREC_MAX_FUTURE_H past its clock.
+MIN_TIME = pd.Timestamp(EARLIEST_DATE)
 MAX_TIME = pd.Timestamp("2100-01-01")
+# Unix seconds at or above this are years past 5138: milliseconds (or microseconds) given as seconds.
+MAX_UNIX_SECONDS = 1e11
 
 
 def _one_timestamp(v) -> pd.Timestamp | None:
@@ -25,11 +28,11 @@ def _one_timestamp(v) -> pd.Timestamp | None:
         if isinstance(v, bool) or v is None:
             return None
         if isinstance(v, (int, float, np.integer, np.floating)):
-            if not np.isfinite(v) or abs(v) >= 1e11:
+            if not np.isfinite(v) or abs(v) >= MAX_UNIX_SECONDS:
                 return None
             return pd.Timestamp(float(v), unit="s")
         s = str(v).strip()
-        if not s or s.lower() in ("nan", "nat", "none", "null"):
+        if not s[:1].isdigit():      # ISO 8601 starts with the year: not "now", "today", "nan" or ""
             return None
         t = pd.Timestamp(s)
         if t is pd.NaT:
@@ -104,12 +107,15 @@ def validate_event_rows(records: list[dict], source: str = "events",
         user = _text(r.get("user_id"))
         if user is None:
             bad(n, "user_id", "empty user id", r.get("user_id"))
-        ts = _one_timestamp(r.get("timestamp"))
+        raw_ts = r.get("timestamp")
+        ts = _one_timestamp(raw_ts)
         if ts is None:
-            bad(n, "timestamp", "unparseable date, expected ISO 8601 (e.g. 2011-09-09T08:26:00) or unix seconds",
-                r.get("timestamp"))
+            big = (isinstance(raw_ts, (int, float, np.integer, np.floating)) and not isinstance(raw_ts, bool)
+                   and np.isfinite(raw_ts) and abs(raw_ts) >= MAX_UNIX_SECONDS)
+            bad(n, "timestamp", "a number this large is milliseconds (or finer), not unix seconds; divide by 1000"
+                if big else "unparseable date, expected ISO 8601 (e.g. 2011-09-09T08:26:00) or unix seconds", raw_ts)
         elif not (MIN_TIME <= ts < MAX_TIME):
-            bad(n, "timestamp", "outside 1970..2100 (milliseconds given as seconds?)", r.get("timestamp"))
+            bad(n, "timestamp", f"outside {MIN_TIME.year}..{MAX_TIME.year} (a wrong year or unit?)", raw_ts)
         nums = {}
         et = _text(r.get("event_type"))
         etype = et.lower() if et else default_event_type

@@ -1,6 +1,8 @@
 """The FastAPI application: ``create_app()`` builds it; the lifespan opens the store and loads the model
 once. Run it with ``valuerec serve`` or ``uvicorn --factory valuerec.serving.app:create_app``
-(settings from ``VALUEREC_*`` environment variables, see ``settings.py``)."""
+(settings from ``VALUEREC_*`` environment variables, see ``settings.py``). Without API keys
+(``VALUEREC_AUTH_DISABLED=1``) the factory needs ``VALUEREC_HOST`` naming the loopback host uvicorn
+listens on, as ``valuerec serve --no-auth`` checks its ``--host``."""
 
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from valuerec.data.schema import DataError
 from valuerec.serving.metrics import Metrics, MetricsMiddleware
 from valuerec.serving.routes import InputError, make_router
 from valuerec.serving.settings import Settings
-from valuerec.serving.state import NotAvailable, NotFound, ServiceState
+from valuerec.serving.state import ModelLoadError, NotAvailable, NotFound, ServiceState
 
 log = logging.getLogger("valuerec.serving")
 
@@ -188,6 +190,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(NotFound)
     async def on_not_found(request: Request, exc: NotFound):
         return JSONResponse(status_code=404, content={"detail": str(exc)})
+
+    @app.exception_handler(ModelLoadError)
+    async def on_model_load_error(request: Request, exc: ModelLoadError):
+        return JSONResponse(status_code=409, content={"detail": str(exc)})
 
     @app.exception_handler(TimeoutError)
     async def on_timeout(request: Request, exc: TimeoutError):

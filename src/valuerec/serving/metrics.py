@@ -55,7 +55,7 @@ class MetricsMiddleware:
             await self.app(scope, receive, send_wrapper)
         finally:
             route = scope.get("route")
-            path = getattr(route, "path", None) or "unmatched"
+            path = getattr(route, "path_format", None) or getattr(route, "path", None) or "unmatched"
             method = scope.get("method", "")
             self.metrics.requests.labels(method=method, route=path, status=str(status["code"])).inc()
             self.metrics.latency.labels(method=method, route=path).observe(time.perf_counter() - start)

@@ -24,8 +24,8 @@ from valuerec.serving.auth import require
 from valuerec.serving.deps import get_state
 from valuerec.serving.schemas import (
     DeleteUserResponse, ErrorResponse, EventBatch, EventsResponse, ExplainResponse, HealthResponse, LoadedModel,
-    ModelInfo, RecommendationsResponse, ReloadRequest, ReloadResponse, SimilarItemsResponse, StageResponse,
-    ValueResponse,
+    ModelInfo, RecommendationsResponse, ReloadRequest, ReloadResponse, SimilarItemsResponse, SnapshotResponse,
+    StageResponse, ValueResponse,
 )
 from valuerec.serving.settings import Settings
 from valuerec.serving.state import ServiceState, policy_names
@@ -42,7 +42,8 @@ class InputError(Exception):
 
 def _err(*codes: int) -> dict:
     text = {401: "Missing or invalid API key", 403: "The API key lacks the scope this route needs",
-            404: "Not found", 413: "Request body too large", 501: "The loaded model cannot answer this"}
+            404: "Not found", 409: "The model version cannot be loaded; the previous one still serves",
+            413: "Request body too large", 501: "The loaded model cannot answer this"}
     return {c: {"model": ErrorResponse, "description": text[c]} for c in codes}
 
 
@@ -79,7 +80,7 @@ def make_router(settings: Settings) -> APIRouter:
     Policy = Literal[tuple(["auto", "model", "popular"] + [p for p in policy_names() if p not in ("popular",)])]
     read, write, admin = Depends(require("read")), Depends(require("write")), Depends(require("admin"))
 
-    @r.get("/v1/users/{user_id}/recommendations", response_model=RecommendationsResponse, tags=["users"],
+    @r.get("/v1/users/{user_id:path}/recommendations", response_model=RecommendationsResponse, tags=["users"],
            dependencies=[read], responses=_err(401, 403, 501))
     async def recommendations(user_id: UserId, state: State, k: K = 10,
                         policy: Annotated[Policy, Query(
@@ -96,7 +97,7 @@ def make_router(settings: Settings) -> APIRouter:
         return RecommendationsResponse(user_id=user_id, policy=out["policy"], model=_model(out["runtime"]), k=k,
                                        history_length=out["history_length"], items=out["items"])
 
-    @r.get("/v1/users/{user_id}/value", response_model=ValueResponse, tags=["users"], dependencies=[read],
+    @r.get("/v1/users/{user_id:path}/value", response_model=ValueResponse, tags=["users"], dependencies=[read],
            responses=_err(401, 403, 501))
     async def value(user_id: UserId, state: State, as_of: AsOf = None) -> ValueResponse:
         """Predicted customer value (and churn, lifecycle stage) from the model's value head; 501 when
@@ -106,7 +107,7 @@ def make_router(settings: Settings) -> APIRouter:
                              known_user=out["known_user"], history_length=out["history_length"],
                              value=out["value"], stage=out["stage"], stage_reason=out["stage_reason"])
 
-    @r.get("/v1/users/{user_id}/stage", response_model=StageResponse, tags=["users"], dependencies=[read],
+    @r.get("/v1/users/{user_id:path}/stage", response_model=StageResponse, tags=["users"], dependencies=[read],
            responses=_err(401, 403, 501))
     async def stage(user_id: UserId, state: State, as_of: AsOf = None) -> StageResponse:
         """Lifecycle stage (new, activated, retained, expanding, advocate, at-risk, lapsed) with the rule
@@ -116,7 +117,7 @@ def make_router(settings: Settings) -> APIRouter:
                              history_length=out["history_length"], stage=out["stage"], reason=out["reason"],
                              features=out["features"], value=out["value"])
 
-    @r.get("/v1/users/{user_id}/explain", response_model=ExplainResponse, tags=["users"], dependencies=[read],
+    @r.get("/v1/users/{user_id:path}/explain", response_model=ExplainResponse, tags=["users"], dependencies=[read],
            responses=_err(401, 403, 404, 501))
     def explain(user_id: UserId, state: State,
                 target: Annotated[str | None, Query(max_length=256, description="What to explain: an item id, "
@@ -138,7 +139,7 @@ def make_router(settings: Settings) -> APIRouter:
         return ExplainResponse(user_id=user_id, target=out["target"], as_of=out["as_of"].isoformat(),
                                model=_model(out["runtime"]), explanation=out["explanation"])
 
-    @r.get("/v1/items/{item_id}/similar", response_model=SimilarItemsResponse, tags=["items"],
+    @r.get("/v1/items/{item_id:path}/similar", response_model=SimilarItemsResponse, tags=["items"],
            dependencies=[read], responses=_err(401, 403, 404))
     def similar(item_id: Annotated[str, Path(min_length=1, max_length=256)], state: State,
                 k: K = 10) -> SimilarItemsResponse:
@@ -182,14 +183,14 @@ def make_router(settings: Settings) -> APIRouter:
         return EventsResponse(received=n, accepted=added, duplicates=dups, conflicts=len(conflicts),
                               conflicting_event_ids=list(dict.fromkeys(conflicts))[:20])
 
-    @r.delete("/v1/users/{user_id}", response_model=DeleteUserResponse, tags=["users"], dependencies=[write],
+    @r.delete("/v1/users/{user_id:path}", response_model=DeleteUserResponse, tags=["users"], dependencies=[write],
               responses=_err(401, 403))
     def delete_user(user_id: UserId, state: State) -> DeleteUserResponse:
         """Erase every event of a user and their cached state."""
         return DeleteUserResponse(user_id=user_id, deleted_events=state.delete_user(user_id))
 
     @r.post("/v1/admin/reload", response_model=ReloadResponse, tags=["admin"], dependencies=[admin],
-            responses=_err(401, 403))
+            responses=_err(401, 403, 409))
     def reload(request: Request, state: State,
                body: Annotated[ReloadRequest | None, Body()] = None) -> ReloadResponse:
         """Load a model version completely, then swap it in; requests in flight finish on the old one."""
@@ -202,6 +203,14 @@ def make_router(settings: Settings) -> APIRouter:
         metrics.reloads.labels(outcome="ok").inc()
         metrics.set_model(new["name"], new["version"])
         return ReloadResponse(previous=LoadedModel(**old), current=LoadedModel(**new))
+
+    @r.post("/v1/admin/snapshot", response_model=SnapshotResponse, tags=["admin"], dependencies=[admin],
+            responses=_err(401, 403, 501))
+    def snapshot(state: State) -> SnapshotResponse:
+        """Copy the event store as committed now to a new DuckDB file (events keep arriving meanwhile),
+        for `valuerec retrain --store PATH`, which cannot open the store this service holds; then
+        POST /v1/admin/reload serves what it writes. Keeps the newest $VALUEREC_SNAPSHOT_KEEP copies."""
+        return SnapshotResponse(**state.snapshot())
 
     @r.get("/healthz", response_model=HealthResponse, tags=["ops"])
     def healthz(state: State) -> HealthResponse:

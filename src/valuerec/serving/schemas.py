@@ -156,11 +156,21 @@ class LoadedModel(BaseModel):
     capabilities: dict[str, bool]
     retrieval: str = Field("full", description="How recommendations find their items: 'full' scores the whole "
                                                "catalogue, 'index' searches an HNSW index of the item vectors")
+    warnings: list[str] = Field([], description="What the service noticed about this model and its store at load, "
+                                                "e.g. a store whose items the model does not know")
 
 
 class ReloadResponse(BaseModel):
     previous: LoadedModel
     current: LoadedModel
+
+
+class SnapshotResponse(BaseModel):
+    path: str = Field(description="The new DuckDB file: give it to `valuerec retrain --store`")
+    events: int
+    newest_event: str | None = Field(description="The newest event's time in the copy (UTC)")
+    seconds: float
+    removed: list[str] = Field(description="Older snapshots deleted to keep $VALUEREC_SNAPSHOT_KEEP")
 
 
 class HealthResponse(BaseModel):

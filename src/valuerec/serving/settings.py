@@ -6,6 +6,8 @@ API keys never live in code: ``VALUEREC_API_KEYS`` holds ``key:scope,scope;key2:
 
 from __future__ import annotations
 
+import ipaddress
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,14 +30,18 @@ def _int(env: dict, name: str, default: int, lo: int = 1) -> int:
     return v
 
 
-def _float(env: dict, name: str, default: float) -> float:
+def _float(env: dict, name: str, default: float, positive: bool = True) -> float:
+    """A finite number (above 0 with ``positive``, else at least 0): timeouts and limits, never nan or inf."""
     raw = env.get(name)
     if raw is None or raw == "":
         return default
     try:
-        return float(raw)
+        v = float(raw)
     except ValueError:
         raise DataError(f"${name}={raw!r}: expected a number") from None
+    if not math.isfinite(v) or v < 0 or (positive and v == 0):
+        raise DataError(f"${name}={raw!r}: expected a finite number {'above' if positive else 'of at least'} 0")
+    return v
 
 
 def _bool(env: dict, name: str, default: bool) -> bool:
@@ -47,6 +53,18 @@ def _bool(env: dict, name: str, default: bool) -> bool:
     if raw.lower() in ("0", "false", "no", "off"):
         return False
     raise DataError(f"${name}={raw!r}: expected true/false")
+
+
+def is_loopback(host: str | None) -> bool:
+    """Whether ``host`` only accepts connections from this machine (localhost, 127.0.0.0/8, ::1)."""
+    if not host:
+        return False
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def parse_api_keys(text: str, source: str) -> dict[str, frozenset[str]]:
@@ -92,6 +110,9 @@ class Settings:
     torch_threads: int = 1
     duckdb_threads: int = 1                # the store's query threads (the service is mostly point reads/writes)
     metrics_public: bool = True            # /metrics without a key (it holds no user data)
+    host: str | None = None                # where the server listens (valuerec serve sets it from --host)
+    snapshot_dir: Path | None = None       # POST /v1/admin/snapshot writes here (default: STORE's folder/snapshots)
+    snapshot_keep: int = 3                 # ... and keeps this many of its snapshots, the newest
 
     @classmethod
     def from_env(cls, env: dict | None = None) -> "Settings":
@@ -103,7 +124,7 @@ class Settings:
             p = Path(env["VALUEREC_API_KEYS_FILE"])
             if not p.exists():
                 raise DataError(f"$VALUEREC_API_KEYS_FILE={p}: no such file")
-            keys.update(parse_api_keys(p.read_text(), str(p)))
+            keys.update(parse_api_keys(p.read_text(encoding="utf-8-sig"), str(p)))   # a BOM is not part of a key
         opt_path = (lambda name: Path(env[name]) if env.get(name) else None)
         s = cls(
             model_dir=opt_path("VALUEREC_MODEL_DIR"),
@@ -116,9 +137,9 @@ class Settings:
             max_body_bytes=_int(env, "VALUEREC_MAX_BODY_BYTES", 1_000_000),
             cache_users=_int(env, "VALUEREC_CACHE_USERS", 200_000),
             preload_max_events=_int(env, "VALUEREC_PRELOAD_MAX_EVENTS", 5_000_000, lo=0),
-            popular_ttl_s=_float(env, "VALUEREC_POPULAR_TTL_S", 30.0),
+            popular_ttl_s=_float(env, "VALUEREC_POPULAR_TTL_S", 30.0, positive=False),
             write_timeout_s=_float(env, "VALUEREC_WRITE_TIMEOUT_S", 60.0),
-            max_future_h=_float(env, "VALUEREC_MAX_FUTURE_H", 24.0),
+            max_future_h=_float(env, "VALUEREC_MAX_FUTURE_H", 24.0, positive=False),
             explain_max_events=_int(env, "VALUEREC_EXPLAIN_MAX_EVENTS", 1000),
             ann=(env.get("VALUEREC_ANN") or "auto").strip().lower(),
             ann_min_items=_int(env, "VALUEREC_ANN_MIN_ITEMS", 200_000),
@@ -126,6 +147,9 @@ class Settings:
             torch_threads=_int(env, "VALUEREC_TORCH_THREADS", 1),
             duckdb_threads=_int(env, "VALUEREC_DUCKDB_THREADS", 1),
             metrics_public=_bool(env, "VALUEREC_METRICS_PUBLIC", True),
+            host=env.get("VALUEREC_HOST") or None,
+            snapshot_dir=opt_path("VALUEREC_SNAPSHOT_DIR"),
+            snapshot_keep=_int(env, "VALUEREC_SNAPSHOT_KEEP", 3),
         )
         s.check()
         return s
@@ -140,8 +164,15 @@ class Settings:
             raise DataError(f"$VALUEREC_GIL_SWITCH_MS={self.gil_switch_ms}: expected 0.01..100 milliseconds")
         if self.ann not in ("auto", "on", "off"):
             raise DataError(f"$VALUEREC_ANN={self.ann!r}: expected auto, on or off")
-        if not self.max_future_h >= 0:
-            raise DataError(f"$VALUEREC_MAX_FUTURE_H={self.max_future_h}: expected hours >= 0")
+        for name, v, lo in (("MAX_FUTURE_H", self.max_future_h, 0.0), ("POPULAR_TTL_S", self.popular_ttl_s, 0.0),
+                            ("WRITE_TIMEOUT_S", self.write_timeout_s, None)):
+            if not (math.isfinite(v) and (v > 0 if lo is None else v >= lo)):
+                raise DataError(f"$VALUEREC_{name}={v}: expected a finite number "
+                                + ("above 0" if lo is None else "of at least 0"))
+        if self.auth_disabled and not is_loopback(self.host):
+            raise DataError("serving without API keys (--no-auth, $VALUEREC_AUTH_DISABLED) is only allowed on a "
+                            f"loopback host (localhost, 127.0.0.0/8, ::1); the host is "
+                            f"{self.host or 'not given: set $VALUEREC_HOST to the host uvicorn listens on'}")
         if not self.api_keys and not self.auth_disabled:
             raise DataError("no API keys: set $VALUEREC_API_KEYS ('key:read,write;key2:admin') or "
                             "$VALUEREC_API_KEYS_FILE; $VALUEREC_AUTH_DISABLED=1 turns auth off for local use")

@@ -28,11 +28,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from valuerec.data.dataset import Catalogue, Sequences, _natural_key, sequences_from
+from valuerec.data.dataset import Catalogue, Sequences, _natural_key, catalogue_overlap_note, sequences_from
 from valuerec.data.schema import EVENT_COLUMNS, DataError, event_type_code
 from valuerec.data.store import EventStore, StoredEvent, row_event_id
-from valuerec.data.validate import EventRow
-from valuerec.models.base import Recommender, load_model, require_next_item_head
+from valuerec.data.validate import MAX_TIME, MIN_TIME, EventRow
+from valuerec.models.base import Recommender, load_model, ranks_items, require_next_item_head
 from valuerec.serving.settings import Settings
 
 log = logging.getLogger("valuerec.serving")
@@ -44,6 +44,10 @@ class NotAvailable(Exception):
 
 class NotFound(Exception):
     """HTTP 404."""
+
+
+class ModelLoadError(Exception):
+    """A model version the service was asked to load cannot be loaded; the old one still serves: HTTP 409."""
 
 
 class QueryError(DataError):
@@ -75,6 +79,8 @@ class UserHistory:
         return s.item_only() if item_only else s
 
 
+# as_of accepted by the read routes: the range events may have (pandas' own ends at 1677 and 2262)
+AS_OF_RANGE = (MIN_TIME, MAX_TIME)
 EMPTY = UserHistory(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))
 
 
@@ -107,6 +113,7 @@ class Runtime:
     purchase_model: object | None = None        # learned P(buy) (MODEL_DIR/purchase_stage), value_aware p=learned
     complete: bool = False    # every user with events (as of the preload) is cached: a miss means "no events"
     hooks: dict[str, Callable | None] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)   # what /healthz and reload say about model and store
 
     @property
     def catalogue(self) -> Catalogue:
@@ -121,7 +128,8 @@ class Runtime:
                 "loaded_at": pd.Timestamp(self.loaded_at, unit="s").isoformat() + "Z",
                 "n_items": len(self.catalogue),
                 "capabilities": {k: v is not None for k, v in self.hooks.items()},
-                "retrieval": "index" if getattr(self.model, "ann_", None) is not None else "full"}
+                "retrieval": "index" if getattr(self.model, "ann_", None) is not None else "full",
+                "warnings": list(self.warnings)}
 
 
 def find_hooks(model: Recommender) -> dict[str, Callable | None]:
@@ -197,6 +205,7 @@ class ServiceState:
         self._store_lock = threading.RLock()      # one DuckDB connection: serialise every use
         self._cache_lock = threading.Lock()
         self._reload_lock = threading.Lock()
+        self._snapshot_lock = threading.Lock()
         self._user_gen: dict[str, int] = {}
         self._popular: tuple[float, Runtime | None, np.ndarray, np.ndarray] = (0.0, None, np.zeros(0, np.int64),
                                                                              np.zeros(0))
@@ -273,9 +282,22 @@ class ServiceState:
             log.warning("model %s: cannot read item vectors; /similar uses co-occurrence", path, exc_info=True)
         self._index(rt)
         self._preload(rt)
+        self._check_store_fits(rt)
         log.info("loaded model %s from %s in %.2fs (%d histories preloaded)", rt.name, path, time.time() - t0,
                  len(rt.histories))
         return rt
+
+    def _check_store_fits(self, rt: Runtime) -> None:
+        """Warn (log, /healthz, reload's answer) when the store gives the model nothing to read: no
+        events yet, or items none of which the model knows (a model trained on other data)."""
+        items = [r[0] for r in self._read("SELECT DISTINCT item_id FROM events WHERE item_id IS NOT NULL")]
+        if not self._read("SELECT 1 FROM events LIMIT 1"):
+            rt.warnings.append(f"the store {self.settings.store} has no events yet: every user is new and gets "
+                               "the model's own popular items until events arrive")
+        elif (note := catalogue_overlap_note(rt.catalogue, items)) is not None:
+            rt.warnings.append(note)
+        for w in rt.warnings:
+            log.warning("model %s (%s): %s", rt.name, rt.version, w)
 
     def _index(self, rt: Runtime) -> None:
         """Build the item index recommendations retrieve from ($VALUEREC_ANN: 'auto' for catalogues of
@@ -324,7 +346,10 @@ class ServiceState:
             if path is None:
                 if s.models_root is None:
                     raise DataError("no path given and the service has no models root ($VALUEREC_MODELS_ROOT)")
-                target = newest_model_dir(s.models_root)
+                try:
+                    target = newest_model_dir(s.models_root)
+                except DataError as e:
+                    raise ModelLoadError(f"{e}; still serving {self.runtime.version}") from None
             else:
                 target = Path(path)
                 if s.models_root is not None:
@@ -333,16 +358,48 @@ class ServiceState:
                         raise DataError(f"{target}: outside the models root {s.models_root}")
             try:
                 new = self._build_runtime(target)
-            except DataError:
-                raise
+            except DataError as e:
+                raise ModelLoadError(f"{e}; still serving {self.runtime.version}") from None
             except Exception as e:  # noqa: BLE001 - a broken artefact must not take the service down
                 log.exception("reload from %s failed; still serving %s", target, self.runtime.version)
-                raise DataError(f"{target}: cannot load the model ({type(e).__name__}: {e}); "
-                                "the previous model is still being served") from None
+                raise ModelLoadError(f"{target}: cannot load the model ({type(e).__name__}: {e}); "
+                                     f"still serving {self.runtime.version}") from None
             old = self.runtime
             self.runtime = new   # one reference swap: in-flight requests keep the runtime they started with
         log.info("reloaded: %s (%s) -> %s (%s)", old.name, old.version, new.name, new.version)
         return old.describe(), new.describe()
+
+    def snapshot(self) -> dict:
+        """Copy the store, as committed now, to a new file in the snapshot folder (writes go on
+        meanwhile), and delete this store's older snapshots beyond ``settings.snapshot_keep``. The loop
+        while serving: snapshot, ``valuerec retrain --store SNAPSHOT``, then ``POST /v1/admin/reload``."""
+        s = self.settings
+        folder = s.snapshot_dir or Path(s.store).resolve().parent / "snapshots"
+        stem = Path(s.store).stem
+        with self._snapshot_lock:
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise NotAvailable(f"cannot create the snapshot folder {folder} ({e.strerror or e}); "
+                                   "set $VALUEREC_SNAPSHOT_DIR") from None
+            t0 = time.time()
+            stamp = pd.Timestamp.now(tz="UTC").strftime("%Y%m%dT%H%M%S%fZ")
+            try:
+                path = self.store.snapshot(folder / f"{stem}-{stamp}.duckdb")
+            except OSError as e:
+                raise NotAvailable(f"cannot write a snapshot to {folder} ({e.strerror or e})") from None
+            seconds = time.time() - t0
+            with EventStore(path, read_only=True) as snap:
+                events, newest = snap.count_events(), snap.time_range()
+            mine = sorted(folder.glob(f"{stem}-*.duckdb"))
+            removed = []
+            for old in mine[:max(0, len(mine) - s.snapshot_keep)]:
+                old.unlink(missing_ok=True)
+                old.with_name(old.name + ".wal").unlink(missing_ok=True)
+                removed.append(str(old))
+        log.info("snapshot of %s: %s (%d events, %.2fs)", s.store, path, events, seconds)
+        return {"path": str(path), "events": events, "seconds": seconds, "removed": removed,
+                "newest_event": None if newest is None else newest[1].isoformat()}
 
     # -- per-user state ------------------------------------------------------------------------
     def history(self, rt: Runtime, user_id: str) -> UserHistory | None:
@@ -474,11 +531,11 @@ class ServiceState:
                 held = {g[0]: g[1:] for g in self.store.con.execute(
                     "SELECT event_id, user_id, item_id, ts, event_type, value, quantity FROM events "
                     "WHERE event_id IN (SELECT unnest(?::VARCHAR[]))", [list({r.event_id for r in rows})]).fetchall()}
-            if stored:
+            if stored:     # only what was stored moves the default as_of (a skipped conflict does not)
                 self._last_seq = max(self._last_seq, stored[-1].seq)
-            t = pd.Timestamp(max(r.timestamp for r in rows))
-            if self._max_time is None or t > self._max_time:
-                self._max_time = t
+                t = pd.Timestamp(max(e.ts for e in stored))
+                if self._max_time is None or t > self._max_time:
+                    self._max_time = t
             by_user: dict[str, list] = {}
             for e in stored:
                 by_user.setdefault(e.user_id, []).append(e)
@@ -518,6 +575,10 @@ class ServiceState:
         rt = self.runtime
         with self._store_lock:
             n = self.store.delete_user(user_id)
+            if n:   # the newest event may have been theirs: the default as_of follows what is stored
+                tr = self._query("SELECT max(ts) FROM events")
+                self._max_time = pd.Timestamp(tr[0][0]) if tr and tr[0][0] is not None else None
+                self._popular = (0.0, None, *self._popular[2:])    # nor do their events count as popularity
             with self._cache_lock:
                 self._user_gen[user_id] = self._user_gen.get(user_id, 0) + 1
                 rt.histories.pop(user_id, None)
@@ -525,19 +586,26 @@ class ServiceState:
 
     # -- answers -------------------------------------------------------------------------------
     def popular(self, rt: Runtime) -> tuple[np.ndarray, np.ndarray]:
-        """Catalogue indices by store popularity (event count), most popular first; re-counted
-        every ``popular_ttl_s`` seconds."""
+        """Catalogue indices by store popularity (how many users had the item: one client sending an
+        item many times counts once), most popular first; re-counted every ``popular_ttl_s`` seconds
+        and after an erasure. A store with none of the model's items yet gives the model's own
+        ranking for an empty history (its training popularity)."""
         at, for_rt, idx, counts = self._popular
         if for_rt is rt and time.time() - at < self.settings.popular_ttl_s:
             return idx, counts
         limit = max(1000, 10 * self.settings.max_k)
-        rows = self._read("SELECT item_id, count(*) AS n FROM events WHERE item_id IS NOT NULL "
+        rows = self._read("SELECT item_id, count(DISTINCT user_id) AS n FROM events WHERE item_id IS NOT NULL "
                            "GROUP BY item_id ORDER BY n DESC, item_id LIMIT ?", [limit * 2])
         ids = [r[0] for r in rows]
         cidx = rt.catalogue.lookup(ids, unknown="skip") if ids else np.zeros(0, np.int64)
         ok = cidx >= 0
         idx = cidx[ok][:limit]
         counts = np.array([r[1] for r in rows], dtype=np.float64)[ok][:limit]
+        if not len(idx) and len(rt.catalogue) and ranks_items(rt.model):
+            with torch.no_grad():
+                prior = np.asarray(rt.model.score(EMPTY.sequences("", item_only=True)), dtype=np.float64)[0]
+            idx = np.argsort(-prior, kind="stable")[:limit]
+            counts = prior[idx]
         self._popular = (time.time(), rt, idx, counts)
         return idx, counts
 
@@ -615,7 +683,10 @@ class ServiceState:
                 raise QueryError("as_of", f"unparseable date {as_of!r}, expected ISO 8601") from None
             if t is pd.NaT:
                 raise QueryError("as_of", f"unparseable date {as_of!r}, expected ISO 8601")
-            return t.tz_convert("UTC").tz_localize(None) if t.tzinfo is not None else t
+            t = t.tz_convert("UTC").tz_localize(None) if t.tzinfo is not None else t
+            if not AS_OF_RANGE[0] <= t <= AS_OF_RANGE[1]:
+                raise QueryError("as_of", f"{as_of!r} is outside {AS_OF_RANGE[0].date()}..{AS_OF_RANGE[1].date()}")
+            return t
         if self._max_time is not None:
             return self._max_time + pd.Timedelta(seconds=1)
         return pd.Timestamp.utcnow().tz_localize(None)
@@ -701,6 +772,13 @@ class ServiceState:
         h = _until(h, t)
         if not len(h.items):
             raise NotFound(f"user {user_id!r} has no events before {t.isoformat()}")
+        if target is None and not ranks_items(rt.model) and rt.hooks.get("value") is not None:
+            target = "value"    # a value-only model: no item scores to explain, its value by default
+        if target not in ("value", "churn"):
+            try:
+                require_next_item_head(rt.model, f"'{rt.name}' ({rt.version})", "; explain target=value or churn")
+            except DataError as e:
+                raise NotAvailable(str(e)) from None
         if target in ("value", "churn"):
             if rt.hooks.get("value") is None:
                 raise NotAvailable(f"target {target!r} needs a value head; model '{rt.name}' has no predict_value")
