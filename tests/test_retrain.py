@@ -124,3 +124,13 @@ def test_retrain_says_when_the_holdout_reaches_into_the_models_data(tmp_path):
                for n in rep.notes), rep.notes
     clean = retrain(model, store, tmp_path / "versions", holdout_days=1.9, tolerance=1.0)
     assert not any("held-out" in n for n in clean.notes) and clean.holdout_users == 10
+
+
+def test_retrain_notes_a_store_of_items_the_model_never_saw(tmp_path):
+    model, _ = _pop_and_store(tmp_path, 8, 8)
+    other = cyclic_events(10, 12)
+    other["item_id"] = "x" + other["item_id"]                  # the same shape of data, other items
+    with EventStore(tmp_path / "other.duckdb") as st:
+        st.add_events(other)
+    rep = retrain(model, tmp_path / "other.duckdb", tmp_path / "versions", holdout_days=2)
+    assert any("none of the store's 8 items is in the model's catalogue" in n for n in rep.notes), rep.notes

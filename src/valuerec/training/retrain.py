@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from valuerec.data.dataset import Catalogue, catalogue_from, sequences_from
+from valuerec.data.dataset import Catalogue, catalogue_from, catalogue_overlap_note, sequences_from
 from valuerec.data.schema import DataError
 from valuerec.data.splits import EvalTask
 from valuerec.data.store import EventStore
@@ -155,11 +155,14 @@ def retrain(model_dir: str | Path, store_path: str | Path, out_root: str | Path,
                              notes=[f"nothing new: the store's last event ({end}) is the last one the model "
                                     f"learned from; nothing was trained or written"],
                              seconds=time.perf_counter() - t0)
+    overlap = catalogue_overlap_note(base.catalogue_, item_events["item_id"].unique())
     cat = grow_catalogue(base.catalogue_, item_events, items)
     task = holdout_task(item_events, cat, start)
     report = RetrainReport(base_model=str(model_dir), holdout_from=str(start), holdout_users=len(task),
                            new_items=len(cat) - len(base.catalogue_), metric=metric,
                            model_data_until=None if until is None else str(until), store_until=str(end))
+    if overlap is not None:     # a model trained on other data: it starts from nothing it knows here
+        report.notes.append(overlap)
     if until is None:
         report.notes.append("the model does not record the events it learned from (saved by an older valuerec), "
                             "so whether the held-out events are new to it is not checked")
