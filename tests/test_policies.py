@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -163,13 +165,13 @@ def test_recommend_json_says_whether_history_was_excluded(cli_setup):
 
     tmp, store = cli_setup
     for policy, excluded in (("plain", True), ("value_aware", True), ("favourites_winback", False),
-                             ("stage", False)):
+                             ("stage", "by stage")):
         r = CliRunner().invoke(app, ["recommend", "--model", str(tmp / "pop"), "--store", str(store), "--user", "u1",
                                      "--policy", policy, "--json", "-k", "3"])
         assert r.exit_code == 0, r.output
         out = json.loads(r.stdout)
-        assert out["exclude_history"] is excluded, policy
-        if excluded:
+        assert out["exclude_history"] == excluded, policy
+        if excluded is True:
             assert not {"i0", "i1", "i2"} & {i["item_id"] for i in out["items"]}
 
 
@@ -228,6 +230,28 @@ def test_stage_policy_routes_by_stage():
     assert list(top2[0]) == [0, 1, 2]
     with pytest.raises(DataError, match="unknown stage"):
         make_policy("stage", mapping={"vip": "plain"})
+    # past items: by default (exclude='auto') only the stages whose policy is built on them get them
+    h0 = seqs([[0], [0]], days_ago=[[1], [1]])
+    auto, _ = apply_policy("stage", m, h0, k=3, as_of=T0, stages=stages, n_candidates=3)
+    assert auto[0, 0] == 0 and list(auto[1]) == [1, 2, 3]    # at-risk: favourite first; retained: not again
+    kept, _ = apply_policy("stage", m, h0, k=3, exclude=None, as_of=T0, stages=stages, n_candidates=3)
+    assert list(kept[1]) == [0, 1, 2]                        # the caller kept them (repeat-buying data)
+
+
+def test_policy_settings_are_range_checked_and_returned_items_are_not_won_back():
+    for name, params, words in [("favourites_winback", {"half_life_days": 0}, "half_life_days=0"),
+                                ("favourites_winback", {"boost": -3}, "boost=-3"),
+                                ("popular_diverse", {"mmr_lambda": 7}, "mmr_lambda=7"),
+                                ("popular_diverse", {"k": -3}, "k=-3"),
+                                ("cross_sell_value", {"gamma": 1e308}, "gamma=1e+308")]:
+        with pytest.raises(DataError, match=re.escape(f"{name}: {words}")):
+            make_policy(name, **params)
+    m = FixedScorer(np.linspace(1, 0, 10))
+    P, R = event_type_code("purchase"), event_type_code("return")
+    only_returned = Sequences(items=[np.array([0, 0])], times=[(T0 - np.array([3, 2]) * DAY).astype(np.int64)],
+                              event_types=[np.array([P, R])])           # bought item 0 and returned it
+    top, _ = apply_policy("favourites_winback", m, only_returned, k=3, as_of=T0)
+    assert 0 not in top[0] and list(top[0]) == [1, 2, 3]
 
 
 def test_policy_score_fn_plain_matches_model_in_evaluate():
@@ -284,5 +308,6 @@ def test_apply_policy_returns_k_items_beyond_the_default_candidate_pool(name):
         if name not in ("favourites_winback", "stage"):   # those may recommend past items
             assert not np.isin(row, hist).any()
     top, _ = apply_policy(name, m, h, k=n, as_of=T0)   # the whole catalogue, less what is excluded
-    left = [n, n] if name in ("favourites_winback", "stage") else [n - 3, n - 1]
+    # stage: the recent user's stage (plain) leaves their 3 items out, the lapsed one's (favourites) not
+    left = {"favourites_winback": [n, n], "stage": [n - 3, n]}.get(name, [n - 3, n - 1])
     assert list((top >= 0).sum(axis=1)) == left

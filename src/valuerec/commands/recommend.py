@@ -64,8 +64,11 @@ def recommend_for_user(model_dir: str | Path, store: str | Path, user: str, k: i
     known = hist.items[0][hist.items[0] >= 0]
     if policy and policy != "plain":
         from valuerec.policies.rerank import apply_policy, make_policy
-        # "auto": past items are excluded, except for the policies built on them (favourites, stage)
-        exclude_history = exclude_history and not make_policy(policy, **(policy_params or {})).history_candidates
+        # "auto": past items are excluded, except for the policies built on them (favourites; the stage
+        # policy for its stages whose policy is favourites)
+        asked = exclude_history
+        pol = make_policy(policy, **(policy_params or {}))
+        exclude_history = ("by stage" if asked and pol.name == "stage" else asked and not pol.history_candidates)
         # The model is its own value model when it has a value head (the behaviour transformer).
         value_model = model if predicts_value(model) else None
         from valuerec.models.item_value import load_item_values
@@ -74,7 +77,7 @@ def recommend_for_user(model_dir: str | Path, store: str | Path, user: str, k: i
         purchase_model = load_purchase_stage(model_dir)   # P(buy), when trained with --purchase-stage
         # "Now" is the newest event in the store (the data may be historical).
         now = None if time_range is None else float(pd.Timestamp(time_range[1]).value // 10**9 + 1)
-        idx, scores = apply_policy(policy, model, hist, k=k, exclude="auto" if exclude_history else None,
+        idx, scores = apply_policy(policy, model, hist, k=k, exclude="auto" if asked else None,
                                    value_model=value_model, params=policy_params, item_value=item_value,
                                    purchase_model=purchase_model, as_of=now)
         keep = idx[0] >= 0

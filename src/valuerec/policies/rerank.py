@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from valuerec.configcheck import check_values
+from valuerec.configcheck import check_values, require
 from valuerec.data.dataset import Catalogue, Sequences
 from valuerec.data.schema import DataError, event_type_code
 from valuerec.models.base import apply_exclusions, predicts_value
@@ -224,22 +224,35 @@ class FavouritesWinback(Policy):
     boost: float = 1.0             # weight of the favourites term vs relevance (both in [0, 1])
     half_life_days: float = 90.0   # recency weighting of past events (events, when there are no times)
 
+    def __post_init__(self) -> None:
+        require("favourites_winback", {
+            "boost": (self.boost, bool(np.isfinite(self.boost)) and self.boost >= 0, "a finite number >= 0"),
+            "half_life_days": (self.half_life_days, bool(np.isfinite(self.half_life_days)) and self.half_life_days > 0,
+                               "a finite number of days > 0")})
+
     def rerank(self, ctx: PolicyContext) -> torch.Tensor:
         valid = ctx.valid
         rel = _minmax(ctx.scores, valid)
-        fav = torch.as_tensor(favourite_weights(ctx.histories, ctx.candidates, ctx.as_of, self.half_life_days))
+        w, returned = favourite_weights(ctx.histories, ctx.candidates, ctx.as_of, self.half_life_days,
+                                        with_returned=True)
+        fav = torch.as_tensor(w)
         fav = fav / fav.max(dim=1, keepdim=True).values.clamp_min(1e-12)
         out = rel + self.boost * fav
-        return torch.where(valid, out, torch.full_like(out, NEG))
+        # an item the user returned in full is neither a favourite nor something to win them back with
+        keep = valid & ~torch.as_tensor(returned)
+        return torch.where(keep, out, torch.full_like(out, NEG))
 
 
 def favourite_weights(histories: Sequences, candidates: np.ndarray, as_of: np.ndarray | None,
-                      half_life_days: float) -> np.ndarray:
+                      half_life_days: float, with_returned: bool = False):
     """(B, C) sum over the user's past purchases of that item of 0.5 ** (age / half-life), less the
     same for its returns (at least 0: an item returned in full is no favourite). A user with no typed
-    purchase counts every event that is not a return (a log of views or untyped interactions)."""
+    purchase counts every event that is not a return (a log of views or untyped interactions).
+    ``with_returned``: also a (B, C) mask of the candidates the user returned and holds no purchase of
+    on balance."""
     B, C = candidates.shape
     out = np.zeros((B, C))
+    returned = np.zeros((B, C), dtype=bool)
     purchase, ret = event_type_code("purchase"), event_type_code("return")
     for u in range(B):
         items = histories.items[u]
@@ -254,16 +267,24 @@ def favourite_weights(histories: Sequences, candidates: np.ndarray, as_of: np.nd
             types = np.asarray(histories.event_types[u])
             counted = types == purchase if (types == purchase).any() else types != ret
             w = np.where(counted, w, np.where(types == ret, -w, 0.0))
+            if with_returned and (types == ret).any():
+                net = pd.Series(np.where(types == purchase, 1.0, np.where(types == ret, -1.0, 0.0))).groupby(items).sum()
+                gone = set(net.index[(net <= 0) & pd.Series(types == ret).groupby(items).any().reindex(net.index)])
+                returned[u] = np.isin(candidates[u], list(gone)) & (candidates[u] >= 0)
         per_item = pd.Series(w).groupby(items).sum().clip(lower=0.0)
         out[u] = per_item.reindex(candidates[u]).fillna(0.0).to_numpy()
         out[u, candidates[u] < 0] = 0.0
-    return out
+    return (out, returned) if with_returned else out
 
 
 @register_policy("cross_sell_value")
 @dataclass
 class CrossSellValue(Policy):
     gamma: float = 0.5   # weight of log(price / the user's usual price), clipped to +-2
+
+    def __post_init__(self) -> None:
+        require("cross_sell_value", {"gamma": (self.gamma, bool(np.isfinite(self.gamma)) and abs(self.gamma) <= 10,
+                                               "a number in [-10, 10]")})
 
     def rerank(self, ctx: PolicyContext) -> torch.Tensor:
         valid = ctx.valid
@@ -288,6 +309,12 @@ class PopularDiverse(Policy):
     popularity_weight: float = 0.5   # blend of popularity into relevance (when popularity is known)
     mmr_lambda: float = 0.7          # MMR: lambda x relevance - (1 - lambda) x max similarity to chosen
     k: int = 20                      # how many to pick greedily (the rest follow by relevance)
+
+    def __post_init__(self) -> None:
+        require("popular_diverse", {
+            "popularity_weight": (self.popularity_weight, 0.0 <= self.popularity_weight <= 1.0, "in [0, 1]"),
+            "mmr_lambda": (self.mmr_lambda, 0.0 <= self.mmr_lambda <= 1.0, "in [0, 1]"),
+            "k": (self.k, self.k >= 1, ">= 1")})
 
     def rerank(self, ctx: PolicyContext) -> torch.Tensor:
         valid = ctx.valid
@@ -415,8 +442,12 @@ class StagePolicy(Policy):
             pol = self._policies.get(stage, Plain())
             sub = ctx.subset(idx)
             if not pol.history_candidates:
-                # Candidates added from the history belong to favourites; others rank the model's own.
+                # Candidates added from the history belong to favourites; others rank the model's own,
+                # and without their past items unless the caller kept them (exclude=None, not 'auto').
                 cand = sub.candidates.copy()
+                if ctx.extras.get("exclude_history_by_default"):
+                    for r, h in enumerate(sub.histories.items):
+                        cand[r, np.isin(cand[r], h[h >= 0])] = -1
                 extra = ctx.extras.get("added_from_history")
                 if extra is not None:
                     cand[extra[idx]] = -1
@@ -563,10 +594,16 @@ def policy_rerank(policy: Policy | str, model, histories: Sequences, *, n_candid
         item_vectors = model_item_vectors(model)
         if item_vectors is None and catalogue is not None:
             item_vectors = item_feature_vectors(catalogue)
+    if pol.name == "stage" and isinstance(exclude, str) and exclude == "auto":
+        # its stages that leave past items out still need n_candidates others
+        n_candidates += max((len(np.unique(h[h >= 0])) for h in histories.items), default=0)
     ctx = build_context(model, histories, history_candidates=pol.history_candidates, n_candidates=n_candidates,
                         exclude=_resolve_exclude(exclude, histories, pol), catalogue=catalogue, as_of=as_of,
                         value_model=value_model, item_value=item_value, item_vectors=item_vectors,
                         item_popularity=item_popularity, stages=stages, purchase_model=purchase_model)
+    # 'auto' keeps past items for the policies built on them; the stage policy still leaves them out for
+    # its stages whose own policy is not
+    ctx.extras["exclude_history_by_default"] = isinstance(exclude, str) and exclude == "auto"
     if pol.name == "stage" and ctx.stages is None:
         from valuerec.policies.lifecycle import assign_stages, predict_value_safe
         if ctx.as_of is None:

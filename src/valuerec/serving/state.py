@@ -649,7 +649,9 @@ class ServiceState:
         value_model = rt.model if rt.hooks.get("value") is not None else None
         try:
             with torch.no_grad():
-                top, sc = apply_policy(policy, rt.model, seqs, k=k, exclude="history" if exclude_history else None,
+                # "auto": as the CLI, the policies built on past items keep them (favourites; stage, for
+                # its stages whose policy is favourites)
+                top, sc = apply_policy(policy, rt.model, seqs, k=k, exclude="auto" if exclude_history else None,
                                        as_of=self._unix(t), value_model=value_model, item_popularity=popularity,
                                        item_vectors=rt.item_vectors, item_value=rt.item_value,
                                        purchase_model=rt.purchase_model)
