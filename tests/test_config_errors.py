@@ -101,6 +101,9 @@ def test_recommend_value_and_retrain_name_bad_options(cli_setup):
     r = runner.invoke(app, ["recommend", "--model", str(tmp / "pop"), "--store", str(store), "--user", "u1",
                             "--policy", "value_aware", "--policy-params", '{"w": "abc"}'])
     assert r.exit_code == 2 and "w='abc', expected a finite number" in r.output
+    r = runner.invoke(app, ["recommend", "--model", str(tmp / "pop"), "--store", str(store), "--user", "u1",
+                            "--policy-params", '{"w": 5}'])            # plain takes no settings: not ignored
+    assert r.exit_code == 2 and "policy 'plain': unknown parameter(s) ['w']" in r.output, r.output
     r = runner.invoke(app, ["value", "--model", str(tmp / "pop"), "--store", str(store), "--top", "0"])
     assert r.exit_code == 2 and "--top" in r.output
     r = runner.invoke(app, ["retrain", "--model", str(tmp / "pop"), "--store", str(store), "--out", str(tmp / "v"),

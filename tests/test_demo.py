@@ -95,3 +95,25 @@ def test_why_line_lists_only_events_that_raised_the_score():
     line = why_line("x", df)
     assert line == "  why x first: d D (+0.300); e E (+0.200); b (+0.100)"
     assert "why x first: no event" in why_line("x", df[df["effect"] < 0])
+
+
+def test_the_demo_never_adds_to_a_store_it_did_not_write(demo, tmp_path):
+    import pandas as pd
+
+    from valuerec.data.ingest import file_sha256
+    from valuerec.data.store import EventStore
+    from valuerec.demo import demo_data_path, refuse_foreign_store
+    out, _ = demo
+    sha = file_sha256(demo_data_path())
+    refuse_foreign_store(out / "store.duckdb", sha)          # its own store: a rerun may reuse it
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    with EventStore(mine / "store.duckdb") as st:
+        st.add_events(pd.DataFrame({"user_id": ["a"], "item_id": ["x"], "timestamp": [pd.Timestamp("2024-01-01")],
+                                    "event_type": ["view"], "value": [0.0], "quantity": [1.0]}))
+    with pytest.raises(DataError, match="holds 1 events that are not \\(only\\) the bundled sample's"):
+        run_demo(mine, quick=True)
+    with EventStore(mine / "store.duckdb", read_only=True) as st:
+        assert st.count_events() == 1
+    with pytest.raises(DataError, match="cannot create it"):
+        run_demo(Path("/proc/valuerec-demo"), quick=True)

@@ -141,3 +141,21 @@ def test_repeat_baseline_ranks_own_items_by_count_then_popularity(data):
     assert list(top[0][:3]) == [5, 7, 9]
     rest = np.sort(np.delete(m.counts_, [5, 7, 9]))[::-1]
     assert list(m.counts_[top[0][3:]]) == list(rest[:2])     # then the most popular other items
+
+
+def test_recommend_never_returns_an_excluded_item_and_refuses_k_below_one():
+    """k beyond what exclusion leaves: the rest is -1 / -inf, not the excluded items (every model)."""
+    import valuerec.models  # noqa: F401
+    from valuerec.data.dataset import Catalogue, Sequences
+    from valuerec.data.schema import DataError
+    from valuerec.models.base import MODEL_REGISTRY
+
+    cat = Catalogue(item_ids=np.array(["a", "b", "c"], dtype=object))
+    h = Sequences(items=[np.array([0, 1]), np.array([1, 2]), np.array([0, 2])],
+                  times=[np.array([1, 2]) * 86400 + 1.6e9] * 3)
+    for name in ("popularity", "itemknn", "repeat"):
+        m = MODEL_REGISTRY[name](seed=0).fit(h, cat)
+        idx, sc = m.recommend(h.subset([0]), k=100)
+        assert idx.tolist() == [[2, -1, -1]] and np.isfinite(sc[0, 0]) and (sc[0, 1:] == -np.inf).all(), name
+        with pytest.raises(DataError, match="k=0, must be >= 1"):
+            m.recommend(h, k=0)

@@ -123,3 +123,22 @@ def test_rollback_after_a_commit_that_already_ended_the_transaction(tmp_path):
         st.con.execute("BEGIN TRANSACTION")
         st.con.execute("COMMIT")
         st._rollback()                        # no transaction: nothing to do, and no second error
+
+
+def test_a_duckdb_file_that_is_not_an_event_store_is_refused_untouched(tmp_path):
+    import duckdb
+
+    from valuerec.data.schema import DataError
+    duckdb.connect(str(tmp_path / "empty.duckdb")).close()
+    con = duckdb.connect(str(tmp_path / "sales.duckdb"))
+    con.execute("CREATE TABLE sales (x INTEGER)")
+    con.close()
+    with pytest.raises(DataError, match=r"empty.duckdb: a DuckDB database but not a valuerec event store \(it holds"):
+        EventStore(tmp_path / "empty.duckdb", read_only=True)
+    with pytest.raises(DataError, match=r"its tables are \['sales'\]"):
+        EventStore(tmp_path / "sales.duckdb")                     # not even for writing: nothing added
+    con = duckdb.connect(str(tmp_path / "sales.duckdb"), read_only=True)
+    assert [r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()] == ["sales"]
+    con.close()
+    with EventStore(tmp_path / "empty.duckdb") as st:            # an empty database may become a store
+        assert st.count_events() == 0

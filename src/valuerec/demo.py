@@ -71,6 +71,19 @@ def make_value_factory(value_params: dict):
     return DemoTransformerValue
 
 
+def refuse_foreign_store(db: Path, demo_sha256: str) -> None:
+    """The demo writes its own store: one that holds anything but the bundled sample (another file's
+    events, events sent to a service) is refused untouched, so that the demo never adds to a user's data."""
+    if not db.exists():
+        return
+    with EventStore(db, read_only=True) as st:
+        n = st.count_events()
+        shas, added = st.con.execute("SELECT list(DISTINCT sha256), sum(added) FROM ingests").fetchall()[0]
+    if n and (set(shas or []) != {demo_sha256} or n != int(added or 0)):
+        raise DataError(f"--out {db.parent}: its store.duckdb holds {n:,} events that are not (only) the bundled "
+                        "sample's; the demo writes a store of its own, so give another --out (or remove that store)")
+
+
 def run_demo(out: Path, epochs: int | None = None, seed: int = 0, quick: bool = False) -> dict:
     """Run the demo into ``out``; returns a summary (also written to ``out/demo_summary.json``)."""
     t_start = time.perf_counter()
@@ -81,9 +94,11 @@ def run_demo(out: Path, epochs: int | None = None, seed: int = 0, quick: bool = 
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise DataError(f"--out {out}: is a file; give a directory for the demo's store, models and report")
-    out.mkdir(parents=True, exist_ok=True)
     results_dir = out / "results"
-    results_dir.mkdir(exist_ok=True)
+    try:
+        results_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"--out {out}: cannot create it ({e.strerror or e})") from None
     torch.manual_seed(seed)
     np.random.seed(seed)
     summary: dict = {"out": str(out)}
@@ -92,6 +107,7 @@ def run_demo(out: Path, epochs: int | None = None, seed: int = 0, quick: bool = 
 
     console.rule("[bold]1. ingest the bundled data into a DuckDB event store")
     db = out / "store.duckdb"
+    refuse_foreign_store(db, meta["data_sha256"])
     with EventStore(db) as store:
         rep = ingest(store, data)
         info = store.summary()

@@ -137,6 +137,9 @@ def recommend_cmd(
     try:
         types = [t.strip() for t in history_types.split(",") if t.strip()] or None
         pp = parse_policy_params(policy_params)
+        if pp:   # checked for every policy, plain included (which takes none), before any data is read
+            from valuerec.policies.rerank import make_policy
+            make_policy(policy, **pp)
         res = recommend_for_user(model, store, user, k, exclude_history, fallback, types, policy, pp)
     except DataError as e:
         print_error(console, e)

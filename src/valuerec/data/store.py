@@ -176,6 +176,13 @@ class EventStore:
                 raise
             raise mapped from None
         self._lock = threading.RLock()
+        tables = {r[0] for r in self.con.execute(
+            "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database()").fetchall()}
+        if "events" not in tables and (read_only or tables):
+            self.con.close()
+            what = f"its tables are {sorted(tables)[:10]}" if tables else "it holds no table"
+            raise DataError(f"{self.path}: a DuckDB database but not a valuerec event store ({what}); ingest "
+                            "events into a new store with `valuerec ingest FILE --store NEW.duckdb`")
         if not read_only:
             self.con.execute(_SCHEMA)
         # Stores written before event_id became the primary key fall back to an anti-join.

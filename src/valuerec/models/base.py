@@ -97,15 +97,20 @@ class Recommender:
     def recommend(self, histories: Sequences, k: int = 10, exclude: list[np.ndarray] | str | None = "history",
                   ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k item indices and scores per history. ``exclude='history'`` removes items already in
-        the history; a list gives explicit item indices per user; None excludes nothing."""
+        the history; a list gives explicit item indices per user; None excludes nothing. Where fewer
+        than k items are left, the rest of the row is index -1 with score -inf (never an excluded item)."""
+        if int(k) < 1:
+            raise DataError(f"recommend: k={k}, must be >= 1")
         scores = self.score(histories).float()
         if isinstance(exclude, str) and exclude == "history":
             exclude = [h[h >= 0] for h in histories.items]
         if exclude is not None:
             apply_exclusions(scores, exclude)
-        k = min(k, scores.shape[1])
+        k = min(int(k), scores.shape[1])
         top = torch.topk(scores, k, dim=1)
-        return top.indices.cpu().numpy(), top.values.cpu().numpy()
+        idx, val = top.indices.cpu().numpy(), top.values.cpu().numpy()
+        idx[val == -np.inf] = -1
+        return idx, val
 
     def config(self) -> dict:
         return {}

@@ -1220,7 +1220,9 @@ class BehaviourTransformer(Recommender):
         if isinstance(exclude, str) and exclude == "history":
             exclude = [h[h >= 0] for h in histories.items]
         B, N = len(histories), self.n_items
-        k = min(k, N)
+        if int(k) < 1:
+            raise DataError(f"recommend: k={k}, must be >= 1")
+        k = min(int(k), N)
         own = [np.asarray(x)[(np.asarray(x) >= 0) & (np.asarray(x) < N)] for x in histories.items]
         state = self.encode_histories(histories)                            # (B, D)
         n_ex = max((len(e) for e in exclude), default=0) if exclude is not None else 0
@@ -1266,6 +1268,7 @@ class BehaviourTransformer(Recommender):
             kk = min(k, len(cand))
             v, j = torch.topk(s, kk)
             top_i[u, :kk], top_s[u, :kk] = cand[j].numpy(), v.numpy()
+        top_i[top_s == -np.inf] = -1        # fewer than k left: -1, as the full ranking gives
         return top_i, top_s
 
     # -- new items -------------------------------------------------------------------------------
