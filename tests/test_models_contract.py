@@ -159,3 +159,15 @@ def test_recommend_never_returns_an_excluded_item_and_refuses_k_below_one():
         assert idx.tolist() == [[2, -1, -1]] and np.isfinite(sc[0, 0]) and (sc[0, 1:] == -np.inf).all(), name
         with pytest.raises(DataError, match="k=0, must be >= 1"):
             m.recommend(h, k=0)
+
+
+def test_model_classes_import_from_the_package_and_save_refuses_a_file(tmp_path):
+    from valuerec.data.schema import DataError
+    from valuerec.models import ALS, BPR, TIFUKNN, BehaviourTransformer, ItemKNN, Popularity, RepeatPopularity
+    assert {c.name for c in (ALS, BPR, TIFUKNN, BehaviourTransformer, ItemKNN, Popularity, RepeatPopularity)} == {
+        "als", "bpr", "tifuknn", "transformer", "itemknn", "popularity", "repeat"}
+    cat = Catalogue(item_ids=np.array(["a", "b"], dtype=object))
+    m = Popularity().fit(Sequences(items=[np.array([0, 1])], times=[np.array([1, 2])]), cat)
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(DataError, match="f: is a file; a model is saved as a directory"):
+        m.save(tmp_path / "f")

@@ -63,3 +63,27 @@ def test_report_in_headless_chromium(tmp_path):
         assert page.locator("article.user .influences li").count() == 1
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "report.png"), full_page=True)
+
+
+def test_bad_result_files_are_named_and_left_out_and_nav_links_only_present_sections(tmp_path):
+    from valuerec.report.html import render
+    d = tmp_path / "results"
+    d.mkdir()
+    good = {"protocol": "R2", "models": {"popularity": {"metrics": {"ndcg@20": 0.1}}}}
+    (d / "good.json").write_text(json.dumps(good))
+    for name, text in [("str_models", '{"models": "oops"}'), ("a_list", "[1]"), ("int_entry", '{"models": {"x": 5}}'),
+                       ("broken", "{not json")]:
+        (d / f"{name}.json").write_text(text)
+    skipped = []
+    res = load_results(d, skipped)
+    assert list(res) == ["good"]
+    assert sorted(s.split(":")[0] for s in skipped) == ["a_list.json", "broken.json", "int_entry.json",
+                                                         "str_models.json"]
+    page = render(ReportInputs(title="t", results=res, notes=skipped))
+    assert "broken.json: not readable JSON" in page and "<a href='#benchmarks'>" in page
+    for gone in ("#value", "#training", "#examples", "#lifecycle"):       # sections this report does not have
+        assert f"href='{gone}'" not in page
+    (tmp_path / "x").mkdir()
+    full = render(sample_inputs(tmp_path / "x"))
+    assert all(f"href='#{i}'" in full and f"id='{i}'" in full
+               for i in ("benchmarks", "value", "lifecycle", "training", "examples"))

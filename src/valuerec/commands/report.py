@@ -36,6 +36,9 @@ def report_cmd(
         if not p.exists():
             print_error(console, f"{what} {p} does not exist")
             raise typer.Exit(code=2)
+    if results is not None and results.exists() and not results.is_dir():
+        print_error(console, f"--results {results}: is a file; give the directory that holds the result files")
+        raise typer.Exit(code=2)
     try:
         check_out_file(out)
         with console.status("building the report ..."):

@@ -131,7 +131,12 @@ class Recommender:
     # -- persistence ------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
         path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
+        if path.exists() and not path.is_dir():
+            raise DataError(f"{path}: is a file; a model is saved as a directory")
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise DataError(f"{path}: cannot create the model directory ({e.strerror or e})") from None
         meta = {"model": self.name, "config": self.config()}
         if getattr(self, "trained_on_", None):
             meta["trained_on"] = self.trained_on_

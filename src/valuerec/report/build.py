@@ -71,7 +71,7 @@ def build_inputs(model_dir: str | Path, store_path: str | Path, results_dir: str
     model = load_model(model_dir)
     inputs = ReportInputs(title=title)
     if results_dir is not None:
-        inputs.results = load_results(results_dir)
+        inputs.results = load_results(results_dir, inputs.notes)
     inputs.training_curves = training_curves(model)
     with EventStore(store_path, read_only=True) as st:
         events, items = st.events(), st.items()
@@ -137,8 +137,9 @@ def examples(model, events: pd.DataFrame, items: pd.DataFrame, n: int, stages: p
         ex = {"user_id": uid,
               "history": [{"time": str(r.timestamp), "event_type": r.event_type, "item_id": r.item_id,
                            "text": text.get(str(r.item_id))} for r in ev.tail(10).itertuples()],
-              "recommendations": [{"item_id": str(cat.item_ids[i]), "text": text.get(str(cat.item_ids[i]))}
-                                  for i in top[0]]}
+              # past items are kept (repeat buying counts) and marked, so the reader can tell them apart
+              "recommendations": [{"item_id": str(cat.item_ids[i]), "text": text.get(str(cat.item_ids[i])),
+                                   "again": bool(np.isin(i, seqs.items[0]))} for i in top[0] if i >= 0]}
         if predicts_value(model):
             vs = sequences_from(ev, cat, users=np.array([uid], dtype=object), unknown_items="keep")
             pv = model.predict_value(vs, as_of=np.array([now]))

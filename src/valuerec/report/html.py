@@ -33,15 +33,25 @@ class ReportInputs:
     notes: list[str] = field(default_factory=list)
 
 
-def load_results(results_dir: str | Path) -> dict[str, dict]:
+def load_results(results_dir: str | Path, skipped: list[str] | None = None) -> dict[str, dict]:
+    """The result files (``*.json``) of ``results_dir`` by name. A file that is not a result (not JSON,
+    or not an object whose ``models`` maps names to objects) is left out, and said in ``skipped``."""
     out = {}
     d = Path(results_dir)
     if d.exists():
         for p in sorted(d.glob("*.json")):
             try:
-                out[p.stem] = json.loads(p.read_text())
-            except json.JSONDecodeError:
-                continue
+                res = json.loads(p.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
+                why = f"not readable JSON ({type(e).__name__})"
+            else:
+                models = res.get("models") if isinstance(res, dict) else None
+                if isinstance(models, dict) and all(isinstance(v, dict) for v in models.values()):
+                    out[p.stem] = res
+                    continue
+                why = "not a result file (expected an object whose 'models' maps model names to objects)"
+            if skipped is not None:
+                skipped.append(f"{p.name}: {why}; left out")
     return out
 
 
@@ -214,8 +224,10 @@ def examples_section(examples: list[dict]) -> str:
             f"<li>{html.escape(str(h.get('time', '')))} {html.escape(str(h.get('event_type', '')))} "
             f"<code>{html.escape(str(h.get('item_id', '')))}</code> {html.escape(str(h.get('text') or ''))}</li>" for h in hist)
             + "</ol></div>")
-        parts.append("<div><h4>Recommended next</h4><ol class='recs'>" + "".join(
-            f"<li><code>{html.escape(str(r['item_id']))}</code> {html.escape(str(r.get('text') or ''))}</li>"
+        parts.append("<div><h4>Recommended next</h4><p class='meta'>Past items are not left out; "
+                     "<i>again</i> marks one the user had before.</p><ol class='recs'>" + "".join(
+            f"<li><code>{html.escape(str(r['item_id']))}</code> {html.escape(str(r.get('text') or ''))}"
+            + (" <i>again</i>" if r.get("again") else "") + "</li>"
             for r in ex.get("recommendations", [])) + "</ol></div>")
         if ex.get("influences"):
             parts.append("<div><h4>Events that influenced it most</h4><ol class='influences'>" + "".join(
@@ -241,9 +253,11 @@ article.user{border:1px solid #e3e7ec;border-radius:8px;padding:.3rem 1rem;margi
 def render(inputs: ReportInputs) -> str:
     from plotly.offline import get_plotlyjs
 
-    body = [f"<h1>{html.escape(inputs.title)}</h1>",
-            "<nav><a href='#benchmarks'>Benchmarks</a><a href='#value'>Value</a><a href='#lifecycle'>Lifecycle</a>"
-            "<a href='#training'>Training</a><a href='#examples'>Examples</a></nav>"]
+    present = [("benchmarks", "Benchmarks", True), ("value", "Value", bool(inputs.value_eval)),
+               ("lifecycle", "Lifecycle", bool(inputs.lifecycle)), ("training", "Training", bool(inputs.training_curves)),
+               ("examples", "Examples", bool(inputs.examples))]
+    body = [f"<h1>{html.escape(inputs.title)}</h1>",       # links only to the sections this report has
+            "<nav>" + "".join(f"<a href='#{i}'>{t}</a>" for i, t, shown in present if shown) + "</nav>"]
     body += [f"<p class='note'>{html.escape(n)}</p>" for n in inputs.notes]
     body.append("<section id='benchmarks'><h2>Benchmarks beside the baselines</h2>")
     tables = [results_table(name, res) for name, res in inputs.results.items()]
