@@ -87,3 +87,52 @@ def test_new_item_with_text_gets_a_sensible_score_before_any_interaction():
     # and the text model ships inside the package: nothing was downloaded
     assert text_mod.model_path().is_dir()
     assert torch.isfinite(after_mug).all()
+
+
+def test_recommend_and_serve_score_store_items_that_have_no_events_yet(tmp_path):
+    """The item table names two products nobody has bought yet: `recommend` and the service rank them
+    by their text (after a mug, the new candle above the new mug), where before they were unknown."""
+    import json
+
+    import pandas as pd
+    from fastapi.testclient import TestClient
+    from typer.testing import CliRunner
+
+    from valuerec.cli import app
+    from valuerec.data.store import EventStore
+    from valuerec.serving.app import create_app
+    from valuerec.serving.settings import Settings
+
+    texts = MUGS + CANDLES
+    rng = np.random.default_rng(0)
+    rows = []
+    for u in range(200):
+        for t in range(int(rng.integers(4, 10))):
+            i = rng.integers(0, 6) if t % 2 == 0 else 6 + rng.integers(0, 6)
+            rows.append((f"u{u}", f"p{i}", pd.Timestamp("2024-01-01") + pd.Timedelta(days=t), "purchase", 1.0, 1.0))
+    for t, i in enumerate(["p2", "p7", "p3"]):                  # mug, candle, mug: a candle comes next
+        rows.append(("shopper", i, pd.Timestamp("2024-01-01") + pd.Timedelta(days=t), "purchase", 1.0, 1.0))
+    ev = pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp", "event_type", "value", "quantity"])
+    items = pd.DataFrame({"item_id": [f"p{i}" for i in range(12)] + ["new-mug", "new-candle"],
+                          "text": texts + [COLD_MUG, COLD_CANDLE], "attributes": None, "price": 1.0})
+    store = tmp_path / "shop.duckdb"
+    with EventStore(store) as st:
+        st.add_events(ev, items)
+    cfg = json.dumps({"d_model": 32, "n_layers": 1, "max_len": 10, "dropout": 0.1, "batch_size": 32, "lr": 3e-3,
+                      "warmup_steps": 5, "progress": False})
+    r = CliRunner().invoke(app, ["train", "--store", str(store), "--model", "transformer", "--epochs", "25",
+                                 "--config", cfg, "--out", str(tmp_path / "m")])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(app, ["recommend", "--model", str(tmp_path / "m"), "--store", str(store), "--user",
+                                 "shopper", "-k", "14", "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    ranked = [it["item_id"] for it in out["items"]]
+    assert "2 item(s) of the store's item table without events" in out["note"]
+    assert ranked.index("new-candle") < ranked.index("new-mug")
+    settings = Settings.from_env({"VALUEREC_STORE": str(store), "VALUEREC_MODEL_DIR": str(tmp_path / "m"),
+                                  "VALUEREC_API_KEYS": "reader-key-123:read"})
+    with TestClient(create_app(settings)) as c:
+        got = c.get("/v1/users/shopper/recommendations?k=14", headers={"X-API-Key": "reader-key-123"}).json()
+        served = [it["item_id"] for it in got["items"]]
+        assert served.index("new-candle") < served.index("new-mug") and got["model"]

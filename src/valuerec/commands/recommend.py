@@ -40,10 +40,16 @@ def recommend_for_user(model_dir: str | Path, store: str | Path, user: str, k: i
         raise DataError(f"{store}: no such store")
     model = load_model(model_dir)
     require_next_item_head(model, str(model_dir), "; `valuerec value` gives its predictions")
-    cat = model.catalogue_
     with EventStore(store, read_only=True) as st:
         events = st.user_events(str(user))
         time_range = st.time_range()
+        store_items = st.items()
+    added = 0
+    if hasattr(model, "add_store_items") and (not policy or policy == "plain"):
+        # cold start: items of the store's item table with no events yet, scored by their text / attributes
+        # (the re-ranking policies read per-item models fitted on the training catalogue, so not for them)
+        added = model.add_store_items(store_items)
+    cat = model.catalogue_
     if history_types:
         kept = events[events["event_type"].isin(history_types)]
         if len(events) and not len(kept):
@@ -112,6 +118,9 @@ def recommend_for_user(model_dir: str | Path, store: str | Path, user: str, k: i
             "text": cat.text[i] if cat.text is not None else None,
             "price": (float(cat.price[i]) if cat.price is not None and np.isfinite(cat.price[i]) else None),
         })
+    if added:
+        note = ((note + "; ") if note else "") + (f"{added} item(s) of the store's item table without events are "
+                                                  "scored from their text / attributes")
     return {"user": str(user), "model": model.name, "history_events": int(len(events)),
             "history_items_in_catalogue": int(len(known)), "exclude_history": exclude_history,
             "policy": policy or "plain",

@@ -35,12 +35,13 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from valuerec.data.dataset import Catalogue, Sequences
+from valuerec.data.dataset import Catalogue, Sequences, catalogue_from
 from valuerec.configcheck import check_types, require
 from valuerec.data.schema import EVENT_TYPES, DataError
 from valuerec.models.base import Recommender, register
@@ -1321,6 +1322,23 @@ class BehaviourTransformer(Recommender):
         if getattr(self, "ann_", None) is not None:
             self.build_ann_index(**self.ann_params_)
         return self
+
+    def add_store_items(self, items: "pd.DataFrame | None") -> int:
+        """``add_items`` for the rows of a store's item table (``EventStore.items()``) this model has not
+        seen and can score by content: with text when it embeds item text, with attributes when it
+        embeds attributes. The cold start of items that have no events yet; returns how many were added."""
+        cfg = self.model_config
+        if items is None or not len(items) or not (cfg.text_dim or cfg.n_attributes):
+            return 0
+        has_text = items["text"].map(lambda t: isinstance(t, str) and bool(t.strip())) if cfg.text_dim else False
+        has_attrs = (items["attributes"].map(lambda a: isinstance(a, list) and len(a) > 0)
+                     if cfg.n_attributes else False)
+        new = items[(has_text | has_attrs) & ~items["item_id"].astype(str).isin(self.catalogue_.index)]
+        if new.empty:
+            return 0
+        self.add_items(catalogue_from(pd.DataFrame({"item_id": pd.Series([], dtype=object)}), new,
+                                      restrict_to_events=False))
+        return len(new)
 
     # -- persistence -----------------------------------------------------------------------------
     def _save_state(self, path: Path) -> None:

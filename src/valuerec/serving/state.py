@@ -276,6 +276,14 @@ class ServiceState:
         from valuerec.models.purchase_stage import load_purchase_stage
         rt = Runtime(model=model, path=path, version=path.name, loaded_at=time.time(), hooks=find_hooks(model),
                      item_value=load_item_values(path), purchase_model=load_purchase_stage(path))
+        if hasattr(model, "add_store_items") and rt.item_value is None and rt.purchase_model is None:
+            # cold start: items of the store's item table with no events yet, scored by their content (a
+            # model with learned item values or a purchase stage keeps their training catalogue)
+            with self._store_lock:
+                n_new = model.add_store_items(self.store.items())
+            if n_new:
+                log.info("model %s: %d item(s) of the store without events scored from their text / attributes",
+                         path, n_new)
         try:
             rt.item_vectors = item_vectors_of(model)
         except Exception:  # noqa: BLE001 - similarity then falls back to store co-occurrence
