@@ -173,10 +173,12 @@ class BPR(_FactorModel):
             u[-1] = 1.0
             if len(h):
                 pos = V[np.unique(h)]                             # (P, F+1)
-                diff = (pos[:, None, :] - neg[None, :, :]).reshape(-1, F1)  # (P*M, F+1)
+                n_pairs = len(pos) * len(neg)
                 for _ in range(self.fold_in_steps):
-                    x = diff @ u
-                    g = diff.T @ (1.0 / (1.0 + np.exp(x))) / len(diff) - self.regularization * u
+                    # the mean over every (positive, negative) pair of sigmoid(-(pos - neg) . u) (pos - neg),
+                    # without the (P*M, F+1) matrix of differences: P*M scalars and two small products
+                    w = 1.0 / (1.0 + np.exp((pos @ u)[:, None] - (neg @ u)[None, :]))   # (P, M)
+                    g = (pos.T @ w.sum(axis=1) - neg.T @ w.sum(axis=0)) / n_pairs - self.regularization * u
                     g[-1] = 0.0                                   # the bias coordinate stays 1
                     u += 10.0 * g
             out[b] = u
