@@ -179,3 +179,18 @@ def test_report_names_a_missing_results_directory_and_negative_examples(cli_setu
     assert r.exit_code == 2 and "--results directory" in r.output and not (tmp / "r.html").exists()
     r = runner.invoke(app, base + ["--examples", "-3"])
     assert r.exit_code == 2 and "--examples" in r.output
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--protocol", "bogus"], "--protocol 'bogus': expected one of auto, r1, loo, r2, cutoff"),
+    (["--device", "cuda:7"], "--device cuda:7"),
+    (["--stage-companions", "nope", "--purchase-stage"], "--stage-companions: unknown model(s) ['nope']"),
+    (["--stage-companions", "transformer", "--purchase-stage"], "the transformer is the model itself"),
+    (["--stage-companions", "als"], "add --purchase-stage"),
+])
+def test_train_options_are_checked_before_the_data_is_read(tmp_path, args, words):
+    """The store does not even exist: each option error comes first."""
+    r = runner.invoke(app, ["train", "--store", str(tmp_path / "missing.duckdb"), "--model", "transformer",
+                            "--out", str(tmp_path / "m"), *args])
+    assert r.exit_code == 2 and words in " ".join(r.output.split()), r.output
+    assert "no such store" not in r.output

@@ -61,6 +61,9 @@ def parse_config(items: list[str]) -> dict:
     return out
 
 
+PROTOCOLS = ("auto", "r1", "loo", "r2", "cutoff")
+
+
 def load_split(data: Path | None, store: Path | None, protocol: str, cutoff: str | None,
                valid_cutoff: str | None, cache_dir: Path):
     """Events from a file (ingested once into a cached store) or a store, split by the protocol.
@@ -110,7 +113,7 @@ def load_split(data: Path | None, store: Path | None, protocol: str, cutoff: str
                  else tuple(sorted(events["event_type"].astype(str).unique())))
         return cutoff_split(events, items, cutoff or R2_CUTOFF, valid_cutoff or R2_VALID_CUTOFF,
                             target_types=types, history_types=types), protocol
-    raise DataError(f"--protocol {protocol!r}: expected auto, r1, loo, r2 or cutoff")
+    raise DataError(f"--protocol {protocol!r}: expected one of {', '.join(PROTOCOLS)}")
 
 
 def value_only_split(events):
@@ -198,6 +201,21 @@ def train_cmd(
         if not (math.isfinite(item_value_horizon) and item_value_horizon > 0):
             raise DataError(f"--item-value-horizon {item_value_horizon}: must be a number of days > 0")
         cutoff_t, valid_t = parse_time(cutoff, "--cutoff"), parse_time(valid_cutoff, "--valid-cutoff")
+        # the rest of the options, before any data is read
+        if protocol not in PROTOCOLS:
+            raise DataError(f"--protocol {protocol!r}: expected one of {', '.join(PROTOCOLS)}")
+        if params.get("device", "auto") != "auto":
+            from valuerec.commands.bench import check_device
+            check_device(params["device"])
+        companions = [c.strip() for c in stage_companions.split(",") if c.strip()]
+        unknown = sorted(set(companions) - set(MODEL_REGISTRY))
+        if unknown:
+            raise DataError(f"--stage-companions: unknown model(s) {unknown}; registered: {sorted(MODEL_REGISTRY)}")
+        if "transformer" in companions:
+            raise DataError("--stage-companions: the companions are fitted with their default settings and no "
+                            "validation; the transformer is the model itself (give baselines, e.g. als,bpr)")
+        if companions and not purchase_stage:
+            raise DataError("--stage-companions is for the purchase stage: add --purchase-stage")
         if out.exists() and not out.is_dir():
             raise DataError(f"--out {out}: is a file, expected a directory to write the model to")
         if out.is_dir() and any(out.iterdir()) and not (out / "config.json").exists():
@@ -211,12 +229,6 @@ def train_cmd(
             torch.distributed.barrier()   # let the main rank ingest (and cache) the data first
         split, used = load_split(data, store, protocol, cutoff_t and str(cutoff_t), valid_t and str(valid_t),
                                  cache_dir)
-        companions = [c.strip() for c in stage_companions.split(",") if c.strip()]
-        unknown = sorted(set(companions) - set(MODEL_REGISTRY))
-        if unknown:
-            raise DataError(f"--stage-companions: unknown model(s) {unknown}; registered: {sorted(MODEL_REGISTRY)}")
-        if companions and not purchase_stage:
-            raise DataError("--stage-companions is for the purchase stage: add --purchase-stage")
         if purchase_stage and "valid_cutoff" not in split.info:
             raise DataError(f"--purchase-stage learns from the validation window of a cut-off split; the {used!r} "
                             "split has none (use --protocol r2 or cutoff)")
