@@ -249,6 +249,10 @@ def choose_variant(result: dict, among: list[str], as_name: str, metric: str | N
         raise DataError(f"choose: give at least two different candidates, got {among}")
     if as_name in result["models"]:
         raise DataError(f"choose: the result already has a model {as_name!r}; choose into a new name")
+    bases = {m.split(":", 1)[0] for m in among}
+    if bases != {as_name.split(":", 1)[0]}:
+        raise DataError(f"choose: --as {as_name!r} would file configurations of {sorted(bases)} under another "
+                        f"model's name; name it after them (e.g. {sorted(bases)[0]!r})")
     missing = [m for m in among if m not in result["models"]]
     if missing:
         raise DataError(f"choose: no model {missing} in the result (it has {sorted(result['models'])})")
