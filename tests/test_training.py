@@ -307,3 +307,11 @@ def test_train_refit_under_torchrun_two_processes(tmp_path):
     r = m["refit"]
     assert r["epochs"] == (r["best"] or {}).get("epoch", len(r["history"]))
     assert len(m["history"]) == r["epochs"] and r["chosen_during_fit"]["cooc_weight"] != "auto"
+
+
+def test_a_monitor_the_validation_does_not_compute_is_a_data_error():
+    """revenue@k passes the settings check but needs validation targets with revenue: said at the first
+    validation, not a KeyError."""
+    train, task, cat = pattern_data(60)
+    with pytest.raises(DataError, match=r"monitor='revenue@10' is not among the validation metrics \[.*ndcg@10"):
+        BehaviourTransformer(seed=0, epochs=1, monitor="revenue@10", **SMALL).fit(train, cat, valid=task)

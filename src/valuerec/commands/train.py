@@ -45,8 +45,13 @@ def parse_config(items: list[str]) -> dict:
                 obj = json.loads(item)
             except json.JSONDecodeError as e:
                 raise DataError(f"--config {item!r}: not valid JSON ({e})") from None
-        elif item.endswith(".json") and os.path.exists(item):
-            obj = json.loads(Path(item).read_text())
+        elif item.endswith(".json") and ("=" not in item or os.path.exists(item)):
+            try:
+                obj = json.loads(Path(item).read_text())
+            except OSError as e:
+                raise DataError(f"--config {item}: cannot read the file ({e.strerror or e})") from None
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise DataError(f"--config {item}: not a valid JSON file ({e})") from None
         elif "=" in item:
             key, value = item.split("=", 1)
             try:

@@ -35,6 +35,11 @@ from valuerec.training.optim import LazyAdamW, clip_grad_norm, has_sparse_grads
 log = logging.getLogger(__name__)
 
 
+# what early stopping can monitor: a higher-is-better metric the validation pass computes
+# (evaluation.metrics; the transformer's validation_ks adds the monitor's k to the pass)
+MONITOR_PATTERN = r"mrr|(ndcg|hr|recall|revenue)@[1-9]\d*"
+
+
 @dataclass
 class TrainConfig:
     epochs: int = 200
@@ -68,10 +73,18 @@ class TrainConfig:
             raise DataError(f"train config: schedule={self.schedule!r}, expected 'constant' or 'cosine'")
         if not 0.0 <= self.ema_decay < 1.0:
             raise DataError(f"train config: ema_decay must be in [0, 1) (got {self.ema_decay})")
+        if not re.fullmatch(MONITOR_PATTERN, self.monitor):
+            raise DataError(f"train config: monitor={self.monitor!r}, expected mrr or <metric>@<k> with metric "
+                            "ndcg, hr, recall or revenue and k >= 1 (e.g. ndcg@10)")
         wrong = [f"{name}={getattr(self, name)} (must be {rule})" for name, ok, rule in (
             ("epochs", self.epochs >= 0, ">= 0"), ("batch_size", self.batch_size >= 1, ">= 1"),
             ("lr", self.lr > 0, "> 0"), ("patience", self.patience >= 1, ">= 1"),
-            ("eval_every", self.eval_every >= 1, ">= 1")) if not ok]
+            ("eval_every", self.eval_every >= 1, ">= 1"), ("beta2", 0.0 <= self.beta2 < 1.0, "in [0, 1)"),
+            ("weight_decay", self.weight_decay >= 0, ">= 0"), ("warmup_steps", self.warmup_steps >= 0, ">= 0"),
+            ("grad_clip", self.grad_clip >= 0, ">= 0 (0 = off)"), ("min_epochs", self.min_epochs >= 0, ">= 0"),
+            ("max_seconds", self.max_seconds >= 0, ">= 0 (0 = no limit)"),
+            ("num_threads", self.num_threads >= 0, ">= 0 (0 = torch's default)"),
+            ("checkpoint_every", self.checkpoint_every >= 1, ">= 1")) if not ok]
         if wrong:
             raise DataError("train config: " + ", ".join(wrong))
 
@@ -227,6 +240,9 @@ def train_model(model: nn.Module, n_examples: int, make_batch: Callable[[np.ndar
                     model.eval()
                     with ema.swapped() if ema is not None else contextlib.nullcontext():
                         metrics = evaluate_fn(model)
+                        if cfg.monitor not in metrics:   # e.g. revenue@k on validation data without revenue
+                            raise DataError(f"train config: monitor={cfg.monitor!r} is not among the validation "
+                                            f"metrics {sorted(k for k in metrics if k[0].isalpha())}")
                         score = metrics[cfg.monitor]
                         improved = best is None or score > best[cfg.monitor]
                         if improved:   # the weights validated (the average, when kept)
