@@ -28,6 +28,8 @@ runner = CliRunner()
     ("epochs", -3, "train config: epochs=-3 (must be >= 0)"),
     ("lr", 0, "train config: lr=0.0 (must be > 0)"),
     ("device", "tpu", "device='tpu', expected auto, cpu, cuda, cuda:N or mps"),
+    # no head left to train (value_weight and churn_weight default to 0)
+    ("next_item_weight", 0, "next_item_weight, value_weight and churn_weight are all 0"),
     # ranges torch would refuse (beta2, num_threads) or the loop trip over (checkpoint_every, monitor) only
     # after the data are read, and ones that were taken silently
     ("beta2", 1.5, "train config: beta2=1.5 (must be in [0, 1))"),
@@ -208,3 +210,14 @@ def test_report_names_a_missing_results_directory_and_negative_examples(cli_setu
     assert r.exit_code == 2 and "--results directory" in r.output and not (tmp / "r.html").exists()
     r = runner.invoke(app, base + ["--examples", "-3"])
     assert r.exit_code == 2 and "--examples" in r.output
+
+
+def test_train_refuses_a_transformer_with_every_head_off(cli_setup):
+    """next_item_weight=0 without a value or churn head trained nothing (loss 0.0000) and saved it."""
+    tmp, store = cli_setup
+    r = runner.invoke(app, ["train", "--store", str(store), "--model", "transformer", "--out", str(tmp / "m0"),
+                            "--config", "next_item_weight=0", "--config", "d_model=8"])
+    out = " ".join(r.output.split())
+    assert r.exit_code == 2 and "next_item_weight, value_weight and churn_weight are all 0" in out, r.output
+    assert "split" not in r.output and not (tmp / "m0").exists()
+    assert _split_kwargs({"next_item_weight": 0, "churn_weight": 1})[0].churn_weight == 1.0   # one head is enough

@@ -152,6 +152,10 @@ class TransformerConfig:
             "churn_weight": (c.churn_weight, c.churn_weight >= 0, ">= 0"),
             "next_item_weight": (c.next_item_weight, c.next_item_weight >= 0, ">= 0"),
         })
+        if not (self.next_item_weight > 0 or self.value_weight > 0 or self.churn_weight > 0):
+            # every head off: the loss is 0 and training would save the initial weights
+            raise DataError("transformer config: next_item_weight, value_weight and churn_weight are all 0, so "
+                            "there is nothing to learn; set at least one of them > 0")
         if self.d_model % self.n_heads:
             raise DataError(f"transformer config: d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
         if self.loss not in ("ce", "sampled"):
