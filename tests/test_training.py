@@ -315,3 +315,28 @@ def test_a_monitor_the_validation_does_not_compute_is_a_data_error():
     train, task, cat = pattern_data(60)
     with pytest.raises(DataError, match=r"monitor='revenue@10' is not among the validation metrics \[.*ndcg@10"):
         BehaviourTransformer(seed=0, epochs=1, monitor="revenue@10", **SMALL).fit(train, cat, valid=task)
+
+
+def test_diverged_training_stops_before_anything_is_saved(tmp_path):
+    """lr=1e9 used to log 'loss nan', save the model and write a bare NaN into metrics.json."""
+    train, task, cat = pattern_data(60)
+    cfg = dict(SMALL, lr=1e9, grad_clip=0.0, warmup_steps=0)
+    with pytest.raises(DataError, match=r"training diverged: the training loss is nan in epoch 1 \(lr=1e\+09.*"
+                                        r"nothing was saved.*lower lr"):
+        BehaviourTransformer(seed=0, epochs=3, checkpoint_dir=str(tmp_path / "ck"), **cfg).fit(train, cat, valid=task)
+    assert not (tmp_path / "ck").exists()
+
+
+def test_metrics_json_holds_no_bare_nan(tmp_path):
+    from valuerec.evaluation.results import finite_json
+    assert finite_json({"a": [np.float32("nan"), 1.5, float("inf")], "b": np.int64(3), "c": True}) == \
+        {"a": [None, 1.5, None], "b": 3, "c": True}
+    train, task, cat = pattern_data(60)
+    model = BehaviourTransformer(seed=0, epochs=1, **SMALL).fit(train, cat, valid=task)
+    model.history_[0]["train_loss"] = float("nan")
+    model.save(tmp_path / "m")
+
+    def refuse(c):
+        raise ValueError(f"not JSON: {c}")
+    m = json.loads((tmp_path / "m" / "metrics.json").read_text(), parse_constant=refuse)
+    assert m["history"][0]["train_loss"] is None

@@ -176,6 +176,7 @@ def train_cmd(
 
     import valuerec.models  # noqa: F401  (registers every model)
     from valuerec.evaluation.metrics import evaluate
+    from valuerec.evaluation.results import finite_json
     from valuerec.models.base import MODEL_REGISTRY
     from valuerec.training import distributed
 
@@ -288,7 +289,7 @@ def train_cmd(
                             "data": str(data) if data else None, "store": str(store) if store else None})
             if selection:
                 metrics["refit"] = {"trained_on": "train_full", "valid_from": "the validation-stopped fit", **selection}
-            mpath.write_text(json.dumps(metrics, indent=2, default=float))
+            mpath.write_text(json.dumps(finite_json(metrics), indent=2, default=float, allow_nan=False))
             replace_dir(out, final_out)
             shown = {k: round(v, 4) for k, v in (test or val or {}).items() if "@" in k or k == "mrr"}
             console.log(f"saved {final_out} (trained {train_seconds:.0f}s); "

@@ -1334,7 +1334,8 @@ class BehaviourTransformer(Recommender):
         metrics = {"history": getattr(self, "history_", []), "best": getattr(self, "best_", None),
                    "advocate_value_threshold": getattr(self, "advocate_value_threshold_", None),
                    "cooc_selection": getattr(self, "cooc_selection_", None)}
-        (path / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
+        from valuerec.evaluation.results import finite_json
+        (path / "metrics.json").write_text(json.dumps(finite_json(metrics), indent=2, default=float, allow_nan=False))
 
     def _load_state(self, path: Path) -> None:
         from safetensors.torch import load_file

@@ -229,6 +229,10 @@ def train_model(model: nn.Module, n_examples: int, make_batch: Callable[[np.ndar
             for k, v in sums.items():
                 name = "train_loss" if k == "loss" else f"train_{k}"
                 row[name] = dist_utils.all_reduce_mean(v / max(n_batches, 1), device)
+            if not math.isfinite(row["train_loss"]):   # diverged: stop before a checkpoint or a model is saved
+                raise DataError(f"training diverged: the training loss is {row['train_loss']} in epoch {epoch + 1} "
+                                f"(lr={cfg.lr:g}, grad_clip={cfg.grad_clip:g}); nothing was saved. Train again with "
+                                "a lower lr, or a grad_clip > 0 (e.g. 1)")
 
             # -- validation and early stopping (decided on the main rank, shared with the others)
             time_up = bool(dist_utils.broadcast_object(
