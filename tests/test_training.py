@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -340,3 +341,30 @@ def test_metrics_json_holds_no_bare_nan(tmp_path):
         raise ValueError(f"not JSON: {c}")
     m = json.loads((tmp_path / "m" / "metrics.json").read_text(), parse_constant=refuse)
     assert m["history"][0]["train_loss"] is None
+
+
+def test_resume_refuses_a_checkpoint_of_another_run(tmp_path):
+    """A checkpoint_dir reused with other settings resumed the first run's finished state, trained nothing and
+    handed back its weights (or died on a size mismatch); now it names what differs."""
+    train, task, cat = pattern_data(60)
+    ck = str(tmp_path / "ck")
+    BehaviourTransformer(seed=1, epochs=2, checkpoint_dir=ck, **SMALL).fit(train, cat, valid=task)
+    for change, message in ((dict(lr=0.01), "lr=0.003 there, 0.01 now"), (dict(dropout=0.2), "dropout=0.1 there"),
+                            (dict(d_model=16), "d_model=32 there, 16 now"), (dict(seed=2), "seed=1 there, 2 now")):
+        kw = {**SMALL, "seed": 1, **change}
+        with pytest.raises(DataError, match=rf"checkpoint_dir {ck}: the checkpoint there is another run's \(.*"
+                                            rf"{re.escape(message)}.*Use another checkpoint_dir, or delete {ck}"):
+            BehaviourTransformer(epochs=2, checkpoint_dir=ck, **kw).fit(train, cat, valid=task)
+    other, other_task, _ = pattern_data(40, seed=5)     # other data: another number of training windows
+    with pytest.raises(DataError, match=r"training_examples=\d+ there, \d+ now"):
+        BehaviourTransformer(seed=1, epochs=2, checkpoint_dir=ck, **SMALL).fit(other, cat, valid=other_task)
+    # what may change on resume: more epochs (training continues), stopping rules, where it runs
+    more = BehaviourTransformer(seed=1, epochs=3, checkpoint_dir=ck, patience=5, checkpoint_every=2, device="cpu",
+                                **SMALL).fit(train, cat, valid=task)
+    assert [r["epoch"] for r in more.history_] == [1, 2, 3]
+    # a checkpoint from before runs were recorded is still checked on its weights' shapes
+    state = json.loads((tmp_path / "ck" / "state.json").read_text())
+    del state["run"]
+    (tmp_path / "ck" / "state.json").write_text(json.dumps(state))
+    with pytest.raises(DataError, match=r"its weights do not fit this model \(.*\[.*32\] there, \[.*16\] now"):
+        BehaviourTransformer(seed=1, epochs=4, checkpoint_dir=ck, **{**SMALL, "d_model": 16}).fit(train, cat, valid=task)

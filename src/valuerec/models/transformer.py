@@ -824,7 +824,7 @@ class BehaviourTransformer(Recommender):
 
         result = train_model(self.module_, n_examples, make_batch, self.train_config, seed=self.seed,
                              evaluate_fn=validate if valid is not None and len(valid) else None,
-                             lengths=lengths)
+                             lengths=lengths, run_info=asdict(cfg))
         self.module_ = result.model
         self.history_ = result.history
         self.best_ = result.best

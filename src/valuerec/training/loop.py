@@ -19,7 +19,7 @@ import sys
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -38,6 +38,13 @@ log = logging.getLogger(__name__)
 # what early stopping can monitor: a higher-is-better metric the validation pass computes
 # (evaluation.metrics; the transformer's validation_ks adds the monitor's k to the pass)
 MONITOR_PATTERN = r"mrr|(ndcg|hr|recall|revenue)@[1-9]\d*"
+
+
+# Train settings a resumed run may change: where and how often it checkpoints, what it runs on, and when
+# it stops (a larger epochs continues a finished run). The others, the seed, the number of training
+# examples and the model's own settings (``run_info``) must be the checkpoint's: see ``train_model``.
+RESUMABLE = frozenset({"epochs", "max_seconds", "patience", "min_epochs", "checkpoint_dir", "checkpoint_every",
+                       "progress", "device", "amp", "num_threads"})
 
 
 @dataclass
@@ -143,11 +150,13 @@ def epoch_batches(n: int, batch_size: int, rng: np.random.Generator, lengths: np
 
 def train_model(model: nn.Module, n_examples: int, make_batch: Callable[[np.ndarray], Any], cfg: TrainConfig,
                 seed: int = 0, evaluate_fn: Callable[[nn.Module], dict] | None = None,
-                lengths: np.ndarray | None = None) -> TrainResult:
+                lengths: np.ndarray | None = None, run_info: dict | None = None) -> TrainResult:
     """Train ``model`` (in place) and return it with the best validation weights loaded.
 
     ``evaluate_fn(model) -> metrics`` runs on the main rank with the model in eval mode; its
     ``cfg.monitor`` entry drives early stopping. Without it, the last epoch's weights are kept.
+    ``run_info``: what else determines the run (the model's settings, JSON-able); a checkpoint keeps it
+    with the train settings, seed and example count, and resuming refuses a checkpoint where they differ.
     """
     dist = dist_utils.setup(cfg.device)
     if cfg.num_threads:
@@ -179,8 +188,10 @@ def train_model(model: nn.Module, n_examples: int, make_batch: Callable[[np.ndar
     best: dict | None = None
     best_state: dict[str, torch.Tensor] | None = None
     bad_evals, start_epoch, step = 0, 0, 0
+    run = {**(run_info or {}), **{k: v for k, v in asdict(cfg).items() if k not in RESUMABLE},
+           "seed": seed, "training_examples": n_examples}
     if ckpt.has_checkpoint(cfg.checkpoint_dir):
-        state, best_state = ckpt.load_checkpoint(cfg.checkpoint_dir, model, opt, device)
+        state, best_state = ckpt.load_checkpoint(cfg.checkpoint_dir, model, opt, device, run=run)
         start_epoch, step = state["epoch"], state["step"]
         history, best, bad_evals = state.get("history", []), state.get("best"), state.get("bad_evals", 0)
         if dist.is_main:
@@ -277,7 +288,7 @@ def train_model(model: nn.Module, n_examples: int, make_batch: Callable[[np.ndar
             if cfg.checkpoint_dir and dist.is_main and ((epoch + 1) % cfg.checkpoint_every == 0 or last):
                 ckpt.save_checkpoint(cfg.checkpoint_dir, model, opt, epoch + 1, step, best_state,
                                      {"history": history, "best": best, "bad_evals": bad_evals, "stopped": stop,
-                                      "seed": seed}, ema=ema.state if ema is not None else None)
+                                      "seed": seed, "run": run}, ema=ema.state if ema is not None else None)
             if stop:
                 if dist.is_main and best is not None:
                     log.info("early stop after epoch %d; best %s %.4f at epoch %d", epoch + 1, cfg.monitor,
