@@ -368,3 +368,31 @@ def test_resume_refuses_a_checkpoint_of_another_run(tmp_path):
     (tmp_path / "ck" / "state.json").write_text(json.dumps(state))
     with pytest.raises(DataError, match=r"its weights do not fit this model \(.*\[.*32\] there, \[.*16\] now"):
         BehaviourTransformer(seed=1, epochs=4, checkpoint_dir=ck, **{**SMALL, "d_model": 16}).fit(train, cat, valid=task)
+
+
+def test_train_refit_with_a_checkpoint_dir_is_a_fresh_fit(tmp_path):
+    """The refit inherited checkpoint_dir, resumed the validation fit's finished checkpoint, trained 0 epochs and
+    saved the validation fit's weights as the refit. It now checkpoints in DIR/refit, so a killed refit resumes
+    its own fit."""
+    from safetensors.torch import load_file
+    from typer.testing import CliRunner
+
+    from valuerec.cli import app
+
+    data = write_events_csv(tmp_path / "events.csv", n_users=60, seed=0)
+    ck = tmp_path / "ck"
+    outs = [tmp_path / "m1", tmp_path / "m2"]
+    for out in outs:    # the second run resumes both finished checkpoints: the same model again
+        res = CliRunner().invoke(app, ["train", "--data", str(data), "--out", str(out), "--epochs", "3", "--refit",
+                                       "--cache-dir", str(tmp_path / "stores"), "--device", "cpu", "--config",
+                                       json.dumps({"d_model": 16, "n_layers": 1, "progress": False,
+                                                   "checkpoint_dir": str(ck)})])
+        assert res.exit_code == 0, res.output
+    m = json.loads((outs[0] / "metrics.json").read_text())
+    n = m["refit"]["epochs"]
+    assert len(m["history"]) == n and all("val" not in h for h in m["history"])   # the refit's own epochs
+    assert json.loads((ck / "refit" / "state.json").read_text())["epoch"] == n
+    saved = [load_file(str(out / "model.safetensors")) for out in outs]
+    valid_fit = load_file(str(ck / "best.safetensors"))
+    assert any(not torch.equal(saved[0][k], valid_fit[k]) for k in valid_fit if valid_fit[k].is_floating_point())
+    assert all(torch.equal(saved[0][k], saved[1][k]) for k in saved[0])

@@ -258,11 +258,14 @@ def train_cmd(
         valid_model, selection = model, None
         if refit:
             from valuerec.evaluation.protocols import chosen_epochs
+            from valuerec.training.checkpoint import nested_checkpoint
             # the main rank tracked validation (and chose the prior's weight): every rank refits as it says
             n_epochs, inside = distributed.broadcast_object((chosen_epochs(model), model.refit_params()))
             selection = {"epochs": n_epochs, "chosen_during_fit": inside, "train_seconds": train_seconds,
                          "best": model.best_, "history": model.history_}
-            model = MODEL_REGISTRY[model_name](seed=seed, **{**params, **inside, "epochs": n_epochs})
+            # a fresh fit: with a checkpoint_dir, its own (DIR/refit), not the validation fit's finished one
+            model = MODEL_REGISTRY[model_name](seed=seed, **nested_checkpoint({**params, **inside, "epochs": n_epochs},
+                                                                               "refit"))
             t0 = time.perf_counter()
             model.fit(split.train_full, split.catalogue)
             train_seconds = time.perf_counter() - t0

@@ -82,6 +82,15 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.o
         shutil.rmtree(old)
 
 
+def nested_checkpoint(params: dict, name: str) -> dict:
+    """``params`` with their checkpoint_dir (if any) moved to its subfolder ``name``, for another fit of the
+    same command (a refit, another seed or grid point): it resumes its own checkpoint, never the other
+    fit's. A parent checkpoint written again (its training went on) drops them: they start afresh."""
+    if not params.get("checkpoint_dir"):
+        return params
+    return {**params, "checkpoint_dir": str(Path(params["checkpoint_dir"]) / name)}
+
+
 def has_checkpoint(path: str | Path | None) -> bool:
     return path is not None and (Path(path) / "state.json").exists()
 
