@@ -358,6 +358,12 @@ def test_resume_refuses_a_checkpoint_of_another_run(tmp_path):
     other, other_task, _ = pattern_data(40, seed=5)     # other data: another number of training windows
     with pytest.raises(DataError, match=r"training_examples=\d+ there, \d+ now"):
         BehaviourTransformer(seed=1, epochs=2, checkpoint_dir=ck, **SMALL).fit(other, cat, valid=other_task)
+    # as many windows, other events (each history one event longer, as in a refit on train + validation)
+    longer = Sequences(items=[np.append(x, (x[-1] + 1) % N) for x in train.items],
+                       times=[np.append(t, t[-1] + 3600) for t in train.times],
+                       event_types=[np.append(e, 0) for e in train.event_types])
+    with pytest.raises(DataError, match=r"another run's \(training_data='\w+' there, '\w+' now\)"):
+        BehaviourTransformer(seed=1, epochs=2, checkpoint_dir=ck, **SMALL).fit(longer, cat, valid=task)
     # what may change on resume: more epochs (training continues), stopping rules, where it runs
     more = BehaviourTransformer(seed=1, epochs=3, checkpoint_dir=ck, patience=5, checkpoint_every=2, device="cpu",
                                 **SMALL).fit(train, cat, valid=task)

@@ -824,7 +824,7 @@ class BehaviourTransformer(Recommender):
 
         result = train_model(self.module_, n_examples, make_batch, self.train_config, seed=self.seed,
                              evaluate_fn=validate if valid is not None and len(valid) else None,
-                             lengths=lengths, run_info=asdict(cfg))
+                             lengths=lengths, run_info=self._run_info(raw))
         self.module_ = result.model
         self.history_ = result.history
         self.best_ = result.best
@@ -834,6 +834,20 @@ class BehaviourTransformer(Recommender):
         if self.module_.value_heads is not None:
             self._value_reference(raw)
         return self
+
+    def _run_info(self, train: Sequences) -> dict:
+        """What a checkpoint must share with this fit beside the train settings: the model's settings and,
+        when it checkpoints, a digest of the training events (other data of the same size is another run)."""
+        info = asdict(self.model_config)
+        if self.train_config.checkpoint_dir:
+            import hashlib
+            h = hashlib.blake2b(digest_size=8)
+            for arrays in (train.items, train.times, train.event_types, train.values):
+                for a in arrays or []:
+                    h.update(len(a).to_bytes(8, "little") + np.ascontiguousarray(a).tobytes())
+                h.update(b"|")
+            info["training_data"] = h.hexdigest()
+        return info
 
     # -- co-occurrence prior -----------------------------------------------------------------------
     def _fit_cooc(self, train: Sequences, valid) -> None:
