@@ -243,7 +243,7 @@ def train_model(model: nn.Module, n_examples: int, make_batch: Callable[[np.ndar
             if not math.isfinite(row["train_loss"]):   # diverged: stop before a checkpoint or a model is saved
                 raise DataError(f"training diverged: the training loss is {row['train_loss']} in epoch {epoch + 1} "
                                 f"(lr={cfg.lr:g}, grad_clip={cfg.grad_clip:g}); nothing was saved. Train again with "
-                                "a lower lr, or a grad_clip > 0 (e.g. 1)")
+                                f"a lower lr{', or grad_clip=1' if not cfg.grad_clip else ' or grad_clip'}")
 
             # -- validation and early stopping (decided on the main rank, shared with the others)
             time_up = bool(dist_utils.broadcast_object(
