@@ -461,3 +461,21 @@ def test_r1_refit_trains_every_seed_on_train_full_for_the_epochs_validation_chos
     assert s["final_fit_on"] == "train (early stopping on valid)" and "refit_epochs" not in s["validation"]
     res = runner.invoke(app, ["bench", "merge", str(outs["refit"]), str(outs["stopped"]), "--out", str(tmp_path / "x.json")])
     assert res.exit_code == 2 and "refit_full differs" in res.output and not (tmp_path / "x.json").exists()
+
+
+def test_bench_fits_with_a_checkpoint_dir_resume_only_their_own(tmp_path):
+    """Every fit of a bench run (each grid point, each seed's refit) shared the params' checkpoint_dir: a refit
+    resumed the selection fit's finished checkpoint and trained nothing. Each now has its own subfolder."""
+    data = write_s3rec(tmp_path / "Tiny.txt")
+    ck = tmp_path / "ck"
+    tiny = {"d_model": 16, "n_layers": 1, "max_len": 8, "epochs": 3, "batch_size": 32, "progress": False,
+            "warmup_steps": 0, "dropout": [0.0, 0.2], "checkpoint_dir": str(ck)}
+    res = runner.invoke(app, ["bench", "r1", "--data", str(data), "--models", "transformer", "--params",
+                              json.dumps({"transformer": tiny}), "--cache-dir", str(tmp_path / "stores"), "--no-tune",
+                              "--seeds", "2", "--out", str(tmp_path / "r1.json")])
+    assert res.exit_code == 0, res.output
+    e = json.loads((tmp_path / "r1.json").read_text())["models"]["transformer"]
+    epochs = e["validation"]["refit_epochs"]
+    for run in e["per_seed"]:
+        assert run["epochs_run"] == epochs and run["best_epoch"] is None   # trained afresh, no validation
+    assert sorted(p.name for p in ck.iterdir()) == ["grid-0", "grid-1", "refit-seed0", "refit-seed1"]

@@ -241,3 +241,15 @@ def test_retrain_rejection_says_why_under_a_negative_tolerance(cli_setup_grown):
         assert "does not beat the current model by 1000 (--tolerance -1000)" in out and "is worse" not in out
     else:
         assert "the candidate is worse; nothing written" in out
+
+
+def test_train_that_diverges_saves_nothing(cli_setup):
+    """--config lr=1e9 saved a model trained to NaN and a metrics.json with a bare NaN in it."""
+    tmp, store = cli_setup
+    r = runner.invoke(app, ["train", "--store", str(store), "--model", "transformer", "--out", str(tmp / "mn"),
+                            "--config", '{"d_model": 8, "epochs": 4, "lr": 1e9, "grad_clip": 0, "warmup_steps": 0, '
+                                        '"progress": false}'])
+    out = " ".join(r.output.split())
+    assert r.exit_code == 2 and "training diverged: the training loss is nan in epoch" in out, r.output
+    assert "lower lr" in out and "Traceback" not in r.output
+    assert not (tmp / "mn").exists() and not any(".partial" in p.name for p in tmp.iterdir())

@@ -28,6 +28,21 @@ runner = CliRunner()
     ("epochs", -3, "train config: epochs=-3 (must be >= 0)"),
     ("lr", 0, "train config: lr=0.0 (must be > 0)"),
     ("device", "tpu", "device='tpu', expected auto, cpu, cuda, cuda:N or mps"),
+    # no head left to train (value_weight and churn_weight default to 0)
+    ("next_item_weight", 0, "next_item_weight, value_weight and churn_weight are all 0"),
+    # ranges torch would refuse (beta2, num_threads) or the loop trip over (checkpoint_every, monitor) only
+    # after the data are read, and ones that were taken silently
+    ("beta2", 1.5, "train config: beta2=1.5 (must be in [0, 1))"),
+    ("num_threads", -2, "num_threads=-2 (must be >= 0"),
+    ("checkpoint_every", 0, "checkpoint_every=0 (must be >= 1)"),
+    ("grad_clip", -1, "grad_clip=-1.0 (must be >= 0"),
+    ("weight_decay", -1, "weight_decay=-1.0 (must be >= 0)"),
+    ("warmup_steps", -5, "warmup_steps=-5 (must be >= 0)"),
+    ("min_epochs", -3, "min_epochs=-3 (must be >= 0)"),
+    ("max_seconds", -1, "max_seconds=-1.0 (must be >= 0"),
+    ("monitor", "bogus", "train config: monitor='bogus', expected mrr or <metric>@<k>"),
+    ("monitor", "ndcg@0", "monitor='ndcg@0'"),
+    ("monitor", "loss@10", "monitor='loss@10'"),
 ])
 def test_transformer_settings_are_checked(key, value, message):
     with pytest.raises(DataError) as e:
@@ -40,6 +55,25 @@ def test_whole_floats_become_ints_and_good_settings_pass():
                             "cooc_weight": "auto", "lr": 1})
     assert mc.max_len == 50 and isinstance(mc.max_len, int) and isinstance(mc.dropout, float)
     assert tc.device == "cuda:1" and tc.lr == 1.0 and mc.cooc_weight == "auto"
+
+
+def test_every_monitor_the_validation_computes_is_accepted():
+    for monitor in ("ndcg@10", "hr@5", "recall@20", "mrr", "revenue@20"):
+        assert _split_kwargs({"monitor": monitor})[1].monitor == monitor
+
+
+def test_config_files_that_are_missing_or_not_json_are_named(cli_setup):
+    tmp, store = cli_setup
+    (tmp / "bad.json").write_text('{"d_model": 8,')
+    for name, message in (("bad.json", "not a valid JSON file"), ("nofile.json", "cannot read the file (No such file")):
+        r = runner.invoke(app, ["train", "--store", str(store), "--model", "transformer", "--out", str(tmp / "mj"),
+                                "--config", str(tmp / name)])
+        out = " ".join(r.output.split())
+        assert r.exit_code == 2 and f"--config {tmp / name}: {message}" in out, r.output
+        assert "Traceback" not in r.output and not (tmp / "mj").exists()
+    (tmp / "good.json").write_text('{"d_model": 8, "epochs": 1, "progress": false}')
+    from valuerec.commands.train import parse_config
+    assert parse_config([str(tmp / "good.json"), "lr=0.01"]) == {"d_model": 8, "epochs": 1, "progress": False, "lr": 0.01}
 
 
 def test_policy_and_lifecycle_settings_are_checked():
@@ -194,3 +228,14 @@ def test_train_options_are_checked_before_the_data_is_read(tmp_path, args, words
                             "--out", str(tmp_path / "m"), *args])
     assert r.exit_code == 2 and words in " ".join(r.output.split()), r.output
     assert "no such store" not in r.output
+
+
+def test_train_refuses_a_transformer_with_every_head_off(cli_setup):
+    """next_item_weight=0 without a value or churn head trained nothing (loss 0.0000) and saved it."""
+    tmp, store = cli_setup
+    r = runner.invoke(app, ["train", "--store", str(store), "--model", "transformer", "--out", str(tmp / "m0"),
+                            "--config", "next_item_weight=0", "--config", "d_model=8"])
+    out = " ".join(r.output.split())
+    assert r.exit_code == 2 and "next_item_weight, value_weight and churn_weight are all 0" in out, r.output
+    assert "split" not in r.output and not (tmp / "m0").exists()
+    assert _split_kwargs({"next_item_weight": 0, "churn_weight": 1})[0].churn_weight == 1.0   # one head is enough

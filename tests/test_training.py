@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -307,3 +308,97 @@ def test_train_refit_under_torchrun_two_processes(tmp_path):
     r = m["refit"]
     assert r["epochs"] == (r["best"] or {}).get("epoch", len(r["history"]))
     assert len(m["history"]) == r["epochs"] and r["chosen_during_fit"]["cooc_weight"] != "auto"
+
+
+def test_a_monitor_the_validation_does_not_compute_is_a_data_error():
+    """revenue@k passes the settings check but needs validation targets with revenue: said at the first
+    validation, not a KeyError."""
+    train, task, cat = pattern_data(60)
+    with pytest.raises(DataError, match=r"monitor='revenue@10' is not among the validation metrics \[.*ndcg@10"):
+        BehaviourTransformer(seed=0, epochs=1, monitor="revenue@10", **SMALL).fit(train, cat, valid=task)
+
+
+def test_diverged_training_stops_before_anything_is_saved(tmp_path):
+    """lr=1e9 used to log 'loss nan', save the model and write a bare NaN into metrics.json."""
+    train, task, cat = pattern_data(60)
+    cfg = dict(SMALL, lr=1e9, grad_clip=0.0, warmup_steps=0)
+    with pytest.raises(DataError, match=r"training diverged: the training loss is nan in epoch 1 \(lr=1e\+09.*"
+                                        r"nothing was saved.*lower lr"):
+        BehaviourTransformer(seed=0, epochs=3, checkpoint_dir=str(tmp_path / "ck"), **cfg).fit(train, cat, valid=task)
+    assert not (tmp_path / "ck").exists()
+
+
+def test_metrics_json_holds_no_bare_nan(tmp_path):
+    from valuerec.evaluation.results import finite_json
+    assert finite_json({"a": [np.float32("nan"), 1.5, float("inf")], "b": np.int64(3), "c": True}) == \
+        {"a": [None, 1.5, None], "b": 3, "c": True}
+    train, task, cat = pattern_data(60)
+    model = BehaviourTransformer(seed=0, epochs=1, **SMALL).fit(train, cat, valid=task)
+    model.history_[0]["train_loss"] = float("nan")
+    model.save(tmp_path / "m")
+
+    def refuse(c):
+        raise ValueError(f"not JSON: {c}")
+    m = json.loads((tmp_path / "m" / "metrics.json").read_text(), parse_constant=refuse)
+    assert m["history"][0]["train_loss"] is None
+
+
+def test_resume_refuses_a_checkpoint_of_another_run(tmp_path):
+    """A checkpoint_dir reused with other settings resumed the first run's finished state, trained nothing and
+    handed back its weights (or died on a size mismatch); now it names what differs."""
+    train, task, cat = pattern_data(60)
+    ck = str(tmp_path / "ck")
+    BehaviourTransformer(seed=1, epochs=2, checkpoint_dir=ck, **SMALL).fit(train, cat, valid=task)
+    for change, message in ((dict(lr=0.01), "lr=0.003 there, 0.01 now"), (dict(dropout=0.2), "dropout=0.1 there"),
+                            (dict(d_model=16), "d_model=32 there, 16 now"), (dict(seed=2), "seed=1 there, 2 now")):
+        kw = {**SMALL, "seed": 1, **change}
+        with pytest.raises(DataError, match=rf"checkpoint_dir {ck}: the checkpoint there is another run's \(.*"
+                                            rf"{re.escape(message)}.*Use another checkpoint_dir, or delete {ck}"):
+            BehaviourTransformer(epochs=2, checkpoint_dir=ck, **kw).fit(train, cat, valid=task)
+    other, other_task, _ = pattern_data(40, seed=5)     # other data: another number of training windows
+    with pytest.raises(DataError, match=r"training_examples=\d+ there, \d+ now"):
+        BehaviourTransformer(seed=1, epochs=2, checkpoint_dir=ck, **SMALL).fit(other, cat, valid=other_task)
+    # as many windows, other events (each history one event longer, as in a refit on train + validation)
+    longer = Sequences(items=[np.append(x, (x[-1] + 1) % N) for x in train.items],
+                       times=[np.append(t, t[-1] + 3600) for t in train.times],
+                       event_types=[np.append(e, 0) for e in train.event_types])
+    with pytest.raises(DataError, match=r"another run's \(training_data='\w+' there, '\w+' now\)"):
+        BehaviourTransformer(seed=1, epochs=2, checkpoint_dir=ck, **SMALL).fit(longer, cat, valid=task)
+    # what may change on resume: more epochs (training continues), stopping rules, where it runs
+    more = BehaviourTransformer(seed=1, epochs=3, checkpoint_dir=ck, patience=5, checkpoint_every=2, device="cpu",
+                                **SMALL).fit(train, cat, valid=task)
+    assert [r["epoch"] for r in more.history_] == [1, 2, 3]
+    # a checkpoint from before runs were recorded is still checked on its weights' shapes
+    state = json.loads((tmp_path / "ck" / "state.json").read_text())
+    del state["run"]
+    (tmp_path / "ck" / "state.json").write_text(json.dumps(state))
+    with pytest.raises(DataError, match=r"its weights do not fit this model \(.*\[.*32\] there, \[.*16\] now"):
+        BehaviourTransformer(seed=1, epochs=4, checkpoint_dir=ck, **{**SMALL, "d_model": 16}).fit(train, cat, valid=task)
+
+
+def test_train_refit_with_a_checkpoint_dir_is_a_fresh_fit(tmp_path):
+    """The refit inherited checkpoint_dir, resumed the validation fit's finished checkpoint, trained 0 epochs and
+    saved the validation fit's weights as the refit. It now checkpoints in DIR/refit, so a killed refit resumes
+    its own fit."""
+    from safetensors.torch import load_file
+    from typer.testing import CliRunner
+
+    from valuerec.cli import app
+
+    data = write_events_csv(tmp_path / "events.csv", n_users=60, seed=0)
+    ck = tmp_path / "ck"
+    outs = [tmp_path / "m1", tmp_path / "m2"]
+    for out in outs:    # the second run resumes both finished checkpoints: the same model again
+        res = CliRunner().invoke(app, ["train", "--data", str(data), "--out", str(out), "--epochs", "3", "--refit",
+                                       "--cache-dir", str(tmp_path / "stores"), "--device", "cpu", "--config",
+                                       json.dumps({"d_model": 16, "n_layers": 1, "progress": False,
+                                                   "checkpoint_dir": str(ck)})])
+        assert res.exit_code == 0, res.output
+    m = json.loads((outs[0] / "metrics.json").read_text())
+    n = m["refit"]["epochs"]
+    assert len(m["history"]) == n and all("val" not in h for h in m["history"])   # the refit's own epochs
+    assert json.loads((ck / "refit" / "state.json").read_text())["epoch"] == n
+    saved = [load_file(str(out / "model.safetensors")) for out in outs]
+    valid_fit = load_file(str(ck / "best.safetensors"))
+    assert any(not torch.equal(saved[0][k], valid_fit[k]) for k in valid_fit if valid_fit[k].is_floating_point())
+    assert all(torch.equal(saved[0][k], saved[1][k]) for k in saved[0])

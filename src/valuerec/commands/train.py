@@ -45,8 +45,13 @@ def parse_config(items: list[str]) -> dict:
                 obj = json.loads(item)
             except json.JSONDecodeError as e:
                 raise DataError(f"--config {item!r}: not valid JSON ({e})") from None
-        elif item.endswith(".json") and os.path.exists(item):
-            obj = json.loads(Path(item).read_text())
+        elif item.endswith(".json") and ("=" not in item or os.path.exists(item)):
+            try:
+                obj = json.loads(Path(item).read_text())
+            except OSError as e:
+                raise DataError(f"--config {item}: cannot read the file ({e.strerror or e})") from None
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise DataError(f"--config {item}: not a valid JSON file ({e})") from None
         elif "=" in item:
             key, value = item.split("=", 1)
             try:
@@ -174,6 +179,7 @@ def train_cmd(
 
     import valuerec.models  # noqa: F401  (registers every model)
     from valuerec.evaluation.metrics import evaluate
+    from valuerec.evaluation.results import finite_json
     from valuerec.models.base import MODEL_REGISTRY
     from valuerec.training import distributed
 
@@ -264,11 +270,14 @@ def train_cmd(
         valid_model, selection = model, None
         if refit:
             from valuerec.evaluation.protocols import chosen_epochs
+            from valuerec.training.checkpoint import nested_checkpoint
             # the main rank tracked validation (and chose the prior's weight): every rank refits as it says
             n_epochs, inside = distributed.broadcast_object((chosen_epochs(model), model.refit_params()))
             selection = {"epochs": n_epochs, "chosen_during_fit": inside, "train_seconds": train_seconds,
                          "best": model.best_, "history": model.history_}
-            model = MODEL_REGISTRY[model_name](seed=seed, **{**params, **inside, "epochs": n_epochs})
+            # a fresh fit: with a checkpoint_dir, its own (DIR/refit), not the validation fit's finished one
+            model = MODEL_REGISTRY[model_name](seed=seed, **nested_checkpoint({**params, **inside, "epochs": n_epochs},
+                                                                               "refit"))
             t0 = time.perf_counter()
             model.fit(split.train_full, split.catalogue)
             train_seconds = time.perf_counter() - t0
@@ -295,7 +304,7 @@ def train_cmd(
                             "data": str(data) if data else None, "store": str(store) if store else None})
             if selection:
                 metrics["refit"] = {"trained_on": "train_full", "valid_from": "the validation-stopped fit", **selection}
-            mpath.write_text(json.dumps(metrics, indent=2, default=float))
+            mpath.write_text(json.dumps(finite_json(metrics), indent=2, default=float, allow_nan=False))
             replace_dir(out, final_out)
             shown = {k: round(v, 4) for k, v in (test or val or {}).items() if "@" in k or k == "mrr"}
             console.log(f"saved {final_out} (trained {train_seconds:.0f}s); "

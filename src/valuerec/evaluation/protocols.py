@@ -27,6 +27,7 @@ from valuerec.data.store import EventStore
 from valuerec.evaluation.metrics import evaluate
 from valuerec.evaluation.results import (aggregate_seeds, command_line, device_info, git_commit, now_iso,
                                          results_table, write_result)
+from valuerec.training.checkpoint import nested_checkpoint
 
 DEFAULT_CACHE = Path("runs/stores")
 
@@ -225,8 +226,11 @@ def run_model(name: str, split: Split, spec: ProtocolSpec, seeds: list[int], par
         validation["skipped"] = "reproduction-only model fitted on every event; no selection"
     else:
         best = -np.inf
-        for cfg in grid:
-            model, fit_s = _fit(cls, cfg, seeds[0], split.train, split, True)
+        for i, cfg in enumerate(grid):
+            # each fit of the run has its own checkpoint_dir subfolder (nested_checkpoint), so that none
+            # resumes another's checkpoint
+            model, fit_s = _fit(cls, nested_checkpoint(cfg, f"grid-{i}") if len(grid) > 1 else cfg, seeds[0],
+                                split.train, split, True)
             r = _evaluate(model, split.valid, n_items, spec, batch_size, device)
             row = {"params": cfg, "metrics": _pick(r, spec.metrics), "train_seconds": fit_s,
                    "eval_seconds": r["eval_seconds"], **_training_stats(model)}
@@ -256,14 +260,15 @@ def run_model(name: str, split: Split, spec: ProtocolSpec, seeds: list[int], par
             # kept: the refit has no validation data to choose them on
             chosen_inside = chosen_model[0].refit_params()
             validation["chosen_during_fit"] = chosen_inside
-            model, fit_s = _fit(cls, {**chosen, **chosen_inside, "epochs": int(refit_epochs)}, seed, train_full,
-                                split, False)
+            model, fit_s = _fit(cls, nested_checkpoint({**chosen, **chosen_inside, "epochs": int(refit_epochs)},
+                                                       f"refit-seed{seed}"), seed, train_full, split, False)
         elif train_only and seed == seeds[0] and chosen_model is not None:
             model, fit_s = chosen_model
         elif train_only:
-            model, fit_s = _fit(cls, chosen, seed, split.train, split, True)
+            model, fit_s = _fit(cls, nested_checkpoint(chosen, f"seed{seed}"), seed, split.train, split, True)
         else:
-            model, fit_s = _fit(cls, chosen, seed, train_full, split, final_valid)
+            model, fit_s = _fit(cls, nested_checkpoint(chosen, f"final-seed{seed}"), seed, train_full, split,
+                                final_valid)
         r = _evaluate(model, split.test, n_items, spec, batch_size, device)
         runs.append({"seed": seed, "metrics": _pick(r, spec.metrics), "train_seconds": fit_s,
                      "eval_seconds": r["eval_seconds"], "score_seconds": r["score_seconds"]})

@@ -281,6 +281,22 @@ def choose_variant(result: dict, among: list[str], as_name: str, metric: str | N
     return out
 
 
+def finite_json(obj):
+    """``obj`` with every NaN or infinity as None and numpy numbers as Python ones, for JSON files
+    (json.dumps writes a bare NaN, which is not JSON: strict readers refuse the whole file)."""
+    if isinstance(obj, dict):
+        return {k: finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_json(v) for v in obj]
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if np.isfinite(obj) else None
+    return obj
+
+
 def _json_default(o):
     if isinstance(o, (np.integer,)):
         return int(o)

@@ -153,6 +153,10 @@ class TransformerConfig:
             "churn_weight": (c.churn_weight, c.churn_weight >= 0, ">= 0"),
             "next_item_weight": (c.next_item_weight, c.next_item_weight >= 0, ">= 0"),
         })
+        if not (self.next_item_weight > 0 or self.value_weight > 0 or self.churn_weight > 0):
+            # every head off: the loss is 0 and training would save the initial weights
+            raise DataError("transformer config: next_item_weight, value_weight and churn_weight are all 0, so "
+                            "there is nothing to learn; set at least one of them > 0")
         if self.d_model % self.n_heads:
             raise DataError(f"transformer config: d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
         if self.loss not in ("ce", "sampled"):
@@ -821,7 +825,7 @@ class BehaviourTransformer(Recommender):
 
         result = train_model(self.module_, n_examples, make_batch, self.train_config, seed=self.seed,
                              evaluate_fn=validate if valid is not None and len(valid) else None,
-                             lengths=lengths)
+                             lengths=lengths, run_info=self._run_info(raw))
         self.module_ = result.model
         self.history_ = result.history
         self.best_ = result.best
@@ -831,6 +835,20 @@ class BehaviourTransformer(Recommender):
         if self.module_.value_heads is not None:
             self._value_reference(raw)
         return self
+
+    def _run_info(self, train: Sequences) -> dict:
+        """What a checkpoint must share with this fit beside the train settings: the model's settings and,
+        when it checkpoints, a digest of the training events (other data of the same size is another run)."""
+        info = asdict(self.model_config)
+        if self.train_config.checkpoint_dir:
+            import hashlib
+            h = hashlib.blake2b(digest_size=8)
+            for arrays in (train.items, train.times, train.event_types, train.values):
+                for a in arrays or []:
+                    h.update(len(a).to_bytes(8, "little") + np.ascontiguousarray(a).tobytes())
+                h.update(b"|")
+            info["training_data"] = h.hexdigest()
+        return info
 
     # -- co-occurrence prior -----------------------------------------------------------------------
     def _fit_cooc(self, train: Sequences, valid) -> None:
@@ -1351,7 +1369,8 @@ class BehaviourTransformer(Recommender):
         metrics = {"history": getattr(self, "history_", []), "best": getattr(self, "best_", None),
                    "advocate_value_threshold": getattr(self, "advocate_value_threshold_", None),
                    "cooc_selection": getattr(self, "cooc_selection_", None)}
-        (path / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
+        from valuerec.evaluation.results import finite_json
+        (path / "metrics.json").write_text(json.dumps(finite_json(metrics), indent=2, default=float, allow_nan=False))
 
     def _load_state(self, path: Path) -> None:
         from safetensors.torch import load_file

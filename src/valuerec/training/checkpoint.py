@@ -15,6 +15,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from valuerec.data.schema import DataError
+
 
 def _cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
@@ -80,6 +82,15 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.o
         shutil.rmtree(old)
 
 
+def nested_checkpoint(params: dict, name: str) -> dict:
+    """``params`` with their checkpoint_dir (if any) moved to its subfolder ``name``, for another fit of the
+    same command (a refit, another seed or grid point): it resumes its own checkpoint, never the other
+    fit's. A parent checkpoint written again (its training went on) drops them: they start afresh."""
+    if not params.get("checkpoint_dir"):
+        return params
+    return {**params, "checkpoint_dir": str(Path(params["checkpoint_dir"]) / name)}
+
+
 def has_checkpoint(path: str | Path | None) -> bool:
     return path is not None and (Path(path) / "state.json").exists()
 
@@ -91,12 +102,37 @@ def load_ema(path: str | Path | None, device="cpu") -> dict[str, torch.Tensor] |
     return load_file(str(Path(path) / "ema.safetensors"), device=str(device))
 
 
+def check_run(path: Path, state: dict, run: dict) -> None:
+    """Refuse a checkpoint another run wrote: resuming it would carry on that run (a finished one trains
+    nothing and hands back its weights) under this run's settings. ``run``: the settings, seed and data
+    size the checkpoint must share; one saved before checkpoints kept them is checked on its seed."""
+    saved = state.get("run") or {k: state[k] for k in ("seed",) if k in state}
+    now = json.loads(json.dumps(run, default=str))     # as saved: tuples are lists
+    diff = [f"{k}={saved[k]!r} there, {now[k]!r} now" for k in now if k in saved and saved[k] != now[k]]
+    if diff:
+        raise DataError(f"checkpoint_dir {path}: the checkpoint there is another run's ({'; '.join(diff)}). "
+                        f"Use another checkpoint_dir, or delete {path} to train from the start")
+
+
 def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    device="cpu") -> tuple[dict, dict[str, torch.Tensor] | None]:
-    """Restore model and optimizer in place; return the trainer state and the best weights."""
+                    device="cpu", run: dict | None = None) -> tuple[dict, dict[str, torch.Tensor] | None]:
+    """Restore model and optimizer in place; return the trainer state and the best weights. With
+    ``run``, the checkpoint must be of that run (``check_run``); its weights must fit ``model`` in any case."""
     path = Path(path)
     state = json.loads((path / "state.json").read_text())
-    model.load_state_dict(load_file(str(path / "model.safetensors"), device=str(device)))
+    if run is not None:
+        check_run(path, state, run)
+    weights = load_file(str(path / "model.safetensors"), device=str(device))
+    own = model.state_dict()
+    wrong = ([f"{k} missing" for k in own if k not in weights]
+             + [f"{k} not in the model" for k in weights if k not in own]
+             + [f"{k} {list(v.shape)} there, {list(own[k].shape)} now" for k, v in weights.items()
+                if k in own and v.shape != own[k].shape])
+    if wrong:
+        raise DataError(f"checkpoint_dir {path}: its weights do not fit this model ({'; '.join(wrong[:3])}"
+                        f"{'; ...' if len(wrong) > 3 else ''}). Use another checkpoint_dir, or delete {path} to "
+                        "train from the start")
+    model.load_state_dict(weights)
     optimizer_from_flat(optimizer, load_file(str(path / "optimizer.safetensors"), device=str(device)),
                         state["optimizer"])
     best = load_file(str(path / "best.safetensors")) if (path / "best.safetensors").exists() else None

@@ -19,7 +19,7 @@ import sys
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -33,6 +33,18 @@ from valuerec.training import distributed as dist_utils
 from valuerec.training.optim import LazyAdamW, clip_grad_norm, has_sparse_grads
 
 log = logging.getLogger(__name__)
+
+
+# what early stopping can monitor: a higher-is-better metric the validation pass computes
+# (evaluation.metrics; the transformer's validation_ks adds the monitor's k to the pass)
+MONITOR_PATTERN = r"mrr|(ndcg|hr|recall|revenue)@[1-9]\d*"
+
+
+# Train settings a resumed run may change: where and how often it checkpoints, what it runs on, and when
+# it stops (a larger epochs continues a finished run). The others, the seed, the number of training
+# examples and the model's own settings (``run_info``) must be the checkpoint's: see ``train_model``.
+RESUMABLE = frozenset({"epochs", "max_seconds", "patience", "min_epochs", "checkpoint_dir", "checkpoint_every",
+                       "progress", "device", "amp", "num_threads"})
 
 
 @dataclass
@@ -68,10 +80,18 @@ class TrainConfig:
             raise DataError(f"train config: schedule={self.schedule!r}, expected 'constant' or 'cosine'")
         if not 0.0 <= self.ema_decay < 1.0:
             raise DataError(f"train config: ema_decay must be in [0, 1) (got {self.ema_decay})")
+        if not re.fullmatch(MONITOR_PATTERN, self.monitor):
+            raise DataError(f"train config: monitor={self.monitor!r}, expected mrr or <metric>@<k> with metric "
+                            "ndcg, hr, recall or revenue and k >= 1 (e.g. ndcg@10)")
         wrong = [f"{name}={getattr(self, name)} (must be {rule})" for name, ok, rule in (
             ("epochs", self.epochs >= 0, ">= 0"), ("batch_size", self.batch_size >= 1, ">= 1"),
             ("lr", self.lr > 0, "> 0"), ("patience", self.patience >= 1, ">= 1"),
-            ("eval_every", self.eval_every >= 1, ">= 1")) if not ok]
+            ("eval_every", self.eval_every >= 1, ">= 1"), ("beta2", 0.0 <= self.beta2 < 1.0, "in [0, 1)"),
+            ("weight_decay", self.weight_decay >= 0, ">= 0"), ("warmup_steps", self.warmup_steps >= 0, ">= 0"),
+            ("grad_clip", self.grad_clip >= 0, ">= 0 (0 = off)"), ("min_epochs", self.min_epochs >= 0, ">= 0"),
+            ("max_seconds", self.max_seconds >= 0, ">= 0 (0 = no limit)"),
+            ("num_threads", self.num_threads >= 0, ">= 0 (0 = torch's default)"),
+            ("checkpoint_every", self.checkpoint_every >= 1, ">= 1")) if not ok]
         if wrong:
             raise DataError("train config: " + ", ".join(wrong))
 
@@ -130,11 +150,13 @@ def epoch_batches(n: int, batch_size: int, rng: np.random.Generator, lengths: np
 
 def train_model(model: nn.Module, n_examples: int, make_batch: Callable[[np.ndarray], Any], cfg: TrainConfig,
                 seed: int = 0, evaluate_fn: Callable[[nn.Module], dict] | None = None,
-                lengths: np.ndarray | None = None) -> TrainResult:
+                lengths: np.ndarray | None = None, run_info: dict | None = None) -> TrainResult:
     """Train ``model`` (in place) and return it with the best validation weights loaded.
 
     ``evaluate_fn(model) -> metrics`` runs on the main rank with the model in eval mode; its
     ``cfg.monitor`` entry drives early stopping. Without it, the last epoch's weights are kept.
+    ``run_info``: what else determines the run (the model's settings, JSON-able); a checkpoint keeps it
+    with the train settings, seed and example count, and resuming refuses a checkpoint where they differ.
     """
     dist = dist_utils.setup(cfg.device)
     if cfg.num_threads:
@@ -166,8 +188,10 @@ def train_model(model: nn.Module, n_examples: int, make_batch: Callable[[np.ndar
     best: dict | None = None
     best_state: dict[str, torch.Tensor] | None = None
     bad_evals, start_epoch, step = 0, 0, 0
+    run = {**(run_info or {}), **{k: v for k, v in asdict(cfg).items() if k not in RESUMABLE},
+           "seed": seed, "training_examples": n_examples}
     if ckpt.has_checkpoint(cfg.checkpoint_dir):
-        state, best_state = ckpt.load_checkpoint(cfg.checkpoint_dir, model, opt, device)
+        state, best_state = ckpt.load_checkpoint(cfg.checkpoint_dir, model, opt, device, run=run)
         start_epoch, step = state["epoch"], state["step"]
         history, best, bad_evals = state.get("history", []), state.get("best"), state.get("bad_evals", 0)
         if dist.is_main:
@@ -216,6 +240,10 @@ def train_model(model: nn.Module, n_examples: int, make_batch: Callable[[np.ndar
             for k, v in sums.items():
                 name = "train_loss" if k == "loss" else f"train_{k}"
                 row[name] = dist_utils.all_reduce_mean(v / max(n_batches, 1), device)
+            if not math.isfinite(row["train_loss"]):   # diverged: stop before a checkpoint or a model is saved
+                raise DataError(f"training diverged: the training loss is {row['train_loss']} in epoch {epoch + 1} "
+                                f"(lr={cfg.lr:g}, grad_clip={cfg.grad_clip:g}); nothing was saved. Train again with "
+                                f"a lower lr{', or grad_clip=1' if not cfg.grad_clip else ' or grad_clip'}")
 
             # -- validation and early stopping (decided on the main rank, shared with the others)
             time_up = bool(dist_utils.broadcast_object(
@@ -227,6 +255,9 @@ def train_model(model: nn.Module, n_examples: int, make_batch: Callable[[np.ndar
                     model.eval()
                     with ema.swapped() if ema is not None else contextlib.nullcontext():
                         metrics = evaluate_fn(model)
+                        if cfg.monitor not in metrics:   # e.g. revenue@k on validation data without revenue
+                            raise DataError(f"train config: monitor={cfg.monitor!r} is not among the validation "
+                                            f"metrics {sorted(k for k in metrics if k[0].isalpha())}")
                         score = metrics[cfg.monitor]
                         improved = best is None or score > best[cfg.monitor]
                         if improved:   # the weights validated (the average, when kept)
@@ -257,7 +288,7 @@ def train_model(model: nn.Module, n_examples: int, make_batch: Callable[[np.ndar
             if cfg.checkpoint_dir and dist.is_main and ((epoch + 1) % cfg.checkpoint_every == 0 or last):
                 ckpt.save_checkpoint(cfg.checkpoint_dir, model, opt, epoch + 1, step, best_state,
                                      {"history": history, "best": best, "bad_evals": bad_evals, "stopped": stop,
-                                      "seed": seed}, ema=ema.state if ema is not None else None)
+                                      "seed": seed, "run": run}, ema=ema.state if ema is not None else None)
             if stop:
                 if dist.is_main and best is not None:
                     log.info("early stop after epoch %d; best %s %.4f at epoch %d", epoch + 1, cfg.monitor,
