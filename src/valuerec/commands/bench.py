@@ -152,6 +152,35 @@ PEER_HELP = ("NAME=PYTHON: also run the peer implementation benchmarks/peers/NAM
              "\"peer:NAME\" in --params")
 
 
+# Options every ranking protocol command takes (r1, r2, recs)
+FIRST_SEED_OPTION = typer.Option(0, "--first-seed", min=0, help=FIRST_SEED_HELP)
+OUT_OPTION = typer.Option(None, "--out", help="Result JSON path")
+PARAMS_OPTION = typer.Option(None, "--params", help=PARAMS_HELP)
+BATCH_SIZE_OPTION = typer.Option(512, "--batch-size", min=1)
+DEVICE_OPTION = typer.Option("cpu", "--device", help="Where evaluation ranks (cpu, cuda, cuda:N, mps)")
+THREADS_OPTION = typer.Option(1, "--threads", min=1, help="torch threads")
+REFIT_OPTION = typer.Option(None, "--refit/--no-refit", help=REFIT_HELP)
+PEER_OPTION = typer.Option(None, "--peer", help=PEER_HELP)
+
+
+def run_inputs(models: str, params: str | None, tune: bool, peer: list[str] | None, device: str, out: Path | None,
+               defaults: dict[str, dict] | None = None) -> tuple[list[str], dict | None, dict[str, str]]:
+    """A protocol run's options, checked before any data is read: (model names, their params, peers).
+    ``defaults``: settings per registered model that the run's --params override."""
+    from valuerec.evaluation.protocols import model_base
+    peers = _peers(peer)
+    names, hyper = _models(models), _parse_params(params)
+    if defaults:
+        hyper = dict(hyper or {})
+        for name in names:
+            if model_base(name) in defaults:
+                hyper[name] = {**defaults[model_base(name)], **hyper.get(name, {})}
+    check_params(names, hyper, tune, peers)
+    check_device(device)
+    check_out_file(out)
+    return names, hyper, peers
+
+
 def _peers(specs: list[str] | None) -> dict[str, str]:
     """--peer NAME=PYTHON options as {name: python}."""
     peers = {}
@@ -168,27 +197,23 @@ def r1_cmd(
     data: Path = typer.Option(..., "--data", help="S3-Rec format file (user item item ...) or a directory with Beauty.txt"),
     models: str = typer.Option("popularity,itemknn,als,bpr", "--models", help=MODELS_HELP),
     seeds: int = typer.Option(3, "--seeds", min=1, help="Seeds for trained models (deterministic ones run once)"),
-    first_seed: int = typer.Option(0, "--first-seed", min=0, help=FIRST_SEED_HELP),
-    out: Optional[Path] = typer.Option(None, "--out", help="Result JSON path"),
-    params: Optional[str] = typer.Option(None, "--params", help=PARAMS_HELP),
+    first_seed: int = FIRST_SEED_OPTION,
+    out: Optional[Path] = OUT_OPTION,
+    params: Optional[str] = PARAMS_OPTION,
     attributes: Optional[Path] = typer.Option(None, "--attributes", help="item2attributes JSON (optional)"),
     cache_dir: Path = typer.Option(Path("runs/stores"), "--cache-dir", help="Where the ingested DuckDB store is cached"),
     tune: bool = typer.Option(True, "--tune/--no-tune", help="Search the default validation grid"),
-    batch_size: int = typer.Option(512, "--batch-size", min=1),
-    device: str = typer.Option("cpu", "--device", help="Where evaluation ranks (cpu, cuda, cuda:N, mps)"),
-    threads: int = typer.Option(1, "--threads", min=1, help="torch threads"),
-    refit: Optional[bool] = typer.Option(None, "--refit/--no-refit", help=REFIT_HELP),
-    peer: Optional[list[str]] = typer.Option(None, "--peer", help=PEER_HELP),
+    batch_size: int = BATCH_SIZE_OPTION,
+    device: str = DEVICE_OPTION,
+    threads: int = THREADS_OPTION,
+    refit: Optional[bool] = REFIT_OPTION,
+    peer: Optional[list[str]] = PEER_OPTION,
 ) -> None:
     """R1: next item, leave-one-out, full ranking (Amazon Beauty)."""
     from valuerec.evaluation.protocols import run_r1
     _setup_threads(threads)
     try:
-        peers = _peers(peer)
-        names, hyper = _models(models), _parse_params(params)
-        check_params(names, hyper, tune, peers)
-        check_device(device)
-        check_out_file(out)
+        names, hyper, peers = run_inputs(models, params, tune, peer, device, out)
         if attributes is not None and not attributes.is_file():
             raise DataError(f"--attributes {attributes}: no such file")
         run_r1(data, names, list(range(first_seed, first_seed + seeds)), out, hyper, attributes, cache_dir, tune,
@@ -203,29 +228,25 @@ def r2_cmd(
     data: Path = typer.Option(..., "--data", help="Online Retail csv(.gz) or a directory holding it"),
     models: str = typer.Option("popularity,itemknn,als,bpr", "--models", help=MODELS_HELP),
     seeds: int = typer.Option(3, "--seeds", min=1),
-    first_seed: int = typer.Option(0, "--first-seed", min=0, help=FIRST_SEED_HELP),
-    out: Optional[Path] = typer.Option(None, "--out", help="Result JSON path"),
-    params: Optional[str] = typer.Option(None, "--params", help=PARAMS_HELP),
+    first_seed: int = FIRST_SEED_OPTION,
+    out: Optional[Path] = OUT_OPTION,
+    params: Optional[str] = PARAMS_OPTION,
     cache_dir: Path = typer.Option(Path("runs/stores"), "--cache-dir"),
     tune: bool = typer.Option(True, "--tune/--no-tune"),
     cutoff: str = typer.Option("2011-09-09", "--cutoff"),
     valid_cutoff: str = typer.Option("2011-06-09", "--valid-cutoff"),
-    batch_size: int = typer.Option(512, "--batch-size", min=1),
-    device: str = typer.Option("cpu", "--device", help="Where evaluation ranks (cpu, cuda, cuda:N, mps)"),
-    threads: int = typer.Option(1, "--threads", min=1, help="torch threads"),
-    refit: Optional[bool] = typer.Option(None, "--refit/--no-refit", help=REFIT_HELP),
-    peer: Optional[list[str]] = typer.Option(None, "--peer", help=PEER_HELP),
+    batch_size: int = BATCH_SIZE_OPTION,
+    device: str = DEVICE_OPTION,
+    threads: int = THREADS_OPTION,
+    refit: Optional[bool] = REFIT_OPTION,
+    peer: Optional[list[str]] = PEER_OPTION,
 ) -> None:
     """R2: next purchases after a cutoff (Online Retail)."""
     from valuerec.evaluation.protocols import run_r2
     _setup_threads(threads)
     from valuerec.commands.lifecycle import parse_time
     try:
-        peers = _peers(peer)
-        names, hyper = _models(models), _parse_params(params)
-        check_params(names, hyper, tune, peers)
-        check_device(device)
-        check_out_file(out)
+        names, hyper, peers = run_inputs(models, params, tune, peer, device, out)
         cutoff_t, valid_t = parse_time(cutoff, "--cutoff"), parse_time(valid_cutoff, "--valid-cutoff")
         if valid_t >= cutoff_t:
             raise DataError(f"--valid-cutoff {valid_cutoff} must be before --cutoff {cutoff}")
@@ -269,23 +290,23 @@ def recs_cmd(
     models: Optional[str] = typer.Option(None, "--models", help=MODELS_HELP + ". Default: "
                                          f"{RECS_MODELS['loo']} (loo); {RECS_MODELS['cutoff']} (cutoff)"),
     seeds: int = typer.Option(3, "--seeds", min=1),
-    first_seed: int = typer.Option(0, "--first-seed", min=0, help=FIRST_SEED_HELP),
-    out: Optional[Path] = typer.Option(None, "--out", help="Result JSON path"),
-    params: Optional[str] = typer.Option(None, "--params", help=PARAMS_HELP),
+    first_seed: int = FIRST_SEED_OPTION,
+    out: Optional[Path] = OUT_OPTION,
+    params: Optional[str] = PARAMS_OPTION,
     cache_dir: Path = typer.Option(Path("runs/stores"), "--cache-dir", help="Where a --data file's store is cached"),
     tune: bool = typer.Option(True, "--tune/--no-tune", help="Search the default validation grids"),
-    batch_size: int = typer.Option(512, "--batch-size", min=1),
-    device: str = typer.Option("cpu", "--device", help="Where evaluation ranks (cpu, cuda, cuda:N, mps)"),
-    threads: int = typer.Option(1, "--threads", min=1, help="torch threads"),
-    refit: Optional[bool] = typer.Option(None, "--refit/--no-refit", help=REFIT_HELP),
-    peer: Optional[list[str]] = typer.Option(None, "--peer", help=PEER_HELP),
+    batch_size: int = BATCH_SIZE_OPTION,
+    device: str = DEVICE_OPTION,
+    threads: int = THREADS_OPTION,
+    refit: Optional[bool] = REFIT_OPTION,
+    peer: Optional[list[str]] = PEER_OPTION,
 ) -> None:
     """Next-item or next-purchase ranking on any store (the R1 and R2 protocols, parameterised): the
     transformer beside the baselines, chosen on validation, 3 seeds, full-catalogue ranking."""
     from valuerec.commands.lifecycle import parse_time
     from valuerec.commands.train import load_split
     from valuerec.data.ingest import file_sha256
-    from valuerec.evaluation.protocols import model_base, run_recs
+    from valuerec.evaluation.protocols import run_recs
     _setup_threads(threads)
     try:
         kind = protocol or ("cutoff" if cutoff is not None else "loo")
@@ -308,14 +329,8 @@ def recs_cmd(
         if not ks or min(ks) < 1:
             raise DataError(f"--k {k!r}: expected comma-separated positive integers, e.g. 10,20")
         excl = (kind == "loo") if exclude_history is None else exclude_history
-        peers = _peers(peer)
-        names, hyper = _models(models or RECS_MODELS[kind]), _parse_params(params) or {}
-        for name in names:
-            if model_base(name) == "transformer":
-                hyper[name] = {**recs_transformer_defaults(kind, excl), **hyper.get(name, {})}
-        check_params(names, hyper, tune, peers)
-        check_device(device)
-        check_out_file(out)
+        names, hyper, peers = run_inputs(models or RECS_MODELS[kind], params, tune, peer, device, out,
+                                         defaults={"transformer": recs_transformer_defaults(kind, excl)})
         split, used = load_split(data, store, kind, cutoff and str(cutoff_t), valid_cutoff and str(valid_t),
                                  cache_dir)
         if used == "value-only":
