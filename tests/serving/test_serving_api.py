@@ -225,6 +225,9 @@ def test_a_bad_event_rejects_the_whole_batch(client, served):
 def test_not_json_is_422(client):
     r = client.post("/v1/events", content=b"{not json", headers={**auth(WRITE_KEY), "content-type": "application/json"})
     assert r.status_code == 422
+    deep = b"[" * 5_000 + b"]" * 5_000                  # valid JSON, too deep for the parser: not a bare 400
+    r = client.post("/v1/events", content=deep, headers={**auth(WRITE_KEY), "content-type": "application/json"})
+    assert r.status_code == 422 and "cannot be parsed as JSON" in r.json()["message"], r.text
 
 
 @pytest.mark.parametrize("raw", ["NaN", "Infinity", "-Infinity", "1e999"])

@@ -171,6 +171,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 bad = None
             return _validation_response([bad or {"loc": ["body"], "type": "json_invalid",
                                                  "msg": f"request body is not UTF-8 JSON ({exc.__cause__})"}])
+        if exc.status_code == 400 and exc.__cause__ is not None:   # e.g. JSON nested too deep to parse
+            return _validation_response([{"loc": ["body"], "type": "json_invalid",
+                                          "msg": f"request body cannot be parsed as JSON "
+                                                 f"({type(exc.__cause__).__name__})"}])
         return await http_exception_handler(request, exc)
 
     @app.exception_handler(InputError)
