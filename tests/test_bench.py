@@ -383,7 +383,7 @@ def test_choose_variant_uses_validation_only_and_refuses_unlike_candidates():
         choose_variant(result, ["t:a", "t:c"], "t")
     with pytest.raises(DataError, match="at least two"):
         choose_variant(result, ["t:a"], "t")
-    with pytest.raises(DataError, match="would file configurations of \['t'\] under another model's name"):
+    with pytest.raises(DataError, match=r"would file configurations of \['t'\] under another model's name"):
         choose_variant(result, ["t:a", "t:b"], "popularity")
     result["models"]["t:c"] = _entry([0.2, 0.2], test=0.5, seeds=(0, 1))
     with pytest.raises(DataError, match="different seeds"):
