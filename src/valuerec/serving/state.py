@@ -301,7 +301,8 @@ class ServiceState:
         items = [r[0] for r in self._read("SELECT DISTINCT item_id FROM events WHERE item_id IS NOT NULL")]
         if not self._read("SELECT 1 FROM events LIMIT 1"):
             rt.warnings.append(f"the store {self.settings.store} has no events yet: every user is new and gets "
-                               "the model's own popular items until events arrive")
+                               "the model's ranking for an empty history (its training popularity, where it has "
+                               "one) until events arrive")
         elif (note := catalogue_overlap_note(rt.catalogue, items)) is not None:
             rt.warnings.append(note)
         for w in rt.warnings:
@@ -612,8 +613,10 @@ class ServiceState:
         if not len(idx) and len(rt.catalogue) and ranks_items(rt.model):
             with torch.no_grad():
                 prior = np.asarray(rt.model.score(EMPTY.sequences("", item_only=True)), dtype=np.float64)[0]
-            idx = np.argsort(-prior, kind="stable")[:limit]
-            counts = prior[idx]
+            finite = prior[np.isfinite(prior)]
+            if len(finite) and finite.max() > finite.min():        # not for a model that scores all alike
+                idx = np.argsort(-prior, kind="stable")[:limit]
+                counts = prior[idx]
         self._popular = (time.time(), rt, idx, counts)
         return idx, counts
 
