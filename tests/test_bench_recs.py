@@ -69,6 +69,20 @@ def test_cut_off_split_keeps_or_excludes_the_history(retail_store, history):
         assert rep["ndcg@20"] == pytest.approx(pop["ndcg@20"])
 
 
+def test_leave_one_out_leaves_returns_out(retail_store):
+    """A return is not the next interest: on a store with returns, no test target is a returned line."""
+    from valuerec.commands.train import load_split
+    d, store = retail_store
+    split, used = load_split(None, store, "loo", None, None, d / "cache")
+    with EventStore(store, read_only=True) as st:
+        ev = st.events()
+    assert (ev["event_type"] == "return").any() and used == "loo"
+    kept = ev[ev["event_type"] != "return"]
+    last = kept.groupby("user_id").tail(1).set_index("user_id")["item_id"]
+    got = {str(u): str(split.catalogue.item_ids[t[0]]) for u, t in zip(split.test.inputs.user_ids, split.test.targets)}
+    assert got == {u: str(last[u]) for u in got}
+
+
 def test_history_exclusion_drops_reachable_nothing():
     """Excluded items leave the targets; users with no new target leave the task; revenue stays aligned."""
     inputs = Sequences(items=[np.array([0, 1]), np.array([2]), np.array([3, 4])],
@@ -106,6 +120,12 @@ def test_a_content_log_without_purchases_is_split_on_every_event(tmp_path):
     res = json.loads((tmp_path / "v.json").read_text())
     assert res["split"]["test_users"] > 20
     assert "revenue@10" not in res["metric_names"]        # no spend in the log: no revenue share to report
+    # the default k=10,20 against 15 items: said so, in the run and in the file
+    assert any("k=20 is at least the catalogue's 15 items" in w for w in res["split"]["warnings"])
+    code, output = _run(["--store", str(tmp_path / "views.duckdb"), "--cutoff", "2024-06-10", "--valid-cutoff",
+                         "2024-04-01", "--models", "popularity", "--k", "5", "--out", str(tmp_path / "few.json")])
+    few = json.loads((tmp_path / "few.json").read_text())["split"]
+    assert code == 0 and few["test_users"] < 50 and any("test users: the figures" in w for w in few["warnings"])
     assert res["models"]["itemknn"]["metrics"]["hr@10"] > 0
 
 

@@ -130,6 +130,9 @@ def test_recommend_and_serve_score_store_items_that_have_no_events_yet(tmp_path)
     ranked = [it["item_id"] for it in out["items"]]
     assert "2 item(s) of the store's item table without events" in out["note"]
     assert ranked.index("new-candle") < ranked.index("new-mug")
+    r = CliRunner().invoke(app, ["explain", "--model", str(tmp_path / "m"), "--store", str(store), "--user",
+                                 "shopper", "--target", "item:new-candle", "--json"])   # explain knows it too
+    assert r.exit_code == 0 and "new-candle" in r.output, r.output
     settings = Settings.from_env({"VALUEREC_STORE": str(store), "VALUEREC_MODEL_DIR": str(tmp_path / "m"),
                                   "VALUEREC_API_KEYS": "reader-key-123:read"})
     with TestClient(create_app(settings)) as c:

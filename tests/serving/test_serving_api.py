@@ -3,6 +3,7 @@ erasure and reload. The server is one subprocess per module (see conftest)."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -571,10 +572,20 @@ def test_snapshot_then_retrain_then_reload_while_serving(client, served, tmp_pat
     assert "loop-user" in str(recs(client, "loop-user")) and recs(client, "loop-user")["history_length"] == 1
     r = client.post("/v1/admin/reload", json={"path": str(out / "v1")}, headers=auth(ADMIN_KEY))
     assert r.status_code == 200
-    for _ in range(3):          # older snapshots beyond $VALUEREC_SNAPSHOT_KEEP (3) are removed
+    # older snapshots beyond $VALUEREC_SNAPSHOT_KEEP (3) are removed, once they are 10 minutes old; only this
+    # store's: another store's snapshot in the same folder, whose name starts with this one's, stays
+    folder = Path(snap["path"]).parent
+    other = folder / "store-eu-20240101T000000000000Z.duckdb"
+    other.write_bytes(b"another store's snapshot")
+    hour_ago = time.time() - 3600
+    for p in (Path(snap["path"]), other):
+        os.utime(p, (hour_ago, hour_ago))
+    for _ in range(3):
         last = client.post("/v1/admin/snapshot", headers=auth(ADMIN_KEY)).json()
     assert last["removed"] == [snap["path"]]
-    assert not Path(snap["path"]).exists() and Path(last["path"]).exists()
+    assert not Path(snap["path"]).exists() and Path(last["path"]).exists() and other.exists()
+    young = client.post("/v1/admin/snapshot", headers=auth(ADMIN_KEY)).json()
+    assert young["removed"] == []           # beyond the 3 kept, but written minutes ago: a retrain may read it
 
 
 def test_accepted_events_are_in_the_store(served, client):

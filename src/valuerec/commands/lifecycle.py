@@ -17,6 +17,7 @@ from valuerec.commands.errors import catalogue_overlap_note, print_error
 from valuerec.data.dataset import Catalogue, Sequences, catalogue_from, sequences_from
 from valuerec.data.schema import DataError
 from valuerec.data.store import EventStore
+from valuerec.models.base import add_cold_start_items
 
 console = Console(stderr=True)
 
@@ -85,6 +86,7 @@ def load_context(model: Path, store: Path, value_model: Path | None = None, at: 
                                [at_ts.to_pydatetime(), [str(u) for u in users]])
         items = st.items()
     if rec is not None:
+        add_cold_start_items(rec, model, items)     # as recommend and the service: items without events yet
         cat = rec.catalogue_
     else:
         cat = catalogue_from(events, items, restrict_to_events=False)

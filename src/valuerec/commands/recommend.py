@@ -32,7 +32,7 @@ def recommend_for_user(model_dir: str | Path, store: str | Path, user: str, k: i
     ``history_types`` keeps only those event types in the history (e.g. ``["purchase"]`` for a model
     trained on purchases); None keeps every event.
     """
-    from valuerec.models.base import load_model, predicts_value, require_next_item_head
+    from valuerec.models.base import add_cold_start_items, load_model, predicts_value, require_next_item_head
     model_dir, store = Path(model_dir), Path(store)
     if not (model_dir / "config.json").exists():
         raise DataError(f"{model_dir}: not a saved model (no config.json)")
@@ -44,11 +44,8 @@ def recommend_for_user(model_dir: str | Path, store: str | Path, user: str, k: i
         events = st.user_events(str(user))
         time_range = st.time_range()
         store_items = st.items()
-    added = 0
-    if hasattr(model, "add_store_items") and (not policy or policy == "plain"):
-        # cold start: items of the store's item table with no events yet, scored by their text / attributes
-        # (the re-ranking policies read per-item models fitted on the training catalogue, so not for them)
-        added = model.add_store_items(store_items)
+    # cold start: items of the store's item table with no events yet, scored by their text / attributes
+    added = add_cold_start_items(model, model_dir, store_items)
     cat = model.catalogue_
     if history_types:
         kept = events[events["event_type"].isin(history_types)]

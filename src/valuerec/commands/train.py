@@ -109,7 +109,8 @@ def load_split(data: Path | None, store: Path | None, protocol: str, cutoff: str
         protocol = ("r2" if fmt == "online-retail" and cutoff is None else
                     "cutoff" if cutoff is not None else "loo")
     if protocol in ("r1", "loo"):
-        return leave_one_out(events, items), "loo"
+        # a return is no next interest: the next item is the next one the user did not return
+        return leave_one_out(events[events["event_type"] != "return"], items), "loo"
     if protocol in ("r2", "cutoff"):
         if protocol == "cutoff" and (cutoff is None or valid_cutoff is None):
             raise DataError("a cut-off split needs --cutoff and --valid-cutoff")

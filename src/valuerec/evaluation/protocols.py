@@ -421,6 +421,18 @@ def run_recs(split: Split, meta: dict, kind: str, ks: tuple[int, ...], exclude_h
                         + (" once each user's past items are excluded (no user has a new item to find; try "
                            "--keep-history)" if exclude_history else "") + ": nothing to evaluate")
     info = {**split.info, "exclude_history": exclude_history, "valid_users": len(valid), "test_users": len(test)}
+    warnings = []
+    if max(ks) >= len(split.catalogue):
+        warnings.append(f"k={max(ks)} is at least the catalogue's {len(split.catalogue)} items: every list holds "
+                        "(nearly) everything, so hit rates near 1 say little")
+    if min(len(valid), len(test)) < 50:
+        warnings.append(f"only {len(valid)} validation and {len(test)} test users: the figures and the choice of "
+                        "settings are noisy")
+    console = console or Console(stderr=True)
+    for w in warnings:
+        console.print(f"[yellow]warning:[/yellow] {w}", highlight=False, soft_wrap=True)
+    if warnings:
+        info["warnings"] = warnings
     split = replace(split, valid=valid, test=test, info=info)
     spend = test.target_revenue is not None and test.total_revenue is not None and test.total_revenue.sum() > 0
     spec = custom_spec(kind, ks, exclude_history, bool(spend))

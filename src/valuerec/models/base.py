@@ -191,6 +191,18 @@ def require_next_item_head(model, name: str, hint: str = "") -> None:
                         f"it predicts customer value and churn, not items{hint}")
 
 
+def add_cold_start_items(model, model_dir, items) -> int:
+    """The store's items (``EventStore.items()``) that have content but no events, added to a model that
+    scores items by their content (``add_store_items``: the behaviour transformer), unless its directory
+    holds per-item models fitted on its training catalogue (learned item values, a purchase stage).
+    What ``recommend``, ``explain`` and the service do at load; returns how many items were added."""
+    if not hasattr(model, "add_store_items"):
+        return 0
+    if model_dir is not None and any((Path(model_dir) / d).exists() for d in ("item_value", "purchase_stage")):
+        return 0
+    return model.add_store_items(items)
+
+
 def apply_exclusions(scores: torch.Tensor, exclude: list[np.ndarray]) -> torch.Tensor:
     """Set excluded (user, item) entries to -inf, in place."""
     rows = np.concatenate([np.full(len(e), i, dtype=np.int64) for i, e in enumerate(exclude)]) if exclude else []

@@ -23,7 +23,7 @@ from valuerec.data.schema import DataError
 from valuerec.serving.metrics import Metrics, MetricsMiddleware
 from valuerec.serving.routes import InputError, make_router
 from valuerec.serving.settings import Settings
-from valuerec.serving.state import ModelLoadError, NotAvailable, NotFound, ServiceState
+from valuerec.serving.state import ModelLoadError, NotAvailable, NotFound, ServiceState, StorageError
 
 log = logging.getLogger("valuerec.serving")
 
@@ -198,6 +198,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(ModelLoadError)
     async def on_model_load_error(request: Request, exc: ModelLoadError):
         return JSONResponse(status_code=409, content={"detail": str(exc)})
+
+    @app.exception_handler(StorageError)
+    async def on_storage_error(request: Request, exc: StorageError):
+        return JSONResponse(status_code=500, content={"detail": str(exc)})
 
     @app.exception_handler(TimeoutError)
     async def on_timeout(request: Request, exc: TimeoutError):

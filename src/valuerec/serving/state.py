@@ -16,6 +16,7 @@ import datetime
 import importlib
 import logging
 import queue
+import re
 import sys
 import threading
 import time
@@ -32,7 +33,8 @@ from valuerec.data.dataset import Catalogue, Sequences, _natural_key, catalogue_
 from valuerec.data.schema import EVENT_COLUMNS, DataError, event_type_code
 from valuerec.data.store import EventStore, StoredEvent, row_event_id
 from valuerec.data.validate import MAX_TIME, MIN_TIME, EventRow
-from valuerec.models.base import Recommender, load_model, ranks_items, require_next_item_head
+from valuerec.models.base import (Recommender, add_cold_start_items, load_model, ranks_items,
+                                  require_next_item_head)
 from valuerec.serving.settings import Settings
 
 log = logging.getLogger("valuerec.serving")
@@ -44,6 +46,10 @@ class NotAvailable(Exception):
 
 class NotFound(Exception):
     """HTTP 404."""
+
+
+class StorageError(Exception):
+    """The service cannot write where it must (e.g. the snapshot folder): HTTP 500 with the reason."""
 
 
 class ModelLoadError(Exception):
@@ -81,6 +87,7 @@ class UserHistory:
 
 # as_of accepted by the read routes: the range events may have (pandas' own ends at 1677 and 2262)
 AS_OF_RANGE = (MIN_TIME, MAX_TIME)
+SNAPSHOT_GRACE_S = 600.0     # snapshots this young are never pruned (a retrain may be reading one)
 EMPTY = UserHistory(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))
 
 
@@ -276,11 +283,12 @@ class ServiceState:
         from valuerec.models.purchase_stage import load_purchase_stage
         rt = Runtime(model=model, path=path, version=path.name, loaded_at=time.time(), hooks=find_hooks(model),
                      item_value=load_item_values(path), purchase_model=load_purchase_stage(path))
-        if hasattr(model, "add_store_items") and rt.item_value is None and rt.purchase_model is None:
+        if hasattr(model, "add_store_items"):
             # cold start: items of the store's item table with no events yet, scored by their content (a
             # model with learned item values or a purchase stage keeps their training catalogue)
             with self._store_lock:
-                n_new = model.add_store_items(self.store.items())
+                items = self.store.items()
+            n_new = add_cold_start_items(model, path, items)
             if n_new:
                 log.info("model %s: %d item(s) of the store without events scored from their text / attributes",
                          path, n_new)
@@ -389,20 +397,27 @@ class ServiceState:
             try:
                 folder.mkdir(parents=True, exist_ok=True)
             except OSError as e:
-                raise NotAvailable(f"cannot create the snapshot folder {folder} ({e.strerror or e}); "
-                                   "set $VALUEREC_SNAPSHOT_DIR") from None
+                raise StorageError(f"cannot create the snapshot folder {folder} ({e.strerror or e}); "
+                                   "$VALUEREC_SNAPSHOT_DIR names where snapshots go") from None
             t0 = time.time()
             stamp = pd.Timestamp.now(tz="UTC").strftime("%Y%m%dT%H%M%S%fZ")
             try:
                 path = self.store.snapshot(folder / f"{stem}-{stamp}.duckdb")
             except OSError as e:
-                raise NotAvailable(f"cannot write a snapshot to {folder} ({e.strerror or e})") from None
+                raise StorageError(f"cannot write a snapshot to {folder} ({e.strerror or e})") from None
             seconds = time.time() - t0
             with EventStore(path, read_only=True) as snap:
                 events, newest = snap.count_events(), snap.time_range()
-            mine = sorted(folder.glob(f"{stem}-*.duckdb"))
+            # this store's snapshots only (an exact name, not a pattern: another store's name may start with
+            # this one's); the newest snapshot_keep stay, and so does any of the last 10 minutes, which a
+            # retrain may be reading
+            own = re.compile(re.escape(stem) + r"-\d{8}T\d{12}Z\.duckdb")
+            mine = sorted(p for p in folder.iterdir() if own.fullmatch(p.name))
+            recent = time.time() - SNAPSHOT_GRACE_S
             removed = []
             for old in mine[:max(0, len(mine) - s.snapshot_keep)]:
+                if old == path or old.stat().st_mtime > recent:
+                    continue
                 old.unlink(missing_ok=True)
                 old.with_name(old.name + ".wal").unlink(missing_ok=True)
                 removed.append(str(old))
