@@ -86,7 +86,8 @@ def load_context(model: Path, store: Path, value_model: Path | None = None, at: 
                                [at_ts.to_pydatetime(), [str(u) for u in users]])
         items = st.items()
     if rec is not None:
-        add_cold_start_items(rec, model, items)     # as recommend and the service: items without events yet
+        if users is not None:   # explain: the items without events yet, as recommend and the service rank them
+            add_cold_start_items(rec, model, items)
         cat = rec.catalogue_
     else:
         cat = catalogue_from(events, items, restrict_to_events=False)
