@@ -187,21 +187,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         loc = list(getattr(exc, "loc", ("body",)))    # QueryError: ("query", name)
         return _validation_response([{"loc": loc, "msg": line, "type": "value_error"} for line in lines])
 
-    @app.exception_handler(NotAvailable)
-    async def on_not_available(request: Request, exc: NotAvailable):
-        return JSONResponse(status_code=501, content={"detail": str(exc)})
+    def answer_with(status: int):
+        async def handler(request: Request, exc: Exception):
+            return JSONResponse(status_code=status, content={"detail": str(exc)})
+        return handler
 
-    @app.exception_handler(NotFound)
-    async def on_not_found(request: Request, exc: NotFound):
-        return JSONResponse(status_code=404, content={"detail": str(exc)})
-
-    @app.exception_handler(ModelLoadError)
-    async def on_model_load_error(request: Request, exc: ModelLoadError):
-        return JSONResponse(status_code=409, content={"detail": str(exc)})
-
-    @app.exception_handler(StorageError)
-    async def on_storage_error(request: Request, exc: StorageError):
-        return JSONResponse(status_code=500, content={"detail": str(exc)})
+    # what the service cannot do, as a status and the reason: 404 no such user or item; 409 a model
+    # version that cannot be loaded (the old one serves on); 500 a place it cannot write; 501 an answer
+    # the loaded model cannot give
+    for exc_type, status in ((NotFound, 404), (ModelLoadError, 409), (StorageError, 500), (NotAvailable, 501)):
+        app.add_exception_handler(exc_type, answer_with(status))
 
     @app.exception_handler(TimeoutError)
     async def on_timeout(request: Request, exc: TimeoutError):
