@@ -196,9 +196,12 @@ def add_cold_start_items(model, model_dir, items) -> int:
     scores items by their content (``add_store_items``: the behaviour transformer), unless its directory
     holds per-item models fitted on its training catalogue (learned item values, a purchase stage).
     What ``recommend``, ``explain`` and the service do at load; returns how many items were added."""
+    from valuerec.models.item_value import ItemValueModel
+    from valuerec.models.purchase_stage import PurchaseStage
     if not hasattr(model, "add_store_items"):
         return 0
-    if model_dir is not None and any((Path(model_dir) / d).exists() for d in ("item_value", "purchase_stage")):
+    if model_dir is not None and any((Path(model_dir) / d).exists()
+                                     for d in (ItemValueModel.DIRNAME, PurchaseStage.DIRNAME)):
         return 0
     return model.add_store_items(items)
 

@@ -594,7 +594,8 @@ def policy_rerank(policy: Policy | str, model, histories: Sequences, *, n_candid
         item_vectors = model_item_vectors(model)
         if item_vectors is None and catalogue is not None:
             item_vectors = item_feature_vectors(catalogue)
-    if pol.name == "stage" and isinstance(exclude, str) and exclude == "auto":
+    auto = isinstance(exclude, str) and exclude == "auto"
+    if pol.name == "stage" and auto:
         # its stages that leave past items out still need n_candidates others
         n_candidates += max((len(np.unique(h[h >= 0])) for h in histories.items), default=0)
     ctx = build_context(model, histories, history_candidates=pol.history_candidates, n_candidates=n_candidates,
@@ -603,7 +604,7 @@ def policy_rerank(policy: Policy | str, model, histories: Sequences, *, n_candid
                         item_popularity=item_popularity, stages=stages, purchase_model=purchase_model)
     # 'auto' keeps past items for the policies built on them; the stage policy still leaves them out for
     # its stages whose own policy is not
-    ctx.extras["exclude_history_by_default"] = isinstance(exclude, str) and exclude == "auto"
+    ctx.extras["exclude_history_by_default"] = auto
     if pol.name == "stage" and ctx.stages is None:
         from valuerec.policies.lifecycle import assign_stages, predict_value_safe
         if ctx.as_of is None:

@@ -43,7 +43,8 @@ class InputError(Exception):
 def _err(*codes: int) -> dict:
     text = {401: "Missing or invalid API key", 403: "The API key lacks the scope this route needs",
             404: "Not found", 409: "The model version cannot be loaded; the previous one still serves",
-            413: "Request body too large", 501: "The loaded model cannot answer this"}
+            413: "Request body too large", 500: "The service cannot write where it must (the reason is given)",
+            501: "The loaded model cannot answer this"}
     return {c: {"model": ErrorResponse, "description": text[c]} for c in codes}
 
 
@@ -205,7 +206,7 @@ def make_router(settings: Settings) -> APIRouter:
         return ReloadResponse(previous=LoadedModel(**old), current=LoadedModel(**new))
 
     @r.post("/v1/admin/snapshot", response_model=SnapshotResponse, tags=["admin"], dependencies=[admin],
-            responses=_err(401, 403, 501))
+            responses=_err(401, 403, 500))
     def snapshot(state: State) -> SnapshotResponse:
         """Copy the event store as committed now to a new DuckDB file (events keep arriving meanwhile),
         for `valuerec retrain --store PATH`, which cannot open the store this service holds; then

@@ -306,12 +306,12 @@ class ServiceState:
     def _check_store_fits(self, rt: Runtime) -> None:
         """Warn (log, /healthz, reload's answer) when the store gives the model nothing to read: no
         events yet, or items none of which the model knows (a model trained on other data)."""
-        items = [r[0] for r in self._read("SELECT DISTINCT item_id FROM events WHERE item_id IS NOT NULL")]
         if not self._read("SELECT 1 FROM events LIMIT 1"):
             rt.warnings.append(f"the store {self.settings.store} has no events yet: every user is new and gets "
                                "the model's ranking for an empty history (its training popularity, where it has "
                                "one) until events arrive")
-        elif (note := catalogue_overlap_note(rt.catalogue, items)) is not None:
+        elif (note := catalogue_overlap_note(rt.catalogue, [r[0] for r in self._read(
+                "SELECT DISTINCT item_id FROM events WHERE item_id IS NOT NULL")])) is not None:
             rt.warnings.append(note)
         for w in rt.warnings:
             log.warning("model %s (%s): %s", rt.name, rt.version, w)
