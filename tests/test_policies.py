@@ -171,6 +171,11 @@ def test_recommend_json_says_whether_history_was_excluded(cli_setup):
         assert r.exit_code == 0, r.output
         out = json.loads(r.stdout)
         assert out["exclude_history"] == excluded, policy
+        # the stage policy says which stage, and so which policy, ranked the list
+        assert ("stage" in out) == (policy == "stage")
+        if policy == "stage":
+            from valuerec.policies.rerank import DEFAULT_STAGE_POLICIES
+            assert out["stage_policy"] == DEFAULT_STAGE_POLICIES[out["stage"]]
         if excluded is True:
             assert not {"i0", "i1", "i2"} & {i["item_id"] for i in out["items"]}
 
@@ -236,6 +241,33 @@ def test_stage_policy_routes_by_stage():
     assert auto[0, 0] == 0 and list(auto[1]) == [1, 2, 3]    # at-risk: favourite first; retained: not again
     kept, _ = apply_policy("stage", m, h0, k=3, exclude=None, as_of=T0, stages=stages, n_candidates=3)
     assert list(kept[1]) == [0, 1, 2]                        # the caller kept them (repeat-buying data)
+
+
+def test_stage_of_a_user_does_not_depend_on_who_else_is_ranked():
+    """The advocates' "top value" bar is the value model's own (measured on its training population),
+    not a quantile over the users ranked together: alone, any long-standing buyer used to be at the
+    top of a population of one, so the stage policy called every such user an advocate."""
+    from valuerec.policies.rerank import policy_stages
+
+    m = FixedScorer(np.linspace(1, 0, 10), price=np.arange(1, 11, dtype=float))
+    vm = LinearValue(np.arange(10, dtype=float))      # value = sum of item indices bought
+    # two long-standing buyers (two orders, 200 and 1 days ago): predicted values 1 and 17
+    h = seqs([[0, 1], [8, 9]], days_ago=[[200, 1], [200, 1]])
+    vm.advocate_value_threshold_ = 10.0
+    both = policy_stages(m, h, T0, value_model=vm)
+    alone = [policy_stages(m, h.subset([u]), T0, value_model=vm)[0] for u in range(2)]
+    assert list(both) == alone == ["retained", "advocate"]
+    # apply_policy assigns stages once over all users, not per batch
+    top_b, _ = apply_policy("stage", m, h, k=3, as_of=T0, value_model=vm, batch_size=1, n_candidates=3)
+    top_s, _ = apply_policy("stage", m, h, k=3, as_of=T0, value_model=vm, stages=both, n_candidates=3)
+    assert np.array_equal(top_b, top_s)
+    # without a bar of the model's own, a batch's quantile is all there is (the lifecycle command's
+    # population); a caller's config wins over the model's bar
+    from valuerec.policies.lifecycle import LifecycleConfig
+    del vm.advocate_value_threshold_
+    assert list(policy_stages(m, h, T0, value_model=vm)) == ["retained", "advocate"]
+    cfg = LifecycleConfig(advocate_value_threshold=100.0)
+    assert policy_stages(m, h, T0, value_model=vm, lifecycle_config=cfg)[1] != "advocate"
 
 
 def test_policy_settings_are_range_checked_and_returned_items_are_not_won_back():

@@ -308,6 +308,17 @@ def test_expected_revenue_policy_uses_the_saved_purchase_stage(client, served):
     assert ids(body) == [str(model.catalogue_.item_ids[i]) for i in top[0] if i >= 0]
 
 
+def test_stage_policy_says_which_stage_ranked_the_list(client):
+    """policy=stage answers the user's stage (the one /stage gives) and the policy it maps to."""
+    from valuerec.policies.rerank import DEFAULT_STAGE_POLICIES
+
+    body = recs(client, "u0", k=5, policy="stage")
+    stage = client.get("/v1/users/u0/stage", headers=auth(READ_KEY)).json()["stage"]
+    assert body["policy"] == "stage" and body["stage"] == stage
+    assert body["stage_policy"] == DEFAULT_STAGE_POLICIES[stage]
+    assert recs(client, "u0", k=5)["stage"] is None
+
+
 def test_unknown_policy_is_422(client):
     r = client.get("/v1/users/u0/recommendations", params={"policy": "nonsense"}, headers=auth(READ_KEY))
     assert r.status_code == 422 and "policy" in r.json()["message"]

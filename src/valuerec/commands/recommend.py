@@ -54,6 +54,7 @@ def recommend_for_user(model_dir: str | Path, store: str | Path, user: str, k: i
                             f"type(s) {sorted(events['event_type'].unique())}")
         events = kept
     note = None
+    stage_info = {}
     if len(events) == 0:
         if not fallback:
             raise DataError(f"user {user!r} has no events in {store}; use --fallback for "
@@ -80,9 +81,15 @@ def recommend_for_user(model_dir: str | Path, store: str | Path, user: str, k: i
         purchase_model = load_purchase_stage(model_dir)   # P(buy), when trained with --purchase-stage
         # "Now" is the newest event in the store (the data may be historical).
         now = None if time_range is None else float(pd.Timestamp(time_range[1]).value // 10**9 + 1)
+        stages = None
+        if pol.name == "stage":
+            # assigned here so that the answer can say which stage, and so which policy, ranked the list
+            from valuerec.policies.rerank import policy_stages
+            stages = policy_stages(model, hist, now, value_model=value_model)
+            stage_info = {"stage": str(stages[0]), "stage_policy": pol.mapping.get(str(stages[0]), "plain")}
         idx, scores = apply_policy(policy, model, hist, k=k, exclude="auto" if asked else None,
                                    value_model=value_model, params=policy_params, item_value=item_value,
-                                   purchase_model=purchase_model, as_of=now)
+                                   purchase_model=purchase_model, as_of=now, stages=stages)
         keep = idx[0] >= 0
         idx, scores = idx[:, keep], scores[:, keep]
     else:
@@ -120,7 +127,7 @@ def recommend_for_user(model_dir: str | Path, store: str | Path, user: str, k: i
                                                   "scored from their text / attributes")
     return {"user": str(user), "model": model.name, "history_events": int(len(events)),
             "history_items_in_catalogue": int(len(known)), "exclude_history": exclude_history,
-            "policy": policy or "plain",
+            "policy": policy or "plain", **stage_info,
             "note": note, "items": items}
 
 
@@ -155,6 +162,8 @@ def recommend_cmd(
         return
     if res["note"]:
         console.print(f"[yellow]note:[/yellow] {cell(res['note'])}")
+    if "stage" in res:
+        console.print(f"stage: {cell(res['stage'])} -> policy {cell(res['stage_policy'])}")
     t = Table(title=cell(f"{res['model']} for user {res['user']} ({res['history_events']} events)"))
     for c in ("rank", "item", "score", "text", "price"):
         t.add_column(c, justify="right" if c in ("rank", "score", "price") else "left")

@@ -70,14 +70,21 @@ class LifecycleConfig:
             raise DataError(f"lifecycle config: expanding_factor must be > 0, got {self.expanding_factor}")
 
     @classmethod
-    def for_model(cls, model, d: dict | None = None) -> "LifecycleConfig":
+    def for_model(cls, model, d: dict | None = None, *, model_threshold: bool = False) -> "LifecycleConfig":
         """``from_dict``, with the horizon taken from ``model`` (its ``horizon_days_``: the window its
         predicted value covers) unless ``d`` sets it: "expanding" compares that value with the past
-        spend rate over the same number of days."""
+        spend rate over the same number of days.
+
+        ``model_threshold``: the "top value" bar for advocates is the one the model measured on its
+        training population (``advocate_value_threshold_``, when it has one) unless ``d`` sets it. Use
+        it for a few users at a time, who are no population to take a quantile over."""
         d = dict(d or {})
         h = getattr(model, "horizon_days_", None) if model is not None else None
         if "horizon_days" not in d and isinstance(h, (int, float)) and h > 0:
             d["horizon_days"] = float(h)
+        thr = getattr(model, "advocate_value_threshold_", None) if model is not None else None
+        if model_threshold and d.get("advocate_value_threshold") is None and thr is not None:
+            d["advocate_value_threshold"] = float(thr)
         return cls.from_dict(d)
 
     @classmethod

@@ -606,14 +606,30 @@ def policy_rerank(policy: Policy | str, model, histories: Sequences, *, n_candid
     # its stages whose own policy is not
     ctx.extras["exclude_history_by_default"] = auto
     if pol.name == "stage" and ctx.stages is None:
-        from valuerec.policies.lifecycle import assign_stages, predict_value_safe
-        if ctx.as_of is None:
-            raise DataError("the stage policy needs as_of or event times to assign lifecycle stages")
-        vm = value_model if value_model is not None else (model if predicts_value(model) else None)
-        pred = predict_value_safe(vm, histories, ctx.as_of) if vm is not None else None
-        ctx.stages = np.asarray(assign_stages(histories, ctx.as_of, pred, lifecycle_config)["stage"].to_numpy(),
-                                dtype=object)
+        ctx.stages = policy_stages(model, histories, ctx.as_of, value_model=value_model,
+                                   lifecycle_config=lifecycle_config)
     return ctx.candidates, pol.rerank(ctx)
+
+
+def policy_stages(model, histories: Sequences, as_of=None, *, value_model=None,
+                  lifecycle_config=None) -> np.ndarray:
+    """The lifecycle stage the stage policy gives each user: from their history, ``as_of`` (default:
+    just after each user's last event) and the value model's predictions (``value_model``, else the
+    model itself when it predicts value). Callers that report the stage pass the result on as
+    ``stages=`` so the ranking and the report agree."""
+    from valuerec.policies.lifecycle import LifecycleConfig, assign_stages, predict_value_safe
+    if as_of is not None:
+        as_of = np.broadcast_to(np.asarray(as_of, dtype=np.float64), (len(histories),)).copy()
+    elif histories.times is not None:
+        as_of = np.array([float(t.max()) + 1 if len(t) else 0.0 for t in histories.times])
+    else:
+        raise DataError("the stage policy needs as_of or event times to assign lifecycle stages")
+    vm = value_model if value_model is not None else (model if predicts_value(model) else None)
+    pred = predict_value_safe(vm, histories, as_of) if vm is not None else None
+    if lifecycle_config is None:
+        # the model's own "top value" bar, so a user's stage does not depend on who else is in the batch
+        lifecycle_config = LifecycleConfig.for_model(vm, model_threshold=True)
+    return np.asarray(assign_stages(histories, as_of, pred, lifecycle_config)["stage"].to_numpy(), dtype=object)
 
 
 def apply_policy(name: str, model, histories: Sequences, k: int = 10, *, batch_size: int = 512,
@@ -629,6 +645,10 @@ def apply_policy(name: str, model, histories: Sequences, k: int = 10, *, batch_s
     out_i, out_s = [], []
     as_of = kwargs.pop("as_of", None)
     stages = kwargs.pop("stages", None)
+    if pol.name == "stage" and stages is None and len(histories):
+        # once over every user, not per batch (a stage must not depend on the batch a user falls in)
+        stages = policy_stages(model, histories, as_of, value_model=kwargs.get("value_model"),
+                               lifecycle_config=kwargs.pop("lifecycle_config", None))
     for s in range(0, len(histories), batch_size):
         idx = np.arange(s, min(s + batch_size, len(histories)))
         a = None if as_of is None else np.broadcast_to(np.asarray(as_of, dtype=np.float64), (len(histories),))[idx]

@@ -95,8 +95,10 @@ def make_router(settings: Settings) -> APIRouter:
         """Top-k items for a user from their history in the store (new events count at once); 501 for a
         policy the loaded model cannot answer (e.g. expected_revenue without a purchase stage)."""
         out = await _answer(state.in_memory(user_id), state.recommend, user_id, k, policy, exclude_history)
+        stage = out.get("stage") or {}
         return RecommendationsResponse(user_id=user_id, policy=out["policy"], model=_model(out["runtime"]), k=k,
-                                       history_length=out["history_length"], items=out["items"])
+                                       history_length=out["history_length"], items=out["items"],
+                                       stage=stage.get("stage"), stage_policy=stage.get("stage_policy"))
 
     @r.get("/v1/users/{user_id:path}/value", response_model=ValueResponse, tags=["users"], dependencies=[read],
            responses=_err(401, 403, 501))

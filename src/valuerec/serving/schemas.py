@@ -31,6 +31,9 @@ class RecommendationsResponse(BaseModel):
     model: ModelInfo
     k: int
     history_length: int = Field(description="Events of this user in the store")
+    stage: str | None = Field(None, description="policy=stage: the user's lifecycle stage, whose policy ranked "
+                                                "the list")
+    stage_policy: str | None = Field(None, description="policy=stage: the policy of that stage")
     items: list[RecommendedItem]
 
 

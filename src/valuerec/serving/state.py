@@ -673,19 +673,27 @@ class ServiceState:
         popularity[pop_idx] = pop_counts
         t = self.as_of(None)
         value_model = rt.model if rt.hooks.get("value") is not None else None
+        stage = None
         try:
             with torch.no_grad():
+                stages = None
+                if policy == "stage":
+                    # assigned here so that the answer says which stage (and so which policy) ranked it
+                    from valuerec.policies.rerank import DEFAULT_STAGE_POLICIES, policy_stages
+                    stages = policy_stages(rt.model, seqs, self._unix(t), value_model=value_model)
+                    stage = {"stage": str(stages[0]),
+                             "stage_policy": DEFAULT_STAGE_POLICIES.get(str(stages[0]), "plain")}
                 # "auto": as the CLI, the policies built on past items keep them (favourites; stage, for
                 # its stages whose policy is favourites)
                 top, sc = apply_policy(policy, rt.model, seqs, k=k, exclude="auto" if exclude_history else None,
                                        as_of=self._unix(t), value_model=value_model, item_popularity=popularity,
                                        item_vectors=rt.item_vectors, item_value=rt.item_value,
-                                       purchase_model=rt.purchase_model)
+                                       purchase_model=rt.purchase_model, stages=stages)
         except DataError as e:   # the policy needs a part this model lacks (purchase stage, value head, prices)
             raise NotAvailable(f"policy={policy}: model '{rt.name}' ({rt.version}) cannot answer it: {e}") from None
         ok = top[0] >= 0
         return {"runtime": rt, "policy": policy, "items": self.describe_items(rt, top[0][ok], sc[0][ok]),
-                "history_length": int(len(h.items))}
+                "history_length": int(len(h.items)), "stage": stage}
 
     @staticmethod
     def describe_items(rt: Runtime, idx: np.ndarray, scores: np.ndarray) -> list[dict]:
@@ -743,10 +751,8 @@ class ServiceState:
         # One user at a time has no population to rank against: the "top value" bar for advocates is
         # the one the model measured on its training population (when it has one).
         from valuerec.policies.lifecycle import LifecycleConfig
-        thr = getattr(rt.model, "advocate_value_threshold_", None)
         valued = isinstance(raw_value, dict)
-        cfg = LifecycleConfig.for_model(rt.model if valued else None,
-                                        {"advocate_value_threshold": float(thr)} if valued and thr is not None else None)
+        cfg = LifecycleConfig.for_model(rt.model if valued else None, model_threshold=True)
         df = fn(seqs, self._unix(t), raw_value if isinstance(raw_value, dict) else None, cfg)
         return first_row(df)
 
