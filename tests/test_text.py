@@ -139,3 +139,23 @@ def test_recommend_and_serve_score_store_items_that_have_no_events_yet(tmp_path)
         got = c.get("/v1/users/shopper/recommendations?k=14", headers={"X-API-Key": "reader-key-123"}).json()
         served = [it["item_id"] for it in got["items"]]
         assert served.index("new-candle") < served.index("new-mug") and got["model"]
+    # a model that cannot score them says so, where it used to leave them out silently
+    r = CliRunner().invoke(app, ["train", "--store", str(store), "--model", "itemknn", "--out", str(tmp_path / "knn")])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(app, ["recommend", "--model", str(tmp_path / "knn"), "--store", str(store), "--user",
+                                 "shopper", "-k", "14", "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert not {"new-candle", "new-mug"} & {it["item_id"] for it in out["items"]}
+    assert ("2 item(s) of the store's item table with text or attributes are not in the model's catalogue"
+            in out["note"]) and "ranks only the items it was trained on" in out["note"]
+    # ... and so does the service, for a transformer trained without item text
+    r = CliRunner().invoke(app, ["train", "--store", str(store), "--model", "transformer", "--epochs", "1",
+                                 "--config", json.dumps({**json.loads(cfg), "use_text": False}),
+                                 "--out", str(tmp_path / "notext")])
+    assert r.exit_code == 0, r.output
+    settings = Settings.from_env({"VALUEREC_STORE": str(store), "VALUEREC_MODEL_DIR": str(tmp_path / "notext"),
+                                  "VALUEREC_API_KEYS": "reader-key-123:read"})
+    with TestClient(create_app(settings)) as c:
+        warnings = c.get("/healthz").json()["model"]["warnings"]
+    assert any("2 item(s)" in w and "trained without item text" in w for w in warnings), warnings

@@ -87,7 +87,7 @@ def load_context(model: Path, store: Path, value_model: Path | None = None, at: 
         items = st.items()
     if rec is not None:
         if users is not None:   # explain: the items without events yet, as recommend and the service rank them
-            add_cold_start_items(rec, model, items)
+            add_cold_start_items(rec, model, items)   # (its note is recommend's to give)
         cat = rec.catalogue_
     else:
         cat = catalogue_from(events, items, restrict_to_events=False)

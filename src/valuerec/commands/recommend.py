@@ -45,7 +45,7 @@ def recommend_for_user(model_dir: str | Path, store: str | Path, user: str, k: i
         time_range = st.time_range()
         store_items = st.items()
     # cold start: items of the store's item table with no events yet, scored by their text / attributes
-    added = add_cold_start_items(model, model_dir, store_items)
+    added, left_out = add_cold_start_items(model, model_dir, store_items)
     cat = model.catalogue_
     if history_types:
         kept = events[events["event_type"].isin(history_types)]
@@ -125,6 +125,8 @@ def recommend_for_user(model_dir: str | Path, store: str | Path, user: str, k: i
     if added:
         note = ((note + "; ") if note else "") + (f"{added} item(s) of the store's item table without events are "
                                                   "scored from their text / attributes")
+    if left_out:
+        note = ((note + "; ") if note else "") + left_out
     return {"user": str(user), "model": model.name, "history_events": int(len(events)),
             "history_items_in_catalogue": int(len(known)), "exclude_history": exclude_history,
             "policy": policy or "plain", **stage_info,

@@ -191,19 +191,34 @@ def require_next_item_head(model, name: str, hint: str = "") -> None:
                         f"it predicts customer value and churn, not items{hint}")
 
 
-def add_cold_start_items(model, model_dir, items) -> int:
+def add_cold_start_items(model, model_dir, items) -> tuple[int, str | None]:
     """The store's items (``EventStore.items()``) that have content but no events, added to a model that
     scores items by their content (``add_store_items``: the behaviour transformer), unless its directory
     holds per-item models fitted on its training catalogue (learned item values, a purchase stage).
-    What ``recommend``, ``explain`` and the service do at load; returns how many items were added."""
+    What ``recommend``, ``explain`` and the service do at load. Returns how many items were added, and a
+    note when items of the table that have text or attributes are still outside the model's catalogue
+    (and so never recommended), saying why; None when there are none."""
     from valuerec.models.item_value import ItemValueModel
     from valuerec.models.purchase_stage import PurchaseStage
+    added, why = 0, None
     if not hasattr(model, "add_store_items"):
-        return 0
-    if model_dir is not None and any((Path(model_dir) / d).exists()
-                                     for d in (ItemValueModel.DIRNAME, PurchaseStage.DIRNAME)):
-        return 0
-    return model.add_store_items(items)
+        why = "this model ranks only the items it was trained on"
+    elif model_dir is not None and any((Path(model_dir) / d).exists()
+                                       for d in (ItemValueModel.DIRNAME, PurchaseStage.DIRNAME)):
+        why = "its learned item values / purchase stage cover only the items it was trained on"
+    else:
+        added = model.add_store_items(items)
+        why = "it was trained without item text or attributes, so it cannot score items by them"
+    cat = getattr(model, "catalogue_", None)
+    if items is None or not len(items) or cat is None:
+        return added, None
+    has_text = items["text"].map(lambda t: isinstance(t, str) and bool(t.strip()))
+    has_attrs = items["attributes"].map(lambda a: isinstance(a, list) and len(a) > 0)
+    left = int(((has_text | has_attrs) & ~items["item_id"].astype(str).isin(cat.index)).sum())
+    if not left:
+        return added, None
+    return added, (f"{left} item(s) of the store's item table with text or attributes are not in the model's "
+                   f"catalogue and are never recommended: {why}; retrain to include them")
 
 
 def apply_exclusions(scores: torch.Tensor, exclude: list[np.ndarray]) -> torch.Tensor:

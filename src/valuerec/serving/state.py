@@ -288,10 +288,12 @@ class ServiceState:
             # model with learned item values or a purchase stage keeps their training catalogue)
             with self._store_lock:
                 items = self.store.items()
-            n_new = add_cold_start_items(model, path, items)
+            n_new, left_out = add_cold_start_items(model, path, items)
             if n_new:
                 log.info("model %s: %d item(s) of the store without events scored from their text / attributes",
                          path, n_new)
+            if left_out:
+                rt.warnings.append(left_out)
         try:
             rt.item_vectors = item_vectors_of(model)
         except Exception:  # noqa: BLE001 - similarity then falls back to store co-occurrence
