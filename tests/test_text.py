@@ -130,6 +130,11 @@ def test_recommend_and_serve_score_store_items_that_have_no_events_yet(tmp_path)
     ranked = [it["item_id"] for it in out["items"]]
     assert "2 item(s) of the store's item table without events" in out["note"]
     assert ranked.index("new-candle") < ranked.index("new-mug")
+    for policy in ("value_aware", "stage"):       # the re-ranking policies rank them too
+        r = CliRunner().invoke(app, ["recommend", "--model", str(tmp_path / "m"), "--store", str(store), "--user",
+                                     "shopper", "-k", "14", "--json", "--policy", policy])
+        assert r.exit_code == 0, r.output
+        assert {"new-candle", "new-mug"} <= {it["item_id"] for it in json.loads(r.stdout)["items"]}, policy
     r = CliRunner().invoke(app, ["explain", "--model", str(tmp_path / "m"), "--store", str(store), "--user",
                                  "shopper", "--target", "item:new-candle", "--json"])   # explain knows it too
     assert r.exit_code == 0 and "new-candle" in r.output, r.output
