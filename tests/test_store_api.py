@@ -142,3 +142,38 @@ def test_a_duckdb_file_that_is_not_an_event_store_is_refused_untouched(tmp_path)
     con.close()
     with EventStore(tmp_path / "empty.duckdb") as st:            # an empty database may become a store
         assert st.count_events() == 0
+
+
+def test_add_events_needs_only_user_and_time_as_file_ingest(store):
+    """Only user_id and timestamp are required, as the schema says: the other columns get ingest's
+    defaults (was 'missing column(s) [event_type, value, quantity]')."""
+    df = frame(2)[["user_id", "item_id", "timestamp"]]
+    df["user_id"] = ["plain-a", "plain-b"]
+    store.add_events(df)
+    got = store.user_events("plain-a")
+    assert len(got) == 1 and got["event_type"].iloc[0] == "interaction" and got["value"].iloc[0] == 0.0
+    with pytest.raises(DataError, match=r"missing column\(s\) \['timestamp'\]"):
+        store.add_events(df.drop(columns="timestamp"))
+
+
+def test_sequences_from_a_pandas_frame_as_a_user_would_build_it():
+    """Numeric user ids keep each user's own events (the slices were cut in text order over a frame
+    sorted by number, so user 2 got user 10's events); timezone-aware times are UTC; unix-second
+    numbers are refused rather than read as nanoseconds; event_type and value may be left out."""
+    from valuerec.data.dataset import Catalogue, sequences_from
+
+    cat = Catalogue(item_ids=np.array(list("abcde"), dtype=object))
+    ev = pd.DataFrame({"user_id": [2, 2, 10, 10, 10], "item_id": list("abcde"),
+                       "timestamp": pd.date_range("2024-01-01", periods=5, freq="D")})
+    h = sequences_from(ev, cat)
+    assert list(h.user_ids) == ["10", "2"]
+    assert [list(x) for x in h.items] == [[2, 3, 4], [0, 1]]
+    two = sequences_from(ev, cat, users=np.array([2, 10], dtype=object))
+    assert [list(x) for x in two.items] == [[0, 1], [2, 3, 4]] and list(two.user_ids) == ["2", "10"]
+    tz = ev.assign(timestamp=ev["timestamp"].dt.tz_localize("Europe/Berlin"))
+    assert sequences_from(tz, cat).times[1][0] == int(pd.Timestamp("2023-12-31 23:00").timestamp())
+    with pytest.raises(DataError, match="unit='s'"):
+        sequences_from(ev.assign(timestamp=np.arange(5) * 86400 + 1_704_067_200), cat)
+    assert sequences_from(ev, cat).event_types[0].tolist() == [0, 0, 0]          # the default type
+    with pytest.raises(DataError, match=r"missing column\(s\) \['timestamp'\]"):
+        sequences_from(ev.drop(columns="timestamp"), cat)

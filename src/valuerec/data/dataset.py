@@ -172,10 +172,19 @@ def sequences_from(events: pd.DataFrame, catalogue: Catalogue, users: np.ndarray
     """Group events (schema columns, any order) into per-user time-ordered sequences.
 
     ``users`` fixes the output order (users without events get empty histories); by default, every
-    user with an event, sorted. Items not in the catalogue are dropped (or kept as -1 with
-    ``unknown_items='keep'``, for value-only use).
+    user with an event, sorted. User ids are matched as text (``5`` and ``"5"`` are one user). Items
+    not in the catalogue are dropped (or kept as -1 with ``unknown_items='keep'``, for value-only use).
+    ``user_id`` and ``timestamp`` (datetimes, timezone-aware ones converted to UTC, or ISO 8601
+    strings) are required; without ``item_id`` every event is value-only, without ``event_type``
+    events get the store's default type, without ``value`` a value of 0.
     """
-    ev = events
+    missing = [c for c in ("user_id", "timestamp") if c not in events.columns]
+    if missing:
+        raise DataError(f"events are missing column(s) {missing}; required: user_id, timestamp")
+    ev = _with_defaults(events)
+    # users in the text order their ids are matched in (numbers sorted as numbers would cut one user's
+    # events into another's slice)
+    ev["user_id"] = ev["user_id"].astype(str)
     keys = ["user_id", "timestamp", "seq"] if "seq" in ev.columns else ["user_id", "timestamp"]
     if not _sorted_by(ev, keys):      # the store already returns them in this order: no copy then
         ev = ev.sort_values(keys, kind="stable")
@@ -189,8 +198,8 @@ def sequences_from(events: pd.DataFrame, catalogue: Catalogue, users: np.ndarray
     if not keep.all():
         ev = ev[keep]
         item_idx = item_idx[keep]
-    uid = ev["user_id"].astype(str).to_numpy()
-    times = pd.to_datetime(ev["timestamp"]).astype("datetime64[s]").astype("int64").to_numpy()
+    uid = ev["user_id"].to_numpy()
+    times = ev["timestamp"].astype("datetime64[s]").astype("int64").to_numpy()
     codes = pd.Series(ev["event_type"].to_numpy(), dtype=object).map(EVENT_TYPE_CODE)
     etypes = codes.fillna(EVENT_TYPE_CODE["other"]).to_numpy(dtype=np.int64)
     values = ev["value"].to_numpy(dtype=np.float32)
@@ -209,7 +218,36 @@ def sequences_from(events: pd.DataFrame, catalogue: Catalogue, users: np.ndarray
         types_l.append(etypes[s:e] if e > s else empty_i)
         values_l.append(values[s:e] if e > s else empty_f)
     return Sequences(items=items_l, times=times_l, event_types=types_l, values=values_l,
-                     user_ids=np.asarray(users, dtype=object))
+                     user_ids=np.array([str(u) for u in users], dtype=object))
+
+
+def _with_defaults(events: pd.DataFrame) -> pd.DataFrame:
+    """A shallow copy of ``events`` with naive-UTC datetime timestamps and the optional columns filled;
+    numbers as timestamps are refused (unix seconds would be read as nanoseconds)."""
+    from valuerec.data.schema import DEFAULT_EVENT_TYPE
+    ev = events.copy(deep=False)
+    t = ev["timestamp"]
+    if pd.api.types.is_numeric_dtype(t) or pd.api.types.is_timedelta64_dtype(t):
+        raise DataError(f"column 'timestamp' holds {t.dtype} numbers, not dates; convert them first, e.g. "
+                        "pd.to_datetime(x, unit='s') for unix seconds")
+    if not pd.api.types.is_datetime64_any_dtype(t):
+        try:
+            t = pd.to_datetime(t, utc=True, format="ISO8601")
+        except (ValueError, TypeError) as e:
+            raise DataError(f"column 'timestamp': not datetimes or ISO 8601 strings ({e})") from None
+    if getattr(t.dt, "tz", None) is not None:
+        t = t.dt.tz_convert("UTC").dt.tz_localize(None)
+    if t.isna().any():
+        raise DataError(f"column 'timestamp': {int(t.isna().sum())} empty time(s), first at row "
+                        f"{t.index[t.isna().to_numpy()][0]!r}")
+    ev["timestamp"] = t
+    if "item_id" not in ev.columns:
+        ev["item_id"] = None
+    if "event_type" not in ev.columns:
+        ev["event_type"] = DEFAULT_EVENT_TYPE
+    if "value" not in ev.columns:
+        ev["value"] = 0.0
+    return ev
 
 
 def catalogue_overlap_note(catalogue, item_ids) -> str | None:

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from valuerec.data.schema import EVENT_COLUMNS, ITEM_COLUMNS, DataError
+from valuerec.data.schema import EVENT_COLUMNS, ITEM_COLUMNS, REQUIRED_EVENT_COLUMNS, DataError
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -224,7 +224,10 @@ class EventStore:
         Events whose ``event_id`` is already stored, or repeated within the batch, are dropped and
         counted as duplicates. A missing ``event_id`` is filled with the event's content hash.
         """
-        missing = [c for c in EVENT_COLUMNS if c not in events.columns and c != "event_id"]
+        # unchecked frames need only the required columns: the checks fill the others as file ingest does
+        # (no item: a value-only event; the default event type; value and quantity defaults)
+        need = EVENT_COLUMNS if checked else REQUIRED_EVENT_COLUMNS
+        missing = [c for c in need if c not in events.columns and c != "event_id"]
         if missing:
             raise DataError(f"events are missing column(s) {missing}")
         if not checked:
