@@ -43,6 +43,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +58,7 @@ from valuerec.evaluation.protocols import load_split_r2  # noqa: E402
 from valuerec.evaluation.results import command_line, device_info, git_commit, now_iso, write_result  # noqa: E402
 from valuerec.models.item_value import ItemValueModel  # noqa: E402
 from valuerec.models.purchase_stage import PurchaseStage, _ItemReference  # noqa: E402
+from valuerec.data.schema import event_type_code  # noqa: E402
 from valuerec.policies.rerank import build_context  # noqa: E402
 
 console = Console(stderr=True)
@@ -73,7 +75,33 @@ def transformer_params() -> dict:
     return json.loads(text.split("--model-params '")[1].split("'")[0])
 
 
-def candidate_table(model, task, cut, reference, item_value, companions, n_items, n_candidates=100):
+def history_pool(ctx, n_candidates: int, extra: int):
+    """``ctx`` (built with the user's past items as candidates) cut to the model's top ``n_candidates``
+    plus at most ``extra`` past items outside them, those the user spent most on (purchases net of
+    returns), padded to ``n_candidates + extra`` columns."""
+    B = len(ctx.candidates)
+    cand = np.full((B, n_candidates + extra), -1, dtype=np.int64)
+    cand[:, :n_candidates] = ctx.candidates[:, :n_candidates]
+    P, R = event_type_code("purchase"), event_type_code("return")
+    for u in range(B):
+        past = ctx.candidates[u, n_candidates:]
+        past = past[past >= 0]
+        if not len(past):
+            continue
+        items, types = ctx.histories.items[u], ctx.histories.event_types[u]
+        vals = ctx.histories.values[u].astype(np.float64)
+        sign = np.where(types == P, 1.0, np.where(types == R, -1.0, 0.0))
+        spend = np.array([float((vals * sign)[items == i].sum()) for i in past])
+        keep = past[np.argsort(-spend, kind="stable")[:extra]]
+        cand[u, n_candidates:n_candidates + len(keep)] = keep
+    idx = torch.as_tensor(np.clip(cand, 0, None))
+    sc = torch.gather(ctx.full_scores, 1, idx)
+    sc = torch.where(torch.as_tensor(cand >= 0), sc, torch.full_like(sc, -torch.inf))
+    return replace(ctx, candidates=cand, scores=sc, extras={"added_from_history": np.zeros(cand.shape, bool)})
+
+
+def candidate_table(model, task, cut, reference, item_value, companions, n_items, n_candidates=100,
+                    history_extra=0):
     """Features (B, C, F), candidates (B, C) and the revenue each user spent on each candidate."""
     st = PurchaseStage(folds=1, companions=companions)
     st.ref_ = _ItemReference(reference, cut, n_items)
@@ -81,7 +109,10 @@ def candidate_table(model, task, cut, reference, item_value, companions, n_items
     for s in range(0, len(task), 512):
         idx = np.arange(s, min(s + 512, len(task)))
         ctx = build_context(model, task.inputs.subset(idx), n_candidates=n_candidates,
-                            as_of=np.full(len(idx), float(cut)), item_value=item_value)
+                            as_of=np.full(len(idx), float(cut)), item_value=item_value,
+                            history_candidates=history_extra > 0)
+        if history_extra:
+            ctx = history_pool(ctx, n_candidates, history_extra)
         X.append(st.features(ctx).reshape(len(idx), ctx.candidates.shape[1], -1))
         cand.append(ctx.candidates)
         for r, u in enumerate(idx):
@@ -120,6 +151,9 @@ def main(argv=None) -> int:
                          "the other second stages")
     ap.add_argument("--n-candidates", type=int, default=100,
                     help="candidates per user from the transformer (r2_policies.sh re-ranks 100)")
+    ap.add_argument("--history-extra", type=int, default=0,
+                    help="add up to this many of the user's past items outside the top candidates, those they "
+                         "spent most on (a pool of n-candidates + this)")
     ap.add_argument("--out", default=None, help="default: benchmarks/results/r2_stage_probe.json, or "
                     "r2_stage_probe_settings.json with --settings")
     args = ap.parse_args(argv)
@@ -146,9 +180,9 @@ def main(argv=None) -> int:
     if args.n_candidates < 20:
         ap.error("--n-candidates must be at least 20 (the metrics' cut-off)")
     D = {"valid": candidate_table(vm, split.valid, vcut, split.train, values["valid"], comps["valid"], n,
-                                  args.n_candidates),
+                                  args.n_candidates, args.history_extra),
          "test": candidate_table(fm, split.test, cut, split.train_full, values["test"], comps["test"], n,
-                                 args.n_candidates)}
+                                 args.n_candidates, args.history_extra)}
     # how much of the holdout spend the candidates hold at all: the ceiling of any re-ranking of them
     coverage = {k: float(np.mean(np.where(D[k]["total"] > 0, D[k]["rev"].sum(1) / np.maximum(D[k]["total"], 1e-12), 0.0)))
                 for k in D}
@@ -310,6 +344,10 @@ def main(argv=None) -> int:
               "candidate_rows": {"valid": int(Bv * C), "test": int(Bt * C)}, "features": names,
               "variant_seconds": timings, "chosen_on_validation_revenue": chosen,
               "models": results}
+    if args.history_extra:
+        result["history_extra"] = args.history_extra
+        result["description"] += (f"; the pool adds up to {args.history_extra} of each user's past items outside the "
+                                  "top candidates, those they spent most on")
     path = write_result(args.out, result)
     console.log(f"validation would choose {chosen}; wrote {path}")
     return 0

@@ -14,7 +14,7 @@ of the user whose (edited) history is row b; that lets one batch mix users with 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -35,8 +35,14 @@ def item_target(model, items) -> TargetFn:
         raise DataError(f"item_target: items must be catalogue indices (integers), got {raw.dtype} "
                         f"{raw[:3].tolist()}; map item ids with catalogue.index[item_id]")
     items = raw.astype(np.int64)
+    # A model that keeps a learned vector per trained history (ALS, BPR) would score the full history
+    # with it and every edited one by fold-in, so each event's "influence" would mostly be the gap
+    # between the two: score them all by fold-in.
+    same_path = bool(getattr(model, "scores_trained_users_by_id", False))
 
     def f(h: Sequences, owner: np.ndarray) -> np.ndarray:
+        if same_path and h.user_ids is not None:
+            h = replace(h, user_ids=None)
         with torch.no_grad():
             s = model.score(h)
         it = items[owner] if len(items) > 1 else np.full(len(owner), items[0])

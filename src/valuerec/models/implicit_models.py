@@ -38,6 +38,10 @@ class _FactorModel(Recommender):
     def _train(self, X) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
 
+    # score() uses the learned vector of a history it was trained on (matched by user id and content),
+    # fold-in otherwise; explanations score full and edited histories alike (by fold-in)
+    scores_trained_users_by_id = True
+
     def _fold_in(self, histories: list[np.ndarray]) -> np.ndarray:
         raise NotImplementedError
 
