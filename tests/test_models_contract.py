@@ -171,3 +171,25 @@ def test_model_classes_import_from_the_package_and_save_refuses_a_file(tmp_path)
     (tmp_path / "f").write_text("x")
     with pytest.raises(DataError, match="f: is a file; a model is saved as a directory"):
         m.save(tmp_path / "f")
+
+
+def test_empty_history_gets_a_ranking_not_catalogue_order(fitted, data, tmp_path):
+    """Every baseline ranks an empty history (or one of unknown items only) by something it learned:
+    item-kNN and ALS scored every item 0 there and returned catalogue order. Kept after save/load."""
+    train, _ = data
+    empty = Sequences(items=[np.zeros(0, np.int64), np.array([-1], np.int64)])
+    users = np.zeros(N_ITEMS)
+    for h in train.items:
+        users[np.unique(h)] += 1
+    for m in (fitted, _reloaded(fitted, tmp_path)):
+        s = m.score(empty).numpy()
+        assert np.ptp(s[0]) > 0 and np.allclose(s[0], s[1])
+        top = m.recommend(empty, k=5)[0][0]
+        assert users[top].mean() > users.mean()       # leans to popular items
+        assert list(top) != list(range(5))
+
+
+def _reloaded(model, tmp_path):
+    path = tmp_path / model.name
+    model.save(path)
+    return load_model(path)

@@ -221,6 +221,23 @@ def add_cold_start_items(model, model_dir, items) -> tuple[int, str | None]:
                    f"catalogue and are never recommended: {why}; retrain to include them")
 
 
+def popularity_for_empty_histories(scores: torch.Tensor, histories: Sequences, counts: np.ndarray | None
+                                   ) -> torch.Tensor:
+    """Rows of ``scores`` whose history holds no item of the catalogue get the training popularity
+    (``counts`` scaled to [0, 1]), in place: a model that scores from the history alone (item-kNN,
+    ALS's fold-in) would otherwise score every item 0 and rank them in catalogue order. ``counts``
+    None (a model saved before it kept them) leaves the scores as they are."""
+    if counts is None or not len(histories):
+        return scores
+    N = scores.shape[1]
+    empty = [b for b, h in enumerate(histories.items) if not ((np.asarray(h) >= 0) & (np.asarray(h) < N)).any()]
+    if empty:
+        pop = torch.as_tensor(np.asarray(counts, dtype=np.float64) / max(float(np.max(counts, initial=0.0)), 1.0),
+                              dtype=scores.dtype, device=scores.device)
+        scores[torch.as_tensor(empty, device=scores.device)] = pop
+    return scores
+
+
 def apply_exclusions(scores: torch.Tensor, exclude: list[np.ndarray]) -> torch.Tensor:
     """Set excluded (user, item) entries to -inf, in place."""
     rows = np.concatenate([np.full(len(e), i, dtype=np.int64) for i, e in enumerate(exclude)]) if exclude else []

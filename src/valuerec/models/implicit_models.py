@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 
 from valuerec.data.dataset import Catalogue, Sequences
-from valuerec.models.base import Recommender, register
+from valuerec.models.base import Recommender, popularity_for_empty_histories, register
 from valuerec.models.itemknn import interaction_matrix
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
@@ -54,6 +54,7 @@ class _FactorModel(Recommender):
         self.user_factors_ = np.ascontiguousarray(user_factors, dtype=np.float32)
         self.user_keys_ = np.array([f"{u}|{history_key(s)}" for u, s in zip(ids, train.items)], dtype=object)
         self._index_users()
+        self.counts_ = np.asarray((X > 0).sum(axis=0), dtype=np.float64).ravel()   # users per item
         return self
 
     def _index_users(self) -> None:
@@ -81,16 +82,20 @@ class _FactorModel(Recommender):
 
     def score(self, histories: Sequences) -> torch.Tensor:
         U = self.user_vectors(histories)                     # (B, F')
-        return torch.from_numpy(U @ self.item_factors_.T)    # (B, N)
+        s = torch.from_numpy(U @ self.item_factors_.T)       # (B, N)
+        # a folded-in empty history scores every item 0: training popularity instead
+        return popularity_for_empty_histories(s, histories, getattr(self, "counts_", None))
 
     def _save_state(self, path: Path) -> None:
         np.save(path / "item_factors.npy", self.item_factors_)
         np.save(path / "user_factors.npy", self.user_factors_)
+        np.save(path / "counts.npy", self.counts_)
         pd.DataFrame({"key": self.user_keys_.astype(str)}).to_parquet(path / "user_keys.parquet", index=False)
 
     def _load_state(self, path: Path) -> None:
         self.item_factors_ = np.load(path / "item_factors.npy")
         self.user_factors_ = np.load(path / "user_factors.npy")
+        self.counts_ = np.load(path / "counts.npy") if (path / "counts.npy").exists() else None
         self.user_keys_ = pd.read_parquet(path / "user_keys.parquet")["key"].to_numpy(dtype=object)
         self._index_users()
 

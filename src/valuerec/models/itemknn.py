@@ -15,7 +15,7 @@ import scipy.sparse as sp
 import torch
 
 from valuerec.data.dataset import Catalogue, Sequences
-from valuerec.models.base import Recommender, register
+from valuerec.models.base import Recommender, popularity_for_empty_histories, register
 
 
 def interaction_matrix(seqs: Sequences, n_items: int, binary: bool = True) -> sp.csr_matrix:
@@ -88,18 +88,22 @@ class ItemKNN(Recommender):
         denom = norms[coo.row] * norms[coo.col] + self.shrink
         sim = sp.csr_matrix((coo.data / np.maximum(denom, 1e-12), (coo.row, coo.col)), shape=(n, n))
         self.sim_ = _keep_top_per_row(sim, self.neighbours)            # row i: i's neighbours
+        self.counts_ = np.asarray((X > 0).sum(axis=0), dtype=np.float64).ravel()   # users per item
         return self
 
     def score(self, histories: Sequences) -> torch.Tensor:
         H = history_weights(histories, self.n_items, self.recency_decay)   # (B, N)
         s = (H @ self.sim_).toarray().astype(np.float32)                   # (B, N)
-        return torch.from_numpy(s)
+        # an empty history (or one of unknown items only) has no neighbours: training popularity
+        return popularity_for_empty_histories(torch.from_numpy(s), histories, getattr(self, "counts_", None))
 
     def _save_state(self, path: Path) -> None:
         save_csr(path, "sim", self.sim_)
+        np.save(path / "counts.npy", self.counts_)
 
     def _load_state(self, path: Path) -> None:
         self.sim_ = load_csr(path, "sim")
+        self.counts_ = np.load(path / "counts.npy") if (path / "counts.npy").exists() else None
 
 
 def save_csr(path: Path, prefix: str, m: sp.spmatrix) -> None:

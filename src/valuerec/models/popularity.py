@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from valuerec.data.dataset import Catalogue, Sequences
-from valuerec.models.base import Recommender, register
+from valuerec.models.base import Recommender, popularity_for_empty_histories, register
 from valuerec.models.itemknn import history_weights
 
 
@@ -69,6 +69,7 @@ class RepeatPopularity(Popularity):
     def score(self, histories: Sequences) -> torch.Tensor:
         # Popularity only breaks ties: it is scaled below the smallest possible history weight.
         pop = torch.from_numpy(self.counts_)
-        pop = pop / (pop.max().clamp(min=1.0) * 2.0) * self.decay ** 1000
+        # (at least 1e-30: a steep decay, 0.9 ** 1000, would vanish in float32 and leave ties in index order)
+        pop = pop / (pop.max().clamp(min=1.0) * 2.0) * max(self.decay ** 1000, 1e-30)
         counts = torch.from_numpy(history_weights(histories, self.n_items, self.decay).toarray())
-        return counts.float() + pop
+        return popularity_for_empty_histories(counts.float() + pop, histories, self.counts_)
