@@ -239,3 +239,18 @@ def test_train_refuses_a_transformer_with_every_head_off(cli_setup):
     assert r.exit_code == 2 and "next_item_weight, value_weight and churn_weight are all 0" in out, r.output
     assert "split" not in r.output and not (tmp / "m0").exists()
     assert _split_kwargs({"next_item_weight": 0, "churn_weight": 1})[0].churn_weight == 1.0   # one head is enough
+
+
+def test_numpy_scalars_are_accepted_as_settings():
+    """A grid built with numpy (np.arange, np.linspace) passes numpy scalars: the transformer refused
+    them ('expected a whole number (got a int64)') where the baselines took them."""
+    import numpy as np
+
+    from valuerec.models import BehaviourTransformer
+
+    m = BehaviourTransformer(d_model=np.int64(16), dropout=np.float32(0.25), use_text=np.bool_(False))
+    cfg = m.model_config
+    assert (cfg.d_model, cfg.use_text) == (16, False) and type(cfg.d_model) is int
+    assert cfg.dropout == pytest.approx(0.25) and type(cfg.dropout) is float
+    with pytest.raises(DataError, match="d_model"):
+        BehaviourTransformer(d_model=np.float64(16.5))

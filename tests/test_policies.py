@@ -343,3 +343,29 @@ def test_apply_policy_returns_k_items_beyond_the_default_candidate_pool(name):
     # stage: the recent user's stage (plain) leaves their 3 items out, the lapsed one's (favourites) not
     left = {"favourites_winback": [n, n], "stage": [n - 3, n]}.get(name, [n - 3, n - 1])
     assert list((top >= 0).sum(axis=1)) == left
+
+
+def test_as_of_takes_timestamps_and_arguments_are_checked():
+    """as_of may be a Timestamp, datetime64 or ISO string as well as unix seconds (a Timestamp was a
+    TypeError from float()); k < 1, an exclude list of the wrong length or of item ids are DataErrors."""
+    import pandas as pd
+
+    m = FixedScorer(np.linspace(1, 0, 10), price=np.arange(1, 11, dtype=float))
+    vm = LinearValue(np.arange(10, dtype=float))
+    h = seqs([[1, 2], [3]], days_ago=[[5, 1], [2]])
+    ref, _ = apply_policy("value_uplift", m, h, k=3, as_of=T0, value_model=vm)
+    for as_of in (pd.Timestamp(T0, unit="s"), pd.Timestamp(T0, unit="s", tz="UTC").tz_convert("Asia/Tokyo"),
+                  np.datetime64(T0, "s"), pd.Timestamp(T0, unit="s").isoformat(), [T0, T0]):
+        got, _ = apply_policy("value_uplift", m, h, k=3, as_of=as_of, value_model=vm)
+        assert np.array_equal(got, ref), as_of
+    for as_of, words in ((T0 * 1000, "milliseconds"), ([T0, T0, T0], "3 values for 2 histories"),
+                         ("next tuesday", "not a time"), (float("nan"), "not finite")):
+        with pytest.raises(DataError, match=words):
+            apply_policy("value_uplift", m, h, k=3, as_of=as_of, value_model=vm)
+    with pytest.raises(DataError, match="k=0"):
+        apply_policy("plain", m, h, k=0)
+    from valuerec.models.base import apply_exclusions
+    with pytest.raises(DataError, match="exclude has 1 entries for 2 histories"):
+        apply_exclusions(m.score(h), [np.array([1])])
+    with pytest.raises(DataError, match="not catalogue indices"):
+        apply_exclusions(m.score(h), [np.array(["i1"]), np.array([], dtype=np.int64)])

@@ -326,7 +326,7 @@ def test_predict_value_refuses_non_finite_or_millisecond_as_of_and_takes_no_hist
     df = synthetic_log(n_users=20)
     model, seqs, cutoff = _fit(df, epochs=0)
     t = cutoff.timestamp()
-    for bad, words in ((np.inf, "expected finite unix seconds"), (np.nan, "expected finite unix seconds"),
+    for bad, words in ((np.inf, "is not finite"), (np.nan, "is not finite"),
                        (t * 1000, "looks like milliseconds")):
         with pytest.raises(DataError, match=words):
             model.predict_value(seqs, as_of=bad)

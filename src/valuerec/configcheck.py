@@ -7,6 +7,8 @@ from __future__ import annotations
 import math
 from dataclasses import fields
 
+import numpy as np
+
 from valuerec.data.schema import DataError
 
 
@@ -31,6 +33,8 @@ def check_value(name: str, annotation, value, what: str):
     number or a string. Other annotations are not checked."""
     parts = set(str(getattr(annotation, "__name__", annotation)).replace(" ", "").split("|"))
     v = value
+    if isinstance(v, np.generic):      # numpy scalars (a grid from np.arange) as the Python ones
+        v = v.item()
     if v is None and "None" in parts:
         return v
     if isinstance(v, str) and "str" in parts:

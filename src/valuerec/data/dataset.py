@@ -167,6 +167,45 @@ def _sorted_by(df: pd.DataFrame, keys: list[str]) -> bool:
         return False
 
 
+def unix_seconds(as_of, n: int, name: str = "as_of") -> np.ndarray:
+    """``as_of`` for ``n`` histories as float64 unix seconds, one per history: a number of unix seconds,
+    a ``pd.Timestamp`` / ``datetime`` / ``np.datetime64`` (timezone-aware ones converted to UTC, naive
+    ones taken as UTC), an ISO 8601 string, or an array / list / Series of them (length 1 or ``n``).
+    A DataError names ``name`` for anything else, a wrong length, a non-finite value or milliseconds."""
+    def fail(why: str):
+        raise DataError(f"{name}: {why}; expected unix seconds, a timestamp or an ISO 8601 string, one or "
+                        f"one per history ({n})")
+    if isinstance(as_of, (pd.Series, pd.Index)):
+        as_of = as_of.to_numpy()
+    a = np.asarray(as_of)
+    if a.ndim > 1:
+        fail(f"an array of shape {a.shape}")
+    if a.dtype.kind in "iuf":
+        out = a.astype(np.float64)
+    elif a.dtype.kind == "b":
+        fail("booleans")
+    else:
+        try:
+            ts = pd.to_datetime(pd.Series(np.atleast_1d(a)), utc=True, format="ISO8601") if a.dtype.kind in "OUS" \
+                else pd.to_datetime(pd.Series(np.atleast_1d(a)), utc=True)
+        except (ValueError, TypeError) as e:
+            fail(f"{np.atleast_1d(a)[:3].tolist()!r} is not a time")
+        if ts.isna().any():
+            fail("an empty time (NaT / None)")
+        out = (ts.dt.tz_localize(None).to_numpy().astype("datetime64[s]").astype(np.int64)).astype(np.float64)
+        if a.ndim == 0:
+            out = out[0]
+    out = np.atleast_1d(out)
+    if len(out) not in (1, n):
+        fail(f"{len(out)} values for {n} histories")
+    bad = np.flatnonzero(~np.isfinite(out) | (np.abs(out) >= 1e11))
+    if len(bad):
+        v = out[bad[0]]
+        fail(f"value {bad[0]} = {float(v)!r}" + (" looks like milliseconds (divide by 1000)" if np.isfinite(v)
+                                                 else " is not finite"))
+    return np.broadcast_to(out, (n,)).copy()
+
+
 def sequences_from(events: pd.DataFrame, catalogue: Catalogue, users: np.ndarray | None = None,
                    unknown_items: str = "drop") -> Sequences:
     """Group events (schema columns, any order) into per-user time-ordered sequences.

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from valuerec.data.dataset import Catalogue, Sequences
+from valuerec.data.dataset import Catalogue, Sequences, unix_seconds
 from valuerec.data.schema import EVENT_TYPES, DataError
 
 TargetFn = Callable[[Sequences, np.ndarray], np.ndarray]
@@ -54,7 +54,8 @@ def item_target(model, items) -> TargetFn:
 
 
 def _value_key_target(value_model, as_of, key: str) -> TargetFn:
-    as_of = np.atleast_1d(np.asarray(as_of, dtype=np.float64))
+    raw = as_of.to_numpy() if isinstance(as_of, (pd.Series, pd.Index)) else as_of
+    as_of = unix_seconds(raw, len(np.atleast_1d(np.asarray(raw, dtype=object))))
 
     def f(h: Sequences, owner: np.ndarray) -> np.ndarray:
         a = as_of[owner] if len(as_of) > 1 else np.full(len(owner), as_of[0])

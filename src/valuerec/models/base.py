@@ -239,7 +239,16 @@ def popularity_for_empty_histories(scores: torch.Tensor, histories: Sequences, c
 
 
 def apply_exclusions(scores: torch.Tensor, exclude: list[np.ndarray]) -> torch.Tensor:
-    """Set excluded (user, item) entries to -inf, in place."""
+    """Set excluded (user, item) entries to -inf, in place. ``exclude`` holds one array of catalogue
+    indices per row of ``scores``."""
+    if len(exclude) != scores.shape[0]:
+        raise DataError(f"exclude has {len(exclude)} entries for {scores.shape[0]} histories; give one array of "
+                        "item indices per history (or 'history', or None)")
+    exclude = [np.asarray(e) for e in exclude]
+    for b, e in enumerate(exclude):
+        if e.size and e.dtype.kind not in "iu":
+            raise DataError(f"exclude[{b}] holds {e.dtype} {e.ravel()[:3].tolist()}, not catalogue indices "
+                            "(integers); map item ids with catalogue.index[item_id]")
     rows = np.concatenate([np.full(len(e), i, dtype=np.int64) for i, e in enumerate(exclude)]) if exclude else []
     cols = np.concatenate([np.asarray(e, dtype=np.int64) for e in exclude]) if exclude else []
     if len(rows):

@@ -41,7 +41,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from valuerec.data.dataset import Catalogue, Sequences, catalogue_from
+from valuerec.data.dataset import Catalogue, Sequences, catalogue_from, unix_seconds
 from valuerec.configcheck import check_types, require
 from valuerec.data.schema import EVENT_TYPES, DataError
 from valuerec.models.base import Recommender, register
@@ -1086,11 +1086,8 @@ class BehaviourTransformer(Recommender):
         module, cfg = self.module_, self.model_config
         if module.value_heads is None:
             raise DataError("this transformer has no value head (train it with value_weight > 0)")
-        as_of = np.broadcast_to(np.asarray(as_of, dtype=np.float64), (len(histories),))
-        bad = np.flatnonzero(~np.isfinite(as_of) | (as_of > 1e11))
-        if len(bad):   # NaN / inf answered with NaNs; milliseconds put every event "before" a far future
-            raise DataError(f"predict_value: as_of[{bad[0]}] = {as_of[bad[0]]!r}: expected finite unix seconds"
-                            + (" (this looks like milliseconds)" if np.isfinite(as_of[bad[0]]) else ""))
+        # NaN / inf would be answered with NaNs; milliseconds put every event "before" a far future
+        as_of = unix_seconds(as_of, len(histories), "predict_value: as_of")
         if len(histories) == 0:
             return {k: np.zeros(0) for k in ("expected_value", "p_buy", "churn_prob", "lower", "upper")}
         device = next(module.parameters()).device

@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 from scipy import special, stats
 
-from valuerec.data.dataset import Catalogue, Sequences
+from valuerec.data.dataset import Catalogue, Sequences, unix_seconds
 from valuerec.data.schema import DataError
 from valuerec.features.labels import labels_from_sequences
 from valuerec.features.rfm import DAY, FEATURES, rfm_from_sequences
@@ -56,10 +56,8 @@ def register_value(name: str):
 
 
 def as_of_array(as_of, n: int) -> np.ndarray:
-    a = np.asarray(as_of)
-    if np.issubdtype(a.dtype, np.datetime64):
-        a = a.astype("datetime64[s]").astype(np.int64)
-    return np.broadcast_to(a.astype(np.int64), (n,)).copy()
+    """``as_of`` (unix seconds, timestamps or ISO strings; one or one per history) as int64 unix seconds."""
+    return unix_seconds(as_of, n, "predict_value: as_of").astype(np.int64)
 
 
 class ValueModel:

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from valuerec.configcheck import check_types
-from valuerec.data.dataset import Sequences
+from valuerec.data.dataset import Sequences, unix_seconds
 from valuerec.data.schema import EVENT_TYPES, DataError, event_type_code
 
 STAGES = ["new", "activated", "retained", "expanding", "advocate", "at-risk", "lapsed"]
@@ -151,7 +151,7 @@ def assign_stages(histories: Sequences, as_of, value_pred: dict | None = None,
     ``stage``, ``rule``, ``reason`` and the numbers the rules used."""
     config = config or LifecycleConfig()
     U = len(histories)
-    as_of = np.broadcast_to(np.asarray(as_of, dtype=np.float64), (U,))
+    as_of = unix_seconds(as_of, U)
     df = history_features(histories, as_of, config)
     uid = histories.user_ids if histories.user_ids is not None else np.arange(U)
     df.insert(0, "user_id", np.asarray(uid, dtype=object))
@@ -236,7 +236,7 @@ def predict_value_safe(value_model, histories: Sequences, as_of, fill: float = n
     (value models may refuse them) get ``fill``. Purchases are events of type ``purchase`` (every
     event when there are no types)."""
     U = len(histories)
-    as_of = np.broadcast_to(np.asarray(as_of, dtype=np.float64), (U,))
+    as_of = unix_seconds(as_of, U)
     code = event_type_code("purchase")
     has = np.zeros(U, dtype=bool)
     for u in range(U):

@@ -37,7 +37,7 @@ import pandas as pd
 import torch
 
 from valuerec.configcheck import check_values, require
-from valuerec.data.dataset import Catalogue, Sequences
+from valuerec.data.dataset import Catalogue, Sequences, unix_seconds
 from valuerec.data.schema import DataError, event_type_code
 from valuerec.models.base import apply_exclusions, predicts_value
 
@@ -567,7 +567,7 @@ def build_context(model, histories: Sequences, *, history_candidates: bool = Fal
         apply_exclusions(full, exclude)
     cands, cscores, added = build_candidates(full, n_candidates, histories if history_candidates else None)
     if as_of is not None:
-        as_of = np.broadcast_to(np.asarray(as_of, dtype=np.float64), (len(histories),)).copy()
+        as_of = unix_seconds(as_of, len(histories))
     elif histories.times is not None:
         # Default "now": just after each user's last event.
         as_of = np.array([float(t.max()) + 1 if len(t) else 0.0 for t in histories.times])
@@ -619,7 +619,7 @@ def policy_stages(model, histories: Sequences, as_of=None, *, value_model=None,
     ``stages=`` so the ranking and the report agree."""
     from valuerec.policies.lifecycle import LifecycleConfig, assign_stages, predict_value_safe
     if as_of is not None:
-        as_of = np.broadcast_to(np.asarray(as_of, dtype=np.float64), (len(histories),)).copy()
+        as_of = unix_seconds(as_of, len(histories))
     elif histories.times is not None:
         as_of = np.array([float(t.max()) + 1 if len(t) else 0.0 for t in histories.times])
     else:
@@ -641,9 +641,12 @@ def apply_policy(name: str, model, histories: Sequences, k: int = 10, *, batch_s
     catalogue has them; rows with fewer than k candidates are padded with -1."""
     params = kwargs.pop("params", None)
     pol = make_policy(name, **(params or {}))
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise DataError(f"k={k!r}, must be a whole number >= 1")
     kwargs["n_candidates"] = max(int(kwargs.get("n_candidates", 100)), k)
     out_i, out_s = [], []
     as_of = kwargs.pop("as_of", None)
+    as_of = None if as_of is None else unix_seconds(as_of, len(histories))
     stages = kwargs.pop("stages", None)
     if pol.name == "stage" and stages is None and len(histories):
         # once over every user, not per batch (a stage must not depend on the batch a user falls in)
@@ -651,7 +654,7 @@ def apply_policy(name: str, model, histories: Sequences, k: int = 10, *, batch_s
                                lifecycle_config=kwargs.pop("lifecycle_config", None))
     for s in range(0, len(histories), batch_size):
         idx = np.arange(s, min(s + batch_size, len(histories)))
-        a = None if as_of is None else np.broadcast_to(np.asarray(as_of, dtype=np.float64), (len(histories),))[idx]
+        a = None if as_of is None else as_of[idx]
         st = None if stages is None else np.asarray(stages, dtype=object)[idx]
         cands, sc = policy_rerank(pol, model, histories.subset(idx), as_of=a, stages=st, **kwargs)
         kk = min(k, cands.shape[1])
