@@ -148,7 +148,13 @@ def assign_stages(histories: Sequences, as_of, value_pred: dict | None = None,
                   config: LifecycleConfig | None = None) -> pd.DataFrame:
     """One stage per user with a reason. ``value_pred`` is a model's ``predict_value`` output
     (``expected_value``, ``churn_prob`` per user) or None. Returns a DataFrame with ``user_id``,
-    ``stage``, ``rule``, ``reason`` and the numbers the rules used."""
+    ``stage``, ``rule``, ``reason`` and the numbers the rules used.
+
+    Unless ``config`` sets ``advocate_value_threshold``, the advocates' "top value" bar is a quantile
+    over the users given, so a user's stage depends on who else is in the call: right for a whole
+    population, wrong for a few users at a time. For those, pass
+    ``LifecycleConfig.for_model(model, model_threshold=True)`` (the bar the model measured on its
+    training population; also its horizon)."""
     config = config or LifecycleConfig()
     U = len(histories)
     as_of = unix_seconds(as_of, U)
