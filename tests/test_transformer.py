@@ -355,3 +355,23 @@ def test_contrastive_loss_matches_its_reference_and_skips_same_target_negatives(
         TransformerConfig(contrastive_temperature=0.0)
     model = BehaviourTransformer(seed=0, **{**TINY, "dropout": 0.2, "contrastive_weight": 0.3}).fit(seqs, catalogue())
     assert torch.isfinite(model.score(seqs)).all()
+
+
+def test_fit_is_seeded_and_leaves_the_callers_random_generators_alone():
+    """fit seeds Python's, numpy's and torch's global generators from its own seed (two fits agree),
+    and gives the caller's states back: a notebook's later draws were tied to the model's seed."""
+    import random
+
+    seqs, cat = sequences(n_users=20), catalogue()
+    np.random.seed(123)
+    random.seed(123)
+    torch.manual_seed(123)
+    expected = (np.random.rand(), random.random(), torch.rand(1).item())
+    np.random.seed(123)
+    random.seed(123)
+    torch.manual_seed(123)
+    kw = dict(d_model=16, n_layers=1, max_len=8, epochs=1, batch_size=8, progress=False, use_text=False)
+    a = BehaviourTransformer(seed=5, **kw).fit(seqs, cat)
+    assert (np.random.rand(), random.random(), torch.rand(1).item()) == expected
+    b = BehaviourTransformer(seed=5, **kw).fit(seqs, cat)
+    assert torch.equal(a.score(seqs), b.score(seqs))

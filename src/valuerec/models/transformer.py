@@ -777,7 +777,14 @@ class BehaviourTransformer(Recommender):
     def fit(self, train: Sequences, catalogue: Catalogue, valid=None,
             warm_start: "BehaviourTransformer | None" = None) -> "BehaviourTransformer":
         """Train from scratch, or from ``warm_start``'s weights (fine-tuning; items are matched by id,
-        so the catalogue may have grown: new items start from their text / attribute vectors)."""
+        so the catalogue may have grown: new items start from their text / attribute vectors). The fit
+        seeds the global random generators from ``seed`` and gives the caller's states back after."""
+        from valuerec.training.loop import caller_rng_kept
+        with caller_rng_kept():
+            return self._fit(train, catalogue, valid, warm_start)
+
+    def _fit(self, train: Sequences, catalogue: Catalogue, valid=None,
+             warm_start: "BehaviourTransformer | None" = None) -> "BehaviourTransformer":
         from valuerec.evaluation.metrics import evaluate
         from valuerec.training.loop import train_model
 

@@ -491,6 +491,11 @@ class ZILNMLP(ValueModel):
         return net, head
 
     def fit_value(self, histories, cutoff, horizon_days, catalogue=None):
+        from valuerec.training.loop import caller_rng_kept
+        with caller_rng_kept():      # seeded from self.seed; the caller's generators left as they were
+            return self._fit_value(histories, cutoff, horizon_days)
+
+    def _fit_value(self, histories, cutoff, horizon_days):
         import torch
 
         from valuerec.models.ziln import ziln_loss

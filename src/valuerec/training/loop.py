@@ -115,6 +115,22 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return torch.device(name)
 
 
+@contextlib.contextmanager
+def caller_rng_kept():
+    """Run a fit that seeds the global generators (Python's, numpy's, torch's) and give the caller's
+    states back afterwards: a fit is reproducible from its own seed, and a notebook's later random
+    draws do not become a function of the model's seed."""
+    import random
+    py, npy = random.getstate(), np.random.get_state()
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        try:
+            yield
+        finally:
+            random.setstate(py)
+            np.random.set_state(npy)
+
+
 def seed_everything(seed: int) -> None:
     import random
     random.seed(seed)
