@@ -193,3 +193,17 @@ def _reloaded(model, tmp_path):
     path = tmp_path / model.name
     model.save(path)
     return load_model(path)
+
+
+def test_importing_the_models_leaves_the_environment_alone():
+    """Importing valuerec.models set OPENBLAS_NUM_THREADS=1 in os.environ, which reached every process
+    the caller started later; ALS and BPR now limit BLAS threads during their fit only."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    out = subprocess.run([sys.executable, "-c", "import os, valuerec.models; "
+                          "print(os.environ.get('OPENBLAS_NUM_THREADS'))"], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "None"

@@ -11,7 +11,6 @@ So ``score`` works for any history, and a user's score never depends on who else
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +20,6 @@ import torch
 from valuerec.data.dataset import Catalogue, Sequences
 from valuerec.models.base import Recommender, popularity_for_empty_histories, register
 from valuerec.models.itemknn import interaction_matrix
-
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 
 def history_key(items: np.ndarray) -> str:
@@ -48,7 +45,11 @@ class _FactorModel(Recommender):
     def fit(self, train: Sequences, catalogue: Catalogue, valid=None) -> "_FactorModel":
         self.catalogue_ = catalogue
         X = interaction_matrix(train, len(catalogue), binary=False)   # (U, N) counts
-        user_factors, item_factors = self._train(X)
+        # implicit is slow with a threaded BLAS: one BLAS thread for the fit, set here rather than in the
+        # environment at import (which would also reach every process the caller starts later)
+        from threadpoolctl import threadpool_limits
+        with threadpool_limits(limits=1, user_api="blas"):
+            user_factors, item_factors = self._train(X)
         self.item_factors_ = np.ascontiguousarray(item_factors, dtype=np.float32)
         ids = train.user_ids if train.user_ids is not None else np.array([None] * len(train), dtype=object)
         self.user_factors_ = np.ascontiguousarray(user_factors, dtype=np.float32)
