@@ -205,6 +205,11 @@ def test_headerless_ragged_rows_and_bad_time_format(tmp_path, store):
         ingest(store, p, fmt="csv", no_header=True, columns=cols, cmap=ColumnMap(time_format="unix"))
     with pytest.raises(DataError, match=r"h.txt, line 2: 4 fields, expected 3"):
         ingest(store, p, fmt="csv", no_header=True, columns=cols, sep=" ", cmap=ColumnMap(time_format="unix"))
+    # a first row with more fields than --columns: pandas took the extra leading field as the index, so
+    # the id "alice smith" was stored as "smith" with no error
+    spaced = write(tmp_path, "s.txt", "alice smith\t10\t2024-01-01\nbob\t11\t2024-01-02\n")
+    with pytest.raises(DataError, match=r"s.txt, line 1: 4 fields, expected 3 .*give --sep"):
+        ingest(store, spaced, fmt="csv", no_header=True, columns=cols)
     with pytest.raises(DataError, match=r"--columns names 'item_id' twice"):
         ingest(store, p, fmt="csv", no_header=True, columns=["user_id", "item_id", "item_id"])
     with pytest.raises(DataError, match=r"^--time-format '%Q': .*bad directive"):

@@ -291,9 +291,22 @@ def _iter_table_utf8(path: Path, sep: str | None, no_header: bool, columns: list
         _no_repeats(columns, "--columns names")
         try:
             line = 1
-            for df in _chunks(pd.read_csv(path, sep=sep or r"\s+", header=None, names=columns, dtype=str,
+            # read without names, so a row with more fields than --columns is an error (with names,
+            # pandas takes the extra leading fields as the index: an id "alice smith" split on the
+            # whitespace would silently become "smith")
+            for df in _chunks(pd.read_csv(path, sep=sep or r"\s+", header=None, dtype=str,
                                           keep_default_na=False, na_values=[""], chunksize=chunk_rows,
                                           engine="python" if sep is None else "c")):
+                df = df.reset_index(drop=True)
+                if df.shape[1] > len(columns):
+                    extra = df.iloc[:, len(columns):].notna().any(axis=1).to_numpy()
+                    r = int(np.flatnonzero(extra)[0]) if extra.any() else 0
+                    n = int(df.iloc[r].notna().sum())
+                    raise DataError(f"{path}, line {line + r}: {n} fields, expected {len(columns)} (the names in "
+                                    f"--columns){' (a value with spaces? give --sep)' if sep is None else ''}")
+                if df.shape[1] < len(columns):
+                    df = df.reindex(columns=range(len(columns)))
+                df.columns = columns
                 yield df, line
                 line += len(df)
         except pd.errors.ParserError as e:
