@@ -484,10 +484,11 @@ def test_a_given_event_id_with_new_content_is_an_error_not_a_duplicate(tmp_path,
 def test_an_empty_value_is_zero_for_views_and_an_error_for_purchases(tmp_path, store):
     """Clickstream logs leave the amount empty on views and carts: that is 0. A purchase or a return
     without its amount is still an error."""
-    ok = write(tmp_path, "clicks.csv", "user_id,item_id,timestamp,event_type,value\n"
-                                       "u1,a,2024-01-01,view,\nu1,a,2024-01-02,cart,\nu1,a,2024-01-03,purchase,9.5\n")
+    ok = write(tmp_path, "clicks.csv", "user_id,item_id,timestamp,event_type,value,quantity\n"
+                                       "u1,a,2024-01-01,view,,\nu1,a,2024-01-02,cart,,\nu1,a,2024-01-03,purchase,9.5,2\n")
     assert ingest(store, ok).added == 3
     assert store.events()["value"].tolist() == [0.0, 0.0, 9.5]
+    assert store.events()["quantity"].tolist() == [1.0, 1.0, 2.0]     # an empty quantity on a view is 1
     bad = write(tmp_path, "bad.csv", "user_id,item_id,timestamp,event_type,value\n"
                                      "u2,a,2024-01-01,view,\nu2,a,2024-01-02,return,\n")
     with pytest.raises(DataError, match=r"line 3, field 'value': not a number"):
@@ -510,6 +511,8 @@ def test_the_services_row_check_refuses_numbers_the_models_cannot_hold():
     rows = validate_event_rows([{"user_id": "u", "timestamp": "2024-01-01", "event_type": "view", "value": ""},
                                 {"user_id": "u", "timestamp": "2024-01-02", "event_type": "cart", "value": float("nan")}])
     assert [r.value for r in rows] == [0.0, 0.0]       # as in file ingest: a view's empty value is 0
+    rows = validate_event_rows([{"user_id": "u", "timestamp": "2024-01-01", "event_type": "view", "quantity": ""}])
+    assert rows[0].quantity == 1.0                     # ... and its empty quantity 1
     with pytest.raises(DataError, match=r"\[0\]\.value: not a number"):
         validate_event_rows([{"user_id": "u", "timestamp": "2024-01-01", "event_type": "purchase", "value": ""}])
 

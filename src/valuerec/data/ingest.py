@@ -563,9 +563,10 @@ def _check_rows(df: pd.DataFrame, src: dict[str, str], lines: np.ndarray, proble
         if src[fld] in present:
             raw = df[src[fld]]
             num = _numeric(raw)
-            if fld == "value":   # a view or a click has no amount: its empty value is 0; a purchase needs one
-                empty = (raw.isna() | (raw.astype("string").str.strip() == "")).fillna(True)
-                num = num.where(~(empty & ~types.isin(MONETARY_TYPES)), 0.0)
+            # a view or a click has no amount: its empty value is 0 and its empty quantity 1 (click-stream
+            # logs fill them on purchases only); a purchase or return needs both
+            empty = (raw.isna() | (raw.astype("string").str.strip() == "")).fillna(True)
+            num = num.where(~(empty & ~types.isin(MONETARY_TYPES)), default)
             bad_nan = num.isna().to_numpy()
             problems.add_mask(bad_nan, lines, src[fld], raw, "not a number (NaN or empty)")
             neg = (num < 0).fillna(False).to_numpy()

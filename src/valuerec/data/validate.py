@@ -121,9 +121,9 @@ def validate_event_rows(records: list[dict], source: str = "events",
         etype = et.lower() if et else default_event_type
         for fld, default in (("value", 0.0), ("quantity", 1.0)):
             v = r.get(fld)
-            if fld == "value" and etype not in MONETARY_TYPES and (
+            if etype not in MONETARY_TYPES and (
                     (isinstance(v, str) and not v.strip()) or (isinstance(v, float) and v != v)):
-                v = None     # as in file ingest: a view's empty value is 0; a purchase needs its amount
+                v = None     # as in file ingest: a view's empty value is 0 and quantity 1; a purchase needs them
             if fld == "value" and v is None and etype in MONETARY_TYPES:
                 bad(n, fld, f"a {etype} needs its amount; give 'value'", v)
                 continue
