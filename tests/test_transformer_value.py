@@ -286,10 +286,16 @@ def test_train_command_on_value_only_data(tmp_path):
     assert "value and churn heads only" in r.output
     metrics = json.loads((tmp_path / "m" / "metrics.json").read_text())
     assert metrics["protocol"] == "value-only" and metrics["split"]["events"] == n_events
-    r = runner.invoke(app, ["value", "--model", str(tmp_path / "m"), "--store", str(store), "--json", "--top", "100"])
+    r = runner.invoke(app, ["value", "--model", str(tmp_path / "m"), "--store", str(store), "--json"])
     assert r.exit_code == 0, r.output
-    out = json.loads(r.stdout)
+    out = json.loads(r.stdout)      # every user (it was the table's top 20, without a word)
     assert len(out) == 30 and all(np.isfinite(u["expected_value"]) and 0 <= u["churn_prob"] <= 1 for u in out)
+    r = runner.invoke(app, ["value", "--model", str(tmp_path / "m"), "--store", str(store), "--json", "--top", "5"])
+    top5 = json.loads(r.stdout)
+    assert [u["user_id"] for u in top5] == [u["user_id"] for u in sorted(
+        out, key=lambda u: -u["expected_value"])][:5]
+    r = runner.invoke(app, ["value", "--model", str(tmp_path / "m"), "--store", str(store)])
+    assert r.exit_code == 0 and "top 20 shown" in " ".join(r.stdout.split())
     r = runner.invoke(app, ["value", "--model", str(tmp_path / "m"), "--store", str(store), "--json",
                             "--user", "c3", "--user", "c3"])
     assert r.exit_code == 0 and [u["user_id"] for u in json.loads(r.stdout)] == ["c3"]   # asked twice, listed once

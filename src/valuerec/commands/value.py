@@ -176,7 +176,9 @@ def value_cmd(
     as_of: Optional[str] = typer.Option(None, "--as-of", help="Predict as of this time (default: just after the last event)"),
     as_json: bool = typer.Option(False, "--json", help="Print JSON records"),
     out: Optional[Path] = typer.Option(None, "--out", help="Write all predictions to FILE.csv or FILE.parquet"),
-    top: int = typer.Option(20, "--top", min=1, help="Rows to print (highest expected value first)"),
+    top: Optional[int] = typer.Option(None, "--top", min=1,
+                                      help="Rows to print, highest expected value first (default: 20 in the "
+                                           "table, every user with --json)"),
 ) -> None:
     """Predict each customer's value over the model's horizon, p(buy), churn probability and an 80% interval."""
     from valuerec.data.store import EventStore
@@ -211,11 +213,14 @@ def value_cmd(
         except OSError as e:
             _fail(DataError(f"--out {out}: cannot write it ({e.strerror or e})"))
         console.print(f"wrote {len(df):,} predictions to {out}")
-    shown = df.sort_values("expected_value", ascending=False).head(top) if not user else df
+    ranked = df.sort_values("expected_value", ascending=False, kind="stable") if not user else df
     if as_json:
+        shown = ranked.head(top) if top and not user else ranked
         print(json.dumps(shown.to_dict(orient="records"), indent=2))
     elif out is None or user:
-        tab = Table(title=f"value as of {t} over {df['horizon_days'].iloc[0]} days ({len(df):,} customers)")
+        shown = ranked.head(top or 20) if not user else ranked
+        more = f", the top {len(shown):,} shown" if len(shown) < len(df) else ""
+        tab = Table(title=f"value as of {t} over {df['horizon_days'].iloc[0]} days ({len(df):,} customers{more})")
         for c in ("user_id", "expected_value", "p_buy", "churn_prob", "lower", "upper"):
             tab.add_column(c, justify="left" if c == "user_id" else "right")
         for r in shown.itertuples():
