@@ -276,6 +276,28 @@ def test_recommender_adapter_plugs_into_the_runner(events):
     assert fake["metrics"]["auc"] == pytest.approx(0.5) and fake["seeds"] == [0, 1]
 
 
+def test_a_model_that_fails_on_the_data_is_left_out_not_the_run(store_path, tmp_path):
+    """A degenerate fit (e.g. BG/NBD on too few repeat buyers gives NaN predictions) used to end the whole
+    bench with no result file; the model is now left out, named with its reason, and the rest run."""
+    from valuerec.evaluation.value_protocol import run_value_bench
+    from valuerec.models.value_baselines import PastSpend
+
+    class Broken(PastSpend):
+        def predict_value(self, histories, as_of):
+            out = super().predict_value(histories, as_of)
+            out["expected_value"] = out["expected_value"] * np.nan
+            return _finalise(out)
+
+    from valuerec.models.value_baselines import _finalise
+    res = run_value_bench(store_path, CUTOFF, VAL_CUTOFF, 60, ["broken", "past_spend"], 1, out=tmp_path / "r.json",
+                          extra_models={"broken": Broken})
+    saved = json.loads((tmp_path / "r.json").read_text())
+    assert list(saved["models"]) == ["past_spend"] and "non-finite" in saved["failed_models"]["broken"]
+    assert res["failed_models"]["broken"] == saved["failed_models"]["broken"]
+    with pytest.raises(DataError, match="every value model failed: broken: .*non-finite"):
+        run_value_bench(store_path, CUTOFF, VAL_CUTOFF, 60, ["broken"], 1, extra_models={"broken": Broken})
+
+
 def test_run_value_bench_checks_expected_figures(store_path, events, tmp_path):
     from valuerec.evaluation.value_protocol import run_value_bench
 

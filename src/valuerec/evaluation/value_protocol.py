@@ -160,46 +160,61 @@ def run_value_benchmark(events: pd.DataFrame, items: pd.DataFrame | None, cutoff
         if (round(got, 3) if isinstance(want, float) else got) != want:
             raise DataError(f"test task {key} = {got}, the protocol expects {want}: the data or its cleaning differ")
     results: dict[str, dict] = {}
+    failed: dict[str, str] = {}
     with Progress(console=console, transient=False) as progress:
         for name in models:
-            factory = factories[name]
-            grid = factory.param_grid() if hasattr(factory, "param_grid") else [{}]
-            stochastic = bool(getattr(factory, "stochastic", False))
-            seeds = list(range(n_seeds)) if stochastic else [0]
-            bar = progress.add_task(f"{name}", total=len(grid) + len(seeds))
-            selection = []
-            for params in grid:
-                _, _, vm, vt = _fit_predict(factory, params, 0, valid)
-                score = vm["gini"] + vm["auc"]
-                selection.append({"params": params, "score": score, "gini": vm["gini"], "auc": vm["auc"],
-                                  "spearman": vm["spearman"], "decile_mape": vm["decile_mape"],
-                                  "train_seconds": vt["train_seconds"]})
-                progress.advance(bar)
-            best = max(selection, key=lambda s: s["score"])
-            per_seed, times, fitted = [], [], None
-            for seed in seeds:
-                model, _, tm, tt = _fit_predict(factory, best["params"], seed, test)
-                per_seed.append(tm)
-                times.append(tt)
-                if fitted is None:
-                    fitted = model.fitted_params()
-                    full_params = model.config()
-                    if save_dir is not None:
-                        model.save(os.path.join(str(save_dir), name))
-                progress.advance(bar)
-            mean, std = _summarise(per_seed)
-            results[name] = {
-                "metrics": mean, "metrics_std": std if len(seeds) > 1 else None,
-                "metrics_per_seed": [{k: v for k, v in m.items() if k not in SCALAR_SKIP} for m in per_seed],
-                "seeds": seeds,
-                "train_seconds": float(np.median([t["train_seconds"] for t in times])),
-                "inference_seconds": float(np.median([t["inference_seconds"] for t in times])),
-                "eval_seconds": float(np.median([t["eval_seconds"] for t in times])),
-                "params": full_params, "fitted_params": fitted,
-                "selection": {"criterion": "validation gini + churn auc", "chosen": best["params"],
-                              "grid": selection},
-            }
-    return {"tasks": {"valid": valid.info(), "test": test.info()}, "models": results}
+            try:
+                results[name] = _run_one(name, factories[name], valid, test, n_seeds, progress, save_dir)
+            except DataError as e:
+                # one model that cannot fit this data (a degenerate BG/NBD) does not sink the others
+                failed[name] = str(e)
+                console.print(f"[yellow]warning:[/yellow] {name} failed on this data and is left out: {e}",
+                              highlight=False)
+    if not results:
+        raise DataError("every value model failed: " + "; ".join(f"{k}: {v}" for k, v in failed.items()))
+    return {"tasks": {"valid": valid.info(), "test": test.info()}, "models": results, "failed": failed}
+
+
+def _run_one(name: str, factory, valid: ValueTask, test: ValueTask, n_seeds: int, progress: Progress,
+             save_dir) -> dict:
+    """One model of the protocol: its settings chosen on the validation task, then fitted and scored on
+    the test task with each seed (one for a deterministic model)."""
+    grid = factory.param_grid() if hasattr(factory, "param_grid") else [{}]
+    stochastic = bool(getattr(factory, "stochastic", False))
+    seeds = list(range(n_seeds)) if stochastic else [0]
+    bar = progress.add_task(f"{name}", total=len(grid) + len(seeds))
+    selection = []
+    for params in grid:
+        _, _, vm, vt = _fit_predict(factory, params, 0, valid)
+        score = vm["gini"] + vm["auc"]
+        selection.append({"params": params, "score": score, "gini": vm["gini"], "auc": vm["auc"],
+                          "spearman": vm["spearman"], "decile_mape": vm["decile_mape"],
+                          "train_seconds": vt["train_seconds"]})
+        progress.advance(bar)
+    best = max(selection, key=lambda s: s["score"])
+    per_seed, times, fitted = [], [], None
+    for seed in seeds:
+        model, _, tm, tt = _fit_predict(factory, best["params"], seed, test)
+        per_seed.append(tm)
+        times.append(tt)
+        if fitted is None:
+            fitted = model.fitted_params()
+            full_params = model.config()
+            if save_dir is not None:
+                model.save(os.path.join(str(save_dir), name))
+        progress.advance(bar)
+    mean, std = _summarise(per_seed)
+    return {
+        "metrics": mean, "metrics_std": std if len(seeds) > 1 else None,
+        "metrics_per_seed": [{k: v for k, v in m.items() if k not in SCALAR_SKIP} for m in per_seed],
+        "seeds": seeds,
+        "train_seconds": float(np.median([t["train_seconds"] for t in times])),
+        "inference_seconds": float(np.median([t["inference_seconds"] for t in times])),
+        "eval_seconds": float(np.median([t["eval_seconds"] for t in times])),
+        "params": full_params, "fitted_params": fitted,
+        "selection": {"criterion": "validation gini + churn auc", "chosen": best["params"],
+                      "grid": selection},
+    }
 
 
 def results_table(models: dict, title: str = "customer value and churn (test cut-off)") -> Table:
@@ -249,6 +264,8 @@ def run_value_bench(store_path: str | Path, cutoff, val_cutoff, horizon_days: fl
                               extra_models=extra_models, console=console, save_dir=save_dir, expect=expect)
     result["split"] = res["tasks"]
     result["models"] = res["models"]
+    if res.get("failed"):
+        result["failed_models"] = res["failed"]     # name -> why it could not run on this data
     if expect:
         result["checks"] = {k: {"expected": v, "measured": res["tasks"]["test"][k]} for k, v in expect.items()}
         if "past_spend" in result["models"] and "past_spend_gini" in (meta or {}):

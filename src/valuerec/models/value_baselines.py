@@ -302,8 +302,13 @@ class BGNBDGammaGamma(ValueModel):
         spend = gg_expected_spend(x, m, P["p"], P["q"], P["v"])
         p0 = bgnbd_p_no_purchase(t, x, tx, T, *bg)
         lo, hi = self._simulate_interval(x, tx, T, m)
-        return _finalise({"expected_value": n_exp * spend, "p_buy": 1 - p0, "churn_prob": p0,
-                          "lower": lo, "upper": hi})
+        try:
+            return _finalise({"expected_value": n_exp * spend, "p_buy": 1 - p0, "churn_prob": p0,
+                              "lower": lo, "upper": hi})
+        except DataError as e:
+            fitted = ", ".join(f"{k}={v:.3g}" for k, v in P.items())
+            raise DataError(f"BG/NBD x Gamma-Gamma: {e}; its fit degenerated ({fitted}): too few customers with "
+                            "repeat purchases, or too short a calibration period, to fit it") from None
 
     def _simulate_interval(self, x, tx, T, m) -> tuple[np.ndarray, np.ndarray]:
         P, t = self.params_, self.horizon_days_
