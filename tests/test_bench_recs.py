@@ -153,3 +153,28 @@ def test_a_value_only_log_has_nothing_to_rank(tmp_path):
         st.add_events(ev)
     code, output = _run(["--store", str(tmp_path / "pay.duckdb"), "--models", "popularity"])
     assert code == 2 and "no item ids" in output and "bench value" in output, output
+
+
+def test_train_leave_one_out_counts_only_reachable_targets_as_bench_recs(tmp_path):
+    """train's leave-one-out excluded each user's past items from the ranking but kept users whose next
+    item was one of them: a target no model can reach, counted as a miss (48 users against bench recs'
+    14 on a content log). Those users now leave train's validation and test, as in bench recs."""
+    t = pd.Timestamp("2024-01-01")
+    rows = []
+    for u in range(12):
+        seq = [f"i{(u + j) % 7}" for j in range(4)]
+        if u % 3 == 0:
+            seq.append(seq[0])                        # the last (test) item repeats the history
+        rows += [(f"u{u}", it, t + pd.Timedelta(days=j), "view") for j, it in enumerate(seq)]
+    ev = pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp", "event_type"])
+    store = tmp_path / "s.duckdb"
+    with EventStore(store) as st:
+        st.add_events(ev)
+    r = runner.invoke(app, ["train", "--store", str(store), "--model", "popularity", "--out", str(tmp_path / "m")])
+    assert r.exit_code == 0, r.output
+    test = json.loads((tmp_path / "m" / "metrics.json").read_text())["test"]
+    assert test["users"] == 8                         # 12 users, 4 of whose next item repeats their history
+    code, output = _run(["--store", str(store), "--models", "popularity", "--seeds", "1", "--out",
+                         str(tmp_path / "b.json")])
+    assert code == 0, output
+    assert json.loads((tmp_path / "b.json").read_text())["split"]["test_users"] == test["users"]

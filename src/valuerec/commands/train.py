@@ -110,7 +110,25 @@ def load_split(data: Path | None, store: Path | None, protocol: str, cutoff: str
                     "cutoff" if cutoff is not None else "loo")
     if protocol in ("r1", "loo"):
         # a return is no next interest: the next item is the next one the user did not return
-        return leave_one_out(events[events["event_type"] != "return"], items), "loo"
+        split = leave_one_out(events[events["event_type"] != "return"], items)
+        if fmt != "s3rec":
+            # the ranking excludes each user's past items, so a target among them cannot be found: those
+            # users leave validation (early stopping) and test, as in `bench recs` (R1's own data keeps
+            # the published protocol, every user counted)
+            from dataclasses import replace
+
+            from valuerec.data.splits import with_history_exclusion
+            new = replace(split, valid=with_history_exclusion(split.valid, True),
+                          test=with_history_exclusion(split.test, True))
+            if len(new.valid) and len(new.test):
+                split = new
+            else:   # every next item repeats the history: evaluate with past items ranked
+                split = replace(split, valid=with_history_exclusion(split.valid, False),
+                                test=with_history_exclusion(split.test, False))
+                console.print("[yellow]note:[/yellow] no user's next item is new to them, so the leave-one-out "
+                              "figures rank past items too; for repeat buying, --protocol cutoff fits better",
+                              highlight=False)
+        return split, "loo"
     if protocol in ("r2", "cutoff"):
         if protocol == "cutoff" and (cutoff is None or valid_cutoff is None):
             raise DataError("a cut-off split needs --cutoff and --valid-cutoff")
