@@ -230,3 +230,45 @@ def test_lifecycle_config_reads_the_models_horizon_and_refuses_bad_purchase_type
     with pytest.raises(DataError, match=r"purchase_types \['buy'\] are not event types"):
         LifecycleConfig.from_dict({"purchase_types": ["buy"]})
     assert LifecycleConfig.from_dict({"purchase_types": ["purchase", "cart"]}).purchase_types == ("purchase", "cart")
+
+
+def test_a_log_without_purchases_gets_one_stage_everywhere(tmp_path):
+    """A content log (views and plays, no purchases): `lifecycle` counted every event as a purchase
+    ('retained'), while recommend --policy stage and the report called the same users 'new'. One rule
+    now (policies.lifecycle.for_event_types), in the service too."""
+    from fastapi.testclient import TestClient
+
+    from valuerec.report.build import lifecycle_summary
+    from valuerec.serving.app import create_app
+    from valuerec.serving.settings import Settings
+
+    t = pd.Timestamp("2024-03-01")
+    rows = [(f"u{u}", f"i{(u + j) % 6}", t + pd.Timedelta(days=3 * j + u), "view" if j % 2 else "play")
+            for u in range(6) for j in range(5)]
+    ev = pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp", "event_type"])
+    store = tmp_path / "content.duckdb"
+    with EventStore(store) as st:
+        st.add_events(ev)
+    r = CliRunner().invoke(app, ["train", "--store", str(store), "--model", "popularity", "--out", str(tmp_path / "m")])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(app, ["lifecycle", "--model", str(tmp_path / "m"), "--store", str(store), "--json"])
+    assert r.exit_code == 0, r.output
+    life = json.loads(r.stdout)
+    assert "counting every event" in life["note"]
+    stage = {u["user_id"]: u["stage"] for u in life["users"]}
+    assert set(stage.values()) == {"retained"}
+    r = CliRunner().invoke(app, ["recommend", "--model", str(tmp_path / "m"), "--store", str(store), "--user", "u2",
+                                 "--policy", "stage", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["stage"] == stage["u2"]
+    from valuerec.models import load_model
+    with EventStore(store, read_only=True) as st:
+        events = st.events()
+    report_stages, _ = lifecycle_summary(load_model(tmp_path / "m"), events, 91.0)
+    assert dict(zip(report_stages["user_id"], report_stages["stage"])) == stage
+    settings = Settings.from_env({"VALUEREC_STORE": str(store), "VALUEREC_MODEL_DIR": str(tmp_path / "m"),
+                                  "VALUEREC_API_KEYS": "reader-key-123:read"})
+    with TestClient(create_app(settings)) as c:
+        key = {"X-API-Key": "reader-key-123"}
+        assert c.get("/v1/users/u2/stage", headers=key).json()["stage"] == stage["u2"]
+        assert c.get("/v1/users/u2/recommendations?policy=stage", headers=key).json()["stage"] == stage["u2"]

@@ -121,22 +121,14 @@ def _stored_items(events: pd.DataFrame, hist: Sequences) -> dict:
 def lifecycle_report(model: Path, store: Path, value_model: Path | None = None, at: str | None = None,
                      since: str | None = None, config: dict | None = None) -> dict:
     """Stages of every user at ``at`` (and the transition matrix from ``since``), as a dict."""
-    from valuerec.policies.lifecycle import (LifecycleConfig, assign_stages, predict_value_safe, stage_sizes,
-                                             transition_matrix)
-    from valuerec.data.schema import EVENT_TYPES, event_type_code
+    from valuerec.policies.lifecycle import (LifecycleConfig, assign_stages, for_event_types, predict_value_safe,
+                                             stage_sizes, transition_matrix)
     LifecycleConfig.from_dict(config)     # a bad --config is refused before anything is loaded
     ctx = load_context(model, store, value_model, at)
     vm = ctx.value_model
-    cfg = LifecycleConfig.for_model(vm, config)
-    note = None
-    codes = {event_type_code(t) for t in cfg.purchase_types}
+    # Interaction-only data (e.g. ratings, clicks): every event counts as a purchase.
     present = set(np.concatenate(ctx.histories.event_types).tolist()) if ctx.histories.event_types else set()
-    if present and not (present & codes):
-        # Interaction-only data (e.g. ratings, clicks): every event counts as a purchase.
-        asked = list(cfg.purchase_types)
-        cfg.purchase_types = tuple(EVENT_TYPES[c] for c in sorted(present) if 0 <= c < len(EVENT_TYPES))
-        note = (f"the store has no events of type {asked}; counting every event "
-                f"({', '.join(cfg.purchase_types)}) as a purchase")
+    cfg, note = for_event_types(LifecycleConfig.for_model(vm, config), present)
     overlap = catalogue_overlap_note(getattr(ctx.recommender or vm, "catalogue_", None), ctx.item_ids)
     if overlap:
         note = overlap if note is None else f"{note}; {overlap}"

@@ -102,6 +102,26 @@ class LifecycleConfig:
         return out
 
 
+def for_event_types(config: LifecycleConfig, event_types) -> tuple[LifecycleConfig, str | None]:
+    """``config`` for a log whose events are of ``event_types`` (names as stored, or model codes): when
+    none of them is one of its ``purchase_types`` (a log of views, plays or ratings), every type the log
+    has counts as a purchase, and a note says so; otherwise ``config`` unchanged and no note. The one rule
+    of `lifecycle`, `report`, the stage policy and the service for logs without purchases."""
+    names = set()
+    for t in event_types:
+        if isinstance(t, (int, np.integer)):
+            if 0 <= int(t) < len(EVENT_TYPES):
+                names.add(EVENT_TYPES[int(t)])
+        elif t is not None:
+            names.add(EVENT_TYPES[event_type_code(str(t))])
+    if not names or names & set(config.purchase_types):
+        return config, None
+    asked = list(config.purchase_types)
+    new = LifecycleConfig.from_dict({**config.to_dict(), "purchase_types": sorted(names, key=EVENT_TYPES.index)})
+    return new, (f"the store has no events of type {asked}; counting every event ({', '.join(new.purchase_types)}) "
+                 "as a purchase")
+
+
 def history_features(histories: Sequences, as_of: np.ndarray, config: LifecycleConfig) -> pd.DataFrame:
     """Per user: tenure, recency (days), purchase count (orders: purchase events sharing a
     timestamp count once), past spend and past spend rate over one horizon, from events strictly

@@ -97,13 +97,13 @@ def _value_fn(model):
 
 def lifecycle_summary(model, events: pd.DataFrame, horizon_days: float) -> tuple[pd.DataFrame, dict]:
     """Stages of every user at the end of the store, sizes, and transitions from one horizon earlier."""
-    from valuerec.policies.lifecycle import LifecycleConfig, stage_sizes, stages_at, transition_matrix
+    from valuerec.policies.lifecycle import LifecycleConfig, for_event_types, stage_sizes, stages_at, transition_matrix
 
     users = np.array(sorted(events["user_id"].unique()), dtype=object)
     seqs = sequences_from(events, model.catalogue_, users=users, unknown_items="keep")
     end = float(events["timestamp"].max().timestamp()) + 1.0
     start = end - horizon_days * 86_400.0
-    cfg = LifecycleConfig(horizon_days=horizon_days)
+    cfg, _ = for_event_types(LifecycleConfig(horizon_days=horizon_days), events["event_type"].unique())
     vf = _value_fn(model)
     stages = stages_at(seqs, end, vf, cfg)
     sizes = stage_sizes(stages)

@@ -237,6 +237,9 @@ class ServiceState:
         self.runtime = self._build_runtime(path)
         tr = self._query("SELECT max(ts), max(seq) FROM events")
         self._max_time = pd.Timestamp(tr[0][0]) if tr and tr[0][0] is not None else None
+        # the event types the store holds: a log without purchases counts every event as one for the
+        # lifecycle stages, as `valuerec lifecycle` does (kept up to date as events are written)
+        self._event_types = {r[0] for r in self._query("SELECT DISTINCT event_type FROM events")}
         self._last_seq = int(tr[0][1] or 0)
         self._writer_thread = threading.Thread(target=self._writer, name="valuerec-event-writer", daemon=True)
         self._writer_thread.start()
@@ -558,6 +561,7 @@ class ServiceState:
                     "SELECT event_id, user_id, item_id, ts, event_type, value, quantity FROM events "
                     "WHERE event_id IN (SELECT unnest(?::VARCHAR[]))", [list({r.event_id for r in rows})]).fetchall()}
             if stored:     # only what was stored moves the default as_of (a skipped conflict does not)
+                self._event_types.update(e.event_type for e in stored)
                 self._last_seq = max(self._last_seq, stored[-1].seq)
                 t = pd.Timestamp(max(e.ts for e in stored))
                 if self._max_time is None or t > self._max_time:
@@ -682,7 +686,8 @@ class ServiceState:
                 if policy == "stage":
                     # assigned here so that the answer says which stage (and so which policy) ranked it
                     from valuerec.policies.rerank import DEFAULT_STAGE_POLICIES, policy_stages
-                    stages = policy_stages(rt.model, seqs, self._unix(t), value_model=value_model)
+                    stages = policy_stages(rt.model, seqs, self._unix(t), value_model=value_model,
+                                           lifecycle_config=self.lifecycle_config(rt, value_model is not None))
                     stage = {"stage": str(stages[0]),
                              "stage_policy": DEFAULT_STAGE_POLICIES.get(str(stages[0]), "plain")}
                 # "auto": as the CLI, the policies built on past items keep them (favourites; stage, for
@@ -752,11 +757,17 @@ class ServiceState:
             return None
         # One user at a time has no population to rank against: the "top value" bar for advocates is
         # the one the model measured on its training population (when it has one).
-        from valuerec.policies.lifecycle import LifecycleConfig
         valued = isinstance(raw_value, dict)
-        cfg = LifecycleConfig.for_model(rt.model if valued else None, model_threshold=True)
+        cfg = self.lifecycle_config(rt, valued)
         df = fn(seqs, self._unix(t), raw_value if isinstance(raw_value, dict) else None, cfg)
         return first_row(df)
+
+    def lifecycle_config(self, rt: Runtime, valued: bool):
+        """The stages' settings for one user at a time: the model's own "top value" bar and horizon (when
+        it predicts value), and every event counted as a purchase in a log without purchases."""
+        from valuerec.policies.lifecycle import LifecycleConfig, for_event_types
+        cfg = LifecycleConfig.for_model(rt.model if valued else None, model_threshold=True)
+        return for_event_types(cfg, getattr(self, "_event_types", ()))[0]
 
     def value(self, user_id: str, as_of: str | None) -> dict:
         rt = self.runtime
