@@ -647,3 +647,29 @@ def test_unix_ms_on_seconds_is_refused(tmp_path, store):
     ms = write(tmp_path, "ms.csv", "user_id,item_id,timestamp\nu1,a,1704067200000\n")
     with pytest.raises(DataError, match=r"ms.csv, line 2, field 'timestamp': 1704067200000 is in the future"):
         ingest(store, ms, cmap=ColumnMap(time_format="unix"))     # the reverse: milliseconds read as seconds
+
+
+def test_ingest_says_which_ids_it_trimmed_and_which_types_the_models_merge(tmp_path):
+    """Ids are stored without surrounding spaces (" bob " is "bob"), and event types outside the
+    known ones are read as 'other' by the models: both happened without a word. Lookups by the padded
+    id find the user."""
+    import json as _json
+
+    from typer.testing import CliRunner
+
+    from valuerec.cli import app
+
+    p = write(tmp_path, "ws.csv", "user,item,ts,action\n bob ,p1,2024-01-01,play\nbob,p2,2024-01-02,like\n"
+                                  "ann,p1,2024-01-03,view\n")
+    store = tmp_path / "ws.duckdb"
+    r = CliRunner().invoke(app, ["ingest", str(p), "--store", str(store), "--user-col", "user", "--item-col", "item",
+                                 "--time-col", "ts", "--event-col", "action", "--json"])
+    assert r.exit_code == 0, r.output
+    notes = _json.loads(r.stdout)["notes"]
+    assert any("1 user id value(s) had spaces" in n for n in notes)
+    assert any("'like' (1), 'play' (1)" in n and "'other'" in n for n in notes)
+    r = CliRunner().invoke(app, ["train", "--store", str(store), "--model", "popularity", "--out", str(tmp_path / "m")])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(app, ["recommend", "--model", str(tmp_path / "m"), "--store", str(store),
+                                 "--user", " bob ", "--json"])
+    assert r.exit_code == 0 and _json.loads(r.stdout)["history_events"] == 2, r.output

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from valuerec.commands.errors import print_error
+from valuerec.commands.errors import cell, print_error
 from valuerec.data.ingest import ColumnMap, ingest, load_pseudonymisation_key
 from valuerec.data.schema import DataError
 from valuerec.data.store import EventStore
@@ -73,11 +73,13 @@ def ingest_cmd(
         print_error(console, e)
         raise typer.Exit(code=2) from None
     if as_json:
-        print(json.dumps({"report": report.as_dict(), "store": summary}, indent=2))
+        print(json.dumps({"report": report.as_dict(), "notes": report.notes(), "store": summary}, indent=2))
     else:
         console.print(f"{path}: read {report.rows_read:,} rows -> {report.events:,} events; "
                       f"added {report.added:,}, duplicates skipped {report.duplicates:,}"
                       + (f", dropped {report.dropped}" if report.dropped else ""))
+        for note in report.notes():
+            console.print(f"[yellow]note:[/yellow] {cell(note)}", highlight=False)
         console.print(f"store {store}: {summary['events']:,} events, {summary['users']:,} users, "
                       f"{summary['items_with_events']:,} items, {summary['first']} .. {summary['last']}")
 

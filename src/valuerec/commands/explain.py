@@ -131,6 +131,7 @@ def explain_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON"),
 ) -> None:
     """List the past events that moved a user's score most (effect = score with - score without)."""
+    user = user.strip()     # ids are stored without surrounding spaces
     try:
         with console.status("explaining ..."):
             res = explain_user(model, store, user, target, top, value_model, at, gradient, max_events, greedy,

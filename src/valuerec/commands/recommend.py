@@ -154,6 +154,7 @@ def recommend_cmd(
     policy_params: Optional[str] = typer.Option(None, "--policy-params", help='Policy settings as JSON, e.g. {"w": 0.5} or {"w": 0.9, "p": "learned"}'),
 ) -> None:
     """Recommend k items for one user with any saved model."""
+    user = user.strip()     # ids are stored without surrounding spaces
     try:
         types = [t.strip() for t in history_types.split(",") if t.strip()] or None
         pp = parse_policy_params(policy_params)

@@ -190,8 +190,8 @@ def value_cmd(
             raise DataError(f"--out {out}: is a directory; give a file name")
         if out is not None and any(p.exists() and not p.is_dir() for p in out.parents):
             raise DataError(f"--out {out}: a folder on its path is a file")
-        if user:
-            user = list(dict.fromkeys(user))     # a user asked twice is listed once
+        if user:    # ids are stored without surrounding spaces; a user asked twice is listed once
+            user = list(dict.fromkeys(u.strip() for u in user))
         if not store.exists():
             raise DataError(f"{store}: no such store")
         m = load_any_value_model(model)

@@ -54,9 +54,21 @@ class IngestReport:
     dropped: dict[str, int] = field(default_factory=dict)
     added: int = 0
     duplicates: int = 0
+    trimmed_ids: dict[str, int] = field(default_factory=dict)   # field -> ids with spaces around them
+    other_types: dict[str, int] = field(default_factory=dict)   # event type -> events the models read as 'other'
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
+
+    def notes(self) -> list[str]:
+        """What ingest changed or what the models will not tell apart, for the user to know."""
+        out = [f"{n:,} {f.replace('_id', '')} id value(s) had spaces around them, stored without (\"bob \" is \"bob\"; "
+               "look them up without the spaces)" for f, n in self.trimmed_ids.items() if n]
+        if self.other_types:
+            kinds = ", ".join(f"{t!r} ({n:,})" for t, n in sorted(self.other_types.items()))
+            out.append(f"event type(s) {kinds} are stored as given, but the models read every type outside "
+                       f"{', '.join(EVENT_TYPES)} as 'other', so they cannot tell these apart")
+        return out
 
 
 def file_sha256(path: str | Path) -> str:
@@ -469,8 +481,16 @@ def iter_events(path: str | Path, cmap: ColumnMap | None = None, sep: str | None
                 if src[f] in df.columns:
                     df[src[f]] = _id_text(df[src[f]])
         report.rows_read += len(df)
+        for f in ("user_id", "item_id"):
+            if src[f] in df.columns:
+                raw = df[src[f]].astype("string")
+                n = int((raw.notna() & (raw != raw.str.strip())).sum())
+                if n:
+                    report.trimmed_ids[f] = report.trimmed_ids.get(f, 0) + n
         out = _check_rows(df, src, np.arange(len(df)) + first_line, problems, cmap.time_format, expected_time,
                           default_event_type)
+        for t, n in out["event_type"][~out["event_type"].isin(EVENT_TYPES)].value_counts().items():
+            report.other_types[str(t)] = report.other_types.get(str(t), 0) + int(n)
         monetary_before += int(out["event_type"].isin(MONETARY_TYPES).sum())
         if problems.count:
             continue
