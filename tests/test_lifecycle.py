@@ -113,17 +113,17 @@ def test_transition_matrix_counts():
     # u1: one purchase at day -50 then repeat at day -5  -> activated at -20, retained at 0
     # u2: purchase at -100 only                         -> activated at -20, lapsed at 0
     # u3: view at -30 then purchase at -2               -> new at -20, activated at 0
-    # u4: no events before -20, view at -1              -> new at -20 (empty), new at 0
+    # u4: no events before -20, view at -1              -> not yet active at -20 (was counted 'new'), new at 0
     hs = [user([50, 5], [P, P], [1, 1]), user([100], [P], [1]), user([30, 2], [V, P], [0, 1]), user([1], [V], [0])]
     seqs = Sequences(items=[h[0] for h in hs], times=[h[1] for h in hs], event_types=[h[2] for h in hs],
                      values=[h[3] for h in hs], user_ids=np.array(["u1", "u2", "u3", "u4"], dtype=object))
     m = transition_matrix(seqs, T0 - 20 * DAY, T0)
-    assert list(m.index) == STAGES and list(m.columns) == STAGES
+    assert list(m.index) == ["not yet active"] + STAGES and list(m.columns) == STAGES
     assert m.to_numpy().sum() == 4
     assert m.loc["activated", "retained"] == 1
     assert m.loc["activated", "lapsed"] == 1
     assert m.loc["new", "activated"] == 1
-    assert m.loc["new", "new"] == 1
+    assert m.loc["not yet active", "new"] == 1 and m.loc["new"].sum() == 1
     # Stages at the first date see only events before it, value model included.
     seen = []
     transition_matrix(seqs, T0 - 20 * DAY, T0,
@@ -163,9 +163,11 @@ def test_lifecycle_command_json(cli_setup):
     assert all(u["reason"].startswith(u["stage"]) for u in d["users"])
     assert sum(s["users"] for s in d["sizes"]) == 3
     m = d["transitions"]["matrix"]
-    # u2 bought on day 5: activated at 2011-03-01, lapsed at the end; u3 new throughout
-    assert m["activated"]["lapsed"] == 1 and m["new"]["new"] == 1
+    # u2 bought on day 5: activated at 2011-03-01, lapsed at the end; u3's first event (a view) is in July
+    assert m["activated"]["lapsed"] == 1 and m["not yet active"]["new"] == 1 and sum(m["new"].values()) == 0
     assert sum(sum(row.values()) for row in m.values()) == 3
+    r = runner.invoke(app, ["lifecycle", "--model", str(tmp / "pop"), "--store", str(store), "--since", "2011-03-01"])
+    assert r.exit_code == 0 and "not yet" in r.stdout, r.output
 
 
 def test_lifecycle_command_rejects_unknown_config_key(cli_setup):

@@ -188,12 +188,13 @@ def lifecycle_cmd(
     if "transitions" in res:
         tr = res["transitions"]
         t2 = Table(title=f"transitions {tr['from']} -> {tr['to']} (rows: from)")
-        stages = list(tr["matrix"])
+        rows = list(tr["matrix"])                    # "not yet active" first, then the stages
+        cols = list(next(iter(tr["matrix"].values())))
         t2.add_column("from \\ to")
-        for s in stages:
+        for s in cols:
             t2.add_column(s, justify="right")
-        for a in stages:
-            t2.add_row(a, *[str(tr["matrix"][a][b]) for b in stages])
+        for a in rows:
+            t2.add_row(a, *[str(tr["matrix"][a][b]) for b in cols])
         Console().print(t2)
 
 

@@ -34,6 +34,7 @@ from valuerec.data.dataset import Sequences, unix_seconds
 from valuerec.data.schema import EVENT_TYPES, DataError, event_type_code
 
 STAGES = ["new", "activated", "retained", "expanding", "advocate", "at-risk", "lapsed"]
+NOT_YET = "not yet active"    # transition rows: no event before the first date
 DAY = 86400.0
 
 
@@ -296,13 +297,19 @@ def stages_at(histories: Sequences, as_of: float, value_fn: ValueFn | None = Non
 def transition_matrix(histories: Sequences, date_a: float, date_b: float, value_fn: ValueFn | None = None,
                       config: LifecycleConfig | None = None) -> pd.DataFrame:
     """Counts of users moving from stage at ``date_a`` (rows) to stage at ``date_b`` (columns),
-    over all users in ``histories``; every stage appears in both axes."""
+    over all users in ``histories``; every stage appears in both axes, and the first row,
+    ``NOT_YET``, counts the users with no event before ``date_a`` (they were no user yet; "new" is a
+    user with events but no purchase)."""
     if not date_a < date_b:
         when = (lambda t: pd.Timestamp(float(t), unit="s"))
         raise DataError(f"transition matrix: the first date {when(date_a)} must be before the second {when(date_b)} "
                         "(lifecycle: --since before --at)")
-    a = stages_at(histories, date_a, value_fn, config)["stage"].to_numpy()
+    a = stages_at(histories, date_a, value_fn, config)["stage"].to_numpy().astype(object)
     b = stages_at(histories, date_b, value_fn, config)["stage"].to_numpy()
-    m = pd.crosstab(pd.Categorical(a, categories=STAGES), pd.Categorical(b, categories=STAGES), dropna=False)
+    if histories.times is not None:
+        absent = np.array([not (np.asarray(t) < date_a).any() for t in histories.times])
+        a[absent] = NOT_YET
+    rows = [NOT_YET] + list(STAGES)
+    m = pd.crosstab(pd.Categorical(a, categories=rows), pd.Categorical(b, categories=STAGES), dropna=False)
     m.index.name, m.columns.name = "from", "to"
-    return m.reindex(index=STAGES, columns=STAGES, fill_value=0).astype(np.int64)
+    return m.reindex(index=rows, columns=STAGES, fill_value=0).astype(np.int64)

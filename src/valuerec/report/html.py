@@ -195,10 +195,10 @@ def lifecycle_section(lc: dict) -> str:
     parts.append(f"<table class='stages'><thead><tr><th>stage</th><th>users</th></tr></thead><tbody>{rows}</tbody></table>")
     tr = lc.get("transitions")
     if tr:
-        stages = list(dict.fromkeys(list(tr) + [t for v in tr.values() for t in v]))
-        head = "".join(f"<th>{html.escape(s)}</th>" for s in stages)
+        cols = list(dict.fromkeys(t for v in tr.values() for t in v))
+        head = "".join(f"<th>{html.escape(s)}</th>" for s in cols)
         body = "".join(f"<tr><th>{html.escape(a)}</th>" + "".join(
-            f"<td class='num'>{tr.get(a, {}).get(b, 0)}</td>" for b in stages) + "</tr>" for a in stages)
+            f"<td class='num'>{tr.get(a, {}).get(b, 0)}</td>" for b in cols) + "</tr>" for a in tr)
         parts.append(f"<h3>Transitions {html.escape(str(lc.get('from', '')))} → {html.escape(str(lc.get('to', '')))}</h3>"
                      f"<table class='transitions'><thead><tr><th>from \\ to</th>{head}</tr></thead><tbody>{body}</tbody></table>")
     parts.append("</section>")
