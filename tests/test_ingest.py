@@ -367,6 +367,17 @@ def test_pseudonymise_cli_never_stores_key(tmp_path, monkeypatch):
         users = set(st.events()["user_id"])
     assert not users & {"u1", "u2"}
     assert key.encode() not in db.read_bytes()
+    # looking a user up: `valuerec pseudonym` gives the stored id, and recommend's error points to it
+    res = CliRunner().invoke(app, ["pseudonym", "u1", " u2 "])
+    assert res.exit_code == 0, res.output
+    hashed = dict(line.split("\t") for line in res.stdout.strip().splitlines())
+    assert {hashed["u1"], hashed[" u2 "]} == users
+    res = CliRunner().invoke(app, ["train", "--store", str(db), "--model", "popularity", "--out", str(tmp_path / "m")])
+    assert res.exit_code == 0, res.output
+    base = ["recommend", "--model", str(tmp_path / "m"), "--store", str(db), "--user"]
+    res = CliRunner().invoke(app, base + ["u1"])
+    assert res.exit_code == 2 and "valuerec pseudonym ID" in " ".join(res.output.split())
+    assert CliRunner().invoke(app, base + [hashed["u1"]]).exit_code == 0
 
 
 def test_s3rec_format(tmp_path, store):

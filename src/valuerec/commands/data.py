@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Optional
 
+import pandas as pd
 import typer
 from rich.console import Console
 
@@ -98,6 +99,24 @@ def store_info_cmd(store: Path = typer.Argument(..., help="DuckDB event store"))
     print(json.dumps(summary, indent=2))
 
 
+def pseudonym_cmd(
+    user: list[str] = typer.Argument(..., help="User id(s) as in your data"),
+    key_file: Optional[Path] = typer.Option(None, "--pseudonymise-key-file", help="Key file (else $VALUEREC_PSEUDONYM_KEY)"),
+) -> None:
+    """Print the id a store ingested with --pseudonymise holds for each user id (the same keyed hash),
+    to look users up there."""
+    from valuerec.data.ingest import pseudonymise
+    try:
+        key = load_pseudonymisation_key(str(key_file) if key_file else None)
+    except DataError as e:
+        print_error(console, e)
+        raise typer.Exit(code=2) from None
+    ids = [u.strip() for u in user]
+    for raw, hashed in zip(user, pseudonymise(pd.Series(ids, dtype=object), key)):
+        print(f"{raw}\t{hashed}")
+
+
 def register(app: typer.Typer) -> None:
     app.command("ingest")(ingest_cmd)
+    app.command("pseudonym")(pseudonym_cmd)
     app.command("store-info")(store_info_cmd)

@@ -39,7 +39,12 @@ def explain_user(model: Path, store: Path, user: str, target: str | None = None,
     ctx = load_context(model, store, value_model, at, users=[str(user)])
     h = ctx.histories
     if len(h.items[0]) == 0:
-        raise DataError(f"user {user!r} has no events in {store} before {pd.Timestamp(ctx.as_of, unit='s')}")
+        from valuerec.commands.recommend import PSEUDONYM_HINT
+        from valuerec.data.store import EventStore
+        with EventStore(store, read_only=True) as st:
+            hashed = st.looks_pseudonymised()
+        raise DataError(f"user {user!r} has no events in {store} before {pd.Timestamp(ctx.as_of, unit='s')}"
+                        + (PSEUDONYM_HINT if hashed else ""))
     rec, vm, cat = ctx.recommender, ctx.value_model, ctx.catalogue
     if target is None:      # a value-only transformer has no item scores to explain: its value
         target = "item" if rec is not None and ranks_items(rec) else "value"

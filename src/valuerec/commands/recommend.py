@@ -19,6 +19,8 @@ from valuerec.data.schema import DataError
 from valuerec.data.store import EventStore
 
 console = Console(stderr=True)
+PSEUDONYM_HINT = ("; this store's user ids look pseudonymised (ingest --pseudonymise): `valuerec pseudonym ID` "
+                  "gives the id it stores for ID")
 
 
 def recommend_for_user(model_dir: str | Path, store: str | Path, user: str, k: int = 10,
@@ -42,6 +44,7 @@ def recommend_for_user(model_dir: str | Path, store: str | Path, user: str, k: i
     require_next_item_head(model, str(model_dir), "; `valuerec value` gives its predictions")
     with EventStore(store, read_only=True) as st:
         events = st.user_events(str(user))
+        hashed = not len(events) and st.looks_pseudonymised()
         time_range = st.time_range()
         store_items = st.items()
         store_types = list(st.summary()["event_types"]) if policy == "stage" else []
@@ -59,7 +62,7 @@ def recommend_for_user(model_dir: str | Path, store: str | Path, user: str, k: i
     if len(events) == 0:
         if not fallback:
             raise DataError(f"user {user!r} has no events in {store}; use --fallback for "
-                            "recommendations to an empty history")
+                            "recommendations to an empty history" + (PSEUDONYM_HINT if hashed else ""))
         hist = Sequences(items=[np.zeros(0, np.int64)], times=[np.zeros(0, np.int64)],
                          event_types=[np.zeros(0, np.int64)], values=[np.zeros(0, np.float32)],
                          user_ids=np.array([str(user)], dtype=object))

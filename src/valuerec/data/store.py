@@ -505,6 +505,13 @@ class EventStore:
         df["attributes"] = df["attributes"].map(lambda s: json.loads(s) if isinstance(s, str) else None)
         return df
 
+    def looks_pseudonymised(self) -> bool:
+        """Whether the stored user ids look like ingest's keyed hashes (``u_`` and 20 hex digits)."""
+        import re
+        with self._lock:
+            rows = self.con.execute("SELECT user_id FROM events USING SAMPLE 20 ROWS").fetchall()
+        return bool(rows) and all(re.fullmatch(r"u_[0-9a-f]{20}", str(r[0])) for r in rows)
+
     def time_range(self) -> tuple[pd.Timestamp, pd.Timestamp] | None:
         lo, hi = self.con.execute("SELECT min(ts), max(ts) FROM events").fetchall()[0]
         if lo is None:
