@@ -684,3 +684,21 @@ def test_ingest_says_which_ids_it_trimmed_and_which_types_the_models_merge(tmp_p
     r = CliRunner().invoke(app, ["recommend", "--model", str(tmp_path / "m"), "--store", str(store),
                                  "--user", " bob ", "--json"])
     assert r.exit_code == 0 and _json.loads(r.stdout)["history_events"] == 2, r.output
+
+
+def test_a_parquet_file_read_as_text_and_a_decimal_comma_are_named(tmp_path, store):
+    """--format csv on a Parquet file failed on some line's field count; '38,11' was 'not a number
+    (NaN or empty)' with no word about the comma."""
+    df = pd.DataFrame({"user_id": ["u1"], "item_id": ["a"], "timestamp": ["2024-01-01"]})
+    pq = tmp_path / "e.parquet"
+    df.to_parquet(pq)
+    with pytest.raises(DataError, match=r"e.parquet: is a Parquet file, not csv text; drop --format"):
+        ingest(store, pq, fmt="csv")
+    renamed = tmp_path / "e.csv"
+    renamed.write_bytes(pq.read_bytes())
+    with pytest.raises(DataError, match=r"e.csv: is a Parquet file, not csv text; use --format parquet"):
+        ingest(store, renamed)
+    p = write(tmp_path, "c.csv", 'user_id,item_id,timestamp,event_type,value\nu1,a,2024-01-01,purchase,"38,11"\n')
+    with pytest.raises(DataError, match=r"line 2, field 'value': not a number: a decimal comma\?"):
+        ingest(store, p)
+    assert store.count_events() == 0

@@ -156,7 +156,7 @@ def test_bad_input_gets_clear_errors():
         PurchaseStage().out_of_fold()
     with pytest.raises(DataError, match="at or after the cut-off"):
         PurchaseStage(folds=1).fit(model, h, [np.zeros(0, np.int64)] * len(h), as_of=cut, reference=hist)
-    with pytest.raises(DataError, match="purchase model"):
+    with pytest.raises(DataError, match="needs a purchase stage"):
         apply_policy("value_aware", model, hist, params={"p": "learned"}, exclude=None, item_value=np.ones(N_ITEMS))
     with pytest.raises(DataError, match="'softmax' or 'learned'"):
         apply_policy("value_aware", model, hist, params={"p": "magic"}, exclude=None)

@@ -492,7 +492,7 @@ def test_bad_query_parameters_point_at_the_query(client, served):
         assert r.status_code == 501, r.text
         detail = r.json()["detail"]
         assert detail.startswith("policy=expected_revenue: model 'popularity' (v2) cannot answer it")
-        assert "purchase model" in detail
+        assert "needs a purchase stage" in detail and "--purchase-stage" in detail
     finally:
         r = client.post("/v1/admin/reload", json={"path": str(served["models"] / "v1")}, headers=auth(ADMIN_KEY))
         assert r.status_code == 200, r.text

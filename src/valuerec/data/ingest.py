@@ -250,8 +250,14 @@ def _iter_table(path: Path, sep: str | None, no_header: bool, columns: list[str]
         raise DataError(f"{path}: is a directory, expected a file")
     if path.stat().st_size == 0:
         raise DataError(f"{path}: the file is empty (no header, no rows)")
+    kind = _table_kind(path, fmt)
+    if kind != "parquet":
+        with open(path, "rb") as f:
+            if f.read(4) == b"PAR1":      # read as text it would fail on some line's field count
+                raise DataError(f"{path}: is a Parquet file, not {kind} text"
+                                + ("; drop --format" if fmt in ("csv", "jsonl") else "; use --format parquet"))
     try:
-        yield from _iter_table_utf8(path, sep, no_header, columns, chunk_rows, _table_kind(path, fmt))
+        yield from _iter_table_utf8(path, sep, no_header, columns, chunk_rows, kind)
     except UnicodeDecodeError as e:
         raise _not_utf8(path, e) from None
     except GZIP_ERRORS as e:
@@ -588,7 +594,10 @@ def _check_rows(df: pd.DataFrame, src: dict[str, str], lines: np.ndarray, proble
             empty = (raw.isna() | (raw.astype("string").str.strip() == "")).fillna(True)
             num = num.where(~(empty & ~types.isin(MONETARY_TYPES)), default)
             bad_nan = num.isna().to_numpy()
-            problems.add_mask(bad_nan, lines, src[fld], raw, "not a number (NaN or empty)")
+            comma = raw.astype("string").str.fullmatch(r"\s*-?\d+,\d+\s*").fillna(False).to_numpy(dtype=bool)
+            problems.add_mask(bad_nan & comma, lines, src[fld], raw,
+                              "not a number: a decimal comma? write decimals with a point (38.11)")
+            problems.add_mask(bad_nan & ~comma, lines, src[fld], raw, "not a number (NaN or empty)")
             neg = (num < 0).fillna(False).to_numpy()
             problems.add_mask(neg, lines, src[fld], raw, "negative; record returns as event_type 'return' with a positive value")
             arr = num.to_numpy(dtype=float, na_value=0.0)

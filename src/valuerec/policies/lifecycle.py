@@ -207,7 +207,8 @@ def assign_stages(histories: Sequences, as_of, value_pred: dict | None = None,
         v = value_for_rank[u]
         vname = "predicted value" if value_pred is not None else "past spend (no value model)"
         if r.n_events > 0 and np.isfinite(r.recency_days) and r.recency_days > h:
-            s, why = "lapsed", f"no activity for {r.recency_days:.0f} days > horizon {h:.0f}"
+            d = 0 if round(r.recency_days) > round(h) else 1     # never "60 days > horizon 60"
+            s, why = "lapsed", f"no activity for {r.recency_days:.{d}f} days > horizon {h:.{d}f}"
         elif r.n_purchases == 0:
             s, why = "new", f"no purchase yet ({r.n_events} events)"
         elif value_pred is not None and r.churn_prob > config.churn_threshold:

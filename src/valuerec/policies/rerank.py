@@ -190,8 +190,9 @@ class ValueAware(Policy):
         valid = ctx.valid
         if self.p == "learned":
             if ctx.purchase_model is None:
-                raise DataError("value_aware with p='learned' needs a purchase model (a fitted "
-                                "models.purchase_stage.PurchaseStage, e.g. MODEL_DIR/purchase_stage)")
+                raise DataError("value_aware with p='learned' (and expected_revenue) needs a purchase stage: train "
+                                "the model with `valuerec train ... --purchase-stage` (it saves MODEL_DIR/"
+                                "purchase_stage), or pass a fitted models.purchase_stage.PurchaseStage")
             p = torch.as_tensor(np.asarray(ctx.purchase_model.predict(ctx), dtype=np.float64))
             if p.shape != ctx.candidates.shape:
                 raise DataError(f"purchase model returned shape {tuple(p.shape)}, expected {ctx.candidates.shape}")
