@@ -702,3 +702,16 @@ def test_a_parquet_file_read_as_text_and_a_decimal_comma_are_named(tmp_path, sto
     with pytest.raises(DataError, match=r"line 2, field 'value': not a number: a decimal comma\?"):
         ingest(store, p)
     assert store.count_events() == 0
+
+
+def test_ingest_notes_float_written_ids_and_an_item_table_that_matches_no_event(tmp_path, store):
+    """A CSV export of a float id column ('17850.0') and an item table whose ids match no event's
+    were stored without a word; the report's notes now name both."""
+    p = write(tmp_path, "f.csv", "user_id,item_id,timestamp\n17850.0,1.0,2024-01-01\n13047.0,2.0,2024-01-02\n")
+    items = write(tmp_path, "items.csv", "item_id,text\n1,mug\n2,candle\n")
+    report = ingest(store, p, items_path=items)
+    notes = " | ".join(report.notes())
+    assert "2 user id value(s) look like numbers written as floats" in notes
+    assert "none of the item table's 2 ids matches an event's item id" in notes
+    ok = write(tmp_path, "items2.csv", "item_id,text\n1.0,mug\n9,new lamp\n")
+    assert any("1 of the item table's 2 items have no events" in n for n in ingest(store, p, items_path=ok).notes())

@@ -55,7 +55,10 @@ class IngestReport:
     added: int = 0
     duplicates: int = 0
     trimmed_ids: dict[str, int] = field(default_factory=dict)   # field -> ids with spaces around them
+    float_ids: dict[str, int] = field(default_factory=dict)     # field -> text ids like '17850.0'
     other_types: dict[str, int] = field(default_factory=dict)   # event type -> events the models read as 'other'
+    item_table: int = 0                 # rows of the item table given
+    item_table_without_events: int = 0  # of those, ids no stored event has
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -64,6 +67,16 @@ class IngestReport:
         """What ingest changed or what the models will not tell apart, for the user to know."""
         out = [f"{n:,} {f.replace('_id', '')} id value(s) had spaces around them, stored without (\"bob \" is \"bob\"; "
                "look them up without the spaces)" for f, n in self.trimmed_ids.items() if n]
+        for f, n in self.float_ids.items():
+            if n:
+                out.append(f"{n:,} {f.replace('_id', '')} id value(s) look like numbers written as floats "
+                           f"('17850.0'): stored as written, so '17850' in another file would be another id")
+        if self.item_table and self.item_table_without_events == self.item_table:
+            out.append(f"none of the item table's {self.item_table:,} ids matches an event's item id: are they "
+                       "written the same way (e.g. '12' against '12.0', or another id column)?")
+        elif self.item_table_without_events:
+            out.append(f"{self.item_table_without_events:,} of the item table's {self.item_table:,} items have no "
+                       "events (yet): the transformer scores them by their text / attributes")
         if self.other_types:
             kinds = ", ".join(f"{t!r} ({n:,})" for t, n in sorted(self.other_types.items()))
             out.append(f"event type(s) {kinds} are stored as given, but the models read every type outside "
@@ -493,6 +506,10 @@ def iter_events(path: str | Path, cmap: ColumnMap | None = None, sep: str | None
                 n = int((raw.notna() & (raw != raw.str.strip())).sum())
                 if n:
                     report.trimmed_ids[f] = report.trimmed_ids.get(f, 0) + n
+                if not typed:   # a spreadsheet or pandas export of a float column (ids next to a gap)
+                    nf = int(raw.str.fullmatch(r"\s*-?\d+\.0+\s*").fillna(False).sum())
+                    if nf:
+                        report.float_ids[f] = report.float_ids.get(f, 0) + nf
         out = _check_rows(df, src, np.arange(len(df)) + first_line, problems, cmap.time_format, expected_time,
                           default_event_type)
         for t, n in out["event_type"][~out["event_type"].isin(EVENT_TYPES)].value_counts().items():
@@ -845,6 +862,7 @@ def ingest(store: EventStore, path: str | Path, fmt: str = "auto", cmap: ColumnM
             chunks = (c.assign(user_id=pseudonymise(c["user_id"], pseudonymise_key)) for c in chunks)
         res = store.add_event_stream(chunks, items, source=str(path), sha256=file_sha256(path))
         report.added, report.duplicates = res.added, res.duplicates
+        _count_item_table(store, items, report)
         return report
     else:
         raise DataError(f"{path}: unknown format {fmt!r} (auto, csv, parquet, jsonl, online-retail, s3rec)")
@@ -856,7 +874,20 @@ def ingest(store: EventStore, path: str | Path, fmt: str = "auto", cmap: ColumnM
             events["event_id"] = events["user_id"] + ":" + events["event_id"].str.split(":").str[-1]
     res = store.add_events(events, items, source=str(path), sha256=file_sha256(path), checked=True)
     report.added, report.duplicates = res.added, res.duplicates
+    _count_item_table(store, items if items_path is not None else None, report)   # the user's own table
     return report
+
+
+def _count_item_table(store, items: pd.DataFrame | None, report: IngestReport) -> None:
+    """How many of an item table's ids no stored event has (all of them: likely written another way)."""
+    if items is None or not len(items):
+        return
+    ids = items["item_id"].astype(str).tolist()
+    with store._lock:
+        seen = store.con.execute("SELECT count(DISTINCT item_id) FROM events WHERE item_id IN "
+                                 "(SELECT unnest(?::VARCHAR[]))", [ids]).fetchall()[0][0]
+    report.item_table = len(set(ids))
+    report.item_table_without_events = report.item_table - int(seen)
 
 
 def detect_format(path: Path) -> str:
