@@ -245,6 +245,16 @@ def test_seeds_in_parts_merge_to_the_whole_run(tmp_path):
     assert res.exit_code == 2 and "not a result file" in res.output
     assert not (tmp_path / "x.json").exists()
 
+    # --replace: a model in a later part is a rerun of it (e.g. a baseline with a wider grid), taken whole
+    res = runner.invoke(app, ["bench", "merge", str(outs["a"]), str(tmp_path / "other.json"), "--replace",
+                              "--out", str(tmp_path / "r.json")])
+    assert res.exit_code == 0, res.output
+    replaced = json.loads((tmp_path / "r.json").read_text())
+    later = json.loads((tmp_path / "other.json").read_text())["models"]
+    assert replaced["models"] == later            # both models were rerun in the later part
+    assert [r["model"] for r in replaced["replaced"]] == ["itemknn", "als"]
+    assert {"model": "als", "file": str(outs["a"]), "by": str(tmp_path / "other.json")} in replaced["replaced"]
+
 
 def test_python_dash_m_runs_the_cli_and_records_it_as_valuerec(monkeypatch):
     """`python -m valuerec` is the same command line (for machines where the package is only on

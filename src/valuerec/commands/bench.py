@@ -386,13 +386,17 @@ def merge_cmd(
     across_commits: bool = typer.Option(False, "--across-commits",
                                         help="Accept parts run at different commits (you vouch that the code they "
                                              "ran is the same); every commit is recorded"),
+    replace: bool = typer.Option(False, "--replace",
+                                 help="A model in several parts is a rerun: take it from the last part that has it "
+                                      "(recorded under 'replaced') instead of pooling its seeds"),
 ) -> None:
     """Join result files of one protocol run in parts (e.g. one seed per process, `--first-seed`): a model
-    in several parts gets its seeds pooled and its mean / std recomputed over all of them."""
+    in several parts gets its seeds pooled and its mean / std recomputed over all of them (or, with
+    --replace, is taken from the last part that has it)."""
     from valuerec.evaluation.results import merge_results, read_result, results_table, write_result
     try:
         check_out_file(out)
-        merged = merge_results([read_result(p) for p in inputs], [str(p) for p in inputs], across_commits)
+        merged = merge_results([read_result(p) for p in inputs], [str(p) for p in inputs], across_commits, replace)
     except DataError as e:
         print_error(console, e)
         raise typer.Exit(code=2) from None

@@ -128,7 +128,8 @@ def _diff_keys(a, b) -> str:
     return f"{a!r} vs {b!r}"
 
 
-def merge_results(results: list[dict], names: list[str] | None = None, across_commits: bool = False) -> dict:
+def merge_results(results: list[dict], names: list[str] | None = None, across_commits: bool = False,
+                  replace: bool = False) -> dict:
     """One result from parts of one protocol run (the same data, split, code and device), e.g. one seed per
     process. A model in one part is copied; a model in several parts must have the same settings and
     different seeds, and gets its seeds pooled: mean / std and the ablations over all of them, the
@@ -137,7 +138,9 @@ def merge_results(results: list[dict], names: list[str] | None = None, across_co
     part) must have the same figures in each and is kept once. Top-level extras (e.g.
     ``popularity_variants``) come from the first part that has them. ``across_commits`` accepts parts
     run at different commits (the caller vouches that the code they ran is the same); the merged
-    ``git_commit`` then lists each distinct commit, and each part keeps its own."""
+    ``git_commit`` then lists each distinct commit, and each part keeps its own. ``replace``: a model in
+    several parts is a rerun (e.g. a baseline rerun with a wider grid) and is taken from the last part
+    that has it; ``replaced`` records which entries were dropped."""
     from valuerec.data.schema import DataError
     names = names or [f"part {i + 1}" for i in range(len(results))]
     if len(results) < 2:
@@ -174,6 +177,10 @@ def merge_results(results: list[dict], names: list[str] | None = None, across_co
     order = list(dict.fromkeys(m for r in results for m in r["models"]))
     for model in order:
         parts = [(n, r["models"][model]) for n, r in zip(names, results) if model in r["models"]]
+        if replace and len(parts) > 1:
+            merged.setdefault("replaced", []).extend({"model": model, "file": n, "by": parts[-1][0]}
+                                                     for n, _ in parts[:-1])
+            parts = parts[-1:]
         if len(parts) == 1:
             merged["models"][model] = parts[0][1]
             continue
