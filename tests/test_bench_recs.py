@@ -178,3 +178,17 @@ def test_train_leave_one_out_counts_only_reachable_targets_as_bench_recs(tmp_pat
                          str(tmp_path / "b.json")])
     assert code == 0, output
     assert json.loads((tmp_path / "b.json").read_text())["split"]["test_users"] == test["users"]
+
+
+def test_train_keeps_excluding_history_when_only_validation_is_empty(tmp_path):
+    """Users with two events take part in test only: an empty validation task is no reason to rank past
+    items in test (train fell back for both tasks and said every next item repeated the history)."""
+    t = pd.Timestamp("2024-01-01")
+    rows = [(f"u{u}", f"i{(u + j) % 9}", t + pd.Timedelta(days=j), "view") for u in range(30) for j in range(2)]
+    store = tmp_path / "s.duckdb"
+    with EventStore(store) as st:
+        st.add_events(pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp", "event_type"]))
+    r = runner.invoke(app, ["train", "--store", str(store), "--model", "itemknn", "--out", str(tmp_path / "m")])
+    assert r.exit_code == 0, r.output
+    assert "is new to them" not in r.output
+    assert json.loads((tmp_path / "m" / "metrics.json").read_text())["test"]["users"] == 30

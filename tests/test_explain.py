@@ -380,3 +380,21 @@ def test_occlusion_of_als_scores_full_and_edited_histories_alike():
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     # the model's own ranking still uses the learned vectors for its trained users
     assert not np.allclose(m.score(h).numpy(), m.score(anon).numpy())
+
+
+def test_deleting_the_only_event_is_scored_on_the_models_own_scale():
+    """item-kNN ranks an empty history by popularity (for recommendations), but an explanation that
+    deletes a user's only event must compare it on the model's own scale: the popularity fallback
+    made the one event that caused a recommendation look like it worked against it."""
+    from valuerec.models import ItemKNN
+
+    rng = np.random.default_rng(1)
+    train = make_seqs(rng, n_users=4, n_items=12, lens=(6, 8, 5, 9))
+    cat = Catalogue(item_ids=np.array([f"i{i}" for i in range(12)], dtype=object))
+    m = ItemKNN(neighbours=5).fit(train, cat)
+    one = Sequences(items=[train.items[0][:1]], times=[train.times[0][:1]], event_types=[train.event_types[0][:1]],
+                    values=[train.values[0][:1]])
+    top = m.recommend(one, k=1)[0][0]
+    full, infl = occlusion(item_target(m, top), one)
+    assert full[0] > 0 and infl[0][0] == pytest.approx(full[0])      # the whole score is that event's doing
+    assert np.ptp(m.score(Sequences(items=[np.zeros(0, np.int64)])).numpy()) > 0   # recommend still falls back

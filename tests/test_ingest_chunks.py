@@ -124,6 +124,17 @@ def test_a_jsonl_key_that_first_appears_in_a_later_chunk(tmp_path):
             assert st.events()["event_type"].tolist() == ["interaction"] * 3 + ["purchase"]
     with EventStore(tmp_path / "s2.duckdb") as st, pytest.raises(DataError, match=r"line 2, field 'value': not a number"):
         ingest(st, tmp_path / "e.jsonl", chunk_rows=None)   # read whole, the purchase without it has no value
+    # a quantity key first given on a later purchase: the views before it need none (their empty quantity
+    # is 1), whatever the chunk size (chunked, every earlier line was counted as lacking it)
+    qty = [json.dumps({"user_id": "u1", "item_id": "a", "timestamp": f"2024-01-0{d}", "event_type": "view"})
+           for d in range(1, 7)]
+    qty.append(json.dumps({"user_id": "u1", "item_id": "a", "timestamp": "2024-01-08", "event_type": "purchase",
+                           "value": 3.0, "quantity": 2}))
+    qsrc = _p(tmp_path, "q.jsonl", "\n".join(qty) + "\n")
+    for chunk in (None, 3):
+        with EventStore(tmp_path / f"q{chunk}.duckdb") as st:
+            assert ingest(st, qsrc, chunk_rows=chunk).added == 7
+            assert st.events()["quantity"].tolist() == [1.0] * 6 + [2.0]
 
 
 def test_a_header_without_rows_is_still_refused(tmp_path):

@@ -118,16 +118,17 @@ def load_split(data: Path | None, store: Path | None, protocol: str, cutoff: str
             from dataclasses import replace
 
             from valuerec.data.splits import with_history_exclusion
-            new = replace(split, valid=with_history_exclusion(split.valid, True),
-                          test=with_history_exclusion(split.test, True))
-            if len(new.valid) and len(new.test):
-                split = new
-            else:   # every next item repeats the history: evaluate with past items ranked
-                split = replace(split, valid=with_history_exclusion(split.valid, False),
-                                test=with_history_exclusion(split.test, False))
-                console.print("[yellow]note:[/yellow] no user's next item is new to them, so the leave-one-out "
-                              "figures rank past items too; for repeat buying, --protocol cutoff fits better",
-                              highlight=False)
+            tasks = {}
+            for name, task in (("valid", split.valid), ("test", split.test)):
+                kept = with_history_exclusion(task, True)
+                if len(kept) or not len(task):
+                    tasks[name] = kept
+                else:   # every next item of this task repeats the history: rank past items for it
+                    tasks[name] = with_history_exclusion(task, False)
+                    console.print(f"[yellow]note:[/yellow] no {name} user's next item is new to them, so the "
+                                  f"{name} figures rank past items too; for repeat buying, --protocol cutoff "
+                                  "fits better", highlight=False)
+            split = replace(split, **tasks)
         return split, "loo"
     if protocol in ("r2", "cutoff"):
         if protocol == "cutoff" and (cutoff is None or valid_cutoff is None):

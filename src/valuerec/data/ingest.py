@@ -482,15 +482,13 @@ def iter_events(path: str | Path, cmap: ColumnMap | None = None, sep: str | None
             src, seen = _field_columns(path, set(cols), cmap), cols
         elif cols != seen:   # JSON lines: a chunk without some key, or with a new one
             for c in (c for c in cols if c not in seen):
-                # read whole, the lines before would have no number here: an error for each quantity, and
-                # for each purchase or return without a value (a view's empty value is 0)
-                lacking = (report.rows_read if c == src["quantity"] else monetary_before if c == src["value"]
-                           else 0)
+                # read whole, the lines before would have no number here: an error for each purchase or
+                # return without a value or a quantity (a view's empty value is 0, its empty quantity 1)
+                lacking = monetary_before if c in (src["quantity"], src["value"]) else 0
                 if lacking:
                     at = int(np.flatnonzero(df[c].notna().to_numpy())[0]) if df[c].notna().any() else 0
-                    what = "line(s)" if c == src["quantity"] else "purchase or return line(s)"
-                    problems.add(first_line + at, c, f"first given here; the {lacking:,} {what} before "
-                                                     "this chunk lack it, and each needs a number")
+                    problems.add(first_line + at, c, f"first given here; the {lacking:,} purchase or return "
+                                                     "line(s) before this chunk lack it, and each needs a number")
             seen = seen + [c for c in cols if c not in seen]
             df = df.reindex(columns=seen)
         if len(df) == 0:

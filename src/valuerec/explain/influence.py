@@ -41,9 +41,10 @@ def item_target(model, items) -> TargetFn:
     same_path = bool(getattr(model, "scores_trained_users_by_id", False))
 
     def f(h: Sequences, owner: np.ndarray) -> np.ndarray:
+        from valuerec.models.base import raw_scores
         if same_path and h.user_ids is not None:
             h = replace(h, user_ids=None)
-        with torch.no_grad():
+        with torch.no_grad(), raw_scores():   # an emptied history on the scale of the others
             s = model.score(h)
         it = items[owner] if len(items) > 1 else np.full(len(owner), items[0])
         out = (it < 0) | (it >= s.shape[1])

@@ -8,6 +8,8 @@ directory of config JSON, arrays (safetensors / npy / parquet) and id maps: no p
 
 from __future__ import annotations
 
+import contextvars
+
 import functools
 import inspect
 import json
@@ -221,13 +223,28 @@ def add_cold_start_items(model, model_dir, items) -> tuple[int, str | None]:
                    f"catalogue and are never recommended: {why}; retrain to include them")
 
 
+_EMPTY_FALLBACK: contextvars.ContextVar[bool] = contextvars.ContextVar("empty_history_fallback", default=True)
+
+
+@contextmanager
+def raw_scores():
+    """Within it, ``score`` gives an empty history the model's own scores (all 0 for item-kNN / ALS)
+    instead of the popularity fallback: explanations compare a history with its edits, and an edit
+    that empties it must be scored on the same scale as the rest."""
+    token = _EMPTY_FALLBACK.set(False)
+    try:
+        yield
+    finally:
+        _EMPTY_FALLBACK.reset(token)
+
+
 def popularity_for_empty_histories(scores: torch.Tensor, histories: Sequences, counts: np.ndarray | None
                                    ) -> torch.Tensor:
     """Rows of ``scores`` whose history holds no item of the catalogue get the training popularity
     (``counts`` scaled to [0, 1]), in place: a model that scores from the history alone (item-kNN,
     ALS's fold-in) would otherwise score every item 0 and rank them in catalogue order. ``counts``
-    None (a model saved before it kept them) leaves the scores as they are."""
-    if counts is None or not len(histories):
+    None (a model saved before it kept them), or inside ``raw_scores()``, leaves the scores as they are."""
+    if counts is None or not len(histories) or not _EMPTY_FALLBACK.get():
         return scores
     N = scores.shape[1]
     empty = [b for b, h in enumerate(histories.items) if not ((np.asarray(h) >= 0) & (np.asarray(h) < N)).any()]

@@ -122,7 +122,8 @@ def caller_rng_kept():
     draws do not become a function of the model's seed."""
     import random
     py, npy = random.getstate(), np.random.get_state()
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    # only a CUDA that is already started: asking for a device's state would start CUDA on every GPU
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
     with torch.random.fork_rng(devices=devices):
         try:
             yield
