@@ -10,7 +10,7 @@ from valuerec.data.dataset import Sequences, catalogue_from, sequences_from
 from valuerec.data.schema import DataError, event_type_code
 from valuerec.data.store import EventStore
 from valuerec.models.popularity import Popularity
-from valuerec.policies.lifecycle import (STAGES, LifecycleConfig, assign_stages, stage_sizes,
+from valuerec.policies.lifecycle import (STAGES, LifecycleConfig, assign_stages, stage_sizes, stages_at,
                                          transition_matrix, truncate)
 
 DAY = 86400
@@ -274,3 +274,17 @@ def test_a_log_without_purchases_gets_one_stage_everywhere(tmp_path):
         key = {"X-API-Key": "reader-key-123"}
         assert c.get("/v1/users/u2/stage", headers=key).json()["stage"] == stage["u2"]
         assert c.get("/v1/users/u2/recommendations?policy=stage", headers=key).json()["stage"] == stage["u2"]
+
+
+def test_stage_dates_take_timestamps_and_strings():
+    """stages_at and transition_matrix took only unix seconds (float() of a Timestamp was a TypeError)."""
+    hs = [user([50, 5], [P, P], [1, 1]), user([100], [P], [1])]
+    seqs = Sequences(items=[h[0] for h in hs], times=[h[1] for h in hs], event_types=[h[2] for h in hs],
+                     values=[h[3] for h in hs], user_ids=np.array(["u1", "u2"], dtype=object))
+    a, b = T0 - 20 * DAY, T0
+    ts = pd.Timestamp(a, unit="s")
+    assert stages_at(seqs, ts)["stage"].tolist() == stages_at(seqs, a)["stage"].tolist()
+    m = transition_matrix(seqs, ts.isoformat(), pd.Timestamp(b, unit="s", tz="UTC"))
+    assert m.equals(transition_matrix(seqs, a, b))
+    with pytest.raises(DataError, match="first date"):
+        transition_matrix(seqs, "someday", b)

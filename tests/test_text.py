@@ -164,3 +164,8 @@ def test_recommend_and_serve_score_store_items_that_have_no_events_yet(tmp_path)
     with TestClient(create_app(settings)) as c:
         warnings = c.get("/healthz").json()["model"]["warnings"]
     assert any("2 item(s)" in w and "trained without item text" in w for w in warnings), warnings
+    settings = Settings.from_env({"VALUEREC_STORE": str(store), "VALUEREC_MODEL_DIR": str(tmp_path / "knn"),
+                                  "VALUEREC_API_KEYS": "reader-key-123:read"})
+    with TestClient(create_app(settings)) as c:          # a model without add_store_items is warned about too
+        warnings = c.get("/healthz").json()["model"]["warnings"]
+    assert any("2 item(s)" in w and "ranks only the items it was trained on" in w for w in warnings), warnings

@@ -47,7 +47,7 @@ def recommend_for_user(model_dir: str | Path, store: str | Path, user: str, k: i
         hashed = not len(events) and st.looks_pseudonymised()
         time_range = st.time_range()
         store_items = st.items()
-        store_types = list(st.summary()["event_types"]) if policy == "stage" else []
+        store_types = st.event_types() if policy == "stage" else []
     # cold start: items of the store's item table with no events yet, scored by their text / attributes
     added, left_out = add_cold_start_items(model, model_dir, store_items)
     cat = model.catalogue_
@@ -90,8 +90,9 @@ def recommend_for_user(model_dir: str | Path, store: str | Path, user: str, k: i
             # assigned here so that the answer can say which stage, and so which policy, ranked the list
             from valuerec.policies.lifecycle import LifecycleConfig, for_event_types
             from valuerec.policies.rerank import policy_stages
-            # as `valuerec lifecycle`: the model's horizon and top-value bar; in a log without purchases
-            # every event counts as one
+            # one user alone is no population: the model's horizon and the top-value bar it measured on
+            # its training population (as the service); in a log without purchases every event counts
+            # as one (as `valuerec lifecycle`)
             cfg, _ = for_event_types(LifecycleConfig.for_model(value_model, model_threshold=True), store_types)
             stages = policy_stages(model, hist, now, value_model=value_model, lifecycle_config=cfg)
             stage_info = {"stage": str(stages[0]), "stage_policy": pol.mapping.get(str(stages[0]), "plain")}

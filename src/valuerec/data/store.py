@@ -505,6 +505,11 @@ class EventStore:
         df["attributes"] = df["attributes"].map(lambda s: json.loads(s) if isinstance(s, str) else None)
         return df
 
+    def event_types(self) -> list[str]:
+        """The distinct event types stored."""
+        with self._lock:
+            return [r[0] for r in self.con.execute("SELECT DISTINCT event_type FROM events").fetchall()]
+
     def looks_pseudonymised(self) -> bool:
         """Whether the stored user ids look like ingest's keyed hashes (``u_`` and 20 hex digits)."""
         import re

@@ -557,7 +557,9 @@ class ZILNMLP(ValueModel):
             raise DataError(f"{path}: saved with a different feature list; refit the model")
         self.mean_ = np.asarray(state["mean"], dtype=np.float32)
         self.std_ = np.asarray(state["std"], dtype=np.float32)
-        self.net_, _ = self._build()
+        from valuerec.training.loop import caller_rng_kept
+        with caller_rng_kept():     # _build seeds torch; loading must not move the caller's generator
+            self.net_, _ = self._build()
         self.net_.load_state_dict(load_file(str(path / "model.safetensors")))
         self.net_.eval()
 

@@ -84,7 +84,8 @@ class LifecycleConfig:
         if "horizon_days" not in d and isinstance(h, (int, float)) and h > 0:
             d["horizon_days"] = float(h)
         thr = getattr(model, "advocate_value_threshold_", None) if model is not None else None
-        if model_threshold and d.get("advocate_value_threshold") is None and thr is not None:
+        if (model_threshold and d.get("advocate_value_threshold") is None and "advocate_value_quantile" not in d
+                and thr is not None):
             d["advocate_value_threshold"] = float(thr)
         return cls.from_dict(d)
 
@@ -129,7 +130,7 @@ def history_features(histories: Sequences, as_of: np.ndarray, config: LifecycleC
     before ``as_of``. Without times, every event counts and tenure /
     recency are unknown (NaN)."""
     U = len(histories)
-    as_of = np.broadcast_to(np.asarray(as_of, dtype=np.float64), (U,))
+    as_of = unix_seconds(as_of, U)
     codes = np.array([event_type_code(t) for t in config.purchase_types])
     tenure = np.full(U, np.nan)
     recency = np.full(U, np.nan)
@@ -250,7 +251,7 @@ def truncate(histories: Sequences, as_of) -> Sequences:
     """Each history cut to its events strictly before ``as_of`` (histories must carry times)."""
     if histories.times is None:
         raise DataError("lifecycle transitions need event times; these histories have none")
-    as_of = np.broadcast_to(np.asarray(as_of, dtype=np.float64), (len(histories),))
+    as_of = unix_seconds(as_of, len(histories))
     # Histories are time-ordered, so "before as_of" is a prefix.
     lens = [int(np.searchsorted(t.astype(np.float64), a, side="left")) for t, a in zip(histories.times, as_of)]
     return histories.prefix(lens)
@@ -286,11 +287,12 @@ def predict_value_safe(value_model, histories: Sequences, as_of, fill: float = n
     return out
 
 
-def stages_at(histories: Sequences, as_of: float, value_fn: ValueFn | None = None,
+def stages_at(histories: Sequences, as_of, value_fn: ValueFn | None = None,
               config: LifecycleConfig | None = None) -> pd.DataFrame:
-    """Stages as they were at ``as_of`` (unix seconds): histories cut there, value predicted there."""
-    h = truncate(histories, as_of)
-    at = np.full(len(h), float(as_of))
+    """Stages as they were at ``as_of`` (unix seconds or a time, as ``unix_seconds`` takes): histories
+    cut there, value predicted there."""
+    at = unix_seconds(as_of, len(histories), "stages_at: as_of")
+    h = truncate(histories, at)
     pred = value_fn(h, at) if value_fn is not None else None
     return assign_stages(h, at, pred, config)
 
@@ -300,7 +302,9 @@ def transition_matrix(histories: Sequences, date_a: float, date_b: float, value_
     """Counts of users moving from stage at ``date_a`` (rows) to stage at ``date_b`` (columns),
     over all users in ``histories``; every stage appears in both axes, and the first row,
     ``NOT_YET``, counts the users with no event before ``date_a`` (they were no user yet; "new" is a
-    user with events but no purchase)."""
+    user with events but no purchase). The dates: unix seconds or times, as ``unix_seconds`` takes."""
+    date_a = float(unix_seconds(date_a, 1, "transition_matrix: first date")[0])
+    date_b = float(unix_seconds(date_b, 1, "transition_matrix: second date")[0])
     if not date_a < date_b:
         when = (lambda t: pd.Timestamp(float(t), unit="s"))
         raise DataError(f"transition matrix: the first date {when(date_a)} must be before the second {when(date_b)} "

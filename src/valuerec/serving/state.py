@@ -286,17 +286,17 @@ class ServiceState:
         from valuerec.models.purchase_stage import load_purchase_stage
         rt = Runtime(model=model, path=path, version=path.name, loaded_at=time.time(), hooks=find_hooks(model),
                      item_value=load_item_values(path), purchase_model=load_purchase_stage(path))
-        if hasattr(model, "add_store_items"):
-            # cold start: items of the store's item table with no events yet, scored by their content (a
-            # model with learned item values or a purchase stage keeps their training catalogue)
-            with self._store_lock:
-                items = self.store.items()
-            n_new, left_out = add_cold_start_items(model, path, items)
-            if n_new:
-                log.info("model %s: %d item(s) of the store without events scored from their text / attributes",
-                         path, n_new)
-            if left_out:
-                rt.warnings.append(left_out)
+        # cold start: items of the store's item table with no events yet, scored by their content (a
+        # model with learned item values or a purchase stage keeps its training catalogue; a model
+        # that cannot score them is warned about)
+        with self._store_lock:
+            items = self.store.items()
+        n_new, left_out = add_cold_start_items(model, path, items)
+        if n_new:
+            log.info("model %s: %d item(s) of the store without events scored from their text / attributes",
+                     path, n_new)
+        if left_out:
+            rt.warnings.append(left_out)
         try:
             rt.item_vectors = item_vectors_of(model)
         except Exception:  # noqa: BLE001 - similarity then falls back to store co-occurrence
