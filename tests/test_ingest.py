@@ -207,6 +207,9 @@ def test_headerless_ragged_rows_and_bad_time_format(tmp_path, store):
         ingest(store, p, fmt="csv", no_header=True, columns=cols, sep=" ", cmap=ColumnMap(time_format="unix"))
     # a first row with more fields than --columns: pandas took the extra leading field as the index, so
     # the id "alice smith" was stored as "smith" with no error
+    trailing = write(tmp_path, "t.txt", "alice,10,2024-01-01,\nbob,11,2024-01-02,\n")
+    assert ingest(store, trailing, fmt="csv", no_header=True, columns=cols, sep=",").added == 2   # trailing ','
+    store.delete_user("alice"), store.delete_user("bob")
     spaced = write(tmp_path, "s.txt", "alice smith\t10\t2024-01-01\nbob\t11\t2024-01-02\n")
     with pytest.raises(DataError, match=r"s.txt, line 1: 4 fields, expected 3 .*give --sep"):
         ingest(store, spaced, fmt="csv", no_header=True, columns=cols)
@@ -699,7 +702,7 @@ def test_a_parquet_file_read_as_text_and_a_decimal_comma_are_named(tmp_path, sto
     with pytest.raises(DataError, match=r"e.csv: is a Parquet file, not csv text; use --format parquet"):
         ingest(store, renamed)
     p = write(tmp_path, "c.csv", 'user_id,item_id,timestamp,event_type,value\nu1,a,2024-01-01,purchase,"38,11"\n')
-    with pytest.raises(DataError, match=r"line 2, field 'value': not a number: a decimal comma\?"):
+    with pytest.raises(DataError, match=r"line 2, field 'value': not a number: a decimal comma or a thousands separator\?"):
         ingest(store, p)
     assert store.count_events() == 0
 

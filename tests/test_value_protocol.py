@@ -296,6 +296,11 @@ def test_a_model_that_fails_on_the_data_is_left_out_not_the_run(store_path, tmp_
     assert res["failed_models"]["broken"] == saved["failed_models"]["broken"]
     with pytest.raises(DataError, match="every value model failed: broken: .*non-finite"):
         run_value_bench(store_path, CUTOFF, VAL_CUTOFF, 60, ["broken"], 1, extra_models={"broken": Broken})
+    # a reference protocol (expected figures given, as V1) is no run of it without every model
+    pop = res["split"]["test"]["population"]
+    with pytest.raises(DataError, match="broken: .*non-finite"):
+        run_value_bench(store_path, CUTOFF, VAL_CUTOFF, 60, ["past_spend", "broken"], 1,
+                        extra_models={"broken": Broken}, expect={"population": pop})
 
 
 def test_run_value_bench_checks_expected_figures(store_path, events, tmp_path):

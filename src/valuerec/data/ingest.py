@@ -331,10 +331,13 @@ def _iter_table_utf8(path: Path, sep: str | None, no_header: bool, columns: list
                 df = df.reset_index(drop=True)
                 if df.shape[1] > len(columns):
                     extra = df.iloc[:, len(columns):].notna().any(axis=1).to_numpy()
-                    r = int(np.flatnonzero(extra)[0]) if extra.any() else 0
-                    n = int(df.iloc[r].notna().sum())
-                    raise DataError(f"{path}, line {line + r}: {n} fields, expected {len(columns)} (the names in "
-                                    f"--columns){' (a value with spaces? give --sep)' if sep is None else ''}")
+                    if not extra.any():       # only empty fields past the last column: a trailing separator
+                        df = df.iloc[:, :len(columns)]
+                    else:
+                        r = int(np.flatnonzero(extra)[0])
+                        n = int(np.flatnonzero(df.iloc[r].notna().to_numpy())[-1]) + 1
+                        raise DataError(f"{path}, line {line + r}: {n} fields, expected {len(columns)} (the names "
+                                        f"in --columns){' (a value with spaces? give --sep)' if sep is None else ''}")
                 if df.shape[1] < len(columns):
                     df = df.reindex(columns=range(len(columns)))
                 df.columns = columns
@@ -611,7 +614,7 @@ def _check_rows(df: pd.DataFrame, src: dict[str, str], lines: np.ndarray, proble
             bad_nan = num.isna().to_numpy()
             comma = raw.astype("string").str.fullmatch(r"\s*-?\d+,\d+\s*").fillna(False).to_numpy(dtype=bool)
             problems.add_mask(bad_nan & comma, lines, src[fld], raw,
-                              "not a number: a decimal comma? write decimals with a point (38.11)")
+                              "not a number: a decimal comma or a thousands separator? write 38.11 or 1234.5")
             problems.add_mask(bad_nan & ~comma, lines, src[fld], raw, "not a number (NaN or empty)")
             neg = (num < 0).fillna(False).to_numpy()
             problems.add_mask(neg, lines, src[fld], raw, "negative; record returns as event_type 'return' with a positive value")

@@ -166,7 +166,10 @@ def run_value_benchmark(events: pd.DataFrame, items: pd.DataFrame | None, cutoff
             try:
                 results[name] = _run_one(name, factories[name], valid, test, n_seeds, progress, save_dir)
             except DataError as e:
-                # one model that cannot fit this data (a degenerate BG/NBD) does not sink the others
+                if expect:      # a reference protocol (V1) runs every model it names, or is no run of it
+                    raise DataError(f"{name}: {e}") from None
+                # on a user's own data, one model that cannot fit it (a degenerate BG/NBD) does not sink
+                # the others
                 failed[name] = str(e)
                 console.print(f"[yellow]warning:[/yellow] {name} failed on this data and is left out: {e}",
                               highlight=False)
@@ -192,7 +195,7 @@ def _run_one(name: str, factory, valid: ValueTask, test: ValueTask, n_seeds: int
                           "train_seconds": vt["train_seconds"]})
         progress.advance(bar)
     best = max(selection, key=lambda s: s["score"])
-    per_seed, times, fitted = [], [], None
+    per_seed, times, fitted, first = [], [], None, None
     for seed in seeds:
         model, _, tm, tt = _fit_predict(factory, best["params"], seed, test)
         per_seed.append(tm)
@@ -200,9 +203,10 @@ def _run_one(name: str, factory, valid: ValueTask, test: ValueTask, n_seeds: int
         if fitted is None:
             fitted = model.fitted_params()
             full_params = model.config()
-            if save_dir is not None:
-                model.save(os.path.join(str(save_dir), name))
+            first = model
         progress.advance(bar)
+    if save_dir is not None:     # once every seed ran: a model that fails on a later seed leaves nothing
+        first.save(os.path.join(str(save_dir), name))
     mean, std = _summarise(per_seed)
     return {
         "metrics": mean, "metrics_std": std if len(seeds) > 1 else None,

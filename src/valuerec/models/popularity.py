@@ -67,9 +67,10 @@ class RepeatPopularity(Popularity):
         return {"decay": self.decay, "seed": self.seed}
 
     def score(self, histories: Sequences) -> torch.Tensor:
-        # Popularity only breaks ties: it is scaled below the smallest possible history weight.
+        # Popularity only breaks ties: it is scaled below decay ** 1000, under the weight of any of the
+        # last 1,000 events (at least 1e-30: a steep decay, 0.9 ** 1000, would vanish in float32 and
+        # leave ties in index order; events further back may then weigh less than it)
         pop = torch.from_numpy(self.counts_)
-        # (at least 1e-30: a steep decay, 0.9 ** 1000, would vanish in float32 and leave ties in index order)
         pop = pop / (pop.max().clamp(min=1.0) * 2.0) * max(self.decay ** 1000, 1e-30)
         counts = torch.from_numpy(history_weights(histories, self.n_items, self.decay).toarray())
         return popularity_for_empty_histories(counts.float() + pop, histories, self.counts_)
