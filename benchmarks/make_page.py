@@ -344,7 +344,8 @@ SUMMARY = [
 
 
 def readme_summary(results_dir: Path) -> str:
-    out = []
+    out = ["Means over the seeds ± their standard deviation (population, over the seeds run); deterministic "
+           "models run once. Settings are chosen on validation only.", ""]
     for fname, title, metrics in SUMMARY:
         f = results_dir / fname
         if not f.exists():
@@ -359,6 +360,11 @@ def readme_summary(results_dir: Path) -> str:
             for part, am in (v.get("ablations") or {}).items():
                 out.append(f"| `{name}` without {_part(part)} (same fits) | "
                            + " | ".join(fmt(am.get(k), None, 1) for k in metrics) + " |")
+        if any(name.startswith("peer:") for name in r.get("models", {})):
+            out += ["", "`peer:` rows: another library's model in its own environment, trained on one CPU thread under "
+                        "a wall-clock budget that stopped it while its validation score was still rising; they "
+                        "compare speed on this machine more than the quality that library converges to "
+                        "(docs/findings.md)."]
         out.append("")
     for s1 in sorted(results_dir.glob("s1_serving*.json")):
         r = json.loads(s1.read_text())

@@ -14,7 +14,8 @@
 #
 # The peer (PEER=1, the default; PEER=0 leaves it out) is RecTools' SASRec in its own venv
 # (benchmarks/peers/setup.sh rectools, made here if missing), the same size as ours (2 blocks, 1 head,
-# 64 factors, 50 events, full softmax; RecTools' defaults otherwise), on the same split: it stops early
+# 64 factors, 50 events, full softmax, dropout 0.5 as ours on R1 (RecTools' default is 0.2); RecTools'
+# defaults otherwise), on the same split: it stops early
 # on validation NDCG@20 (checked every 2 epochs, patience 5, at most 600 s of training: about what our
 # transformer's validation fits take), refits on everything before the test cut-off for that many epochs
 # as ours does, and ranks the whole catalogue without excluding past items, as R2 asks.
