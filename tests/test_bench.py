@@ -489,3 +489,14 @@ def test_bench_fits_with_a_checkpoint_dir_resume_only_their_own(tmp_path):
     for run in e["per_seed"]:
         assert run["epochs_run"] == epochs and run["best_epoch"] is None   # trained afresh, no validation
     assert sorted(p.name for p in ck.iterdir()) == ["grid-0", "grid-1", "refit-seed0", "refit-seed1"]
+
+
+def test_a_run_records_the_commit_it_started_from(monkeypatch):
+    """A result file recorded HEAD when it was written: a commit made while a long run went on was
+    named as the code it ran. The project's commit is now read once, when results is first imported."""
+    from valuerec.evaluation import results
+
+    first = results.git_commit()
+    monkeypatch.setattr(results, "_read_commit", lambda repo: "a-later-commit")
+    assert results.git_commit() == first
+    assert results.git_commit(repo=REPO) == "a-later-commit"      # another checkout is read as asked

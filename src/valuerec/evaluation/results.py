@@ -17,9 +17,23 @@ RESULT_KEYS = ("protocol", "dataset", "data_sha256", "git_commit", "command", "d
 MODEL_KEYS = ("metrics", "seeds", "train_seconds", "eval_seconds", "params")
 
 
+_FIRST_COMMIT: str | None = None
+
+
 def git_commit(repo: str | Path | None = None) -> str:
-    """HEAD commit of the project checkout, with '-dirty' when the working tree has changes."""
-    repo = Path(repo) if repo else Path(__file__).resolve().parents[3]
+    """HEAD commit of the project checkout, with '-dirty' when the working tree has changes. For this
+    project's checkout it is read once per process, when this module is first imported: a long run
+    records the code it started with, not the commit someone made while it ran."""
+    global _FIRST_COMMIT
+    if repo is None and _FIRST_COMMIT is not None:
+        return _FIRST_COMMIT
+    out = _read_commit(Path(repo) if repo else Path(__file__).resolve().parents[3])
+    if repo is None:
+        _FIRST_COMMIT = out
+    return out
+
+
+def _read_commit(repo: Path) -> str:
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
                               timeout=10).stdout.strip()
@@ -352,3 +366,6 @@ def chosen_params(result_path: str | Path, model: str) -> dict:
     if not isinstance(entry, dict) or not isinstance(entry.get("params"), dict):
         raise DataError(f"{result_path}: model {model!r} has no 'params' to take")
     return {k: v for k, v in entry["params"].items() if k != "seed"}
+
+
+git_commit()     # the commit a run starts from (see git_commit)
