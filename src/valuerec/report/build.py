@@ -40,7 +40,7 @@ def training_curves(model) -> dict | None:
 def value_backtest(model, events: pd.DataFrame, horizon_days: float) -> dict | None:
     """Predict value as of ``last event - horizon`` for everyone with a purchase before it, and compare
     with what they spent in the following horizon. The model may have trained on this period: the
-    report labels it an in-sample backtest; the out-of-sample figures are in the V1 result file."""
+    report labels it an in-sample backtest and points to `valuerec bench value` for out-of-sample figures."""
     if not predicts_value(model):
         return None
     end = events["timestamp"].max()
@@ -58,8 +58,8 @@ def value_backtest(model, events: pd.DataFrame, horizon_days: float) -> dict | N
     out_of_sample = 0 < data_end <= cutoff.timestamp() + 86_400
     kind = ("Out-of-sample check: the model was trained on events before "
             f"{pd.Timestamp(data_end, unit='s').date()} only." if out_of_sample else
-            "In-sample backtest (the model may have trained on this period); out-of-sample figures are in the "
-            "V1 result file.")
+            "In-sample backtest (the model may have trained on this period); for out-of-sample figures run "
+            "`valuerec bench value` on this store (V1's are in its result file for Online Retail).")
     return {"y_true": y, "y_pred": np.asarray(pred["expected_value"], float), "churn_true": y <= 0,
             "churn_prob": np.asarray(pred["churn_prob"], float),
             "label": f"Value predicted as of {cutoff.date()} for the {len(users)} customers with a purchase "
