@@ -360,6 +360,10 @@ def readme_summary(results_dir: Path) -> str:
             for part, am in (v.get("ablations") or {}).items():
                 out.append(f"| `{name}` without {_part(part)} (same fits) | "
                            + " | ".join(fmt(am.get(k), None, 1) for k in metrics) + " |")
+        if r.get("replaced"):
+            later = sorted({x["model"] for x in r["replaced"]}, key=list(r.get("models", {})).index)
+            out += ["", "Rows " + ", ".join(f"`{m}`" for m in later) + " come from later reruns merged in place of "
+                        "the first run's (`replaced` and `parts` in the file name them; docs/findings.md says why)."]
         if any(name.startswith("peer:") for name in r.get("models", {})):
             out += ["", "`peer:` rows: another library's model in its own environment, trained on one CPU thread under "
                         "a wall-clock budget that stopped it while its validation score was still rising; they "
