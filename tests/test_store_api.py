@@ -177,3 +177,16 @@ def test_sequences_from_a_pandas_frame_as_a_user_would_build_it():
     assert sequences_from(ev, cat).event_types[0].tolist() == [0, 0, 0]          # the default type
     with pytest.raises(DataError, match=r"missing column\(s\) \['timestamp'\]"):
         sequences_from(ev.drop(columns="timestamp"), cat)
+
+
+def test_sequences_from_plain_lists_work_in_every_model():
+    """Sequences(items=[[1, 2, 3]]) failed in every model ("'>=' not supported between 'list' and 'int'"),
+    and subset() of one with list user ids raised a TypeError."""
+    from valuerec.data.dataset import Catalogue, Sequences
+    from valuerec.models import ItemKNN
+
+    h = Sequences(items=[[1, 2, 3], [2, 3]], user_ids=["a", "b"])
+    assert h.items[0].dtype == np.int64 and list(h.subset([1]).user_ids) == ["b"]
+    cat = Catalogue(item_ids=np.array([f"i{i}" for i in range(5)], dtype=object))
+    top, _ = ItemKNN(neighbours=3).fit(h, cat).recommend(h, k=2)
+    assert top.shape == (2, 2)

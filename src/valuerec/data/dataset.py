@@ -27,6 +27,19 @@ class Sequences:
     values: list[np.ndarray] | None = None       # revenue per event
     user_ids: np.ndarray | None = None           # raw user ids, for reporting
 
+    def __post_init__(self) -> None:
+        # plain lists (a user's own batch) become the arrays every model indexes with
+        def arrays(xs, dtype):
+            if xs is None or all(isinstance(x, np.ndarray) for x in xs):
+                return xs
+            return [x if isinstance(x, np.ndarray) else np.asarray(x, dtype=dtype) for x in xs]
+        self.items = arrays(self.items, np.int64)
+        self.times = arrays(self.times, np.int64)
+        self.event_types = arrays(self.event_types, np.int64)
+        self.values = arrays(self.values, np.float32)
+        if self.user_ids is not None and not isinstance(self.user_ids, np.ndarray):
+            self.user_ids = np.asarray(list(self.user_ids), dtype=object)
+
     def __len__(self) -> int:
         return len(self.items)
 
