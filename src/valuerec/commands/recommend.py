@@ -88,13 +88,10 @@ def recommend_for_user(model_dir: str | Path, store: str | Path, user: str, k: i
         stages = None
         if pol.name == "stage":
             # assigned here so that the answer can say which stage, and so which policy, ranked the list
-            from valuerec.policies.lifecycle import LifecycleConfig, for_event_types
+            from valuerec.policies.lifecycle import config_for_few_users
             from valuerec.policies.rerank import policy_stages
-            # one user alone is no population: the model's horizon and the top-value bar it measured on
-            # its training population (as the service); in a log without purchases every event counts
-            # as one (as `valuerec lifecycle`)
-            cfg, _ = for_event_types(LifecycleConfig.for_model(value_model, model_threshold=True), store_types)
-            stages = policy_stages(model, hist, now, value_model=value_model, lifecycle_config=cfg)
+            stages = policy_stages(model, hist, now, value_model=value_model,
+                                   lifecycle_config=config_for_few_users(value_model, store_types))
             stage_info = {"stage": str(stages[0]), "stage_policy": pol.mapping.get(str(stages[0]), "plain")}
         idx, scores = apply_policy(policy, model, hist, k=k, exclude="auto" if asked else None,
                                    value_model=value_model, params=policy_params, item_value=item_value,

@@ -9,7 +9,6 @@ directory of config JSON, arrays (safetensors / npy / parquet) and id maps: no p
 from __future__ import annotations
 
 import contextvars
-
 import functools
 import inspect
 import json

@@ -124,6 +124,14 @@ def for_event_types(config: LifecycleConfig, event_types) -> tuple[LifecycleConf
                  "as a purchase")
 
 
+def config_for_few_users(model, event_types, d: dict | None = None) -> LifecycleConfig:
+    """The stages' settings for one user (or a few) at a time, as the stage policy and the service
+    assign them: ``model``'s horizon and the "top value" bar it measured on its training population
+    (``model`` None: no value model), and in a log whose ``event_types`` hold no purchase, every event
+    counted as one (``for_event_types``)."""
+    return for_event_types(LifecycleConfig.for_model(model, d, model_threshold=True), event_types)[0]
+
+
 def history_features(histories: Sequences, as_of: np.ndarray, config: LifecycleConfig) -> pd.DataFrame:
     """Per user: tenure, recency (days), purchase count (orders: purchase events sharing a
     timestamp count once), past spend and past spend rate over one horizon, from events strictly

@@ -552,6 +552,16 @@ def _resolve_exclude(exclude, histories: Sequences, policy: Policy):
     return exclude
 
 
+def as_of_or_after_last(histories: Sequences, as_of=None) -> np.ndarray | None:
+    """``as_of`` per history (``unix_seconds``); by default "now" is just after each user's last event
+    (None when the histories have no times)."""
+    if as_of is not None:
+        return unix_seconds(as_of, len(histories))
+    if histories.times is not None:
+        return np.array([float(t.max()) + 1 if len(t) else 0.0 for t in histories.times])
+    return None
+
+
 def build_context(model, histories: Sequences, *, history_candidates: bool = False, n_candidates: int = 100,
                   exclude=None, catalogue: Catalogue | None = None, as_of=None, value_model=None,
                   item_value=None, item_vectors: np.ndarray | None = None,
@@ -567,11 +577,7 @@ def build_context(model, histories: Sequences, *, history_candidates: bool = Fal
     if exclude is not None:
         apply_exclusions(full, exclude)
     cands, cscores, added = build_candidates(full, n_candidates, histories if history_candidates else None)
-    if as_of is not None:
-        as_of = unix_seconds(as_of, len(histories))
-    elif histories.times is not None:
-        # Default "now": just after each user's last event.
-        as_of = np.array([float(t.max()) + 1 if len(t) else 0.0 for t in histories.times])
+    as_of = as_of_or_after_last(histories, as_of)
     return PolicyContext(histories=histories, candidates=cands, scores=cscores, full_scores=full,
                          catalogue=catalogue, as_of=as_of, model=model, value_model=value_model,
                          item_value=item_value, item_vectors=item_vectors, item_popularity=item_popularity,
@@ -619,11 +625,8 @@ def policy_stages(model, histories: Sequences, as_of=None, *, value_model=None,
     model itself when it predicts value). Callers that report the stage pass the result on as
     ``stages=`` so the ranking and the report agree."""
     from valuerec.policies.lifecycle import LifecycleConfig, assign_stages, predict_value_safe
-    if as_of is not None:
-        as_of = unix_seconds(as_of, len(histories))
-    elif histories.times is not None:
-        as_of = np.array([float(t.max()) + 1 if len(t) else 0.0 for t in histories.times])
-    else:
+    as_of = as_of_or_after_last(histories, as_of)
+    if as_of is None:
         raise DataError("the stage policy needs as_of or event times to assign lifecycle stages")
     vm = value_model if value_model is not None else (model if predicts_value(model) else None)
     pred = predict_value_safe(vm, histories, as_of) if vm is not None else None

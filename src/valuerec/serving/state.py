@@ -765,9 +765,8 @@ class ServiceState:
     def lifecycle_config(self, rt: Runtime, valued: bool):
         """The stages' settings for one user at a time: the model's own "top value" bar and horizon (when
         it predicts value), and every event counted as a purchase in a log without purchases."""
-        from valuerec.policies.lifecycle import LifecycleConfig, for_event_types
-        cfg = LifecycleConfig.for_model(rt.model if valued else None, model_threshold=True)
-        return for_event_types(cfg, getattr(self, "_event_types", ()))[0]
+        from valuerec.policies.lifecycle import config_for_few_users
+        return config_for_few_users(rt.model if valued else None, getattr(self, "_event_types", ()))
 
     def value(self, user_id: str, as_of: str | None) -> dict:
         rt = self.runtime
