@@ -508,7 +508,8 @@ def iter_events(path: str | Path, cmap: ColumnMap | None = None, sep: str | None
                 if n:
                     report.trimmed_ids[f] = report.trimmed_ids.get(f, 0) + n
                 if not typed:   # a spreadsheet or pandas export of a float column (ids next to a gap)
-                    nf = int(raw.str.fullmatch(r"\s*-?\d+\.0+\s*").fillna(False).sum())
+                    dotted = raw[raw.str.contains(".", regex=False).fillna(False)]   # the regex on those only
+                    nf = int(dotted.str.fullmatch(r"\s*-?\d+\.0+\s*").fillna(False).sum())
                     if nf:
                         report.float_ids[f] = report.float_ids.get(f, 0) + nf
         out = _check_rows(df, src, np.arange(len(df)) + first_line, problems, cmap.time_format, expected_time,
@@ -612,7 +613,9 @@ def _check_rows(df: pd.DataFrame, src: dict[str, str], lines: np.ndarray, proble
             empty = (raw.isna() | (raw.astype("string").str.strip() == "")).fillna(True)
             num = num.where(~(empty & ~types.isin(MONETARY_TYPES)), default)
             bad_nan = num.isna().to_numpy()
-            comma = raw.astype("string").str.fullmatch(r"\s*-?\d+,\d+\s*").fillna(False).to_numpy(dtype=bool)
+            comma = np.zeros(len(raw), dtype=bool)      # the hint's regex only where the number is bad
+            if bad_nan.any():
+                comma[bad_nan] = raw[bad_nan].astype("string").str.fullmatch(r"\s*-?\d+,\d+\s*").fillna(False)
             problems.add_mask(bad_nan & comma, lines, src[fld], raw,
                               "not a number: a decimal comma or a thousands separator? write 38.11 or 1234.5")
             problems.add_mask(bad_nan & ~comma, lines, src[fld], raw, "not a number (NaN or empty)")
