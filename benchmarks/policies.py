@@ -24,7 +24,12 @@ candidates; every policy re-ranks them. Reported on test, for every user of R2:
   item statistics moved to the test cut-off, re-ranks the test model's candidates. The stage may read
   companion recommenders' scores of the candidates (``--stage-companions``: sets to try, e.g.
   ``none;als;als+bpr``; each companion is fitted as the R2 harness does, grid on validation, refit on
-  train_full); the set with the best out-of-fold validation revenue@20 at its chosen weight is tested;
+  train_full); the set with the best out-of-fold validation revenue@20 at its chosen weight is kept.
+  At that set, the stage's bag count (``--stage-bags``: one classifier, or the geometric mean of n on
+  row and feature samples) and value source (``--stage-value-sources``: the learned item value, the
+  stage's own hurdle value learned on the bought candidates, or their geometric mean) are chosen the
+  same way (out-of-fold validation revenue@20 at each one's chosen power and weight), and that stage is
+  tested;
 - ``<model>+<policy>`` for each stage policy, and ``<model>+stage`` (each user's stage picks the policy);
 - per stage: stage policy vs plain on the users of that stage.
 
@@ -57,7 +62,7 @@ from valuerec.evaluation.protocols import DEFAULT_GRIDS, chosen_epochs, load_spl
 from valuerec.evaluation.results import command_line, device_info, git_commit, now_iso, write_result
 from valuerec.models.base import MODEL_REGISTRY
 from valuerec.models.item_value import ItemValueModel
-from valuerec.models.purchase_stage import PurchaseStage
+from valuerec.models.purchase_stage import VALUE_SOURCES, PurchaseStage
 from valuerec.policies.lifecycle import LifecycleConfig, assign_stages, predict_value_safe, stage_sizes
 from valuerec.policies.rerank import (DEFAULT_STAGE_POLICIES, item_feature_vectors, model_item_vectors,
                                       policy_score_fn)
@@ -177,6 +182,10 @@ class MemoPredict:
         self.model, self._cache = model, {}
 
     def predict(self, ctx) -> np.ndarray:
+        return self.predict_with_value(ctx)[0]
+
+    def predict_with_value(self, ctx):
+        """(P, the stage's own value or None), remembered as ``predict``."""
         h = ctx.histories
         key = hashlib.sha1(b"".join([np.ascontiguousarray(ctx.candidates).tobytes(),
                                      ctx.scores.detach().cpu().numpy().tobytes(),
@@ -184,7 +193,8 @@ class MemoPredict:
                                      repr(list(h.user_ids) if h.user_ids is not None else len(h)).encode()])
                            ).hexdigest()
         if key not in self._cache:
-            self._cache[key] = self.model.predict(ctx)
+            m = self.model
+            self._cache[key] = m.predict_with_value(ctx) if hasattr(m, "predict_with_value") else (m.predict(ctx), None)
         return self._cache[key]
 
 
@@ -227,6 +237,12 @@ def main(argv=None) -> int:
     ap.add_argument("--stage-value-powers", default="1",
                     help="value powers tried for the purchase stage's expected revenue p x value ** power (',' "
                          "separated; chosen on out-of-fold validation with the weight)")
+    ap.add_argument("--stage-bags", default="1",
+                    help="bag counts tried for the purchase stage's classifier (',' separated; 1 = one classifier "
+                         "on every row, n > 1 = the geometric mean of n on 70%% row and feature samples)")
+    ap.add_argument("--stage-value-sources", default="item",
+                    help="value sources tried for the purchase stage (',' separated among item, stage, mean: the "
+                         "learned item value, the stage's own hurdle value, their geometric mean)")
     ap.add_argument("--stage-folds", type=int, default=5, help="folds (by user) for the purchase stage's "
                     "out-of-fold validation curve")
     ap.add_argument("--seed", type=int, default=0)
@@ -238,6 +254,15 @@ def main(argv=None) -> int:
         ap.error(f"--stage-value-powers: expected comma-separated numbers, got {args.stage_value_powers!r}")
     if not all(np.isfinite(x) and x > 0 for x in powers):
         ap.error(f"--stage-value-powers: every power must be > 0, got {args.stage_value_powers!r}")
+    try:
+        bags_grid = [int(x) for x in args.stage_bags.split(",")]
+    except ValueError:
+        ap.error(f"--stage-bags: expected comma-separated integers, got {args.stage_bags!r}")
+    if not all(b >= 1 for b in bags_grid):
+        ap.error(f"--stage-bags: every count must be >= 1, got {args.stage_bags!r}")
+    sources = [x.strip() for x in args.stage_value_sources.split(",")]
+    if not set(sources) <= set(VALUE_SOURCES):
+        ap.error(f"--stage-value-sources: expected some of {VALUE_SOURCES}, got {args.stage_value_sources!r}")
     if args.stage_folds < 2:
         ap.error("--stage-folds must be at least 2 (the stage's weight is chosen on out-of-fold predictions)")
     if args.model_dir and not args.valid_model_dir:
@@ -340,22 +365,32 @@ def main(argv=None) -> int:
         comp_models[c] = {"valid": cv, "test": cf}
         comp_info[c] = {"params": cparams, "fit_seconds": time.perf_counter() - t0}
         console.log(f"stage companion {c}: {cparams} ({comp_info[c]['fit_seconds']:.0f}s with its validation grid)")
-    stage_sets, stage, best_valid = {}, None, -np.inf
-    for cs in comp_sets:
-        key = "+".join(cs) or "none"
-        t0 = time.perf_counter()
-        st_c = PurchaseStage(folds=args.stage_folds, seed=args.seed,
+    learn_value = sources != ["item"]   # the hurdle's value regressor, learned only when it is tried
+
+    def fit_stage(cs, bags):
+        return PurchaseStage(folds=args.stage_folds, seed=args.seed, bags=bags,
                              companions={c: comp_models[c]["valid"] for c in cs}).fit(
             vmodel, split.valid.inputs, split.valid.targets, as_of=vcutoff, reference=split.train,
-            item_value=learned["valid"], n_candidates=args.n_candidates)
-        fit_s = time.perf_counter() - t0
-        oof = MemoPredict(st_c.out_of_fold())
+            item_value=learned["valid"], n_candidates=args.n_candidates,
+            target_revenue=split.valid.target_revenue if learn_value else None)
+
+    def stage_curves(st):
+        oof = MemoPredict(st.out_of_fold())
         curves = {pw: {w: run_policy(vmodel, split.valid, n, "value_aware",
                                      params={"w": w, "p": "learned", "value_power": pw},
                                      item_value=learned["valid"], purchase_model=oof, as_of=at["valid"], **common)
                        for w in weights} for pw in powers}
         pw_c, w_c = choose_power_and_weight(curves, plain["valid"])
-        rev_c = curves[pw_c][w_c]["revenue@20"] if w_c is not None else -np.inf
+        return curves, pw_c, w_c, (curves[pw_c][w_c]["revenue@20"] if w_c is not None else -np.inf)
+
+    # companions first (one classifier, the first value source), then bags and value sources at that set
+    stage_sets, stage, best_valid = {}, None, -np.inf
+    for cs in comp_sets:
+        key = "+".join(cs) or "none"
+        t0 = time.perf_counter()
+        st_c = fit_stage(cs, bags_grid[0]).with_value_source(sources[0])
+        fit_s = time.perf_counter() - t0
+        curves, pw_c, w_c, rev_c = stage_curves(st_c)
         stage_sets[key] = {"companions": cs, "fit_seconds": fit_s, "weight_chosen_on_valid": w_c,
                            "value_power_chosen_on_valid": pw_c,
                            "valid_revenue_at_chosen_weight": None if w_c is None else rev_c,
@@ -368,10 +403,33 @@ def main(argv=None) -> int:
         if stage is None or rev_c > best_valid:   # the first set stands when none gets an operating point
             stage, stage_cs, stage_fit_s, valid_curve, w_valid, pw_valid, best_valid = (
                 st_c, cs, fit_s, curves[pw_c], w_c, pw_c, rev_c)
+    variants_valid = {f"{bags_grid[0]}_{sources[0]}": {
+        "bags": bags_grid[0], "value_source": sources[0], "value_power_chosen_on_valid": pw_valid,
+        "weight_chosen_on_valid": w_valid, "valid_revenue_at_chosen_weight": None if w_valid is None else best_valid}}
+    for b in bags_grid:
+        st_b = None
+        for src in sources:
+            if (b, src) == (bags_grid[0], sources[0]):
+                continue
+            if st_b is None:
+                t0 = time.perf_counter()
+                st_b = stage if b == bags_grid[0] else fit_stage(stage_cs, b)
+                fit_b = stage_fit_s if b == bags_grid[0] else time.perf_counter() - t0
+            st_v = st_b.with_value_source(src)
+            curves, pw_c, w_c, rev_c = stage_curves(st_v)
+            variants_valid[f"{b}_{src}"] = {
+                "bags": b, "value_source": src, "value_power_chosen_on_valid": pw_c, "weight_chosen_on_valid": w_c,
+                "valid_revenue_at_chosen_weight": None if w_c is None else rev_c,
+                "valid_curve": curve_summary(curves[pw_c], weights)}
+            console.log(f"purchase stage [{'+'.join(stage_cs) or 'none'}] bags {b}, value {src}: out-of-fold valid "
+                        f"best value power {pw_c:g}, w={w_c} revenue@20 {rev_c:.4f}")
+            if rev_c > best_valid:
+                stage, stage_fit_s, valid_curve, w_valid, pw_valid, best_valid = (
+                    st_v, fit_b, curves[pw_c], w_c, pw_c, rev_c)
     stage_test = MemoPredict(stage.at(split.train_full, cutoff,
                                       companions={c: comp_models[c]["test"] for c in stage_cs}))
-    console.log(f"value_aware_stage: companions chosen on validation: {stage_cs or 'none'}, "
-                f"value power {pw_valid:g}, w={w_valid}")
+    console.log(f"value_aware_stage: companions chosen on validation: {stage_cs or 'none'}, bags {stage.bags}, "
+                f"value {stage.value_source}, value power {pw_valid:g}, w={w_valid}")
     test_curves = {}
     for pw in powers:
         tag = "" if pw == 1.0 else f"_pow{pw:g}"
@@ -382,7 +440,8 @@ def main(argv=None) -> int:
             test_curves[pw][w] = r
             record(f"{mname}+value_aware_stage{tag}@{w:g}", r,
                    {"w": w, "p": "learned", "item_value": "learned", "value_power": pw,
-                    "companions": stage_cs, "n_candidates": args.n_candidates})
+                    "companions": stage_cs, "bags": stage.bags, "value_source": stage.value_source,
+                    "n_candidates": args.n_candidates})
             console.log(f"value_aware_stage{tag} w={w:g}: test ndcg@20 {r['ndcg@20']:.4f} "
                         f"revenue@20 {r['revenue@20']:.4f}")
     selection["value_aware_stage"] = {
@@ -390,8 +449,11 @@ def main(argv=None) -> int:
         "valid_curve_is_out_of_fold": True, "companions_chosen_on_valid": stage_cs,
         "value_power_chosen_on_valid": pw_valid, "value_powers": powers,
         "companion_sets_on_valid": stage_sets,
+        "bags_chosen_on_valid": stage.bags, "value_source_chosen_on_valid": stage.value_source,
+        "bags_and_value_sources_on_valid": variants_valid,
         **selection_entry(valid_curve, w_valid, test_curves[pw_valid], plain, weights)}
     purchase_stage_info = {"fit_seconds": stage_fit_s, "params": stage.params, "folds": stage.folds,
+                           "bags": stage.bags, "value_source": stage.value_source,
                            "companions": stage_cs, "companion_models": comp_info,
                            "train_rows": stage.train_rows_, "train_users": stage.train_users_,
                            "positive_rate": stage.positive_rate_,

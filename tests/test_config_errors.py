@@ -221,6 +221,9 @@ def test_report_names_a_missing_results_directory_and_negative_examples(cli_setu
     (["--stage-companions", "nope", "--purchase-stage"], "--stage-companions: unknown model(s) ['nope']"),
     (["--stage-companions", "transformer", "--purchase-stage"], "the transformer is the model itself"),
     (["--stage-companions", "als"], "add --purchase-stage"),
+    (["--stage-value", "magic", "--purchase-stage"], "--stage-value 'magic': expected one of item, stage, mean"),
+    (["--stage-bags", "0", "--purchase-stage"], "--stage-bags 0: expected a count of at least 1"),
+    (["--stage-value", "stage"], "--stage-bags and --stage-value are for the purchase stage"),
 ])
 def test_train_options_are_checked_before_the_data_is_read(tmp_path, args, words):
     """The store does not even exist: each option error comes first."""

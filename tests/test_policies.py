@@ -339,10 +339,12 @@ def test_apply_policy_returns_k_items_beyond_the_default_candidate_pool(name):
         assert (row >= 0).all() and len(set(row)) == 150
         if name not in ("favourites_winback", "stage"):   # those may recommend past items
             assert not np.isin(row, hist).any()
-    top, _ = apply_policy(name, m, h, k=n, as_of=T0)   # the whole catalogue, less what is excluded
+    top, sc = apply_policy(name, m, h, k=n, as_of=T0)   # the whole catalogue, less what is excluded
     # stage: the recent user's stage (plain) leaves their 3 items out, the lapsed one's (favourites) not
     left = {"favourites_winback": [n, n], "stage": [n - 3, n]}.get(name, [n - 3, n - 1])
     assert list((top >= 0).sum(axis=1)) == left
+    # padding scores -inf, as a model's recommend pads; real items keep finite scores
+    assert np.isneginf(sc[top < 0]).all() and np.isfinite(sc[top >= 0]).all()
 
 
 def test_as_of_takes_timestamps_and_arguments_are_checked():

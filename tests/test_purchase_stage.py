@@ -164,7 +164,8 @@ def test_bad_input_gets_clear_errors():
 
 def test_train_with_purchase_stage_then_recommend_uses_it(tmp_path):
     """``valuerec train --purchase-stage`` learns P(buy) on the validation window and saves it beside the
-    model; ``recommend --policy value_aware`` with p=learned re-ranks with it."""
+    model (here with two bagged classifiers and its own value); ``recommend --policy value_aware`` with
+    p=learned re-ranks with it."""
     import pandas as pd
     from typer.testing import CliRunner
 
@@ -184,12 +185,14 @@ def test_train_with_purchase_stage_then_recommend_uses_it(tmp_path):
     args = ["train", "--data", str(data), "--out", str(out), "--model", "itemknn", "--protocol", "r2",
             "--cutoff", pd.Timestamp(T0 + 380 * DAY, unit="s").isoformat(),
             "--valid-cutoff", pd.Timestamp(T0 + 350 * DAY, unit="s").isoformat(),
-            "--cache-dir", str(tmp_path / "stores"), "--no-test", "--purchase-stage", "--stage-companions", "repeat"]
+            "--cache-dir", str(tmp_path / "stores"), "--no-test", "--purchase-stage", "--stage-bags", "2", "--stage-value", "stage",
+            "--stage-companions", "repeat"]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     stage, iv = load_purchase_stage(out), load_item_values(out)
     assert stage is not None and iv is not None and stage.train_rows_ > 0
     assert list(stage.companions) == ["repeat"] and "c_repeat_log_p" in stage.feature_names
+    assert stage.bags == 2 and stage.value_source == "stage" and stage.value_booster_ is not None
     store = next((tmp_path / "stores").glob("*.duckdb"))
     assert stage.exclude_history_ is True       # built as recommend and serve build candidates by default
     params = {"w": 0.5, "p": "learned"}
@@ -243,3 +246,90 @@ def test_companion_recommenders_add_their_view_and_round_trip(tmp_path):
         stage.at(h, cut, companions={"other": rep})
     with pytest.raises(DataError, match="not a recommender"):
         PurchaseStage(companions={"x": object()})
+
+
+def priced(h: Sequences, seed=0) -> Sequences:
+    """``h`` with every purchase's value set by its item: item i costs (i + 1), +-10% noise."""
+    rng = np.random.default_rng(seed)
+    vals = [((i + 1) * rng.uniform(0.9, 1.1, len(i))).astype(np.float32) for i in h.items]
+    return Sequences(items=h.items, times=h.times, event_types=h.event_types, values=vals, user_ids=h.user_ids)
+
+
+def window_revenue(h: Sequences, targets, start_day: float, days: float = 30):
+    """What each user spent on each of their target items in the window (aligned with ``targets``)."""
+    start, end = T0 + start_day * DAY, T0 + (start_day + days) * DAY
+    out = []
+    for i, t, v, tg in zip(h.items, h.times, h.values, targets):
+        m = (t >= start) & (t < end)
+        out.append(np.array([float(v[m & (i == x)].sum()) for x in tg]))
+    return out
+
+
+def test_bagged_stage_and_a_value_learned_on_the_candidates(tmp_path):
+    """``bags`` averages subsampled classifiers; with ``target_revenue`` the stage learns what a bought
+    candidate is worth (the hurdle's value), which ``value_aware`` with p=learned then ranks by."""
+    model = FixedScorer(N_ITEMS)
+    h = priced(simulate(n_users=200))
+    hist, targets, cut = window(h, 300)
+    rev = window_revenue(h, targets, 300)
+    iv = np.arange(1, N_ITEMS + 1, dtype=np.float64)[::-1].copy()   # a deliberately wrong item value
+    stage = PurchaseStage(n_estimators=40, folds=2, bags=3, value_source="stage").fit(
+        model, hist, targets, as_of=cut, reference=hist, n_candidates=N_ITEMS, target_revenue=rev, item_value=iv)
+    assert len(stage.booster_.boosters) == 3 and len(stage.fold_value_boosters_) == 2
+    ctx = build_context(model, hist, n_candidates=N_ITEMS, as_of=np.full(len(hist), cut), item_value=iv)
+    p, v = stage.predict_with_value(ctx)
+    np.testing.assert_array_equal(p, stage.predict(ctx))
+    assert ((p > 0) & (p < 1)).all()
+    single = PurchaseStage(n_estimators=40, folds=1).fit(model, hist, targets, as_of=cut, reference=hist,
+                                                         n_candidates=N_ITEMS, item_value=iv)
+    assert not np.allclose(single.predict(ctx), p)
+    # The learned value follows the true price (item index + 1), not the wrong item value it was shown.
+    from scipy.stats import spearmanr
+    price = ctx.candidates.astype(np.float64) + 1
+    assert spearmanr(v.reshape(-1), price.reshape(-1)).statistic > 0.8
+    # "mean" is the geometric mean of the two values; "item" leaves the value to the context.
+    _, vm = stage.with_value_source("mean").predict_with_value(ctx)
+    np.testing.assert_allclose(vm, np.sqrt(v * iv[ctx.candidates]), rtol=1e-9)
+    assert stage.with_value_source("item").predict_with_value(ctx)[1] is None
+    # value_aware at w = 1 ranks by P x the stage's value.
+    top, _ = apply_policy("value_aware", model, hist, k=5, exclude=None, params={"w": 1.0, "p": "learned"},
+                          item_value=iv, purchase_model=stage, as_of=cut, n_candidates=N_ITEMS)
+    want = np.take_along_axis(ctx.candidates, np.argsort(-(p * v), axis=1, kind="stable")[:, :5], 1)
+    assert (top == want).mean() > 0.95
+    # Out of fold: both the classifier and the value come from the fold that did not see the user.
+    po, vo = stage.out_of_fold().predict_with_value(ctx)
+    assert not np.allclose(po, p) and not np.allclose(vo, v)
+    # Save / load keeps the bags, the regressor and the source.
+    stage.save(tmp_path / "ps")
+    back = PurchaseStage.load(tmp_path / "ps")
+    assert back.bags == 3 and back.value_source == "stage"
+    pb, vb = back.predict_with_value(ctx)
+    np.testing.assert_allclose(pb, p, rtol=1e-12)
+    np.testing.assert_allclose(vb, v, rtol=1e-12)
+
+
+def test_value_source_and_bags_errors():
+    model = FixedScorer(N_ITEMS)
+    h = priced(simulate(n_users=60))
+    hist, targets, cut = window(h, 300)
+    rev = window_revenue(h, targets, 300)
+    with pytest.raises(DataError, match="bags"):
+        PurchaseStage(bags=0)
+    with pytest.raises(DataError, match="value_source"):
+        PurchaseStage(value_source="magic")
+    with pytest.raises(DataError, match="needs target_revenue"):
+        PurchaseStage(folds=1, value_source="stage").fit(model, hist, targets, as_of=cut, reference=hist)
+    with pytest.raises(DataError, match=r"target_revenue\[0\] has"):
+        PurchaseStage(folds=1).fit(model, hist, targets, as_of=cut, reference=hist,
+                                   target_revenue=[np.zeros(len(t) + 1) for t in targets])
+    with pytest.raises(DataError, match="no bought candidate has a positive"):
+        PurchaseStage(folds=1).fit(model, hist, targets, as_of=cut, reference=hist,
+                                   target_revenue=[np.zeros(len(t)) for t in targets])
+    plain = PurchaseStage(n_estimators=20, folds=1).fit(model, hist, targets, as_of=cut, reference=hist)
+    with pytest.raises(DataError, match="fitted with target_revenue"):
+        plain.with_value_source("stage")
+    fitted = PurchaseStage(n_estimators=20, folds=1).fit(model, hist, targets, as_of=cut, reference=hist,
+                                                         target_revenue=rev)
+    ctx = build_context(model, hist, n_candidates=N_ITEMS, as_of=np.full(len(hist), cut))
+    with pytest.raises(DataError, match="needs the context's item values"):
+        fitted.with_value_source("mean").predict_with_value(ctx)

@@ -181,6 +181,11 @@ def train_cmd(
     stage_companions: str = typer.Option("", "--stage-companions", help="Comma-separated registered recommenders "
                                          "(default settings) fitted on the same history whose scores the purchase "
                                          "stage also reads, e.g. als,bpr"),
+    stage_bags: int = typer.Option(1, "--stage-bags", help="Classifiers the purchase stage averages (geometric "
+                                   "mean of P), each on 70% of the rows and features; 1: one on everything"),
+    stage_value: str = typer.Option("item", "--stage-value", help="What the purchase stage multiplies P(buy) by: "
+                                    "'item' (the learned item value), 'stage' (a value learned on the bought "
+                                    "candidates of the validation window) or 'mean' (their geometric mean)"),
     stage_exclude_history: bool = typer.Option(True, "--stage-exclude-history/--stage-keep-history",
                                                help="Build the purchase stage's training candidates without the "
                                                     "items each user already had, as recommend and serve do by "
@@ -242,6 +247,13 @@ def train_cmd(
                             "validation; the transformer is the model itself (give baselines, e.g. als,bpr)")
         if companions and not purchase_stage:
             raise DataError("--stage-companions is for the purchase stage: add --purchase-stage")
+        from valuerec.models.purchase_stage import VALUE_SOURCES
+        if stage_value not in VALUE_SOURCES:
+            raise DataError(f"--stage-value {stage_value!r}: expected one of {', '.join(VALUE_SOURCES)}")
+        if stage_bags < 1:
+            raise DataError(f"--stage-bags {stage_bags}: expected a count of at least 1")
+        if (stage_bags != 1 or stage_value != "item") and not purchase_stage:
+            raise DataError("--stage-bags and --stage-value are for the purchase stage: add --purchase-stage")
         if out.exists() and not out.is_dir():
             raise DataError(f"--out {out}: is a file, expected a directory to write the model to")
         if out.is_dir() and any(out.iterdir()) and not (out / "config.json").exists():
@@ -316,7 +328,7 @@ def train_cmd(
             if purchase_stage:
                 # the stage learns on the validation window, from candidates of the model fitted before it
                 save_purchase_stage(valid_model, split, item_value_horizon, seed, out, companions,
-                                    stage_exclude_history)
+                                    stage_exclude_history, bags=stage_bags, value_source=stage_value)
             mpath = out / "metrics.json"
             metrics = json.loads(mpath.read_text()) if mpath.exists() else {}
             metrics.update({"protocol": used, "split": split.info, "train_seconds": train_seconds,
@@ -368,13 +380,16 @@ def save_item_values(split, horizon_days: float, seed: int, out: Path) -> None:
 
 
 def save_purchase_stage(model, split, horizon_days: float, seed: int, out: Path,
-                        companions: list[str] | None = None, exclude_history: bool = True) -> None:
+                        companions: list[str] | None = None, exclude_history: bool = True, bags: int = 1,
+                        value_source: str = "item") -> None:
     """Learn ``PurchaseStage`` on the validation window: ``model`` (fitted on the history before the
     validation cut-off) gives the candidates, what the validation users bought after the cut-off the
     labels, item values learned as of that cut-off the value features. Its item statistics then move
     to the whole history (newest event + 1 s) and it is saved in ``OUT/purchase_stage``. ``companions``:
     registered recommenders fitted, with default settings, on the same history as ``model``.
-    ``exclude_history``: build the candidates without each user's past items, as they will be served."""
+    ``exclude_history``: build the candidates without each user's past items, as they will be served.
+    ``bags`` and ``value_source``: as ``PurchaseStage``'s (the value regressor is learned from what the
+    validation users spent on each item when the split has it)."""
     import pandas as pd
 
     from valuerec.models.base import MODEL_REGISTRY
@@ -385,9 +400,14 @@ def save_purchase_stage(model, split, horizon_days: float, seed: int, out: Path,
     price = split.catalogue.price if split.catalogue.price is not None else None
     iv = ItemValueModel(horizon_days=horizon_days, seed=seed).fit(split.train, vcut, len(split.catalogue), price)
     fitted = {c: MODEL_REGISTRY[c](seed=seed).fit(split.train, split.catalogue) for c in companions or []}
-    stage = PurchaseStage(folds=1, seed=seed, companions=fitted).fit(
+    revenue = split.valid.target_revenue
+    if value_source != "item" and revenue is None:
+        raise DataError(f"--stage-value {value_source}: the validation window has no revenue (no value column) "
+                        "to learn the stage's value from; use --stage-value item")
+    stage = PurchaseStage(folds=1, seed=seed, companions=fitted, bags=bags, value_source=value_source).fit(
         model, split.valid.inputs, split.valid.targets, as_of=vcut, reference=split.train, item_value=iv,
-        exclude=[h[h >= 0] for h in split.valid.inputs.items] if exclude_history else None)
+        exclude=[h[h >= 0] for h in split.valid.inputs.items] if exclude_history else None,
+        target_revenue=revenue if value_source != "item" else None)
     newest = max(int(t.max()) for t in split.train_full.times if len(t)) + 1
     stage.at(split.train_full, newest).save(out / PurchaseStage.DIRNAME)
     console.log(f"purchase stage: learned from {stage.train_rows_} candidates of {stage.train_users_} validation "

@@ -26,6 +26,18 @@ when given, the companions refitted on the later history) to a later cut-off (th
 ``value_aware`` with ``p="learned"`` can use it. With ``folds > 1``, ``fit`` also trains one
 classifier per fold of the training users, and ``out_of_fold()`` predicts every training user with
 the classifier that did not see them: the honest validation curve for choosing the policy's weight.
+
+Two options reach past a single classifier x the item value (both chosen on validation by
+``benchmarks/policies.py``, neither on by default):
+
+- ``bags > 1``: each classifier is the geometric mean of ``bags`` LightGBM classifiers, each on 70% of
+  the rows and 70% of the features (a variance reduction; ``bags=1`` is one classifier on everything);
+- ``value_source``: what the stage multiplies P(buy) by in ``value_aware`` with ``p="learned"``.
+  ``"item"`` (default): the context's item value (e.g. ``ItemValueModel``). ``"stage"``: a hurdle
+  model's value, exp(a LightGBM regressor of log revenue fitted on the candidates that were bought,
+  over the same features), so the value is learned on the very rows it ranks. ``"mean"``: the
+  geometric mean of the two. A fit given ``target_revenue`` learns the regressor whatever the source,
+  so ``with_value_source`` can switch between the three without refitting.
 """
 
 from __future__ import annotations
@@ -42,6 +54,7 @@ from valuerec.data.dataset import Sequences
 from valuerec.data.schema import DataError, event_type_code
 
 DAY = 86400.0
+VALUE_SOURCES = ("item", "stage", "mean")
 FEATURES = [
     "m_log_p", "m_gap", "m_rank", "log_v", "log_ev",
     "ui_days", "ui_since_last", "ui_since_first", "ui_interval", "ui_due", "ui_share", "ui_log_mean",
@@ -95,15 +108,33 @@ class _ItemReference:
     ARRAYS = ("pop30", "pop90", "popall", "repeat", "log_line")
 
 
+class _Bag:
+    """Several boosters read as one classifier: the geometric mean of their P."""
+
+    def __init__(self, boosters: list):
+        self.boosters = list(boosters)
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        logs = [np.log(np.clip(b.predict(X), 1e-12, None)) for b in self.boosters]
+        return np.exp(np.mean(logs, axis=0))
+
+
 class PurchaseStage:
     """LightGBM P(user buys candidate within the horizon) over a recommender's top-N candidates."""
 
     DIRNAME = "purchase_stage"
 
     def __init__(self, n_estimators: int = 300, learning_rate: float = 0.05, num_leaves: int = 15,
-                 min_child_samples: int = 50, folds: int = 5, seed: int = 0, companions: dict | None = None):
+                 min_child_samples: int = 50, folds: int = 5, seed: int = 0, companions: dict | None = None,
+                 bags: int = 1, value_source: str = "item"):
         if folds < 1 or int(folds) != folds:
             raise DataError(f"PurchaseStage: folds must be a positive integer, got {folds}")
+        if bags < 1 or int(bags) != bags:
+            raise DataError(f"PurchaseStage: bags must be a positive integer, got {bags}")
+        if value_source not in VALUE_SOURCES:
+            raise DataError(f"PurchaseStage: value_source must be one of {VALUE_SOURCES}, got {value_source!r}")
+        self.bags = int(bags)
+        self.value_source = value_source
         self.params = dict(n_estimators=int(n_estimators), learning_rate=float(learning_rate),
                            num_leaves=int(num_leaves), min_child_samples=int(min_child_samples))
         self.folds = int(folds)
@@ -214,11 +245,14 @@ class PurchaseStage:
 
     # -- fit --------------------------------------------------------------------------------------
     def fit(self, model, histories: Sequences, targets: list[np.ndarray], *, as_of: float, reference: Sequences,
-            item_value=None, n_candidates: int = 100, exclude=None, batch_size: int = 512) -> "PurchaseStage":
+            item_value=None, n_candidates: int = 100, exclude=None, batch_size: int = 512,
+            target_revenue: list[np.ndarray] | None = None) -> "PurchaseStage":
         """Learn on one labelled window: ``histories`` end before ``as_of`` (the cut-off), ``targets[u]``
         are the items user u bought in the horizon after it; ``reference`` is the history of all users
         before the cut-off (item statistics). ``exclude``: None or item indices per user, as the
-        candidates will be built when the stage is used."""
+        candidates will be built when the stage is used. ``target_revenue[u]``: what user u spent on
+        each of ``targets[u]`` (aligned with it); given, the stage also learns a value regressor (needed
+        for ``value_source`` "stage" and "mean")."""
         import lightgbm as lgb
 
         from valuerec.policies.rerank import build_context
@@ -233,11 +267,22 @@ class PurchaseStage:
                             f"(first: row {late[0]}); pass the histories before it, the labels separately")
         if self.folds > 1 and histories.user_ids is None:
             raise DataError("PurchaseStage.fit: folds > 1 needs histories with user_ids (for out-of-fold scores)")
+        if target_revenue is None and self.value_source != "item":
+            raise DataError(f"PurchaseStage.fit: value_source={self.value_source!r} learns a value regressor and "
+                            "needs target_revenue (what each user spent on each target item)")
+        if target_revenue is not None:
+            if len(target_revenue) != len(targets):
+                raise DataError(f"PurchaseStage.fit: {len(target_revenue)} target_revenue arrays for {len(targets)} "
+                                "target sets")
+            bad = [u for u in range(len(targets)) if len(target_revenue[u]) != len(targets[u])]
+            if bad:
+                raise DataError(f"PurchaseStage.fit: target_revenue[{bad[0]}] has {len(target_revenue[bad[0]])} "
+                                f"values for {len(targets[bad[0]])} target items")
         cat = getattr(model, "catalogue_", None)
         self.n_items = int(len(cat)) if cat is not None else int(model.score(histories.subset([0])).shape[1])
         self.n_candidates = int(n_candidates)
         self.ref_ = _ItemReference(reference, as_of, self.n_items)
-        Xs, ys, rows = [], [], []
+        Xs, ys, rows, revs = [], [], [], []
         for s in range(0, len(histories), batch_size):
             idx = np.arange(s, min(s + batch_size, len(histories)))
             ctx = build_context(model, histories.subset(idx), n_candidates=n_candidates,
@@ -248,6 +293,12 @@ class PurchaseStage:
             keep = cand.reshape(-1) >= 0
             Xs.append(self.features(ctx)[keep])
             ys.append(y[keep])
+            if target_revenue is not None:
+                rev = np.zeros(cand.shape)
+                for r, u in enumerate(idx):
+                    spent = dict(zip(np.asarray(targets[u]).tolist(), np.asarray(target_revenue[u], np.float64).tolist()))
+                    rev[r] = [spent.get(int(c), 0.0) if c >= 0 else 0.0 for c in cand[r]]
+                revs.append(rev.reshape(-1)[keep])
             rows.append(np.repeat(idx, cand.shape[1])[keep])
         X, y, row = np.concatenate(Xs), np.concatenate(ys).astype(np.int8), np.concatenate(rows)
         self.exclude_history_ = exclude is not None
@@ -258,34 +309,83 @@ class PurchaseStage:
                             "(or always) fall among the recommender's top candidates; nothing to learn")
 
         def train(mask):
-            return lgb.LGBMClassifier(**self.params, random_state=self.seed, n_jobs=1, verbose=-1).fit(
-                X[mask], y[mask]).booster_
-        self.booster_ = train(np.ones(len(y), bool))
+            if self.bags == 1:
+                return lgb.LGBMClassifier(**self.params, random_state=self.seed, n_jobs=1, verbose=-1).fit(
+                    X[mask], y[mask]).booster_
+            return _Bag([lgb.LGBMClassifier(**self.params, random_state=self.seed + b, subsample=0.7, subsample_freq=1,
+                                            colsample_bytree=0.7, n_jobs=1, verbose=-1).fit(X[mask], y[mask]).booster_
+                         for b in range(self.bags)])
+
+        # the hurdle's value: log revenue of the bought candidates that carried revenue
+        rv = np.concatenate(revs) if target_revenue is not None else None
+        if rv is not None and not ((y == 1) & (rv > 0)).any():
+            raise DataError("PurchaseStage.fit: no bought candidate has a positive target_revenue; the value "
+                            "regressor has nothing to learn")
+
+        def train_value(mask):
+            pos = mask & (y == 1) & (rv > 0)
+            return lgb.LGBMRegressor(**self.params, random_state=self.seed, n_jobs=1, verbose=-1).fit(
+                X[pos], np.log(rv[pos])).booster_
+        everyone = np.ones(len(y), bool)
+        self.booster_ = train(everyone)
+        self.value_booster_ = train_value(everyone) if rv is not None else None
         self.train_rows_, self.train_users_, self.positive_rate_ = int(len(y)), int(len(histories)), float(y.mean())
-        self.fold_boosters_, self.fold_of_ = [], {}
+        self.fold_boosters_, self.fold_value_boosters_, self.fold_of_ = [], [], {}
         if self.folds > 1:
             fold = np.random.default_rng(self.seed).permutation(len(histories)) % self.folds
             self.fold_of_ = {str(u): int(f) for u, f in zip(histories.user_ids, fold)}
             self.fold_boosters_ = [train(fold[row] != f) for f in range(self.folds)]
+            if rv is not None:
+                self.fold_value_boosters_ = [train_value(fold[row] != f) for f in range(self.folds)]
         return self
+
+    def with_value_source(self, value_source: str) -> "PurchaseStage":
+        """The same fitted stage with another ``value_source`` (no refit; "stage" and "mean" need a fit
+        given ``target_revenue``)."""
+        if value_source not in VALUE_SOURCES:
+            raise DataError(f"PurchaseStage: value_source must be one of {VALUE_SOURCES}, got {value_source!r}")
+        if value_source != "item" and getattr(self, "value_booster_", None) is None:
+            raise DataError(f"PurchaseStage: value_source={value_source!r} needs a stage fitted with target_revenue")
+        out = copy.copy(self)
+        out.value_source = value_source
+        return out
 
     # -- predict ----------------------------------------------------------------------------------
     def predict(self, ctx, out_of_fold: bool = False) -> np.ndarray:
         """(B, C) P(buy) of each candidate (0 at padding). ``out_of_fold``: users seen in fit get the
         fold classifier that did not see them (others the full one)."""
+        return self.predict_with_value(ctx, out_of_fold)[0]
+
+    def predict_with_value(self, ctx, out_of_fold: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+        """(P, V): P as ``predict``; V the (B, C) value the stage ranks by (``value_source``), or None
+        for "item" (the policy then reads the context's item value). Padding: P 0, V 0."""
         X = self.features(ctx)
         B, C = ctx.candidates.shape
-        p = self.booster_.predict(X)
+        rowfold = None
         if out_of_fold and self.fold_boosters_:
             if ctx.histories.user_ids is None:
                 raise DataError("out-of-fold predictions need histories with user_ids")
-            fold = np.array([self.fold_of_.get(str(u), -1) for u in ctx.histories.user_ids])
-            rowfold = np.repeat(fold, C)
-            for f, b in enumerate(self.fold_boosters_):
-                m = rowfold == f
-                if m.any():
-                    p[m] = b.predict(X[m])
-        return np.where(ctx.candidates >= 0, p.reshape(B, C), 0.0)
+            rowfold = np.repeat(np.array([self.fold_of_.get(str(u), -1) for u in ctx.histories.user_ids]), C)
+
+        def run(full, per_fold):
+            out = full.predict(X)
+            if rowfold is not None:
+                for f, b in enumerate(per_fold):
+                    m = rowfold == f
+                    if m.any():
+                        out[m] = b.predict(X[m])
+            return out.reshape(B, C)
+        pad = ctx.candidates < 0
+        p = np.where(pad, 0.0, run(self.booster_, self.fold_boosters_))
+        if self.value_source == "item":
+            return p, None
+        v = np.exp(run(self.value_booster_, self.fold_value_boosters_))
+        if self.value_source == "mean":
+            iv = ctx.values_of_candidates().numpy().reshape(B, C) if ctx.item_value is not None else None
+            if iv is None:
+                raise DataError("PurchaseStage: value_source='mean' needs the context's item values")
+            v = np.sqrt(v * np.clip(iv, 0.0, None))
+        return p, np.where(pad, 0.0, v)
 
     def out_of_fold(self) -> "_OutOfFold":
         if not getattr(self, "fold_boosters_", None):
@@ -314,7 +414,11 @@ class PurchaseStage:
             raise DataError("PurchaseStage: call fit() before save()")
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        (path / "booster.txt").write_text(self.booster_.model_to_string())
+        boosters = self.booster_.boosters if isinstance(self.booster_, _Bag) else [self.booster_]
+        for b, booster in enumerate(boosters):
+            (path / ("booster.txt" if b == 0 else f"booster_{b}.txt")).write_text(booster.model_to_string())
+        if getattr(self, "value_booster_", None) is not None:
+            (path / "value_booster.txt").write_text(self.value_booster_.model_to_string())
         np.savez(path / "item_reference.npz", **{k: getattr(self.ref_, k) for k in _ItemReference.ARRAYS})
         for name, m in self.companions.items():
             m.save(path / "companions" / name)
@@ -322,7 +426,8 @@ class PurchaseStage:
             "params": self.params, "seed": self.seed, "n_items": self.n_items, "n_candidates": self.n_candidates,
             "reference_as_of": self.ref_.as_of, "train_rows": self.train_rows_, "train_users": self.train_users_,
             "positive_rate": self.positive_rate_, "companions": list(self.companions),
-            "exclude_history": getattr(self, "exclude_history_", None),
+            "exclude_history": getattr(self, "exclude_history_", None), "bags": self.bags,
+            "value_source": self.value_source, "value_regressor": getattr(self, "value_booster_", None) is not None,
             "features": self.feature_names}, indent=2))
         return self
 
@@ -334,13 +439,17 @@ class PurchaseStage:
         try:
             meta = json.loads((path / "purchase_stage.json").read_text())
             arrays = np.load(path / "item_reference.npz")
-            booster = lgb.Booster(model_str=(path / "booster.txt").read_text())
-        except (OSError, ValueError, KeyError, lgb.basic.LightGBMError) as e:
+            bags = int(meta.get("bags", 1))
+            boosters = [lgb.Booster(model_str=(path / ("booster.txt" if b == 0 else f"booster_{b}.txt")).read_text())
+                        for b in range(bags)]
+            value_booster = (lgb.Booster(model_str=(path / "value_booster.txt").read_text())
+                             if meta.get("value_regressor") else None)
+        except (OSError, ValueError, KeyError, TypeError, lgb.basic.LightGBMError) as e:
             raise DataError(f"{path}: not a saved purchase stage ({e})") from None
         from valuerec.models.base import load_model
 
         companions = {n: load_model(path / "companions" / n) for n in meta.get("companions", [])}
-        m = cls(folds=1, seed=meta["seed"], companions=companions, **meta["params"])
+        m = cls(folds=1, seed=meta["seed"], companions=companions, bags=bags, **meta["params"])
         if meta.get("features") != m.feature_names:
             raise DataError(f"{path}: saved with features {meta.get('features')}, this version reads {m.feature_names}")
         m.n_items, m.n_candidates = int(meta["n_items"]), int(meta["n_candidates"])
@@ -349,7 +458,11 @@ class PurchaseStage:
         m.ref_.as_of = float(meta["reference_as_of"])
         for k in _ItemReference.ARRAYS:
             setattr(m.ref_, k, arrays[k])
-        m.booster_, m.fold_boosters_, m.fold_of_ = booster, [], {}
+        m.booster_ = boosters[0] if bags == 1 else _Bag(boosters)
+        m.value_booster_, m.fold_boosters_, m.fold_value_boosters_, m.fold_of_ = value_booster, [], [], {}
+        m.value_source = meta.get("value_source", "item")   # checked against the regressor below
+        if m.value_source not in VALUE_SOURCES or (m.value_source != "item" and value_booster is None):
+            raise DataError(f"{path}: value_source {m.value_source!r} without a saved value regressor")
         m.exclude_history_ = meta.get("exclude_history")
         return m
 
@@ -362,6 +475,9 @@ class _OutOfFold:
 
     def predict(self, ctx) -> np.ndarray:
         return self.stage.predict(ctx, out_of_fold=True)
+
+    def predict_with_value(self, ctx):
+        return self.stage.predict_with_value(ctx, out_of_fold=True)
 
 
 def load_purchase_stage(model_dir) -> PurchaseStage | None:

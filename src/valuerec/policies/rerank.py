@@ -193,16 +193,21 @@ class ValueAware(Policy):
                 raise DataError("value_aware with p='learned' (and expected_revenue) needs a purchase stage: train "
                                 "the model with `valuerec train ... --purchase-stage` (it saves MODEL_DIR/"
                                 "purchase_stage), or pass a fitted models.purchase_stage.PurchaseStage")
-            p = torch.as_tensor(np.asarray(ctx.purchase_model.predict(ctx), dtype=np.float64))
-            if p.shape != ctx.candidates.shape:
+            pm = ctx.purchase_model
+            # a stage with its own value (PurchaseStage.value_source "stage"/"mean") returns it beside P
+            p, v = pm.predict_with_value(ctx) if hasattr(pm, "predict_with_value") else (pm.predict(ctx), None)
+            p = torch.as_tensor(np.asarray(p, dtype=np.float64))
+            if p.shape != ctx.candidates.shape or (v is not None and np.shape(v) != ctx.candidates.shape):
                 raise DataError(f"purchase model returned shape {tuple(p.shape)}, expected {ctx.candidates.shape}")
             p = torch.where(valid, p.clamp_min(1e-12), torch.zeros_like(p))
+            v = None if v is None else torch.as_tensor(np.asarray(v, dtype=np.float64))
         else:
-            p = _log_p(ctx, self.temperature).exp()
+            p, v = _log_p(ctx, self.temperature).exp(), None
         # Normalise each term by its best candidate so w trades like for like; at w = 1 the order is
         # exactly expected revenue, at w = 0 exactly the model's.
         rel = p / p.max(dim=1, keepdim=True).values.clamp_min(1e-300)
-        v = ctx.values_of_candidates()
+        if v is None:
+            v = ctx.values_of_candidates()
         er = p * (v if self.value_power == 1.0 else v.clamp_min(0) ** self.value_power)
         rev = er / er.max(dim=1, keepdim=True).values.clamp_min(1e-300)
         out = (1.0 - self.w) * rel + self.w * rev
@@ -642,7 +647,7 @@ def apply_policy(name: str, model, histories: Sequences, k: int = 10, *, batch_s
     for the keyword arguments: n_candidates, exclude, catalogue, as_of, value_model, item_value,
     item_vectors, item_popularity, stages, lifecycle_config, purchase_model, params). The candidate pool
     is at least k (``n_candidates``, default 100, grows to k), so that k items come back whenever the
-    catalogue has them; rows with fewer than k candidates are padded with -1."""
+    catalogue has them; rows with fewer than k candidates are padded with item -1 and score -inf."""
     params = kwargs.pop("params", None)
     pol = make_policy(name, **(params or {}))
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
@@ -669,6 +674,7 @@ def apply_policy(name: str, model, histories: Sequences, k: int = 10, *, batch_s
         if kk < k:
             top = np.pad(top, ((0, 0), (0, k - kk)), constant_values=-1)
             tsc = np.pad(tsc, ((0, 0), (0, k - kk)), constant_values=NEG)
+        tsc[top < 0] = -np.inf     # padding scores -inf, as a model's recommend pads
         out_i.append(top)
         out_s.append(tsc)
     if not out_i:
