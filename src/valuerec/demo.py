@@ -24,13 +24,14 @@ from rich.console import Console
 from rich.table import Table
 
 from valuerec.data.dataset import sequences_from
-from valuerec.data.ingest import file_sha256, ingest
+from valuerec.data.ingest import ONLINE_RETAIL_NON_PRODUCTS, file_sha256, ingest
 from valuerec.data.schema import DataError
 from valuerec.data.splits import cutoff_split
 from valuerec.data.store import EventStore
 from valuerec.evaluation.protocols import R2, run_protocol
 from valuerec.evaluation.value_protocol import run_value_bench
 from valuerec.models import load_model
+from valuerec.models.base import write_never_recommend
 from valuerec.models.transformer_value import TransformerValue
 from valuerec.models.value_baselines import register_value  # noqa: F401  (registry import side effects)
 
@@ -137,6 +138,8 @@ def run_demo(out: Path, epochs: int | None = None, seed: int = 0, quick: bool = 
 
     console.rule("[bold]4. one model: recommendations, value, stage and the events behind them")
     model_dir = out / "models" / "transformer"
+    # postage, carriage, discounts and manual lines are items of the protocols, not things to recommend
+    write_never_recommend(model_dir, ONLINE_RETAIL_NON_PRODUCTS)
     model = load_model(model_dir)
     from valuerec.policies.lifecycle import predict_value_safe, stage_sizes, stages_at
 

@@ -107,7 +107,7 @@ def recommend_for_user(model_dir: str | Path, store: str | Path, user: str, k: i
             with EventStore(store, read_only=True) as st:
                 counts = st.item_counts()
             cidx = cat.lookup(list(counts.index), unknown="skip")
-            ok = cidx >= 0
+            ok = (cidx >= 0) & ~np.isin(cidx, model.blocked_items())
             idx = cidx[ok][None, :k]
             scores = counts.to_numpy(np.float64)[ok][None, :k]
             why = ("none of the user's events is an item the model knows" if len(events) else

@@ -191,6 +191,11 @@ def train_cmd(
                                                     "items each user already had, as recommend and serve do by "
                                                     "default (keep them for data dominated by repeat buying when "
                                                     "you recommend with the history kept)"),
+    never_recommend: str = typer.Option("", "--never-recommend", help="Item ids never to recommend (postage, fees, "
+                                         "gift cards): comma-separated, @FILE (one id per line), or "
+                                         "'online-retail' (its non-product stock codes). Saved as "
+                                         "OUT/never_recommend.txt, which you can edit later; the model still "
+                                         "learns from these events"),
     ann_index: bool = typer.Option(False, "--ann-index", help="Also build the HNSW item index the service "
                                    "retrieves from (large catalogues; needs faiss) and keep it in OUT/ann_index, so "
                                    "that serve does not build it at load"),
@@ -247,6 +252,7 @@ def train_cmd(
                             "validation; the transformer is the model itself (give baselines, e.g. als,bpr)")
         if companions and not purchase_stage:
             raise DataError("--stage-companions is for the purchase stage: add --purchase-stage")
+        blocked_ids = parse_never_recommend(never_recommend)
         from valuerec.models.purchase_stage import VALUE_SOURCES
         if stage_value not in VALUE_SOURCES:
             raise DataError(f"--stage-value {stage_value!r}: expected one of {', '.join(VALUE_SOURCES)}")
@@ -318,6 +324,11 @@ def train_cmd(
                             f"settings chosen during the fit ({train_seconds:.0f}s)")
         if dist.is_main:
             test = None if no_test or value_only else evaluate(model.score, split.test, model.n_items, ks=ks)
+            if blocked_ids:
+                absent = model.set_never_recommend(blocked_ids)
+                console.log(f"never recommended: {len(blocked_ids) - len(absent)} item(s) of the catalogue"
+                            + (f"; not in it (kept in the list, left out if they appear): {absent[:10]}"
+                               + (f" and {len(absent) - 10} more" if len(absent) > 10 else "") if absent else ""))
             model.save(out)
             if ann_index:
                 t_ann = time.perf_counter()
@@ -350,6 +361,28 @@ def train_cmd(
     finally:
         if out != final_out and out.exists():   # a run that failed before the swap
             shutil.rmtree(out, ignore_errors=True)
+
+
+def parse_never_recommend(spec: str) -> list[str]:
+    """``--never-recommend``: comma-separated ids, ``@FILE`` (one id per line, '#' comments) or
+    'online-retail' (``ONLINE_RETAIL_NON_PRODUCTS``); several joined by commas."""
+    from valuerec.data.ingest import ONLINE_RETAIL_NON_PRODUCTS
+    from valuerec.models.base import read_never_recommend
+
+    out: list[str] = []
+    for part in (x.strip() for x in spec.split(",")):
+        if not part:
+            continue
+        if part.startswith("@"):
+            f = Path(part[1:])
+            if not f.is_file():
+                raise DataError(f"--never-recommend {part}: no such file")
+            out += read_never_recommend(f)
+        elif part == "online-retail":
+            out += ONLINE_RETAIL_NON_PRODUCTS
+        else:
+            out.append(part)
+    return list(dict.fromkeys(out))
 
 
 def replace_dir(new: Path, final: Path) -> None:

@@ -684,6 +684,11 @@ def read_items(path: str | Path, item_col: str = "item_id", text_col: str = "tex
 
 
 # -- Online Retail ------------------------------------------------------------------------------------
+# Online Retail's stock codes that are not products (postage, carriage, discounts, manual adjustments,
+# fees, commission, samples). The protocols keep them as items, as BENCHMARKS.md's cleaning does; a
+# deployed model should not recommend them: ``train --never-recommend online-retail`` (the demo does).
+ONLINE_RETAIL_NON_PRODUCTS = ("POST", "DOT", "C2", "M", "m", "D", "CRUK", "BANK CHARGES", "AMAZONFEE", "S", "B")
+
 ONLINE_RETAIL_COLUMNS = ["InvoiceNo", "StockCode", "Description", "Quantity", "InvoiceDate", "UnitPrice",
                          "CustomerID", "Country"]
 

@@ -78,11 +78,58 @@ def _recording_span(fit):
     return wrapped
 
 
+NEVER_RECOMMEND = "never_recommend.txt"
+
+
+def read_never_recommend(path: Path) -> tuple[str, ...]:
+    """Item ids of a never-recommend file: one per line; blank lines and lines starting with '#' are
+    skipped, surrounding spaces trimmed."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at position {e.start}); "
+                        "expected one item id per line") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read it ({e.strerror or e})") from None
+    ids = [line.strip() for line in text.splitlines()]
+    return tuple(dict.fromkeys(i for i in ids if i and not i.startswith("#")))
+
+
+def write_never_recommend(model_dir: Path, item_ids) -> None:
+    """Write (or, for no ids, remove) ``MODEL_DIR/never_recommend.txt``; loading the model reads it."""
+    f = Path(model_dir) / NEVER_RECOMMEND
+    ids = [str(i) for i in item_ids]
+    if ids:
+        f.write_text("# item ids never recommended (one per line; edit and reload the model to change)\n"
+                     + "".join(f"{i}\n" for i in ids), encoding="utf-8")
+    elif f.exists():
+        f.unlink()
+
+
 class Recommender:
     name: ClassVar[str] = "base"
 
     catalogue_: Catalogue
     trained_on_: dict | None = None   # span of the histories fit() learned from (see register)
+    # Item ids never to recommend (non-products such as postage, fees, gift cards): every
+    # recommendation path leaves them out (recommend, the policies' candidates, the service's popular
+    # fallback); scores, explanations and evaluation still see them. Saved as MODEL_DIR/never_recommend.txt.
+    never_recommend_: tuple[str, ...] = ()
+
+    def set_never_recommend(self, item_ids) -> list[str]:
+        """Never recommend these item ids (replaces any earlier list). Returns the ids that are not in
+        the catalogue now: they are kept (an item added later, e.g. at cold start, is left out too)."""
+        ids = tuple(dict.fromkeys(str(i).strip() for i in item_ids if str(i).strip()))
+        self.never_recommend_ = ids
+        index = self.catalogue_.index
+        return [i for i in ids if i not in index]
+
+    def blocked_items(self) -> np.ndarray:
+        """Catalogue indices of ``never_recommend_`` (those in the catalogue)."""
+        if not self.never_recommend_:
+            return np.zeros(0, np.int64)
+        idx = self.catalogue_.lookup(list(self.never_recommend_), unknown="skip")
+        return np.unique(idx[idx >= 0])
 
     def fit(self, train: Sequences, catalogue: Catalogue, valid=None) -> "Recommender":
         raise NotImplementedError
@@ -107,6 +154,9 @@ class Recommender:
             exclude = [h[h >= 0] for h in histories.items]
         if exclude is not None:
             apply_exclusions(scores, exclude)
+        blocked = self.blocked_items()
+        if len(blocked):
+            scores[:, torch.as_tensor(blocked[blocked < scores.shape[1]])] = -torch.inf
         k = min(int(k), scores.shape[1])
         top = torch.topk(scores, k, dim=1)
         idx, val = top.indices.cpu().numpy(), top.values.cpu().numpy()
@@ -144,6 +194,7 @@ class Recommender:
         (path / "config.json").write_text(json.dumps(meta, indent=2))
         self.catalogue_.save(path)
         self._save_state(path)
+        write_never_recommend(path, self.never_recommend_)
 
     def _save_state(self, path: Path) -> None:
         raise NotImplementedError
@@ -166,6 +217,8 @@ class Recommender:
             obj.trained_on_ = meta.get("trained_on") if isinstance(meta.get("trained_on"), dict) else None
             obj.catalogue_ = Catalogue.load(path)
             obj._load_state(path)
+        if (path / NEVER_RECOMMEND).exists():
+            obj.never_recommend_ = read_never_recommend(path / NEVER_RECOMMEND)
         return obj
 
     def _load_state(self, path: Path) -> None:

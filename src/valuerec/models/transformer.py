@@ -1236,6 +1236,12 @@ class BehaviourTransformer(Recommender):
                   ) -> tuple[np.ndarray, np.ndarray]:
         if getattr(self, "ann_", None) is None:
             return super().recommend(histories, k, exclude)
+        blocked = self.blocked_items()
+        if len(blocked):    # the index search leaves them out as it leaves out excluded items
+            if isinstance(exclude, str) and exclude == "history":
+                exclude = [h[h >= 0] for h in histories.items]
+            exclude = [np.union1d(np.asarray(e, dtype=np.int64), blocked)
+                       for e in (exclude if exclude is not None else [np.zeros(0, np.int64)] * len(histories))]
         return self._recommend_indexed(histories, k, exclude)
 
     def _recommend_indexed(self, histories: Sequences, k: int, exclude) -> tuple[np.ndarray, np.ndarray]:

@@ -581,6 +581,9 @@ def build_context(model, histories: Sequences, *, history_candidates: bool = Fal
     full = torch.nan_to_num(full, nan=NEG)
     if exclude is not None:
         apply_exclusions(full, exclude)
+    blocked = model.blocked_items() if hasattr(model, "blocked_items") else ()
+    if len(blocked):      # never-recommend items are no candidates (nor past items added back)
+        full[:, torch.as_tensor(blocked[blocked < full.shape[1]])] = -torch.inf
     cands, cscores, added = build_candidates(full, n_candidates, histories if history_candidates else None)
     as_of = as_of_or_after_last(histories, as_of)
     return PolicyContext(histories=histories, candidates=cands, scores=cscores, full_scores=full,

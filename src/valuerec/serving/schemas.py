@@ -159,6 +159,8 @@ class LoadedModel(BaseModel):
     capabilities: dict[str, bool]
     retrieval: str = Field("full", description="How recommendations find their items: 'full' scores the whole "
                                                "catalogue, 'index' searches an HNSW index of the item vectors")
+    never_recommended: int = Field(0, description="Catalogue items the model's never_recommend.txt leaves out of "
+                                                  "every recommendation (postage, fees, ...)")
     warnings: list[str] = Field([], description="What the service noticed about this model and its store at load, "
                                                 "e.g. a store whose items the model does not know")
 

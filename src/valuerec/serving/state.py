@@ -136,6 +136,7 @@ class Runtime:
                 "n_items": len(self.catalogue),
                 "capabilities": {k: v is not None for k, v in self.hooks.items()},
                 "retrieval": "index" if getattr(self.model, "ann_", None) is not None else "full",
+                "never_recommended": int(len(self.model.blocked_items())) if hasattr(self.model, "blocked_items") else 0,
                 "warnings": list(self.warnings)}
 
 
@@ -638,6 +639,10 @@ class ServiceState:
             if len(finite) and finite.max() > finite.min():        # not for a model that scores all alike
                 idx = np.argsort(-prior, kind="stable")[:limit]
                 counts = prior[idx]
+        blocked = rt.model.blocked_items() if hasattr(rt.model, "blocked_items") else ()
+        if len(blocked):
+            keep = ~np.isin(idx, blocked)
+            idx, counts = idx[keep], counts[keep]
         self._popular = (time.time(), rt, idx, counts)
         return idx, counts
 
