@@ -107,21 +107,19 @@ def test_train_and_recommend_cli_and_the_service(tmp_path):
     assert "not in it" in " ".join(r.output.split())      # POST and the rest are not in this catalogue
     store = next((tmp_path / "stores").glob("*.duckdb"))
     import json
-    r = runner.invoke(app, ["recommend", "--model", str(out), "--store", str(store), "--user", "u0", "--k", "10",
-                            "--json"])
-    assert r.exit_code == 0, r.output
-    got = [i["item_id"] for i in json.loads(r.output)["items"]]
+    def recommend(user, k):
+        r = runner.invoke(app, ["recommend", "--model", str(out), "--store", str(store), "--user", user, "--k", str(k),
+                                "--json", "--fallback"])
+        assert r.exit_code == 0, r.output
+        return [i["item_id"] for i in json.loads(r.output)["items"]]
+    # u46 buys from items 10-19 only: a and b are not in their history, so only the list keeps them out
+    got = recommend("u46", 10)
     assert len(got) == 10 and not {a, b} & set(got)
     # an unknown user gets the store's most popular items, without the blocked ones
-    r = runner.invoke(app, ["recommend", "--model", str(out), "--store", str(store), "--user", "nobody", "--k", "5",
-                            "--json", "--fallback"])
-    assert r.exit_code == 0, r.output
-    got = [i["item_id"] for i in json.loads(r.output)["items"]]
+    got = recommend("nobody", 5)
     assert len(got) == 5 and not {a, b} & set(got)
     (out / NEVER_RECOMMEND).unlink()            # without the list they come first
-    r = runner.invoke(app, ["recommend", "--model", str(out), "--store", str(store), "--user", "nobody", "--k", "5",
-                            "--json", "--fallback"])
-    assert {a, b} <= {i["item_id"] for i in json.loads(r.output)["items"]}
+    assert {a, b} <= set(recommend("nobody", 5)) and {a, b} <= set(recommend("u46", 10))
     bad = runner.invoke(app, ["train", "--data", str(data), "--model", "popularity", "--out", str(tmp_path / "p2"),
                               "--cache-dir", str(tmp_path / "stores"), "--never-recommend", "@nosuch.txt"])
     assert bad.exit_code == 2 and "--never-recommend @nosuch.txt: no such file" in bad.output
@@ -140,6 +138,7 @@ def test_train_and_recommend_cli_and_the_service(tmp_path):
         first = {p: [i["item_id"] for i in c.get(f"/v1/users/{u}/recommendations?k=3{q}", headers=key).json()["items"]]
                  for p, u, q in (("new", "newcomer", ""), ("model", "u0", ""),
                                  ("policy", "u0", "&policy=favourites_winback"))}
+        first["similar"] = [i["item_id"] for i in c.get("/v1/items/i1/similar?k=3", headers=key).json()["items"]]
     blocked = sorted({i for v in first.values() for i in v})
     write_never_recommend(fx["models"] / "v1", blocked)
     with TestClient(create_app(settings)) as c:
@@ -147,3 +146,5 @@ def test_train_and_recommend_cli_and_the_service(tmp_path):
         for p, u, q in (("new", "newcomer", ""), ("model", "u0", ""), ("policy", "u0", "&policy=favourites_winback")):
             got = [i["item_id"] for i in c.get(f"/v1/users/{u}/recommendations?k=3{q}", headers=key).json()["items"]]
             assert got and not set(got) & set(blocked), (p, got, blocked)
+        got = [i["item_id"] for i in c.get("/v1/items/i1/similar?k=3", headers=key).json()["items"]]
+        assert len(got) == 3 and not set(got) & set(blocked)

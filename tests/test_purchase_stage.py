@@ -214,6 +214,14 @@ def test_train_with_purchase_stage_then_recommend_uses_it(tmp_path):
     assert loo.exit_code == 2 and "validation window" in loo.output
     bad = CliRunner().invoke(app, args[:-1] + ["nonsense"])
     assert bad.exit_code == 2 and "unknown model" in bad.output and "nonsense" in bad.output
+    # a stage value needs purchases with a value: said before the model trains
+    free = tmp_path / "free.csv"
+    pd.read_csv(data).assign(value=0.0).to_csv(free, index=False)
+    r = CliRunner().invoke(app, [str(free) if a == str(data) else a for a in args[:-2]]
+                           + ["--cache-dir", str(tmp_path / "stores2")])
+    out = " ".join(r.output.split())
+    assert r.exit_code == 2 and "--stage-value stage: the validation window has no purchase with a positive value" in out
+    assert "saved" not in out
 
 
 def test_companion_recommenders_add_their_view_and_round_trip(tmp_path):
@@ -328,8 +336,34 @@ def test_value_source_and_bags_errors():
     plain = PurchaseStage(n_estimators=20, folds=1).fit(model, hist, targets, as_of=cut, reference=hist)
     with pytest.raises(DataError, match="fitted with target_revenue"):
         plain.with_value_source("stage")
+    one = [r if u == 0 else np.zeros(len(r)) for u, r in enumerate(rev)]   # one user's revenue: a fold without it
+    with pytest.raises(DataError, match=r"outside fold \d+ bought no candidate.*use fewer folds"):
+        PurchaseStage(n_estimators=20, folds=2).fit(model, hist, targets, as_of=cut, reference=hist, target_revenue=one)
     fitted = PurchaseStage(n_estimators=20, folds=1).fit(model, hist, targets, as_of=cut, reference=hist,
                                                          target_revenue=rev)
     ctx = build_context(model, hist, n_candidates=N_ITEMS, as_of=np.full(len(hist), cut))
     with pytest.raises(DataError, match="needs the context's item values"):
         fitted.with_value_source("mean").predict_with_value(ctx)
+
+    class WrongValue:
+        def predict_with_value(self, c):
+            return np.full(c.candidates.shape, 0.5), np.ones((1, 1))
+    with pytest.raises(DataError, match=r"purchase model's value has shape \(1, 1\), expected"):
+        apply_policy("value_aware", model, hist, params={"p": "learned"}, exclude=None, item_value=np.ones(N_ITEMS),
+                     purchase_model=WrongValue())
+
+
+@pytest.mark.parametrize("edit, words", [({"bags": 0}, "bags 0, expected a whole number >= 1"),
+                                         ({"value_source": "magic"}, "value_source 'magic', expected one of"),
+                                         ({"value_source": "stage", "value_regressor": False},
+                                          "without a saved value regressor")])
+def test_a_damaged_saved_stage_names_the_field(tmp_path, edit, words):
+    import json
+    model = FixedScorer(N_ITEMS)
+    hist, targets, cut = window(simulate(n_users=40), 300)
+    PurchaseStage(n_estimators=10, folds=1).fit(model, hist, targets, as_of=cut, reference=hist).save(tmp_path / "ps")
+    meta = json.loads((tmp_path / "ps" / "purchase_stage.json").read_text())
+    (tmp_path / "ps" / "purchase_stage.json").write_text(json.dumps({**meta, **edit}))
+    with pytest.raises(DataError, match="not a saved purchase stage") as e:
+        PurchaseStage.load(tmp_path / "ps")
+    assert str(tmp_path / "ps") in str(e.value) and words in str(e.value)

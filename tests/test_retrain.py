@@ -41,6 +41,7 @@ def test_retrain_transformer_accepts_and_versions(tmp_path):
     cat = catalogue_from(first, None)
     model = BehaviourTransformer(seed=0, d_model=16, n_layers=1, max_len=10, dropout=0.0, epochs=15, lr=5e-3,
                                  progress=False, use_text=False).fit(sequences_from(first, cat), cat)
+    model.set_never_recommend(["i3", "POST"])
     model.save(tmp_path / "m0")
     # New behaviour since training: more days, and a new item joins the cycle for new users.
     new = cyclic_events(30, 30, start=20)
@@ -53,6 +54,7 @@ def test_retrain_transformer_accepts_and_versions(tmp_path):
     v = load_model(rep.version_dir)
     assert rep.version_dir.endswith("v0001") and (tmp_path / "versions" / "v0001" / "retrain.json").exists()
     assert v.n_items == model.n_items
+    assert v.never_recommend_ == ("i3", "POST")      # the new version keeps the list of items never recommended
     rep2 = retrain(tmp_path / "m0", store_path, tmp_path / "versions", holdout_days=3, epochs=1, tolerance=1.0)
     assert rep2.version_dir.endswith("v0002")
 

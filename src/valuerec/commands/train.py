@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import typer
 from rich.console import Console
 
@@ -276,6 +277,10 @@ def train_cmd(
         if purchase_stage and "valid_cutoff" not in split.info:
             raise DataError(f"--purchase-stage learns from the validation window of a cut-off split; the {used!r} "
                             "split has none (use --protocol r2 or cutoff)")
+        if purchase_stage and stage_value != "item" and not any(
+                np.any(np.asarray(r) > 0) for r in (split.valid.target_revenue or [])):
+            raise DataError(f"--stage-value {stage_value}: the validation window has no purchase with a positive "
+                            "value to learn the stage's value from; use --stage-value item")
         if len(split.catalogue) == 0 and not (model_name == "transformer" and params.get("next_item_weight") == 0):
             raise DataError(f"the data have no events with an item_id: {model_name} ranks items and has nothing "
                             "to learn from (a value-only transformer trains without items: --config "
@@ -325,6 +330,8 @@ def train_cmd(
         if dist.is_main:
             test = None if no_test or value_only else evaluate(model.score, split.test, model.n_items, ks=ks)
             if blocked_ids:
+                if valid_model is not model:     # the purchase stage learns on the candidates it will serve
+                    valid_model.set_never_recommend(blocked_ids)
                 absent = model.set_never_recommend(blocked_ids)
                 console.log(f"never recommended: {len(blocked_ids) - len(absent)} item(s) of the catalogue"
                             + (f"; not in it (kept in the list, left out if they appear): {absent[:10]}"
@@ -434,9 +441,6 @@ def save_purchase_stage(model, split, horizon_days: float, seed: int, out: Path,
     iv = ItemValueModel(horizon_days=horizon_days, seed=seed).fit(split.train, vcut, len(split.catalogue), price)
     fitted = {c: MODEL_REGISTRY[c](seed=seed).fit(split.train, split.catalogue) for c in companions or []}
     revenue = split.valid.target_revenue
-    if value_source != "item" and revenue is None:
-        raise DataError(f"--stage-value {value_source}: the validation window has no revenue (no value column) "
-                        "to learn the stage's value from; use --stage-value item")
     stage = PurchaseStage(folds=1, seed=seed, companions=fitted, bags=bags, value_source=value_source).fit(
         model, split.valid.inputs, split.valid.targets, as_of=vcut, reference=split.train, item_value=iv,
         exclude=[h[h >= 0] for h in split.valid.inputs.items] if exclude_history else None,

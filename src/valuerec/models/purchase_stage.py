@@ -322,8 +322,11 @@ class PurchaseStage:
             raise DataError("PurchaseStage.fit: no bought candidate has a positive target_revenue; the value "
                             "regressor has nothing to learn")
 
-        def train_value(mask):
+        def train_value(mask, fold=None):
             pos = mask & (y == 1) & (rv > 0)
+            if not pos.any():
+                raise DataError(f"PurchaseStage.fit: the users outside fold {fold} bought no candidate with a positive "
+                                "target_revenue; the value regressor has nothing to learn there (use fewer folds)")
             return lgb.LGBMRegressor(**self.params, random_state=self.seed, n_jobs=1, verbose=-1).fit(
                 X[pos], np.log(rv[pos])).booster_
         everyone = np.ones(len(y), bool)
@@ -336,7 +339,7 @@ class PurchaseStage:
             self.fold_of_ = {str(u): int(f) for u, f in zip(histories.user_ids, fold)}
             self.fold_boosters_ = [train(fold[row] != f) for f in range(self.folds)]
             if rv is not None:
-                self.fold_value_boosters_ = [train_value(fold[row] != f) for f in range(self.folds)]
+                self.fold_value_boosters_ = [train_value(fold[row] != f, f) for f in range(self.folds)]
         return self
 
     def with_value_source(self, value_source: str) -> "PurchaseStage":
@@ -439,7 +442,14 @@ class PurchaseStage:
         try:
             meta = json.loads((path / "purchase_stage.json").read_text())
             arrays = np.load(path / "item_reference.npz")
-            bags = int(meta.get("bags", 1))
+            bags = meta.get("bags", 1)
+            if isinstance(bags, bool) or not isinstance(bags, int) or bags < 1:
+                raise DataError(f"{path}: not a saved purchase stage (purchase_stage.json: bags {bags!r}, expected a "
+                                "whole number >= 1)")
+            source = meta.get("value_source", "item")
+            if source not in VALUE_SOURCES:
+                raise DataError(f"{path}: not a saved purchase stage (purchase_stage.json: value_source {source!r}, "
+                                f"expected one of {VALUE_SOURCES})")
             boosters = [lgb.Booster(model_str=(path / ("booster.txt" if b == 0 else f"booster_{b}.txt")).read_text())
                         for b in range(bags)]
             value_booster = (lgb.Booster(model_str=(path / "value_booster.txt").read_text())
@@ -460,9 +470,10 @@ class PurchaseStage:
             setattr(m.ref_, k, arrays[k])
         m.booster_ = boosters[0] if bags == 1 else _Bag(boosters)
         m.value_booster_, m.fold_boosters_, m.fold_value_boosters_, m.fold_of_ = value_booster, [], [], {}
-        m.value_source = meta.get("value_source", "item")   # checked against the regressor below
-        if m.value_source not in VALUE_SOURCES or (m.value_source != "item" and value_booster is None):
-            raise DataError(f"{path}: value_source {m.value_source!r} without a saved value regressor")
+        m.value_source = source
+        if source != "item" and value_booster is None:
+            raise DataError(f"{path}: not a saved purchase stage (value_source {source!r} without a saved value "
+                            "regressor, value_booster.txt)")
         m.exclude_history_ = meta.get("exclude_history")
         return m
 

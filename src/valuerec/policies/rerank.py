@@ -197,8 +197,10 @@ class ValueAware(Policy):
             # a stage with its own value (PurchaseStage.value_source "stage"/"mean") returns it beside P
             p, v = pm.predict_with_value(ctx) if hasattr(pm, "predict_with_value") else (pm.predict(ctx), None)
             p = torch.as_tensor(np.asarray(p, dtype=np.float64))
-            if p.shape != ctx.candidates.shape or (v is not None and np.shape(v) != ctx.candidates.shape):
+            if p.shape != ctx.candidates.shape:
                 raise DataError(f"purchase model returned shape {tuple(p.shape)}, expected {ctx.candidates.shape}")
+            if v is not None and np.shape(v) != ctx.candidates.shape:
+                raise DataError(f"purchase model's value has shape {np.shape(v)}, expected {ctx.candidates.shape}")
             p = torch.where(valid, p.clamp_min(1e-12), torch.zeros_like(p))
             v = None if v is None else torch.as_tensor(np.asarray(v, dtype=np.float64))
         else:

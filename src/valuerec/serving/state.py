@@ -878,20 +878,27 @@ class ServiceState:
         otherwise by co-occurrence in the store (users who had both)."""
         rt = self.runtime
         i = rt.catalogue.index.get(item_id)
+        blocked = rt.model.blocked_items() if hasattr(rt.model, "blocked_items") else np.zeros(0, np.int64)
+
+        def allowed(idx, scores):     # the model's never-recommend items are no similar items either
+            idx, scores = np.asarray(idx), np.asarray(scores)
+            keep = ~np.isin(idx, blocked)
+            return idx[keep][:k], scores[keep][:k]
         if i is not None:
             fn = getattr(rt.model, "similar_items", None)
             sim = getattr(rt.model, "sim_", None)
             if callable(fn):
-                idx, scores = fn(np.array([i]), k)
-                return {"runtime": rt, "method": "model", "items": self.describe_items(rt, idx[0], scores[0])}
+                idx, scores = fn(np.array([i]), k + len(blocked))
+                return {"runtime": rt, "method": "model", "items": self.describe_items(rt, *allowed(idx[0], scores[0]))}
             if sim is not None:
                 row = sim.getrow(i)
-                order = np.lexsort((row.indices, -row.data))[:k]
+                order = np.lexsort((row.indices, -row.data))
                 return {"runtime": rt, "method": "model",
-                        "items": self.describe_items(rt, row.indices[order], row.data[order])}
+                        "items": self.describe_items(rt, *allowed(row.indices[order], row.data[order]))}
             if rt.item_vectors is not None:
                 s = rt.item_vectors @ rt.item_vectors[i]          # (N,) cosine
                 s[i] = -np.inf
+                s[blocked] = -np.inf
                 top = np.argpartition(-s, min(k, len(s) - 1))[:k]
                 top = top[np.lexsort((top, -s[top]))]
                 return {"runtime": rt, "method": "model", "items": self.describe_items(rt, top, s[top])}
@@ -900,14 +907,14 @@ class ServiceState:
             WITH u AS (SELECT DISTINCT user_id FROM events WHERE item_id = ?)
             SELECT e.item_id, count(DISTINCT e.user_id) AS n FROM events e JOIN u ON e.user_id = u.user_id
             WHERE e.item_id IS NOT NULL AND e.item_id <> ? GROUP BY e.item_id ORDER BY n DESC, e.item_id LIMIT ?
-            """, [item_id, item_id, k * 4])
+            """, [item_id, item_id, k * 4 + len(blocked)])
         if i is None and not rows:
             known = self._read("SELECT count(*) FROM events WHERE item_id = ?", [item_id])[0][0]
             if not known:
                 raise NotFound(f"unknown item {item_id!r}: not in the model's catalogue and no events in the store")
         cidx = rt.catalogue.lookup([r[0] for r in rows], unknown="skip") if rows else np.zeros(0, np.int64)
         counts = np.array([r[1] for r in rows], dtype=np.float64)
-        ok = cidx >= 0
+        ok = (cidx >= 0) & ~np.isin(cidx, blocked)
         return {"runtime": rt, "method": "cooccurrence", "items": self.describe_items(rt, cidx[ok][:k], counts[ok][:k])}
 
     def health(self) -> dict:

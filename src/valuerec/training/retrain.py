@@ -191,6 +191,7 @@ def retrain(model_dir: str | Path, store_path: str | Path, out_root: str | Path,
     report.accepted = report.candidate[metric] >= report.base[metric] - tolerance
     if report.accepted:
         final = fit_candidate(item_events)
+        final.never_recommend_ = base.never_recommend_     # the items the current model never recommends
         out_root = Path(out_root)
         out_root.mkdir(parents=True, exist_ok=True)
         n = 1 + max([int(p.name[1:]) for p in out_root.glob("v[0-9][0-9][0-9][0-9]")] or [0])
