@@ -43,6 +43,8 @@ def main(argv=None) -> int:
                 "weight_chosen_on_valid": d["weight_chosen_on_valid"],
                 "companions_chosen_on_valid": d.get("companions_chosen_on_valid"),
                 "value_power_chosen_on_valid": d.get("value_power_chosen_on_valid"),
+                "bags_chosen_on_valid": d.get("bags_chosen_on_valid"),
+                "value_source_chosen_on_valid": d.get("value_source_chosen_on_valid"),
                 "revenue_change": t["revenue_change"], "ndcg_change": t["ndcg_change"],
                 "revenue@20": t["revenue@20"], "ndcg@20": t["ndcg@20"]})
     keys = ("revenue_change", "ndcg_change", "revenue@20", "ndcg@20")
@@ -56,7 +58,10 @@ def main(argv=None) -> int:
                                   **({"companions_chosen_on_valid": [p["companions_chosen_on_valid"] for p in ps]}
                                      if any(p["companions_chosen_on_valid"] for p in ps) else {}),
                                   **({"value_power_chosen_on_valid": [p["value_power_chosen_on_valid"] for p in ps]}
-                                     if any(p["value_power_chosen_on_valid"] is not None for p in ps) else {})},
+                                     if any(p["value_power_chosen_on_valid"] is not None for p in ps) else {}),
+                                  **{k: [p[k] for p in ps] for k in ("bags_chosen_on_valid",
+                                                                      "value_source_chosen_on_valid")
+                                     if any(p[k] is not None for p in ps)}},
                        "per_seed": ps}
     first = runs[0][1]
     devices = sorted({str(r.get("device")) for _, r in runs})
