@@ -106,7 +106,13 @@ def policy_selection_lines(r: dict) -> list[str]:
                 + (f", p `{d['p']}`" if d.get("p") else f", temperature {d.get('temperature_chosen_on_valid')}")
                 + f"): {how}validation chose w = {d.get('weight_chosen_on_valid')}"
                 + (f", value power {d['value_power_chosen_on_valid']:g} (of {', '.join(f'{x:g}' for x in d['value_powers'])})"
-                   if d.get("value_powers") and len(d["value_powers"]) > 1 else ""))
+                   if d.get("value_powers") and len(d["value_powers"]) > 1 else "")
+                + (f", companions {'+'.join(d['companions_chosen_on_valid']) or 'none'}"
+                   if d.get("companions_chosen_on_valid") is not None else "")
+                + (f", {d['bags_chosen_on_valid']} classifier(s), value source `{d['value_source_chosen_on_valid']}`"
+                   + (f" (of {', '.join(f'`{k}`' for k in d['bags_and_value_sources_on_valid'])}, as bags_source)"
+                      if len(d.get("bags_and_value_sources_on_valid") or {}) > 1 else "")
+                   if d.get("value_source_chosen_on_valid") else ""))
         if t:
             head += (f"; test revenue@20 {t['revenue@20']:.4f} ({t['revenue_change']:+.1%}), "
                      f"NDCG@20 {t['ndcg@20']:.4f} ({t['ndcg_change']:+.1%})")
