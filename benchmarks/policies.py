@@ -105,14 +105,14 @@ def user_line_value(global_line: np.ndarray, shrink: float = 1.0):
     return f
 
 
-def fit_recommender(name: str, split: Split, params: dict | None, seed: int):
+def fit_recommender(name: str, split: Split, params: dict | None, seed: int, grid: dict | None = None):
     """Choose params on validation (grid from the R1/R2 harness), fit on train (for validation; the model
     sees the validation split, for early stopping and the settings it chooses inside its fit) and refit on
     train_full (for test) with what the validation fit chose, as the R2 protocol does: its in-fit choices
     (``refit_params``, e.g. the co-occurrence prior's weight) and, for a model trained in epochs, its best
-    epoch count."""
+    epoch count. ``grid``: {setting: values} in place of the harness's grid."""
     cls = MODEL_REGISTRY[name]
-    grid = [params] if params is not None else _grid(name)
+    grid = [params] if params is not None else _grid(name, grid)
     best, best_p, best_model = -1.0, None, None
     for p in grid:
         m = cls(seed=seed, **p).fit(split.train, split.catalogue, valid=split.valid)
@@ -128,9 +128,9 @@ def fit_recommender(name: str, split: Split, params: dict | None, seed: int):
     return best_model, full, refit, time.perf_counter() - t0
 
 
-def _grid(name: str) -> list[dict]:
+def _grid(name: str, grid: dict | None = None) -> list[dict]:
     import itertools
-    g = DEFAULT_GRIDS.get(name, {})
+    g = {k: v if isinstance(v, list) else [v] for k, v in (grid or DEFAULT_GRIDS.get(name, {})).items()}
     keys = sorted(g)
     return [dict(zip(keys, v)) for v in itertools.product(*(g[k] for k in keys))] or [{}]
 
@@ -237,6 +237,9 @@ def main(argv=None) -> int:
     ap.add_argument("--stage-value-powers", default="1",
                     help="value powers tried for the purchase stage's expected revenue p x value ** power (',' "
                          "separated; chosen on out-of-fold validation with the weight)")
+    ap.add_argument("--companion-grids", default="{}",
+                    help="JSON {model: {setting: [values]}}: validation grids for the stage's companions in place of "
+                         "the R2 harness's (DEFAULT_GRIDS)")
     ap.add_argument("--stage-bags", default="1",
                     help="bag counts tried for the purchase stage's classifier (',' separated; 1 = one classifier "
                          "on every row, n > 1 = the geometric mean of n on 70%% row and feature samples)")
@@ -254,6 +257,12 @@ def main(argv=None) -> int:
         ap.error(f"--stage-value-powers: expected comma-separated numbers, got {args.stage_value_powers!r}")
     if not all(np.isfinite(x) and x > 0 for x in powers):
         ap.error(f"--stage-value-powers: every power must be > 0, got {args.stage_value_powers!r}")
+    try:
+        companion_grids = json.loads(args.companion_grids)
+    except ValueError as e:
+        ap.error(f"--companion-grids: not JSON ({e})")
+    if not isinstance(companion_grids, dict) or not all(isinstance(v, dict) for v in companion_grids.values()):
+        ap.error("--companion-grids: expected a JSON object {model: {setting: [values]}}")
     try:
         bags_grid = [int(x) for x in args.stage_bags.split(",")]
     except ValueError:
@@ -361,9 +370,10 @@ def main(argv=None) -> int:
     comp_models, comp_info = {}, {}
     for c in sorted({c for cs in comp_sets for c in cs}):
         t0 = time.perf_counter()
-        cv, cf, cparams, _ = fit_recommender(c, split, None, args.seed)
+        cv, cf, cparams, _ = fit_recommender(c, split, None, args.seed, companion_grids.get(c))
         comp_models[c] = {"valid": cv, "test": cf}
-        comp_info[c] = {"params": cparams, "fit_seconds": time.perf_counter() - t0}
+        comp_info[c] = {"params": cparams, "fit_seconds": time.perf_counter() - t0,
+                        "grid": companion_grids.get(c, DEFAULT_GRIDS.get(c, {}))}
         console.log(f"stage companion {c}: {cparams} ({comp_info[c]['fit_seconds']:.0f}s with its validation grid)")
     learn_value = sources != ["item"]   # the hurdle's value regressor, learned only when it is tried
 
