@@ -254,6 +254,7 @@ def test_seeds_in_parts_merge_to_the_whole_run(tmp_path):
     assert replaced["models"] == later            # both models were rerun in the later part
     assert [r["model"] for r in replaced["replaced"]] == ["itemknn", "als"]
     assert {"model": "als", "file": str(outs["a"]), "by": str(tmp_path / "other.json")} in replaced["replaced"]
+    assert replaced["command"].startswith("valuerec bench merge --replace ")   # the command reproduces it
 
 
 def test_python_dash_m_runs_the_cli_and_records_it_as_valuerec(monkeypatch):

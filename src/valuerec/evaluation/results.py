@@ -178,7 +178,8 @@ def merge_results(results: list[dict], names: list[str] | None = None, across_co
         for k, v in r.items():
             if k not in merged and k not in ("models", "wall_seconds"):
                 merged[k] = v
-    merged["command"] = "valuerec bench merge " + ("--across-commits " if across_commits else "") + " ".join(names)
+    merged["command"] = ("valuerec bench merge " + ("--across-commits " if across_commits else "")
+                         + ("--replace " if replace else "") + " ".join(names))
     merged["started_at"] = min(r["started_at"] for r in results)
     commits = list(dict.fromkeys(str(r.get("git_commit")) for r in results))
     if len(commits) > 1:
