@@ -106,6 +106,14 @@ def write_never_recommend(model_dir: Path, item_ids) -> None:
         f.unlink()
 
 
+def mask_never_recommended(model, scores: torch.Tensor) -> torch.Tensor:
+    """Set the columns of ``model``'s never-recommend items (``blocked_items``) to -inf, in place."""
+    blocked = model.blocked_items() if hasattr(model, "blocked_items") else ()
+    if len(blocked):
+        scores[:, torch.as_tensor(blocked[blocked < scores.shape[1]])] = -torch.inf
+    return scores
+
+
 class Recommender:
     name: ClassVar[str] = "base"
 
@@ -154,9 +162,7 @@ class Recommender:
             exclude = [h[h >= 0] for h in histories.items]
         if exclude is not None:
             apply_exclusions(scores, exclude)
-        blocked = self.blocked_items()
-        if len(blocked):
-            scores[:, torch.as_tensor(blocked[blocked < scores.shape[1]])] = -torch.inf
+        mask_never_recommended(self, scores)
         k = min(int(k), scores.shape[1])
         top = torch.topk(scores, k, dim=1)
         idx, val = top.indices.cpu().numpy(), top.values.cpu().numpy()

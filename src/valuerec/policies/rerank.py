@@ -39,7 +39,7 @@ import torch
 from valuerec.configcheck import check_values, require
 from valuerec.data.dataset import Catalogue, Sequences, unix_seconds
 from valuerec.data.schema import DataError, event_type_code
-from valuerec.models.base import apply_exclusions, predicts_value
+from valuerec.models.base import apply_exclusions, mask_never_recommended, predicts_value
 
 NEG = -1e30
 
@@ -583,9 +583,7 @@ def build_context(model, histories: Sequences, *, history_candidates: bool = Fal
     full = torch.nan_to_num(full, nan=NEG)
     if exclude is not None:
         apply_exclusions(full, exclude)
-    blocked = model.blocked_items() if hasattr(model, "blocked_items") else ()
-    if len(blocked):      # never-recommend items are no candidates (nor past items added back)
-        full[:, torch.as_tensor(blocked[blocked < full.shape[1]])] = -torch.inf
+    mask_never_recommended(model, full)   # never-recommend items are no candidates (nor past items added back)
     cands, cscores, added = build_candidates(full, n_candidates, histories if history_candidates else None)
     as_of = as_of_or_after_last(histories, as_of)
     return PolicyContext(histories=histories, candidates=cands, scores=cscores, full_scores=full,
